@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
+
+.PHONY: demo test lint typecheck unit kafka-up kafka-down clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+kafka-up: $(BIN)/.installed
+	$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT) start
+
+kafka-down: $(BIN)/.installed
+	$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT) stop
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check connector tests bench
+	$(BIN)/ruff format --check connector tests bench
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest -q tests/unit
+
+test: lint typecheck kafka-up
+	$(BIN)/pytest -q -ra
+
+demo: kafka-up
+	$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT) status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,179 @@
+"""The `cascade-connector` command line: parse options, load settings, call one function.
+
+Every command's work lives elsewhere; a command here only turns flags into settings and a return
+value into output and an exit code. Exit codes: 0 done, 1 failure, 2 bad usage or settings,
+3 local broker trouble, 4 Kafka trouble.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from connector import __version__
+from connector.config import Settings, load_settings
+from connector.errors import ConnectorError
+from connector.ops.logging import setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Cli(click.Group):
+    """Turns a ConnectorError into one clear line on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConnectorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@dataclass
+class _Context:
+    config_file: Path | None
+
+    def settings(self, flags: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+        return load_settings(self.config_file, os.environ, flags)
+
+
+def _parse_passthrough(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value (a librdkafka setting), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def kafka_options(func: F) -> F:
+    """--bootstrap and -X key=value (librdkafka passthrough) for commands that talk to Kafka."""
+    func = click.option(
+        "-X",
+        "librdkafka",
+        multiple=True,
+        callback=_parse_passthrough,
+        metavar="KEY=VALUE",
+        help="librdkafka setting, passed through unchanged (repeatable).",
+    )(func)
+    func = click.option(
+        "--bootstrap",
+        default=None,
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers [env CASCADE_KAFKA_BOOTSTRAP; default 127.0.0.1:9092].",
+    )(func)
+    return func
+
+
+def kafka_flags(bootstrap: str | None, librdkafka: dict[str, str]) -> dict[str, Any]:
+    return {"bootstrap": bootstrap, "librdkafka": librdkafka or None}
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cascade-connector")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CASCADE_CONFIG",
+    help="TOML settings file [env CASCADE_CONFIG].",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, log_level: str, log_format: str) -> None:
+    """Keep the top layer of a cascading OpenStack in sync with its sites, over Kafka."""
+    setup_logging(log_level, "json" if log_format == "json" else "text")
+    ctx.obj = _Context(config_file)
+
+
+@cli.command("config")
+@kafka_options
+@click.pass_obj
+def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]) -> None:
+    """Print the effective settings (file, environment and flags merged) as JSON."""
+    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka)})
+    click.echo(settings.model_dump_json(indent=2))
+
+
+@cli.group("local-kafka")
+@click.option(
+    "--port",
+    default=9092,
+    show_default=True,
+    type=click.IntRange(1024, 65534),
+    help="Client port; the controller listens on port+1.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where data and logs live [default: $XDG_STATE_HOME/cascade-connector].",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the fetched jars live [default: $XDG_CACHE_HOME/cascade-connector].",
+)
+@click.pass_context
+def local_kafka(
+    ctx: click.Context, port: int, state_dir: Path | None, cache_dir: Path | None
+) -> None:
+    """A real single-node Apache Kafka (KRaft) on loopback, for development and tests."""
+    from connector.ops.local_kafka import LocalKafka
+
+    overrides: dict[str, Any] = {"port": port}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    if cache_dir is not None:
+        overrides["cache_dir"] = cache_dir
+    ctx.obj = LocalKafka(**overrides)
+
+
+@local_kafka.command("start")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the broker.")
+@click.pass_obj
+def local_kafka_start(broker: Any, timeout: float) -> None:
+    """Fetch the jars once, format storage once, start the broker, wait until it answers."""
+    click.echo(broker.start(timeout=timeout))
+
+
+@local_kafka.command("stop")
+@click.pass_obj
+def local_kafka_stop(broker: Any) -> None:
+    """Stop the broker and wait for its process to end."""
+    click.echo("stopped" if broker.stop() else "not running")
+
+
+@local_kafka.command("status")
+@click.pass_obj
+def local_kafka_status(broker: Any) -> None:
+    """Say whether the broker runs and where; exit 1 when it is not running or not answering."""
+    st = broker.status()
+    if not st.running:
+        click.echo(f"not running (state in {st.home})")
+        sys.exit(1)
+    health = "answering" if st.answering else "NOT answering"
+    click.echo(f"running pid {st.pid}, {health} on {st.bootstrap} (state in {st.home})")
+    sys.exit(0 if st.answering else 1)
+
+
+def main() -> None:
+    cli(prog_name="cascade-connector")

@@ -1,0 +1,141 @@
+"""Typed settings for every part of the connector, and the one function that assembles them.
+
+Settings come from three layers, later ones winning: a TOML config file, `CASCADE_<SECTION>_<FIELD>`
+environment variables, and command-line flags. Only the CLI reads files and the environment; it
+hands their contents to `load_settings`, which validates everything at once and raises a
+ConfigError naming the field, the expected value, and where the wrong value came from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connector.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """A settings section: unknown keys are errors, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    """How to reach Kafka and name the topics."""
+
+    #: Comma-separated host:port list, librdkafka's `bootstrap.servers`.
+    bootstrap: str = Field(default="127.0.0.1:9092", min_length=1)
+    #: Site topics are `<topic_prefix>.<site>`.
+    topic_prefix: str = Field(default="cascade.status", pattern=r"^[A-Za-z0-9._-]+$")
+    #: Partitions of a new site topic.
+    partitions: int = Field(default=3, ge=1, le=1000)
+    #: Replication factor of a new site topic.
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    #: Extra librdkafka settings, passed through unchanged (`-X key=value` on the CLI).
+    librdkafka: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap, then the passthrough keys, then `overrides`."""
+        return {"bootstrap.servers": self.bootstrap, **self.librdkafka, **overrides}
+
+
+class Settings(_Section):
+    """All settings, one section per part of the connector."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+
+ENV_PREFIX = "CASCADE_"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Merge file, environment and flags (in that order of precedence) into validated Settings.
+
+    `flags` maps section -> field -> value; a None value means "flag not given".
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+
+    if config_file is not None:
+        for section, fields in _read_toml(config_file).items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"{config_file}: [{section}] must be a table, got {fields!r}")
+            for name, value in fields.items():
+                merged.setdefault(section, {})[name] = value
+                origin[(section, name)] = str(config_file)
+
+    for section, name, var in _env_fields():
+        if env is not None and var in env:
+            merged.setdefault(section, {})[name] = env[var]
+            origin[(section, name)] = f"environment variable {var}"
+
+    for section, fields in (flags or {}).items():
+        for name, value in fields.items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                base = merged.setdefault(section, {}).get(name) or {}
+                value = {**base, **value}
+            merged.setdefault(section, {})[name] = value
+            origin[(section, name)] = f"--{name.replace('_', '-')}"
+
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _env_fields() -> list[tuple[str, str, str]]:
+    """(section, field, variable) for every scalar setting."""
+    out = []
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, field in model.model_fields.items():
+            if (
+                field.annotation is not None
+                and getattr(field.annotation, "__origin__", None) is dict
+            ):
+                continue
+            out.append((section, name, f"{ENV_PREFIX}{section}_{name}".upper()))
+    return out
+
+
+def _describe(exc: ValidationError, origin: Mapping[tuple[str, str], str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        where = origin.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        field = ".".join(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] in ("missing", "value_error") else f", got {err['input']!r}"
+        source = f" (from {where})" if where else ""
+        lines.append(f"{field}: {msg[0].lower()}{msg[1:]}{got}{source}")
+    return "invalid settings: " + "; ".join(lines)

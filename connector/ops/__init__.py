@@ -1,0 +1,1 @@
+"""Operations: logging, metrics and health serving, and the local development broker."""

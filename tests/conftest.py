@@ -1,0 +1,39 @@
+"""Shared fixtures: the real Kafka broker (session-scoped) and per-test unique names.
+
+The broker is the one named by CASCADE_KAFKA_BOOTSTRAP, or a local one started through
+`LocalKafka` (the code behind `cascade-connector local-kafka start`). A broker that cannot be
+reached or started fails the tests that need it; it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from connector.errors import LocalKafkaError
+from connector.ops.local_kafka import LocalKafka, _answers
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        if not _answers(bootstrap, timeout=10.0):
+            pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request")
+        return bootstrap
+    try:
+        return LocalKafka().start(echo=False)
+    except LocalKafkaError as exc:
+        pytest.fail(f"could not start the local Kafka broker: {exc}")
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """`unique_name("topic")` -> a name no other test (or earlier run) uses."""
+    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60]
+    run = uuid.uuid4().hex[:8]
+    return lambda what: f"test.{test}.{what}.{run}"

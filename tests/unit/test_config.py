@@ -1,0 +1,60 @@
+"""Settings: layering (file < environment < flags) and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.config import load_settings
+from connector.errors import ConfigError
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.kafka.bootstrap == "127.0.0.1:9092"
+    assert settings.kafka.topic_prefix == "cascade.status"
+
+
+def test_layers_flags_over_env_over_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[kafka]\nbootstrap = "file:1"\npartitions = 5\n[kafka.librdkafka]\n"linger.ms" = "50"\n'
+    )
+    settings = load_settings(cfg, {"CASCADE_KAFKA_BOOTSTRAP": "env:2"}, {})
+    assert settings.kafka.bootstrap == "env:2"
+    assert settings.kafka.partitions == 5
+    settings = load_settings(
+        cfg,
+        {"CASCADE_KAFKA_BOOTSTRAP": "env:2"},
+        {"kafka": {"bootstrap": "flag:3", "librdkafka": {"acks": "all"}}},
+    )
+    assert settings.kafka.bootstrap == "flag:3"
+    assert settings.kafka.librdkafka == {"linger.ms": "50", "acks": "all"}
+    assert settings.kafka.client_config()["linger.ms"] == "50"
+
+
+def test_bad_env_value_names_field_and_source() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.partitions.*CASCADE_KAFKA_PARTITIONS"):
+        load_settings(None, {"CASCADE_KAFKA_PARTITIONS": "many"})
+
+
+def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[kafka]\nbootstarp = 'x:1'\n")
+    with pytest.raises(ConfigError, match=r"kafka\.bootstarp"):
+        load_settings(cfg)
+
+
+def test_bad_bootstrap_names_the_bad_server() -> None:
+    with pytest.raises(ConfigError, match="'nohost'"):
+        load_settings(None, {}, {"kafka": {"bootstrap": "a:1,nohost"}})
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
