@@ -1,0 +1,53 @@
+"""The sink interface the top consumer drives, and the errors a sink uses to talk back.
+
+A sink applies a batch (at most one change per key) in one transaction and returns what it wrote.
+It never commits Kafka offsets; the consumer does that after `apply` returns. It says "slow down"
+by raising SinkBackpressureError; the consumer pauses, seeks back and retries, committing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from connector.errors import ConnectorError
+from connector.records.model import Change
+
+
+class SinkError(ConnectorError):
+    """The sink failed in a way retrying will not fix (bad URL, schema mismatch, auth)."""
+
+
+class SinkBackpressureError(SinkError):
+    """The top layer is busy or briefly unavailable; retry the same batch after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"SinkBackpressureError({self.args[0]!r}, retry_after={self.retry_after})"
+
+
+@dataclass
+class ApplyResult:
+    """What one `apply` did."""
+
+    #: rows (or top-layer objects) actually changed; records older than what the sink holds
+    #: are skipped and not counted
+    written: int
+    #: changes the sink refused for good, each with the reason; they go to the dead-letter topic
+    rejected: list[tuple[Change, str]] = field(default_factory=list)
+
+
+class Sink(Protocol):
+    """Applies batches of changes to the top layer."""
+
+    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+        """Apply all `changes` (distinct keys) in one transaction; never regress a newer row."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
