@@ -1,0 +1,91 @@
+"""The idempotent producer the site side publishes through.
+
+Owns librdkafka's producer: safe defaults (idempotence, acks=all, compression, batching), a full
+local queue turned into waiting rather than an exception, and delivery reports handed back to the
+caller, so a failed delivery is surfaced and never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import confluent_kafka
+
+from connector.config import KafkaSettings
+from connector.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+#: (key, error or None, partition, offset) for every message, once librdkafka is done with it.
+DeliveryCallback = Callable[[str, "confluent_kafka.KafkaError | None", int, int], None]
+
+PRODUCER_DEFAULTS: Mapping[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "zstd",
+    "linger.ms": 50,
+    "batch.size": 1_000_000,
+    # A delivery is retried by librdkafka until this runs out; after it the error reaches us.
+    "delivery.timeout.ms": 120_000,
+}
+
+
+class Producer:
+    """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`."""
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
+        config.setdefault("error_cb", _log_client_error)
+        self._producer = confluent_kafka.Producer(config)
+        self.pending_errors = 0
+
+    def produce(
+        self,
+        topic: str,
+        key: str,
+        value: bytes | None,
+        on_delivery: DeliveryCallback,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Queue one message; waits (serving delivery reports) while the local queue is full."""
+
+        def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
+            on_delivery(key, err, msg.partition() or 0, msg.offset() or -1)
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    key=key.encode(),
+                    value=value,
+                    headers=dict(headers) if headers else None,
+                    on_delivery=report,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports."""
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every queued message was delivered or failed; raise if any is still queued."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+
+def _log_client_error(err: confluent_kafka.KafkaError) -> None:
+    # Client-level errors (broker down, auth) are mostly transient and retried by librdkafka;
+    # fatal ones mean the idempotent producer cannot go on.
+    if err.fatal():
+        log.error("fatal Kafka producer error: %s", err)
+    else:
+        log.warning("Kafka client error: %s", err)
