@@ -35,6 +35,19 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=3, ge=1, le=1000)
     #: Replication factor of a new site topic.
     replication_factor: int = Field(default=1, ge=1, le=16)
+    #: Site topic `segment.ms`: compaction never touches the active segment, so a short one lets
+    #: the cleaner collapse a burst within minutes.
+    segment_ms: int = Field(default=60_000, ge=1_000)
+    #: Site topic `min.cleanable.dirty.ratio`: low, so the cleaner runs on a little churn.
+    min_cleanable_dirty_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
+    #: Site topic `min.compaction.lag.ms`: how long a record is safe from compaction.
+    min_compaction_lag_ms: int = Field(default=0, ge=0)
+    #: Site topic `delete.retention.ms`: how long tombstones stay readable; two days, so a top
+    #: layer that was down for a day still sees the deletions.
+    delete_retention_ms: int = Field(default=172_800_000, ge=0)
+    #: Confluent Schema Registry URL; when set, values use its framing (magic byte + schema id)
+    #: instead of Avro single-object encoding.
+    schema_registry_url: str | None = Field(default=None, pattern=r"^https?://")
     #: Extra librdkafka settings, passed through unchanged (`-X key=value` on the CLI).
     librdkafka: dict[str, str] = Field(default_factory=dict)
 

@@ -1,0 +1,70 @@
+"""The rules a StatusRecord and a site name keep, checked on both sides of Kafka.
+
+The encoder refuses a record that breaks them (fastavro would otherwise turn a 70-bit integer into
+a double, or read a 2-tuple as a union hint), and the decoder refuses one that arrives broken, so a
+consumer never sees a value that only looks right.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from connector.records.model import StatusRecord
+
+#: Characters Kafka allows in a topic name; a site name becomes the suffix of its topic.
+_SITE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+#: Kafka's limit on a topic name's length.
+MAX_TOPIC_NAME = 249
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def site_name_problem(site: str) -> str | None:
+    """Why `site` cannot name a site (it becomes a topic suffix and a key prefix), or None."""
+    if not _SITE_NAME.match(site):
+        return (
+            f"site name {site!r} must be non-empty and use only letters, digits, '.', '_' and '-'"
+        )
+    if site in (".", ".."):
+        return f"site name {site!r} is not allowed as a Kafka topic suffix"
+    return None
+
+
+def record_problem(record: StatusRecord) -> str | None:
+    """Why `record` is not a valid StatusRecord, or None."""
+    problem = site_name_problem(record.site)
+    if problem:
+        return problem
+    if not record.kind or "/" in record.kind:
+        return f"kind {record.kind!r} must be non-empty and contain no '/'"
+    if not record.id:
+        return "id must be non-empty"
+    if not 0 <= record.sequence <= _LONG_MAX:
+        return f"sequence {record.sequence} must be a non-negative 64-bit integer"
+    if record.revision is not None and not _LONG_MIN <= record.revision <= _LONG_MAX:
+        return f"revision {record.revision} does not fit in 64 bits"
+    for name, when in (
+        ("observed_at", record.observed_at),
+        ("source_updated_at", record.source_updated_at),
+    ):
+        if when is not None and (not isinstance(when, datetime) or when.utcoffset() is None):
+            return f"{name} {when!r} must be a timezone-aware datetime"
+    for key, value in record.details.items():
+        problem = _detail_problem(key, value)
+        if problem:
+            return problem
+    return None
+
+
+def _detail_problem(key: object, value: object) -> str | None:
+    if not isinstance(key, str):
+        return f"details key {key!r} must be a string"
+    if value is None or isinstance(value, bool | float | str):
+        return None
+    if isinstance(value, int):
+        if _LONG_MIN <= value <= _LONG_MAX:
+            return None
+        return f"details[{key!r}] = {value} does not fit in 64 bits"
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return None
+    return f"details[{key!r}] = {value!r}: expected None, bool, int, float, str or a list of str"

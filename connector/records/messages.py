@@ -1,0 +1,75 @@
+"""Kafka messages <-> Changes: key, value and the sequence header together.
+
+The codec sees only value bytes; here the key is checked against the value (a record whose
+site/kind/id disagree with its key is as bad as corrupt bytes), and a tombstone becomes a
+Deletion carrying the sequence from its header. The consumer, tail and the poller's restore
+all read messages through `change_from_message`; the publisher writes through `to_message`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import confluent_kafka
+
+from connector.records.codec import Codec
+from connector.records.errors import DecodeError
+from connector.records.model import SEQUENCE_HEADER, Change, Deletion, StatusRecord, parse_key
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaMessage:
+    """What to produce for a Change: key, value (None for a tombstone) and headers."""
+
+    key: bytes
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def to_message(change: Change, codec: Codec) -> KafkaMessage:
+    """The Kafka message for `change`: an encoded record, or a tombstone with its sequence."""
+    key = change.key.encode("utf-8")
+    if isinstance(change, StatusRecord):
+        return KafkaMessage(key, codec.encode(change), [])
+    headers = [] if change.sequence is None else [sequence_header(change.sequence)]
+    return KafkaMessage(key, None, headers)
+
+
+def sequence_header(sequence: int) -> tuple[str, bytes]:
+    """The SEQUENCE_HEADER header of a tombstone: the sequence in decimal ASCII."""
+    return SEQUENCE_HEADER, str(sequence).encode("ascii")
+
+
+def change_from_message(message: confluent_kafka.Message, codec: Codec) -> Change:
+    """The Change a consumed message carries; DecodeError naming the reason when its key, value
+    or sequence header is bad. `message` must not be an error event."""
+    raw_key = message.key()
+    if raw_key is None:
+        raise DecodeError("message has no key")
+    try:
+        key = raw_key.decode("utf-8") if isinstance(raw_key, bytes) else str(raw_key)
+        site, kind, object_id = parse_key(key)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"bad key {raw_key!r}: {exc}") from exc
+    value = message.value()
+    if value is None:
+        return Deletion(site, kind, object_id, _sequence(message))
+    record = codec.decode(value if isinstance(value, bytes) else bytes(value))
+    if record.key != key:
+        raise DecodeError(f"key {key!r} disagrees with the value's site/kind/id {record.key!r}")
+    return record
+
+
+def _sequence(message: confluent_kafka.Message) -> int | None:
+    raw: str | bytes | None = None
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        if name == SEQUENCE_HEADER:
+            raw = value  # the last one wins, as with any repeated Kafka header
+    if raw is None:
+        return None
+    text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw
+    if not text.isascii() or not text.isdigit():
+        raise DecodeError(f"header {SEQUENCE_HEADER} = {raw!r} is not a decimal sequence number")
+    return int(text)
