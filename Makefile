@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ typecheck: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q tests/unit
 
-test: lint typecheck kafka-up
+# The SQL sink's integration tests start throwaway clusters from Debian's PostgreSQL binaries.
+postgres:
+	bash scripts/ensure-postgres.sh
+
+test: lint typecheck kafka-up postgres
 	$(BIN)/pytest -q -ra
 
 demo: kafka-up

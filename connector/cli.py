@@ -112,6 +112,29 @@ def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]
     click.echo(settings.model_dump_json(indent=2))
 
 
+@cli.command("status")
+@click.option(
+    "--sink", "sink_url", default=None, metavar="URL", help="SQL sink [env CASCADE_SINK_URL]."
+)
+@click.option("--site", default=None, help="Report this site only.")
+@click.option(
+    "--stale-after",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Heartbeat age in seconds from which a site is stale.",
+)
+@click.pass_obj
+def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: float) -> None:
+    """Objects per site, kind and status, and each site's heartbeat age; exit 1 if one is stale."""
+    from connector.sinks.status import read_status
+
+    settings = obj.settings({"sink": {"url": sink_url}})
+    report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+    click.echo(report.render())
+    sys.exit(1 if report.stale_sites else 0)
+
+
 @cli.group("local-kafka")
 @click.option(
     "--port",

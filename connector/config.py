@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,10 +65,40 @@ class KafkaSettings(_Section):
         return {"bootstrap.servers": self.bootstrap, **self.librdkafka, **overrides}
 
 
+SINK_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "http", "https")
+
+
+class SinkSettings(_Section):
+    """Where the top consumer applies changes, and how."""
+
+    #: `sqlite:///PATH`, `postgresql://USER:PASSWORD@HOST:PORT/DB`, or `http(s)://...`.
+    url: str = Field(default="sqlite:///cascade-status.sqlite", min_length=1)
+    #: SQL sinks, on a tombstone: `mark` keeps the row with deleted=true and its sequence, so a
+    #: replayed older update cannot bring it back; `delete` removes the row.
+    on_delete: Literal["delete", "mark"] = "mark"
+    #: HTTP sink: seconds to wait for the top-layer service to connect and to answer.
+    timeout: float = Field(default=10.0, gt=0)
+    #: HTTP sink: attempts after the first on connection errors and 5xx, with backoff.
+    retries: int = Field(default=3, ge=0, le=10)
+    #: Seconds the consumer waits before retrying a batch after a transient sink error, when the
+    #: sink was not told how long (no Retry-After).
+    retry_after: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = value.partition(":")[0].lower()
+        if scheme not in SINK_SCHEMES:
+            expected = ", ".join(f"{s}://" for s in SINK_SCHEMES)
+            raise ValueError(f"expected a URL starting with one of {expected}; got {value!r}")
+        return value
+
+
 class Settings(_Section):
     """All settings, one section per part of the connector."""
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
 
 
 ENV_PREFIX = "CASCADE_"

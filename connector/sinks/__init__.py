@@ -1,1 +1,43 @@
-"""Where the top consumer applies changes: one small interface, SQL and HTTP implementations."""
+"""Where the top consumer applies changes: one small interface, SQL and HTTP implementations.
+
+`open_sink` picks the implementation from the URL's scheme; the consumer only sees `Sink`.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from connector.config import SinkSettings
+from connector.errors import ConfigError
+from connector.sinks.base import ApplyResult, Sink, SinkBackpressureError, SinkError
+
+__all__ = ["ApplyResult", "Sink", "SinkBackpressureError", "SinkError", "open_sink"]
+
+
+def open_sink(settings: SinkSettings | str) -> Sink:
+    """The sink for `settings.url` (or a bare URL, with default settings otherwise):
+    `sqlite:///PATH` and `postgresql://...` give an SqlSink, `http(s)://...` an HttpSink.
+
+    Raises ConfigError for a URL of no known scheme, SinkError when the URL is unusable or the
+    SQL tables cannot be created.
+    """
+    if isinstance(settings, str):
+        try:
+            settings = SinkSettings(url=settings)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"sink URL: {reason}") from exc
+    scheme = settings.url.partition(":")[0].lower()
+    # Imported here so that a process using one kind of sink does not load the other's library.
+    if scheme in ("http", "https"):
+        from connector.sinks.http import HttpSink
+
+        return HttpSink(
+            settings.url,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            retry_after=settings.retry_after,
+        )
+    from connector.sinks.sql import SqlSink
+
+    return SqlSink(settings.url, on_delete=settings.on_delete, retry_after=settings.retry_after)

@@ -1,0 +1,204 @@
+"""The HTTP sink: POSTs each batch as JSON to the top-layer service, and reads its answer.
+
+It owns the wire contract with that service (docs/sinks.md has it in full):
+
+- Request: `POST <url>` with `{"batch_id": ..., "changes": [...]}` and an `Idempotency-Key` header.
+  The key is a hash of the batch's content, so the same batch retried (also after a crash and a
+  replay from Kafka) carries the same key and the service can answer it without applying it twice.
+- 2xx: applied; an optional JSON body `{"applied": N, "rejected": [{"key": K, "reason": R}]}` says
+  how many objects changed and which changes were refused for good.
+- 429 or 503: the service is busy; SinkBackpressureError with its Retry-After (seconds or an HTTP
+  date), so the consumer pauses. Connection errors, timeouts and other 5xx are retried here with
+  exponential backoff and jitter, then become SinkBackpressureError too.
+- Any other status: SinkError naming the status and the start of the body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+from connector.records.model import Change, Deletion
+from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
+
+#: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
+BACKPRESSURE_STATUSES = frozenset({429, 503})
+#: Characters of a refusing response's body quoted in the error.
+_BODY_EXCERPT = 300
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    """One change as the service receives it: `op` is upsert, delete or heartbeat."""
+    if isinstance(change, Deletion):
+        return {
+            "op": "delete",
+            "key": change.key,
+            "site": change.site,
+            "kind": change.kind,
+            "id": change.id,
+            "sequence": change.sequence,
+        }
+    return {
+        "op": "heartbeat" if change.is_heartbeat else "upsert",
+        "key": change.key,
+        "site": change.site,
+        "kind": change.kind,
+        "id": change.id,
+        "name": change.name,
+        "project_id": change.project_id,
+        "status": change.status,
+        "details": dict(change.details),
+        "source_updated_at": _iso(change.source_updated_at),
+        "observed_at": _iso(change.observed_at),
+        "revision": change.revision,
+        "sequence": change.sequence,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def idempotency_key(changes: Sequence[dict[str, Any]]) -> str:
+    """A SHA-256 over the canonical JSON of the changes sorted by key: same batch, same key."""
+    canonical = json.dumps(
+        sorted(changes, key=lambda c: str(c["key"])), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_retry_after(value: str | None, default: float, now: datetime | None = None) -> float:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); `default` when
+    absent or unreadable."""
+    if value is None:
+        return default
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class HttpSink:
+    """A Sink that hands batches to the top-layer service over HTTP."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        retry_after: float = 5.0,
+        backoff: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_after = retry_after
+        #: first backoff in seconds; doubles per attempt, with full jitter
+        self.backoff = backoff
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"HttpSink({self.url!r}, timeout={self.timeout}, retries={self.retries})"
+
+    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+        """POST the batch; retry transient failures; map the answer onto an ApplyResult."""
+        body: list[dict[str, Any]] = []
+        sendable: list[Change] = []
+        rejected: list[tuple[Change, str]] = []
+        for change in changes:
+            item = change_json(change)
+            try:
+                json.dumps(item, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                rejected.append((change, f"not representable as JSON: {exc}"))
+                continue
+            body.append(item)
+            sendable.append(change)
+        if not body:
+            return ApplyResult(written=0, rejected=rejected)
+        key = idempotency_key(body)
+        payload = json.dumps({"batch_id": key, "changes": body}, allow_nan=False)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        attempt = 0
+        while True:
+            failure = self._post(payload, headers)
+            if isinstance(failure, requests.Response):
+                result = self._result(failure, sendable)
+                result.rejected[:0] = rejected
+                return result
+            if attempt >= self.retries:
+                raise SinkBackpressureError(
+                    f"top-layer service at {self.url} failed {attempt + 1} times, last: {failure}",
+                    self.retry_after,
+                )
+            time.sleep(random.uniform(0, self.backoff * 2**attempt))
+            attempt += 1
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    def _post(self, payload: str, headers: dict[str, str]) -> requests.Response | str:
+        """The response to act on, or why this attempt is worth retrying."""
+        try:
+            response = self._session.post(
+                self.url,
+                data=payload.encode(),
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.status_code >= 500 and response.status_code not in BACKPRESSURE_STATUSES:
+            return f"HTTP {response.status_code}"
+        return response
+
+    def _result(self, response: requests.Response, changes: Sequence[Change]) -> ApplyResult:
+        status = response.status_code
+        if status in BACKPRESSURE_STATUSES:
+            wait = parse_retry_after(response.headers.get("Retry-After"), self.retry_after)
+            raise SinkBackpressureError(f"top-layer service answered HTTP {status}", wait)
+        if not 200 <= status < 300:
+            excerpt = response.text[:_BODY_EXCERPT]
+            raise SinkError(f"top-layer service at {self.url} answered HTTP {status}: {excerpt}")
+        return _parse_answer(response, changes)
+
+
+def _parse_answer(response: requests.Response, changes: Sequence[Change]) -> ApplyResult:
+    """Read the optional `{"applied": N, "rejected": [...]}` body of a 2xx answer."""
+    if not response.content.strip():
+        return ApplyResult(written=len(changes))
+    try:
+        answer = response.json()
+    except requests.JSONDecodeError as exc:
+        raise SinkError(f"top-layer service answered {response.status_code} with non-JSON") from exc
+    if not isinstance(answer, dict):
+        raise SinkError(f"top-layer service answered a JSON {type(answer).__name__}, not an object")
+    by_key = {c.key: c for c in changes}
+    rejected: list[tuple[Change, str]] = []
+    for item in answer.get("rejected") or []:
+        key = item.get("key") if isinstance(item, dict) else None
+        if key not in by_key:
+            raise SinkError(f"top-layer service rejected {item!r}, which is not in the batch")
+        rejected.append((by_key[key], str(item.get("reason") or "no reason given")))
+    applied = answer.get("applied", len(changes) - len(rejected))
+    if not isinstance(applied, int) or isinstance(applied, bool) or applied < 0:
+        raise SinkError(f"top-layer service answered applied={applied!r}, not a count")
+    return ApplyResult(written=applied, rejected=rejected)

@@ -1,0 +1,386 @@
+"""The SQL sink: applies batches to SQLite or PostgreSQL through SQLAlchemy Core, never regressing.
+
+It owns the two tables (created if missing): `resource_status`, one row per object keyed by
+(site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
+upsert (or delete) statement, executed with many parameter sets, all in one transaction. A row
+changes only when the change carries a higher site sequence than the row, so a replay after a crash
+writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
+rejected up front with a reason; transient database trouble becomes SinkBackpressureError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from connector.records.model import (
+    HEARTBEAT_KIND,
+    Change,
+    Deletion,
+    DetailValue,
+    StatusRecord,
+)
+from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
+
+OnDelete = Literal["delete", "mark"]
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_UTC_TIME = sa.DateTime(timezone=True)
+
+metadata = sa.MetaData()
+
+#: One row per object. `sequence` is the site sequence of the change the row holds; it is NULL only
+#: for a row marked deleted by a tombstone that came without one.
+resource_status = sa.Table(
+    "resource_status",
+    metadata,
+    sa.Column("site", sa.String(255), primary_key=True),
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255)),
+    sa.Column("project_id", sa.String(255)),
+    sa.Column("status", sa.String(64)),
+    sa.Column("details", _JSON),
+    sa.Column("source_updated_at", _UTC_TIME),
+    sa.Column("observed_at", _UTC_TIME),
+    sa.Column("revision", sa.BigInteger),
+    sa.Column("sequence", sa.BigInteger),
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    #: when this sink last changed the row (the top layer's clock)
+    sa.Column("applied_at", _UTC_TIME, nullable=False),
+)
+
+#: One row per site: its latest heartbeat.
+site_heartbeat = sa.Table(
+    "site_heartbeat",
+    metadata,
+    sa.Column("site", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(64)),
+    sa.Column("details", _JSON),
+    sa.Column("observed_at", _UTC_TIME, nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("applied_at", _UTC_TIME, nullable=False),
+)
+
+_KEY = ("site", "kind", "id")
+_BIGINT = range(-(2**63), 2**63)
+#: PostgreSQL SQLSTATEs worth a retry: connection exceptions (08), transaction rollbacks such as
+#: serialization failures and deadlocks (40), insufficient resources (53), operator intervention
+#: such as shutdown or a cancelled statement (57), lock not available (55P03).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_SQLSTATES = ("55P03",)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL SQLAlchemy gets: plain `postgresql://` is mapped to the psycopg 3 driver."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite files get WAL, so `status` can read while the consumer writes.
+
+    A locked SQLite file is waited for `?timeout=` seconds (the driver's default is 5) before the
+    apply fails with backpressure; PostgreSQL takes libpq options such as `?options=-c%20...`.
+    """
+    try:
+        engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise SinkError(f"unusable SQL sink URL {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name != "postgresql":
+        raise SinkError(f"SQL sink supports SQLite and PostgreSQL, not {engine.dialect.name}")
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+@contextmanager
+def translate_errors(what: str, retry_after: float) -> Iterator[None]:
+    """Turn SQLAlchemy errors into SinkBackpressureError (transient) or SinkError (the rest)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        message = f"{what}: {_first_line(exc)}"
+        if _is_transient(exc):
+            raise SinkBackpressureError(message, retry_after) from exc
+        raise SinkError(message) from exc
+
+
+def _first_line(exc: sa.exc.SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
+    if isinstance(exc, sa.exc.TimeoutError):
+        return True  # no pooled connection came free in time
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if sqlite_name is not None:
+        return str(sqlite_name).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    if hasattr(orig, "sqlstate"):
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate is None:
+            # psycopg raises OperationalError without a SQLSTATE when it cannot reach the server.
+            return isinstance(exc, sa.exc.OperationalError)
+        return str(sqlstate).startswith(_TRANSIENT_SQLSTATE_CLASSES) or (
+            sqlstate in _TRANSIENT_SQLSTATES
+        )
+    return False
+
+
+@dataclass
+class _Plan:
+    """A batch sorted by statement, with the changes refused up front."""
+
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)
+    deletions: list[dict[str, Any]] = field(default_factory=list)
+    heartbeat_deletions: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[Change, str]] = field(default_factory=list)
+
+
+class SqlSink:
+    """A Sink over SQLite or PostgreSQL. See the module docstring for the rules it keeps."""
+
+    def __init__(self, url: str, *, on_delete: OnDelete = "mark", retry_after: float = 5.0) -> None:
+        self.url = url
+        self.on_delete = on_delete
+        self.retry_after = retry_after
+        self.engine = create_engine(url)
+        with translate_errors("cannot create the sink tables", retry_after):
+            metadata.create_all(self.engine)
+        self._statements = _Statements(self.engine.dialect.name)
+
+    def __repr__(self) -> str:
+        return (
+            f"SqlSink({self.engine.url.render_as_string(hide_password=True)!r}, "
+            f"on_delete={self.on_delete!r})"
+        )
+
+    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+        """Apply `changes` (distinct keys) in one transaction; return the rows actually changed."""
+        _require_distinct_keys(changes)
+        plan = _plan(changes, applied_at=datetime.now(UTC))
+        written = 0
+        st = self._statements
+        with (
+            translate_errors("SQL sink apply failed", self.retry_after),
+            self.engine.begin() as conn,
+        ):
+            if plan.statuses:
+                written += len(conn.execute(st.upsert_status, plan.statuses).all())
+            if plan.heartbeats:
+                written += len(conn.execute(st.upsert_heartbeat, plan.heartbeats).all())
+            if plan.deletions and self.on_delete == "mark":
+                written += len(conn.execute(st.mark_deleted, plan.deletions).all())
+            if plan.deletions and self.on_delete == "delete":
+                written += _rowcount(conn.execute(st.delete_status, plan.deletions))
+            if plan.heartbeat_deletions:
+                written += _rowcount(conn.execute(st.delete_heartbeat, plan.heartbeat_deletions))
+        return ApplyResult(written=written, rejected=plan.rejected)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _rowcount(result: sa.CursorResult[Any]) -> int:
+    # Both drivers report the sum over all parameter sets for an executemany DELETE.
+    return max(result.rowcount, 0)
+
+
+class _Statements:
+    """The five statements of an apply, built once for one dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        rs = resource_status
+
+        ins = insert(rs)
+        self.upsert_status = ins.on_conflict_do_update(
+            index_elements=[rs.c[k] for k in _KEY],
+            set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
+            where=sa.or_(rs.c.sequence.is_(None), ins.excluded.sequence > rs.c.sequence),
+        ).returning(rs.c.site)
+
+        # An already deleted row is touched again only to raise its sequence; a live row yields to
+        # a deletion of the same sequence (nothing can follow a deletion), or one without any.
+        mark = insert(rs)
+        self.mark_deleted = mark.on_conflict_do_update(
+            index_elements=[rs.c[k] for k in _KEY],
+            set_={
+                "deleted": True,
+                "sequence": sa.func.coalesce(mark.excluded.sequence, rs.c.sequence),
+                "applied_at": mark.excluded.applied_at,
+            },
+            where=sa.or_(
+                mark.excluded.sequence > rs.c.sequence,
+                sa.and_(
+                    sa.not_(rs.c.deleted),
+                    sa.or_(
+                        mark.excluded.sequence.is_(None),
+                        rs.c.sequence.is_(None),
+                        mark.excluded.sequence == rs.c.sequence,
+                    ),
+                ),
+            ),
+        ).returning(rs.c.site)
+
+        seq = sa.bindparam("sequence", type_=sa.BigInteger)
+        self.delete_status = sa.delete(rs).where(
+            *(rs.c[k] == sa.bindparam(k, type_=rs.c[k].type) for k in _KEY),
+            sa.or_(seq.is_(None), rs.c.sequence.is_(None), rs.c.sequence <= seq),
+        )
+
+        hb = site_heartbeat
+        beat = insert(hb)
+        self.upsert_heartbeat = beat.on_conflict_do_update(
+            index_elements=[hb.c.site],
+            set_={c.name: beat.excluded[c.name] for c in hb.c if c.name != "site"},
+            where=beat.excluded.sequence > hb.c.sequence,
+        ).returning(hb.c.site)
+        self.delete_heartbeat = sa.delete(hb).where(
+            hb.c.site == sa.bindparam("site", type_=hb.c.site.type),
+            sa.or_(seq.is_(None), hb.c.sequence <= seq),
+        )
+
+
+def _require_distinct_keys(changes: Sequence[Change]) -> None:
+    seen: set[str] = set()
+    for change in changes:
+        if change.key in seen:
+            # Both PostgreSQL and SQLite refuse to upsert one row twice in one statement; the
+            # consumer coalesces by key before applying, so this is a bug upstream.
+            raise SinkError(f"batch holds key {change.key!r} more than once")
+        seen.add(change.key)
+
+
+def _plan(changes: Sequence[Change], applied_at: datetime) -> _Plan:
+    plan = _Plan()
+    for change in changes:
+        reason = _unstorable(change)
+        if reason is not None:
+            plan.rejected.append((change, reason))
+        elif isinstance(change, Deletion):
+            if change.kind == HEARTBEAT_KIND:
+                plan.heartbeat_deletions.append({"site": change.site, "sequence": change.sequence})
+            else:
+                plan.deletions.append(
+                    {
+                        "site": change.site,
+                        "kind": change.kind,
+                        "id": change.id,
+                        "sequence": change.sequence,
+                        "deleted": True,
+                        "applied_at": applied_at,
+                    }
+                )
+        elif change.is_heartbeat:
+            plan.heartbeats.append(
+                {
+                    "site": change.site,
+                    "status": change.status,
+                    "details": dict(change.details),
+                    "observed_at": change.observed_at.astimezone(UTC),
+                    "sequence": change.sequence,
+                    "applied_at": applied_at,
+                }
+            )
+        else:
+            plan.statuses.append(_status_row(change, applied_at))
+    return plan
+
+
+def _status_row(record: StatusRecord, applied_at: datetime) -> dict[str, Any]:
+    source = record.source_updated_at
+    return {
+        "site": record.site,
+        "kind": record.kind,
+        "id": record.id,
+        "name": record.name,
+        "project_id": record.project_id,
+        "status": record.status,
+        "details": dict(record.details),
+        "source_updated_at": source.astimezone(UTC) if source is not None else None,
+        "observed_at": record.observed_at.astimezone(UTC),
+        "revision": record.revision,
+        "sequence": record.sequence,
+        "deleted": False,
+        "applied_at": applied_at,
+    }
+
+
+def _unstorable(change: Change) -> str | None:
+    """Why `change` can never be stored, or None. Checked up front so one bad record does not
+    fail (and endlessly retry) the whole batch."""
+    texts: dict[str, str | None] = {"site": change.site, "kind": change.kind, "id": change.id}
+    numbers: dict[str, int | None] = {"sequence": change.sequence}
+    if isinstance(change, StatusRecord):
+        texts |= {"name": change.name, "project_id": change.project_id, "status": change.status}
+        numbers["revision"] = change.revision
+        times = {"observed_at": change.observed_at, "source_updated_at": change.source_updated_at}
+        for name, value in times.items():
+            if value is not None and value.utcoffset() is None:
+                return f"{name} {value.isoformat()} has no time zone"
+        problem = _details_problem(change.details)
+        if problem is not None:
+            return problem
+    for name, text in texts.items():
+        if text is None:
+            continue
+        if "\x00" in text:
+            return f"{name} contains a NUL character"
+        limit = _length_limit(name)
+        if limit is not None and len(text) > limit:
+            return f"{name} is {len(text)} characters long, the limit is {limit}"
+    for name, number in numbers.items():
+        if number is not None and number not in _BIGINT:
+            return f"{name} {number} does not fit a 64-bit integer"
+    return None
+
+
+def _length_limit(name: str) -> int | None:
+    # site_heartbeat's text columns have the same limits as resource_status's.
+    column = resource_status.c.get(name)
+    if column is None or not isinstance(column.type, sa.String):
+        return None
+    return column.type.length
+
+
+def _details_problem(details: Mapping[str, DetailValue]) -> str | None:
+    for key, value in details.items():
+        values = value if isinstance(value, list) else [value]
+        for item in [key, *values]:
+            if isinstance(item, str) and "\x00" in item:
+                return f"details[{key!r}] contains a NUL character"
+            if isinstance(item, float) and not math.isfinite(item):
+                return f"details[{key!r}] is {item}, which JSON cannot hold"
+    try:
+        json.dumps(dict(details), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"details are not JSON: {exc}"
+    return None

@@ -1,0 +1,154 @@
+"""The `status` report: what an SQL sink holds, per site, kind and status, and how fresh each
+site's heartbeat is.
+
+A site whose last heartbeat is older than `stale_after` seconds, or that has objects but never sent
+a heartbeat, is stale: its poller is down or cannot reach Kafka, so "no changes" from it means
+nothing. It reads the tables the SQL sink writes and never changes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from connector.sinks.base import SinkError
+from connector.sinks.sql import create_engine, resource_status, site_heartbeat, translate_errors
+
+#: The status shown for rows a tombstone marked deleted (`on_delete = "mark"`).
+DELETED = "(deleted)"
+
+
+@dataclass(frozen=True)
+class ObjectCount:
+    """How many objects of one site and kind have one status."""
+
+    site: str
+    kind: str
+    status: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SiteHealth:
+    """A site's latest heartbeat; `observed_at` is None when it never sent one."""
+
+    site: str
+    status: str | None
+    observed_at: datetime | None
+    age_seconds: float | None
+    stale: bool
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything `cascade-connector status` prints."""
+
+    counts: list[ObjectCount]
+    sites: list[SiteHealth]
+    stale_after: float
+
+    @property
+    def stale_sites(self) -> list[str]:
+        return [s.site for s in self.sites if s.stale]
+
+    def render(self) -> str:
+        """Two plain-text tables: object counts, then site heartbeats."""
+        if not self.counts and not self.sites:
+            return "no objects and no heartbeats yet"
+        lines = _table(
+            ("SITE", "KIND", "STATUS", "OBJECTS"),
+            [(c.site, c.kind, c.status, str(c.count)) for c in self.counts],
+        )
+        lines.append("")
+        lines += _table(
+            ("SITE", "HEARTBEAT", "AGE", "STATE"),
+            [
+                (
+                    s.site,
+                    s.status or "-",
+                    f"{s.age_seconds:.1f} s" if s.age_seconds is not None else "-",
+                    _state(s, self.stale_after),
+                )
+                for s in self.sites
+            ],
+        )
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _state(site: SiteHealth, stale_after: float) -> str:
+    if site.observed_at is None:
+        return "STALE (no heartbeat)"
+    return f"STALE (> {stale_after:g} s)" if site.stale else "fresh"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+
+
+def read_status(
+    url: str, site: str | None = None, stale_after: float = 30.0, now: datetime | None = None
+) -> StatusReport:
+    """Read the report from the SQL sink at `url`, for one `site` or all of them.
+
+    Raises SinkError for an HTTP sink (the top-layer service holds that data), a missing SQLite
+    file, or a database that cannot be read.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        raise SinkError("status reads an SQL sink; an HTTP sink's data is in the top-layer service")
+    if scheme == "sqlite":
+        path = sa.make_url(url).database
+        if path and not Path(path).exists():
+            raise SinkError(f"no SQLite sink database at {path}")
+    now = now or datetime.now(UTC)
+    engine = create_engine(url)
+    try:
+        with translate_errors("cannot read the sink", retry_after=0.0), engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            counts = _counts(conn, site) if resource_status.name in tables else []
+            beats = _heartbeats(conn, site) if site_heartbeat.name in tables else {}
+    finally:
+        engine.dispose()
+    sites = sorted({c.site for c in counts} | set(beats))
+    health = []
+    for name in sites:
+        status, observed_at = beats.get(name, (None, None))
+        age = (now - observed_at).total_seconds() if observed_at is not None else None
+        stale = age is None or age > stale_after
+        health.append(SiteHealth(name, status, observed_at, age, stale))
+    return StatusReport(counts=counts, sites=health, stale_after=stale_after)
+
+
+def _counts(conn: sa.Connection, site: str | None) -> list[ObjectCount]:
+    rs = resource_status
+    status = sa.case((rs.c.deleted, DELETED), else_=sa.func.coalesce(rs.c.status, "-"))
+    query = (
+        sa.select(rs.c.site, rs.c.kind, status.label("status"), sa.func.count().label("n"))
+        .group_by(rs.c.site, rs.c.kind, status)
+        .order_by(rs.c.site, rs.c.kind, status)
+    )
+    if site is not None:
+        query = query.where(rs.c.site == site)
+    return [ObjectCount(r.site, r.kind, r.status, r.n) for r in conn.execute(query)]
+
+
+def _heartbeats(conn: sa.Connection, site: str | None) -> dict[str, tuple[str | None, datetime]]:
+    hb = site_heartbeat
+    query = sa.select(hb.c.site, hb.c.status, hb.c.observed_at)
+    if site is not None:
+        query = query.where(hb.c.site == site)
+    # SQLite hands back naive datetimes; the sink stored them in UTC.
+    return {
+        r.site: (
+            r.status,
+            r.observed_at if r.observed_at.tzinfo else r.observed_at.replace(tzinfo=UTC),
+        )
+        for r in conn.execute(query)
+    }
