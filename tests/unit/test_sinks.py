@@ -1,0 +1,83 @@
+"""Sink parts that need no database or server: settings, the factory, the HTTP sink's pure parts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from connector.config import load_settings
+from connector.errors import ConfigError
+from connector.records.model import Deletion, StatusRecord
+from connector.sinks import open_sink
+from connector.sinks.base import SinkError
+from connector.sinks.http import change_json, idempotency_key, parse_retry_after
+from connector.sinks.sql import SqlSink, sqlalchemy_url
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_sink_settings_defaults_and_environment() -> None:
+    sink = load_settings(env={}).sink
+    assert (sink.url, sink.on_delete) == ("sqlite:///cascade-status.sqlite", "mark")
+    env = {"CASCADE_SINK_URL": "https://top.example/batches", "CASCADE_SINK_ON_DELETE": "delete"}
+    sink = load_settings(env=env).sink
+    assert (sink.url, sink.on_delete) == ("https://top.example/batches", "delete")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CASCADE_SINK_URL": "mysql://db/x"}, "sink.url: expected a URL starting with one of"),
+        ({"CASCADE_SINK_ON_DELETE": "purge"}, "sink.on_delete: input should be 'delete' or 'mark'"),
+        ({"CASCADE_SINK_TIMEOUT": "0"}, "sink.timeout: input should be greater than 0"),
+    ],
+)
+def test_sink_settings_errors_name_the_field(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)
+
+
+def test_open_sink_chooses_by_scheme(tmp_path: Path) -> None:
+    sql = open_sink(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    assert isinstance(sql, SqlSink) and sql.on_delete == "mark"
+    sql.close()
+    with pytest.raises(ConfigError, match="sink URL: expected a URL"):
+        open_sink("ftp://top/")
+
+
+def test_open_sink_names_a_sqlite_file_it_cannot_create(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="cannot create the sink tables"):
+        open_sink(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite'}")
+
+
+def test_plain_postgresql_urls_use_psycopg_3() -> None:
+    assert sqlalchemy_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert sqlalchemy_url("postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, 5.0),
+        ("12", 12.0),
+        ("0.5", 0.5),
+        ("Wed, 01 Jan 2025 00:01:00 GMT", 60.0),
+        ("Tue, 31 Dec 2024 23:00:00 GMT", 0.0),  # a date already past: retry now
+        ("soon", 5.0),
+        ("-3", 5.0),
+    ],
+)
+def test_retry_after_seconds_or_http_date(header: str | None, expected: float) -> None:
+    assert parse_retry_after(header, default=5.0, now=T0) == expected
+
+
+def test_idempotency_key_depends_on_content_not_order() -> None:
+    a = change_json(StatusRecord("s", "server", "1", "ACTIVE", 3, T0))
+    b = change_json(Deletion("s", "server", "2", 4))
+    assert idempotency_key([a, b]) == idempotency_key([b, a])
+    assert idempotency_key([a, b]) != idempotency_key([a])
+    newer = change_json(StatusRecord("s", "server", "1", "ACTIVE", 5, T0))
+    assert idempotency_key([a, b]) != idempotency_key([newer, b])
