@@ -135,6 +135,141 @@ def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: f
     sys.exit(1 if report.stale_sites else 0)
 
 
+def _topic_flags(
+    bootstrap: str | None, librdkafka: dict[str, str], prefix: str | None, **more: Any
+) -> dict[str, Any]:
+    return {"kafka": {**kafka_flags(bootstrap, librdkafka), "topic_prefix": prefix, **more}}
+
+
+_prefix_option = click.option(
+    "--prefix",
+    default=None,
+    help="Site topic prefix [env CASCADE_KAFKA_TOPIC_PREFIX; default cascade.status].",
+)
+
+
+@cli.group("topics")
+def topics() -> None:
+    """Create and check the compacted site topics (<prefix>.<site>)."""
+
+
+@topics.command("ensure")
+@kafka_options
+@_prefix_option
+@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@click.option("--fix", is_flag=True, help="Set the expected config on an existing topic.")
+@click.option("--partitions", type=int, default=None, help="Partitions of a new topic.")
+@click.option("--replication-factor", type=int, default=None, help="Replicas of a new topic.")
+@click.pass_obj
+def topics_ensure(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    prefix: str | None,
+    site: str,
+    fix: bool,
+    partitions: int | None,
+    replication_factor: int | None,
+) -> None:
+    """Create the site topic, or check its config: exit 1 naming every setting that differs."""
+    from connector.kafka.topics import ensure_site_topic
+
+    flags = _topic_flags(
+        bootstrap,
+        librdkafka,
+        prefix,
+        partitions=partitions,
+        replication_factor=replication_factor,
+    )
+    for line in ensure_site_topic(obj.settings(flags).kafka, site, fix=fix).lines():
+        click.echo(line)
+
+
+@topics.command("describe")
+@kafka_options
+@_prefix_option
+@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@click.pass_obj
+def topics_describe(
+    obj: _Context, bootstrap: str | None, librdkafka: dict[str, str], prefix: str | None, site: str
+) -> None:
+    """Print the site topic's partitions and config."""
+    from connector.kafka.topics import describe_site_topic
+
+    settings = obj.settings(_topic_flags(bootstrap, librdkafka, prefix))
+    for line in describe_site_topic(settings.kafka, site).lines():
+        click.echo(line)
+
+
+@cli.group("schemas")
+def schemas() -> None:
+    """The Avro schemas of the status record, every version kept."""
+
+
+@schemas.command("show")
+def schemas_show() -> None:
+    """Print every shipped schema version with its fingerprint."""
+    from connector.records.schemas import describe_schemas
+
+    for line in describe_schemas():
+        click.echo(line)
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Check that the current schema reads every shipped version; exit 1 naming each problem."""
+    from connector.records.schemas import check_shipped, shipped_schemas
+
+    problems = check_shipped()
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        sys.exit(1)
+    files = ", ".join(s.file for s in shipped_schemas())
+    click.echo(f"ok: the current schema reads {files}")
+
+
+@cli.command("tail")
+@kafka_options
+@_prefix_option
+@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N records.")
+@click.option("--exit-at-end", is_flag=True, help="Stop once every partition is read to its end.")
+@click.option(
+    "--schema-registry",
+    "schema_registry_url",
+    default=None,
+    metavar="URL",
+    help="Schema registry for registry-framed values [env CASCADE_KAFKA_SCHEMA_REGISTRY_URL].",
+)
+@click.pass_obj
+def tail(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    prefix: str | None,
+    site: str,
+    from_beginning: bool,
+    limit: int | None,
+    exit_at_end: bool,
+    schema_registry_url: str | None,
+) -> None:
+    """Print a site topic as JSON lines: key, partition, offset, value (null for a tombstone),
+    or error for a record that cannot be decoded."""
+    from connector.records.tail import tail_site
+
+    flags = _topic_flags(bootstrap, librdkafka, prefix, schema_registry_url=schema_registry_url)
+    tail_site(
+        obj.settings(flags).kafka,
+        site,
+        click.echo,
+        from_beginning=from_beginning,
+        limit=limit,
+        stop_at_end=exit_at_end,
+    )
+
+
 @cli.group("local-kafka")
 @click.option(
     "--port",

@@ -29,6 +29,8 @@ from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
 
 #: Seconds an admin request may take before it counts as Kafka trouble.
 ADMIN_TIMEOUT = 30.0
+#: Dead letters wait a fortnight for someone to look at them.
+DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 
 
 class TopicConfigError(ConnectorError):
@@ -95,6 +97,15 @@ class TopicDescription:
     partitions: list[PartitionInfo]
     #: every setting that is not a broker default, plus the ones the connector checks
     config: dict[str, str]
+
+    def lines(self) -> list[str]:
+        """Human-readable description, one line per partition and per setting."""
+        out = [f"topic {self.topic}: {len(self.partitions)} partitions"]
+        out += [
+            f"partition {p.id}: leader {p.leader}, replicas {p.replicas}, in-sync {p.in_sync}"
+            for p in self.partitions
+        ]
+        return out + [f"config {name}={value}" for name, value in self.config.items()]
 
 
 def site_topic(prefix: str, site: str) -> str:
@@ -249,3 +260,20 @@ def _layout_notes(kafka: KafkaSettings, description: TopicDescription) -> list[s
             "(only used for a new topic)"
         )
     return notes
+
+
+def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
+    """Create the dead-letter topic unless it exists (plain retention, not compacted: every
+    dead letter is kept, even several of one key); True if it was created."""
+    new = NewTopic(
+        topic,
+        num_partitions=1,
+        replication_factor=kafka.replication_factor,
+        config={"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+    )
+    admin = _admin(kafka)
+    try:
+        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+    except _AlreadyExistsError:
+        return False
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -42,12 +43,18 @@ class RegistryFraming:
     """Schema ids from a Confluent Schema Registry: the current schema's id for writing (registered
     once), and writer schemas by id for reading (fetched once each)."""
 
-    def __init__(self, url: str, subject: str = REGISTRY_SUBJECT) -> None:
+    def __init__(
+        self,
+        url: str,
+        subject: str = REGISTRY_SUBJECT,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`client_config`: more SchemaRegistryClient settings (TLS, auth, retries)."""
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.url = url
         self.subject = subject
-        self._client = SchemaRegistryClient({"url": url})
+        self._client = SchemaRegistryClient({**(client_config or {}), "url": url})
         self._prefix: bytes | None = None
         self._by_id: dict[int, ShippedSchema] = {}
 

@@ -83,6 +83,20 @@ def current_schema() -> ShippedSchema:
     return shipped_schemas()[-1]
 
 
+def describe_schemas() -> list[str]:
+    """Every shipped version with its fingerprint, then its JSON, for `schemas show`."""
+    current = current_schema()
+    out = []
+    for schema in shipped_schemas():
+        mark = " (current)" if schema is current else ""
+        out.append(
+            f"# {schema.file}{mark}: CRC-64-AVRO fingerprint {schema.fingerprint_hex} "
+            "(as on the wire, little-endian)"
+        )
+        out.append(json.dumps(schema.source, indent=2))
+    return out
+
+
 def check_shipped() -> list[str]:
     """Problems with the shipped schemas: a version the current one cannot read, an optional
     field without a default. Empty when all is well."""

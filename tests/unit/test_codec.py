@@ -1,0 +1,384 @@
+"""The codec: round trips for every kind, single-object layout, evolution, bad input, fuzzing."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector.config import KafkaSettings
+from connector.records.checks import record_problem
+from connector.records.codec import SINGLE_OBJECT_MARKER, Codec, codec_from_settings
+from connector.records.errors import DecodeError, EncodeError
+from connector.records.messages import change_from_message, to_message
+from connector.records.model import (
+    HEARTBEAT_KIND,
+    SEQUENCE_HEADER,
+    Deletion,
+    StatusRecord,
+)
+from connector.records.schemas import current_schema, schema_fingerprint, shipped_schemas
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+NOW = datetime(2025, 11, 25, 12, 30, 15, 123456, tzinfo=UTC)
+
+EXAMPLES = [
+    StatusRecord(
+        site="site-a",
+        kind="server",
+        id="8c1f7c6e-3b7a-4d6e-9a59-2f0c5d1e7a10",
+        status="ACTIVE",
+        sequence=1042,
+        observed_at=NOW,
+        name="web-01",
+        project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
+        details={
+            "vm_state": "active",
+            "task_state": None,
+            "power_state": 1,
+            "host": "compute-07",
+            "locked": False,
+        },
+        source_updated_at=NOW - timedelta(seconds=3),
+    ),
+    StatusRecord(
+        site="site-a",
+        kind="volume",
+        id="0d3c5b7e-9f4f-1c2b-7e9d-8a4c6b8e2f1a",
+        status="in-use",
+        sequence=1043,
+        observed_at=NOW,
+        name="data",
+        details={"attachments": ["8c1f7c6e-3b7a-4d6e-9a59-2f0c5d1e7a10"], "size": 100},
+    ),
+    StatusRecord(
+        site="site-a",
+        kind="port",
+        id="e2f1a0d3-c5b7-e9f4-f1c2-b7e9d8a4c6b8",
+        status="DOWN",
+        sequence=1044,
+        observed_at=NOW,
+        details={
+            "device_owner": "compute:nova",
+            "binding:host_id": "compute-07",
+            "admin_state_up": True,
+            "fixed_ips": ["10.0.0.5"],
+        },
+        revision=17,
+    ),
+    StatusRecord(
+        site="site-a",
+        kind=HEARTBEAT_KIND,
+        id="site-a",
+        status="degraded",
+        sequence=1045,
+        observed_at=NOW,
+        details={
+            "server.last_good_poll": "2025-11-25T12:30:10+00:00",
+            "server.error": None,
+            "volume.last_good_poll": "2025-11-25T12:28:00+00:00",
+            "volume.error": "HTTP 503 from block-storage",
+            "lag_seconds": 0.25,
+        },
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec()
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=[r.kind for r in EXAMPLES])
+def test_round_trip_every_kind(codec: Codec, record: StatusRecord) -> None:
+    data = codec.encode(record)
+    assert codec.decode(data) == record
+    assert codec.decode(data).observed_at.tzinfo is not None
+
+
+def test_non_utc_times_come_back_as_the_same_instant_in_utc(codec: Codec) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    record = replace(EXAMPLES[0], observed_at=NOW.astimezone(plus_two))
+    decoded = codec.decode(codec.encode(record))
+    assert decoded.observed_at == NOW
+    assert decoded.observed_at.utcoffset() == timedelta(0)
+
+
+def test_single_object_layout_is_marker_fingerprint_body(codec: Codec) -> None:
+    data = codec.encode(EXAMPLES[0])
+    current = current_schema()
+    assert data[:2] == SINGLE_OBJECT_MARKER == b"\xc3\x01"
+    assert data[2:10] == current.fingerprint
+    # Any Avro implementation reads the body with the .avsc file alone.
+    schema = parse_schema(json.loads((SCHEMAS / current.file).read_text()))
+    body = schemaless_reader(io.BytesIO(data[10:]), schema, None)
+    assert isinstance(body, dict)
+    assert body["id"] == EXAMPLES[0].id
+
+
+def test_fingerprint_matches_the_avro_spec() -> None:
+    # Avro's own test vector: CRC-64-AVRO of the schema "null" is 7195948357588979594.
+    assert schema_fingerprint('"null"') == (7195948357588979594).to_bytes(8, "little")
+
+
+def test_codec_from_settings_defaults_to_single_object() -> None:
+    data = codec_from_settings(KafkaSettings()).encode(EXAMPLES[0])
+    assert data.startswith(SINGLE_OBJECT_MARKER)
+
+
+def _write_with(version: int, datum: dict[str, object]) -> bytes:
+    """A value as an older (or any shipped) writer would have produced it."""
+    (schema,) = [s for s in shipped_schemas() if s.version == version]
+    out = io.BytesIO()
+    out.write(SINGLE_OBJECT_MARKER + schema.fingerprint)
+    schemaless_writer(out, schema.parsed, datum)
+    return out.getvalue()
+
+
+def test_evolution_v1_record_reads_into_the_current_schema(codec: Codec) -> None:
+    assert current_schema().version > 1
+    datum = {
+        "site": "site-b",
+        "kind": "server",
+        "id": "abc",
+        "sequence": 7,
+        "observed_at": NOW,
+        "status": "SHUTOFF",
+        "name": "db",
+        "project_id": None,
+        "details": {"vm_state": "stopped"},
+        "source_updated_at": NOW,
+    }
+    decoded = codec.decode(_write_with(1, datum))
+    assert decoded == StatusRecord(
+        site="site-b",
+        kind="server",
+        id="abc",
+        sequence=7,
+        observed_at=NOW,
+        status="SHUTOFF",
+        name="db",
+        details={"vm_state": "stopped"},
+        source_updated_at=NOW,
+        revision=None,  # added in v2; v1 records read with its default
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty value"),
+        (b"{}", "unknown framing"),
+        (b"\xc3", "unknown framing"),
+        (b"\xc3\x01\x00\x01", "truncated single-object header"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"\x02a", "unknown schema fingerprint 0000000000000000"),
+        (b"\x00\x00\x01", "truncated schema registry header"),
+        (b"\x00\x00\x00\x00\x07\x02a", r"schema id 7\) but no schema registry is configured"),
+    ],
+)
+def test_bad_framing_is_a_decode_error_naming_the_reason(
+    codec: Codec, data: bytes, reason: str
+) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        codec.decode(data)
+
+
+def test_every_truncation_of_a_record_is_a_decode_error(codec: Codec) -> None:
+    for record in EXAMPLES:
+        data = codec.encode(record)
+        for end in range(len(data)):
+            with pytest.raises(DecodeError):
+                codec.decode(data[:end])
+
+
+def test_trailing_bytes_are_a_decode_error(codec: Codec) -> None:
+    with pytest.raises(DecodeError, match="1 bytes after the end"):
+        codec.decode(codec.encode(EXAMPLES[0]) + b"\x00")
+
+
+def test_invalid_utf8_is_a_decode_error(codec: Codec) -> None:
+    data = codec.encode(replace(EXAMPLES[0], name="\xe9"))
+    corrupt = data.replace("\xe9".encode(), b"\xff\xfe")
+    with pytest.raises(DecodeError, match="corrupt body"):
+        codec.decode(corrupt)
+
+
+def test_well_formed_avro_breaking_the_record_rules_is_a_decode_error(codec: Codec) -> None:
+    datum = {
+        "site": "a/b",
+        "kind": "server",
+        "id": "x",
+        "sequence": 1,
+        "observed_at": NOW,
+    }
+    with pytest.raises(DecodeError, match="invalid record: site name 'a/b'"):
+        codec.decode(_write_with(current_schema().version, datum))
+    with pytest.raises(DecodeError, match="sequence -1"):
+        codec.decode(_write_with(current_schema().version, {**datum, "site": "a", "sequence": -1}))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"observed_at": datetime(2025, 1, 1)}, "timezone-aware"),
+        ({"details": {"big": 2**70}}, "does not fit in 64 bits"),
+        ({"details": {"pair": ("a", "b")}}, "expected None, bool, int, float, str"),
+        ({"details": {"mixed": ["a", 1]}}, "expected None, bool, int, float, str"),
+        ({"sequence": -5}, "non-negative"),
+        ({"kind": "a/b"}, "kind 'a/b'"),
+        ({"id": ""}, "id must be non-empty"),
+        ({"site": ""}, "site name ''"),
+    ],
+)
+def test_encode_refuses_a_record_that_would_come_back_different(
+    codec: Codec, change: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(EncodeError, match=reason):
+        codec.encode(replace(EXAMPLES[0], **change))  # type: ignore[arg-type]
+
+
+# --- messages: key, value and the sequence header together --------------------------------
+
+
+def _message(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+) -> confluent_kafka.Message:
+    return confluent_kafka.Message(
+        topic="cascade.status.site-a", partition=0, offset=5, key=key, value=value, headers=headers
+    )
+
+
+def test_record_message_round_trip(codec: Codec) -> None:
+    for record in EXAMPLES:
+        msg = to_message(record, codec)
+        assert msg.key == record.key.encode()
+        assert change_from_message(_message(msg.key, msg.value, msg.headers), codec) == record
+
+
+def test_tombstone_carries_the_sequence_header(codec: Codec) -> None:
+    deletion = Deletion("site-a", "port", "p/with/slashes", 99)
+    msg = to_message(deletion, codec)
+    assert msg.value is None
+    assert msg.headers == [(SEQUENCE_HEADER, b"99")]
+    assert change_from_message(_message(msg.key, None, msg.headers), codec) == deletion
+
+
+def test_tombstone_without_sequence_header(codec: Codec) -> None:
+    change = change_from_message(_message(b"site-a/server/x", None), codec)
+    assert change == Deletion("site-a", "server", "x", None)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "reason"),
+    [
+        (None, None, None, "no key"),
+        (b"\xff\xfe", None, None, "bad key"),
+        (b"only-one-part", None, None, "bad key"),
+        (b"site-a/server/x", None, [(SEQUENCE_HEADER, b"12x")], "not a decimal"),
+        (b"site-a/server/x", None, [(SEQUENCE_HEADER, "\u0663".encode())], "not a decimal"),
+        (b"site-a/server/x", b"garbage", None, "unknown framing"),
+    ],
+)
+def test_bad_messages_are_decode_errors(
+    codec: Codec,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    reason: str,
+) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        change_from_message(_message(key, value, headers), codec)
+
+
+def test_a_value_that_disagrees_with_its_key_is_a_decode_error(codec: Codec) -> None:
+    value = codec.encode(EXAMPLES[0])
+    other_key = b"site-a/server/someone-else"
+    with pytest.raises(DecodeError, match="disagrees"):
+        change_from_message(_message(other_key, value), codec)
+
+
+# --- fuzzing -------------------------------------------------------------------------------
+
+_text = st.text(max_size=20)
+_names = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+_times = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+_detail = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    _text,
+    st.lists(_text, max_size=4),
+)
+_records = st.builds(
+    StatusRecord,
+    site=_names,
+    kind=_names,
+    id=st.text(min_size=1, max_size=40),
+    status=st.none() | _text,
+    sequence=st.integers(min_value=0, max_value=2**63 - 1),
+    observed_at=_times,
+    name=st.none() | _text,
+    project_id=st.none() | _text,
+    details=st.dictionaries(_text, _detail, max_size=6),
+    source_updated_at=st.none() | _times,
+    revision=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+_fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_fuzz
+@given(record=_records)
+def test_fuzz_round_trip(record: StatusRecord) -> None:
+    codec = Codec()
+    assert codec.decode(codec.encode(record)) == record
+
+
+def _decodes_or_refuses(codec: Codec, data: bytes) -> None:
+    """The decoder's contract: a valid record, or DecodeError; never anything else."""
+    try:
+        record = codec.decode(data)
+    except DecodeError as exc:
+        assert exc.reason
+    else:
+        assert record_problem(record) is None
+
+
+@_fuzz
+@given(data=st.binary(max_size=200))
+def test_fuzz_arbitrary_bytes(data: bytes) -> None:
+    _decodes_or_refuses(Codec(), data)
+
+
+@_fuzz
+@given(
+    version=st.sampled_from([s.version for s in shipped_schemas()]),
+    body=st.binary(max_size=200),
+)
+def test_fuzz_arbitrary_body_behind_a_known_fingerprint(version: int, body: bytes) -> None:
+    (schema,) = [s for s in shipped_schemas() if s.version == version]
+    _decodes_or_refuses(Codec(), SINGLE_OBJECT_MARKER + schema.fingerprint + body)
+
+
+@_fuzz
+@given(record=_records, data=st.data())
+def test_fuzz_mutated_records(record: StatusRecord, data: st.DataObject) -> None:
+    codec = Codec()
+    encoded = bytearray(codec.encode(record))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(encoded) - 1))
+        encoded[at] = data.draw(st.integers(min_value=0, max_value=255))
+    cut = data.draw(st.integers(min_value=0, max_value=len(encoded)))
+    _decodes_or_refuses(codec, bytes(encoded[:cut]))
