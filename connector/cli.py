@@ -333,5 +333,42 @@ def local_kafka_status(broker: Any) -> None:
     sys.exit(0 if st.answering else 1)
 
 
+@cli.command("produce")
+@kafka_options
+@click.option("--site", default=None, help="Site name [env CASCADE_SITE_NAME].")
+@click.option("--cloud", default=None, help="clouds.yaml entry [default: the site name].")
+@click.option("--interval", type=float, default=None, help="Seconds between incremental polls.")
+@click.option("--resync-interval", type=float, default=None, help="Seconds between resyncs.")
+@click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
+@click.pass_obj
+def produce(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    site: str | None,
+    cloud: str | None,
+    interval: float | None,
+    resync_interval: float | None,
+    kinds: str | None,
+    metrics_port: int | None,
+    once: bool,
+) -> None:
+    """Poll one site's APIs and publish its status changes to the site topic."""
+    from connector.site.runner import run_site
+
+    site_flags = {
+        "name": site,
+        "cloud": cloud,
+        "interval": interval,
+        "resync_interval": resync_interval,
+        "kinds": kinds,
+        "metrics_port": metrics_port,
+    }
+    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka), "site": site_flags})
+    run_site(settings, once=once)
+
+
 def main() -> None:
     cli(prog_name="cascade-connector")

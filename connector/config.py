@@ -94,10 +94,52 @@ class SinkSettings(_Section):
         return value
 
 
+class SiteSettings(_Section):
+    """The site poller: which site, how to reach its APIs, what to poll and how often."""
+
+    #: Site name: the topic suffix and the first part of every key. Required by `produce`.
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    #: clouds.yaml entry with the site's credentials; default: the site name.
+    cloud: str | None = Field(default=None, min_length=1)
+    #: Seconds between incremental polls of a kind.
+    interval: float = Field(default=10.0, gt=0)
+    #: Seconds between full resyncs of a kind (full listing, diff, tombstones for vanished ids).
+    resync_interval: float = Field(default=600.0, gt=0)
+    #: Resource kinds to poll (names from the kinds table; plural forms are accepted).
+    kinds: list[str] = Field(default_factory=lambda: ["server", "volume", "port"], min_length=1)
+    #: Seconds the incremental watermark is moved back, so clock skew loses no change.
+    clock_skew: float = Field(default=3.0, ge=0)
+    #: Seconds between site heartbeats.
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Seconds of the first retry delay after a failed poll; doubles per failure, with jitter.
+    backoff_initial: float = Field(default=1.0, gt=0)
+    #: Seconds the retry delay never exceeds.
+    backoff_max: float = Field(default=60.0, gt=0)
+    #: Seconds an API request may take before it counts as failed.
+    api_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        # From the environment or --kinds: a comma-separated string.
+        return [k for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        # Imported here: the kinds table pulls in openstacksdk, which only the poller needs.
+        from connector.site.kinds import resolve_kind_names
+
+        return resolve_kind_names(value)
+
+
 class Settings(_Section):
     """All settings, one section per part of the connector."""
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    site: SiteSettings = Field(default_factory=SiteSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
 
 

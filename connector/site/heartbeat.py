@@ -1,0 +1,113 @@
+"""The poller's health per kind, and the site heartbeat record made from it.
+
+Pollers report each poll's outcome here; the runner turns the state into a heartbeat (kind
+`site`, id = the site name, status `ok` or `degraded`) every few seconds and serves it on
+/healthz, so the top layer can tell "no changes" from "site unreachable".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from connector.records.model import DetailValue
+from connector.site.metrics import SiteMetrics
+
+
+@dataclass
+class KindHealth:
+    """What the last polls of one kind said."""
+
+    last_good_poll: datetime | None = None
+    error: str | None = None
+    objects: int = 0
+    failures: int = 0  #: consecutive failed polls
+
+
+class Health:
+    """Thread-safe health of one site's poller: per-kind poll outcomes and Kafka delivery errors."""
+
+    def __init__(self, kinds: Iterable[str], metrics: SiteMetrics) -> None:
+        self._lock = threading.Lock()
+        self._kinds = {kind: KindHealth() for kind in kinds}
+        self._metrics = metrics
+        self._produce_errors = 0
+        self._produce_error: str | None = None
+        self._produce_errors_seen = 0
+
+    def poll_ok(self, kind: str, started: datetime, objects: int) -> None:
+        with self._lock:
+            state = self._kinds[kind]
+            state.last_good_poll, state.error, state.objects, state.failures = (
+                started,
+                None,
+                objects,
+                0,
+            )
+        labels = self._metrics.last_good_poll.labels(self._metrics.site, kind)
+        labels.set(started.timestamp())
+        self._update_gauge()
+
+    def poll_failed(self, kind: str, error: str) -> int:
+        """Record a failed poll; returns the number of consecutive failures."""
+        with self._lock:
+            state = self._kinds[kind]
+            state.error = error
+            state.failures += 1
+            failures = state.failures
+        self._metrics.site_errors.labels(self._metrics.site, kind).inc()
+        self._update_gauge()
+        return failures
+
+    def delivery_failed(self, error: str) -> None:
+        with self._lock:
+            self._produce_errors += 1
+            self._produce_error = error
+        self._metrics.produce_errors.labels(self._metrics.site).inc()
+        self._update_gauge()
+
+    @property
+    def produce_errors(self) -> int:
+        with self._lock:
+            return self._produce_errors
+
+    def degraded(self) -> bool:
+        """A kind's last poll failed, or a delivery failed since the last heartbeat."""
+        with self._lock:
+            return self._degraded()
+
+    def _degraded(self) -> bool:
+        return (
+            any(s.error is not None for s in self._kinds.values())
+            or self._produce_errors > self._produce_errors_seen
+        )
+
+    def _update_gauge(self) -> None:
+        self._metrics.degraded.labels(self._metrics.site).set(1 if self.degraded() else 0)
+
+    def heartbeat(self) -> tuple[str, dict[str, DetailValue]]:
+        """(status, details) for the next heartbeat; delivery errors count once per heartbeat."""
+        with self._lock:
+            status = "degraded" if self._degraded() else "ok"
+            self._produce_errors_seen = self._produce_errors
+            details = self._details()
+        self._update_gauge()
+        return status, details
+
+    def snapshot(self) -> tuple[bool, dict[str, DetailValue]]:
+        """(healthy, details) for /healthz, without consuming delivery errors."""
+        with self._lock:
+            return not self._degraded(), self._details()
+
+    def _details(self) -> dict[str, DetailValue]:
+        details: dict[str, DetailValue] = {}
+        for kind, state in self._kinds.items():
+            good = state.last_good_poll
+            details[f"{kind}.last_good_poll"] = None if good is None else good.isoformat()
+            details[f"{kind}.error"] = state.error
+            details[f"{kind}.objects"] = state.objects
+        details["produce.errors"] = self._produce_errors
+        details["produce.error"] = self._produce_error
+        return details

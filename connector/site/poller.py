@@ -1,0 +1,234 @@
+"""Polling one kind of one site: incremental polls, full resyncs, retries with backoff.
+
+A `KindPoller` drives one row of the kinds table against one service proxy and hands every
+observation to the publisher, which decides what is a change. Incremental polls use the row's
+"changed since" filter where the site honours it (checked: microversion, or a 400 that says the
+site rejects the key), else a listing of ids and revisions diffed against the last one, else a
+full listing. The watermark is the start of the last good poll minus the clock-skew tolerance;
+the overlap this causes is absorbed by the fingerprints. A resync lists everything and turns
+vanished objects into tombstones.
+
+Site faults (timeouts, 5xx, refused connections, auth failures) fail one poll of one kind; the
+loop retries it with exponential backoff and jitter while the other kinds go on in their own
+threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import keystoneauth1.exceptions
+import openstack.exceptions
+import openstack.utils
+
+from connector.config import SiteSettings
+from connector.site.heartbeat import Health
+from connector.site.kinds import Kind, Since
+from connector.site.metrics import SiteMetrics
+from connector.site.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+#: What a failing site raises through openstacksdk: HTTP errors (SDKException and its
+#: HttpException family) and transport errors (keystoneauth's ClientException family:
+#: connection refused, timeouts, discovery and auth failures).
+SITE_FAULTS: tuple[type[Exception], ...] = (
+    openstack.exceptions.SDKException,
+    keystoneauth1.exceptions.ClientException,
+)
+
+#: Ids per request when listing changed objects by id (keeps URLs well under 8 KiB).
+IDS_PER_REQUEST = 100
+
+
+class KindPoller:
+    """Polls one kind of one site and publishes what changed."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        proxy: Any,
+        publisher: Publisher,
+        health: Health,
+        metrics: SiteMetrics,
+        settings: SiteSettings,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.kind = kind
+        self._proxy = proxy
+        self._publisher = publisher
+        self._health = health
+        self._metrics = metrics
+        self._settings = settings
+        self._clock = clock
+        self._jitter = jitter
+        #: start (epoch seconds) of the last good poll; None until the first resync
+        self._watermark: float | None = None
+        #: the site answered 400 to the row's `since` filter: use the fallback from now on
+        self._since_rejected = False
+        #: id -> revision_number from the last listing, for the revision diff
+        self._revisions: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"KindPoller({self.kind.name}, watermark={self._watermark}, "
+            f"since_rejected={self._since_rejected}, revisions={len(self._revisions)})"
+        )
+
+    # -- one poll ---------------------------------------------------------------------------
+
+    def poll(self, resync: bool) -> str:
+        """One poll (a resync when asked or before the first one); returns the mode used.
+        Raises one of SITE_FAULTS when the site fails."""
+        started = self._clock()
+        begun = time.monotonic()
+        if resync or self._watermark is None:
+            mode = "resync"
+            self._resync()
+        else:
+            mode = self._incremental(self._watermark - self._settings.clock_skew)
+        self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
+            time.monotonic() - begun
+        )
+        self._watermark = started
+        self._health.poll_ok(
+            self.kind.name,
+            datetime.fromtimestamp(started, UTC),
+            self._publisher.count(self.kind.name),
+        )
+        return mode
+
+    def _incremental(self, since_epoch: float) -> str:
+        since = self.kind.since
+        if since is not None and not self._since_rejected and self._honoured(since):
+            query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
+            try:
+                self._publish(self.kind.list(self._proxy, since.min_microversion, **query))
+                return "incremental"
+            except openstack.exceptions.BadRequestException as exc:
+                if not since.may_be_rejected:
+                    raise
+                log.warning(
+                    "%s: the site rejects %s (%s); diffing listings from now on",
+                    self.kind.name,
+                    since.param,
+                    exc,
+                )
+                self._since_rejected = True
+        if self.kind.revision_projection:
+            self._revision_diff()
+            return "revisions"
+        self._resync()
+        return "resync"
+
+    def _honoured(self, since: Since) -> bool:
+        if since.min_microversion is None:
+            return True
+        return bool(openstack.utils.supports_microversion(self._proxy, since.min_microversion))
+
+    def _publish(self, objects: Iterable[Any]) -> set[str]:
+        """Publish every listed object; returns the ids of those that exist."""
+        seen: set[str] = set()
+        count = 0
+        for obj in objects:
+            count += 1
+            obs = self.kind.observe(obj)
+            self._publisher.observe(self.kind.name, obs)
+            if obs.deleted:
+                self._revisions.pop(obs.id, None)
+            else:
+                seen.add(obs.id)
+                if obs.revision is not None:
+                    self._revisions[obs.id] = obs.revision
+        self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(count)
+        return seen
+
+    def _resync(self) -> None:
+        self._revisions = {}
+        seen = self._publish(self.kind.list(self._proxy))
+        self._tombstone_vanished(seen)
+
+    def _revision_diff(self) -> None:
+        listed: dict[str, int | None] = {
+            str(obj.id): obj.revision_number
+            for obj in self.kind.list(self._proxy, fields=list(self.kind.revision_projection))
+        }
+        self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(len(listed))
+        dirty = self._publisher.dirty_ids(self.kind.name)
+        changed = [
+            object_id
+            for object_id, revision in listed.items()
+            if revision is None or self._revisions.get(object_id) != revision or object_id in dirty
+        ]
+        unchanged = len(listed) - len(changed)
+        self._metrics.unchanged.labels(self._metrics.site, self.kind.name).inc(unchanged)
+        for start in range(0, len(changed), IDS_PER_REQUEST):
+            chunk = changed[start : start + IDS_PER_REQUEST]
+            self._publish(self.kind.list(self._proxy, id=chunk))
+        self._tombstone_vanished(set(listed))
+
+    def _tombstone_vanished(self, present: set[str]) -> None:
+        for object_id in self._publisher.known_ids(self.kind.name) - present:
+            self._publisher.delete(self.kind.name, object_id)
+            self._revisions.pop(object_id, None)
+
+    # -- loops ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set: incremental every interval, a resync every resync interval
+        (and first), retries with backoff when the site fails."""
+        next_resync = time.monotonic()
+        while not stop.is_set():
+            begun = time.monotonic()
+            resync = begun >= next_resync
+            if not self._attempt(resync, stop):
+                continue
+            if resync:
+                next_resync = begun + self._settings.resync_interval
+            stop.wait(max(0.0, self._settings.interval - (time.monotonic() - begun)))
+
+    def run_once(self, stop: threading.Event, attempts: int) -> bool:
+        """One resync, retried with backoff up to `attempts` times; True if it succeeded."""
+        for _ in range(attempts):
+            if stop.is_set():
+                return False
+            if self._attempt(True, stop):
+                return True
+        return False
+
+    def _attempt(self, resync: bool, stop: threading.Event) -> bool:
+        """One poll; on a site fault, record it and wait the backoff delay. True on success."""
+        try:
+            self.poll(resync)
+            return True
+        except SITE_FAULTS as exc:
+            failures = self._health.poll_failed(self.kind.name, _describe(exc))
+            delay = self.backoff(failures)
+            log.warning(
+                "%s: poll failed (%d in a row), retrying in %.1fs: %s",
+                self.kind.name,
+                failures,
+                delay,
+                _describe(exc),
+            )
+            stop.wait(delay)
+            return False
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` consecutive failures: doubling from the initial
+        delay up to the maximum, then jittered into its upper half so pollers spread out."""
+        settings = self._settings
+        ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(failures - 1, 30))
+        return float(ceiling * (0.5 + 0.5 * self._jitter()))
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."

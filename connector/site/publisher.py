@@ -1,0 +1,208 @@
+"""Publishing a site's changes: fingerprints per key, the site sequence, tombstones, heartbeats.
+
+The publisher keeps one compact fingerprint per object (8 bytes of BLAKE2b over the status
+fields) and publishes an observation only when its fingerprint changed. Every record and
+tombstone gets the next per-site sequence number. A delivery error marks the key dirty, so the
+next poll that sees the object sends it again: an error is counted and surfaced, never lost.
+
+Sequence numbers are `max(last + 1, now in microseconds)`: they grow across restarts because the
+last one is restored from the topic, and they keep growing even when the topic was emptied or
+lost, as long as the clock does not go back further than the restored state reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import confluent_kafka
+
+from connector.kafka.producer import Producer
+from connector.records.codec import Codec
+from connector.records.messages import sequence_header
+from connector.records.model import HEARTBEAT_KIND, DetailValue, StatusRecord, record_key
+from connector.site.heartbeat import Health
+from connector.site.kinds import Observation
+from connector.site.metrics import SiteMetrics
+
+log = logging.getLogger(__name__)
+
+#: A key whose last message failed: whatever is observed next is sent.
+DIRTY = -1
+#: A key whose tombstone is in flight: forgotten once it is delivered.
+DELETING = -2
+
+
+def fingerprint(
+    status: str | None,
+    name: str | None,
+    project_id: str | None,
+    details: Mapping[str, DetailValue],
+) -> int:
+    """8 bytes of BLAKE2b over the status fields, as an unsigned int.
+
+    The service's revision and updated time are left out on purpose: they move on edits that do
+    not change status (a description, metadata), and those are not worth a record.
+    """
+    canonical = json.dumps(
+        [status, name, project_id, details], sort_keys=True, separators=(",", ":"), default=str
+    )
+    return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
+
+
+def record_fingerprint(record: StatusRecord) -> int:
+    return fingerprint(record.status, record.name, record.project_id, record.details)
+
+
+def observation_fingerprint(obs: Observation) -> int:
+    return fingerprint(obs.status, obs.name, obs.project_id, obs.details)
+
+
+class Publisher:
+    """Publishes one site's changes to its topic; thread-safe, one instance per site."""
+
+    def __init__(
+        self,
+        site: str,
+        topic: str,
+        producer: Producer,
+        codec: Codec,
+        metrics: SiteMetrics,
+        health: Health,
+        fingerprints: Mapping[str, dict[str, int]],
+        last_sequence: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.site = site
+        self.topic = topic
+        self._producer = producer
+        self._codec = codec
+        self._metrics = metrics
+        self._health = health
+        self._clock = clock
+        # Re-entrant: librdkafka runs delivery callbacks inside produce(), under this lock.
+        self._lock = threading.RLock()
+        self._fingerprints = {kind: dict(fps) for kind, fps in fingerprints.items()}
+        self._sequence = last_sequence
+
+    @property
+    def sequence(self) -> int:
+        """The last sequence number given out."""
+        with self._lock:
+            return self._sequence
+
+    def known_ids(self, kind: str) -> set[str]:
+        """Ids of the objects of `kind` the topic holds (or is about to hold) a record for."""
+        with self._lock:
+            fps = self._fingerprints.get(kind, {})
+            return {object_id for object_id, fp in fps.items() if fp != DELETING}
+
+    def dirty_ids(self, kind: str) -> set[str]:
+        """Ids whose last message failed and must be sent again."""
+        with self._lock:
+            return {i for i, fp in self._fingerprints.get(kind, {}).items() if fp == DIRTY}
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return len(self._fingerprints.get(kind, {}))
+
+    def observe(self, kind: str, obs: Observation) -> bool:
+        """Publish `obs` if its status changed (a deleted one as a tombstone); True if published."""
+        if obs.deleted:
+            return self.delete(kind, obs.id)
+        fp = observation_fingerprint(obs)
+        with self._lock:
+            fps = self._fingerprints.setdefault(kind, {})
+            if fps.get(obs.id) == fp:
+                self._metrics.unchanged.labels(self.site, kind).inc()
+                return False
+            record = StatusRecord(
+                site=self.site,
+                kind=kind,
+                id=obs.id,
+                status=obs.status,
+                sequence=self._next_sequence(),
+                observed_at=datetime.now(UTC),
+                name=obs.name,
+                project_id=obs.project_id,
+                details=obs.details,
+                source_updated_at=obs.source_updated_at,
+                revision=obs.revision,
+            )
+            value = self._codec.encode(record)
+            fps[obs.id] = fp
+            self._producer.produce(
+                self.topic, record.key, value, self._on_delivery(kind, obs.id, fp)
+            )
+        self._metrics.published.labels(self.site, kind).inc()
+        return True
+
+    def delete(self, kind: str, object_id: str) -> bool:
+        """Publish a tombstone for a known object; True if one was published."""
+        with self._lock:
+            fps = self._fingerprints.get(kind, {})
+            if fps.get(object_id, DELETING) == DELETING:
+                return False
+            fps[object_id] = DELETING
+            header, sequence = sequence_header(self._next_sequence())
+            self._producer.produce(
+                self.topic,
+                record_key(self.site, kind, object_id),
+                None,
+                self._on_delivery(kind, object_id, DELETING),
+                headers={header: sequence},
+            )
+        self._metrics.tombstones.labels(self.site, kind).inc()
+        return True
+
+    def heartbeat(self, status: str, details: Mapping[str, DetailValue]) -> None:
+        """Publish the site heartbeat; always sent, never deduplicated."""
+        with self._lock:
+            record = StatusRecord(
+                site=self.site,
+                kind=HEARTBEAT_KIND,
+                id=self.site,
+                status=status,
+                sequence=self._next_sequence(),
+                observed_at=datetime.now(UTC),
+                details=details,
+            )
+            self._producer.produce(
+                self.topic, record.key, self._codec.encode(record), self._on_heartbeat_delivery
+            )
+        self._metrics.heartbeats.labels(self.site).inc()
+
+    def _next_sequence(self) -> int:
+        self._sequence = max(self._sequence + 1, int(self._clock() * 1_000_000))
+        self._metrics.sequence.labels(self.site).set(self._sequence)
+        return self._sequence
+
+    def _on_delivery(
+        self, kind: str, object_id: str, sent: int
+    ) -> Callable[[str, confluent_kafka.KafkaError | None, int, int], None]:
+        def delivered(key: str, err: confluent_kafka.KafkaError | None, _p: int, _o: int) -> None:
+            with self._lock:
+                fps = self._fingerprints.get(kind, {})
+                # When a newer message for the key is in flight, its own report decides.
+                if fps.get(object_id) == sent:
+                    if err is not None:
+                        fps[object_id] = DIRTY
+                    elif sent == DELETING:
+                        del fps[object_id]
+            if err is not None:
+                log.error("delivery of %s failed, will resend: %s", key, err)
+                self._health.delivery_failed(f"{key}: {err}")
+
+        return delivered
+
+    def _on_heartbeat_delivery(
+        self, key: str, err: confluent_kafka.KafkaError | None, _p: int, _o: int
+    ) -> None:
+        if err is not None:
+            log.error("delivery of heartbeat %s failed: %s", key, err)
+            self._health.delivery_failed(f"{key}: {err}")

@@ -1,0 +1,230 @@
+"""`cascade-connector produce`: one site's poller process, from settings to a clean exit.
+
+Ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
+openstacksdk connection per kind, each in its own thread so a failing service does not hold up
+the others), publishes a heartbeat every few seconds, and serves /metrics and /healthz. SIGTERM
+and SIGINT stop the pollers, flush the producer and return normally (exit 0). With `once`, every
+kind is resynced once, a heartbeat is published, the producer flushed, and the call returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import openstack
+import openstack.exceptions
+from prometheus_client import CollectorRegistry
+
+from connector.config import Settings, SiteSettings
+from connector.errors import ConfigError, ConnectorError, KafkaError
+from connector.kafka.producer import Producer
+from connector.kafka.topics import ensure_site_topic
+from connector.ops.metrics import OpsServer
+from connector.records.codec import codec_from_settings
+from connector.site.heartbeat import Health
+from connector.site.kinds import Kind, kinds_for
+from connector.site.metrics import SiteMetrics
+from connector.site.poller import KindPoller
+from connector.site.publisher import Publisher
+from connector.site.restore import restore_from_topic
+
+log = logging.getLogger(__name__)
+
+#: Attempts per kind in `--once` mode before the run counts as failed.
+ONCE_ATTEMPTS = 5
+#: Seconds to wait for the poller threads after a stop, and for the final flush.
+SHUTDOWN_JOIN = 10.0
+FLUSH_TIMEOUT = 60.0
+
+
+class SitePollFailed(ConnectorError):
+    """A `--once` run could not poll every kind; the heartbeat says which and why."""
+
+
+def run_site(
+    settings: Settings,
+    once: bool = False,
+    registry: CollectorRegistry | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run the poller of `settings.site` until SIGTERM/SIGINT or `stop` (or one cycle with
+    `once`). Raises ConfigError, KafkaError, or SitePollFailed (a `once` run that failed)."""
+    site = settings.site.name
+    if not site:
+        raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
+    stop = stop or threading.Event()
+    kinds = kinds_for(settings.site.kinds)
+    codec = codec_from_settings(settings.kafka)
+    report = ensure_site_topic(settings.kafka, site)
+    for line in report.lines():
+        log.info("%s", line)
+    restored = restore_from_topic(settings.kafka, report.topic, codec, [k.name for k in kinds])
+    log.info(
+        "restored %d key(s) and sequence %d from %d message(s) in %s",
+        sum(len(fps) for fps in restored.fingerprints.values()),
+        restored.last_sequence,
+        restored.messages,
+        report.topic,
+    )
+
+    registry = registry or CollectorRegistry()
+    metrics = SiteMetrics(registry, site)
+    health = Health([k.name for k in kinds], metrics)
+    producer = Producer(settings.kafka)
+    publisher = Publisher(
+        site,
+        report.topic,
+        producer,
+        codec,
+        metrics,
+        health,
+        restored.fingerprints,
+        restored.last_sequence,
+    )
+    pollers = [
+        KindPoller(
+            kind, _proxy(settings.site, kind, metrics), publisher, health, metrics, settings.site
+        )
+        for kind in kinds
+    ]
+    ops = None
+    if settings.site.metrics_port is not None:
+        ops = OpsServer(registry, health.snapshot, port=settings.site.metrics_port)
+        ops.start()
+        log.info("serving /metrics and /healthz on port %d", ops.port)
+    try:
+        with _stop_on_signals(stop):
+            if once:
+                _run_once(pollers, publisher, health, stop)
+            else:
+                _run_forever(pollers, publisher, health, producer, stop, settings.site)
+    finally:
+        if ops is not None:
+            ops.stop()
+    producer.flush(FLUSH_TIMEOUT)
+    if once and health.produce_errors:
+        raise KafkaError(f"{health.produce_errors} message(s) could not be delivered")
+
+
+def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
+    """The service proxy of a fresh connection for `kind`, its requests counted."""
+    cloud = site.cloud or site.name
+    try:
+        conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"site.cloud: cannot use clouds.yaml entry {cloud!r}: {exc}") from exc
+    requests = metrics.requests.labels(metrics.site, kind.name)
+    received = metrics.response_bytes.labels(metrics.site, kind.name)
+
+    def count(response: Any, *_args: Any, **_kwargs: Any) -> None:
+        requests.inc()
+        received.inc(len(response.content))
+
+    conn.session.session.hooks["response"].append(count)
+    return getattr(conn, kind.service)
+
+
+def _run_once(
+    pollers: list[KindPoller], publisher: Publisher, health: Health, stop: threading.Event
+) -> None:
+    results: dict[str, bool] = {}
+
+    def resync(poller: KindPoller) -> None:
+        results[poller.kind.name] = poller.run_once(stop, ONCE_ATTEMPTS)
+
+    _join(_start(pollers, resync, stop), stop)
+    publisher.heartbeat(*health.heartbeat())
+    failed = [name for name, ok in results.items() if not ok]
+    if failed and not stop.is_set():
+        _, details = health.snapshot()
+        errors = "; ".join(f"{name}: {details.get(f'{name}.error')}" for name in failed)
+        raise SitePollFailed(f"could not poll {', '.join(failed)}: {errors}")
+
+
+def _run_forever(
+    pollers: list[KindPoller],
+    publisher: Publisher,
+    health: Health,
+    producer: Producer,
+    stop: threading.Event,
+    site: SiteSettings,
+) -> None:
+    threads = _start(pollers, lambda poller: poller.run(stop), stop)
+    next_heartbeat = time.monotonic()
+    while not stop.is_set():
+        if time.monotonic() >= next_heartbeat:
+            publisher.heartbeat(*health.heartbeat())
+            next_heartbeat += site.heartbeat_interval
+        # Delivery reports arrive only while someone polls the producer.
+        producer.poll(0)
+        stop.wait(min(0.5, max(0.0, next_heartbeat - time.monotonic())))
+    _join(threads, stop)
+
+
+class _Crash:
+    """The first unexpected exception of a poller thread, re-raised by the main thread."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+
+def _start(
+    pollers: list[KindPoller], target: Callable[[KindPoller], None], stop: threading.Event
+) -> tuple[list[threading.Thread], _Crash]:
+    crash = _Crash()
+
+    def guarded(poller: KindPoller) -> None:
+        try:
+            target(poller)
+        except Exception as exc:
+            # Not a site fault (those are retried): a bug or a broken record. Stop everything
+            # and let the main thread raise it, rather than poll on with one kind dead.
+            log.exception("poller of %s crashed", poller.kind.name)
+            crash.error = crash.error or exc
+            stop.set()
+
+    threads = [
+        threading.Thread(target=guarded, args=(p,), name=f"poll-{p.kind.name}", daemon=True)
+        for p in pollers
+    ]
+    for thread in threads:
+        thread.start()
+    return threads, crash
+
+
+def _join(started: tuple[list[threading.Thread], _Crash], stop: threading.Event) -> None:
+    threads, crash = started
+    for thread in threads:
+        while thread.is_alive() and not stop.is_set():
+            thread.join(0.2)
+        # Once stopped, wait a bounded time for a request in flight: whatever it would have
+        # published is published after the restart, by the resync against the restored state.
+        thread.join(SHUTDOWN_JOIN)
+    if crash.error is not None:
+        raise crash.error
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` (only where signals can be handled: the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, flushing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

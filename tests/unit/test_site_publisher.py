@@ -1,0 +1,174 @@
+"""The publisher: only real changes, tombstones, the site sequence, delivery errors resent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.records.codec import Codec
+from connector.records.model import SEQUENCE_HEADER, StatusRecord
+from connector.site.heartbeat import Health
+from connector.site.kinds import Observation
+from connector.site.metrics import SiteMetrics
+from connector.site.publisher import (
+    Publisher,
+    observation_fingerprint,
+    record_fingerprint,
+)
+
+
+class FakeProducer:
+    """Keeps produced messages; delivery reports are sent when the test says so."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, dict[str, bytes]]] = []
+        self._pending: list[tuple[str, Callable[..., None]]] = []
+
+    def produce(
+        self,
+        topic: str,
+        key: str,
+        value: bytes | None,
+        on_delivery: Callable[..., None],
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.sent.append((key, value, dict(headers or {})))
+        self._pending.append((key, on_delivery))
+
+    def deliver(self, error: Any = None) -> None:
+        pending, self._pending = self._pending, []
+        for key, report in pending:
+            report(key, error, 0, 0)
+
+
+def make(
+    last_sequence: int = 0,
+    fingerprints: dict[str, dict[str, int]] | None = None,
+    clock: Callable[[], float] = lambda: 0.0,
+) -> tuple[Publisher, FakeProducer, Health]:
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(["server"], metrics)
+    producer = FakeProducer()
+    publisher = Publisher(
+        "s1",
+        "cascade.status.s1",
+        producer,  # type: ignore[arg-type]
+        Codec(),
+        metrics,
+        health,
+        fingerprints or {},
+        last_sequence,
+        clock=clock,
+    )
+    return publisher, producer, health
+
+
+def obs(object_id: str = "a", status: str = "ACTIVE", **more: Any) -> Observation:
+    return Observation(id=object_id, status=status, name="vm", project_id="p", **more)
+
+
+def test_publishes_only_changes() -> None:
+    publisher, producer, _ = make()
+    assert publisher.observe("server", obs())
+    assert not publisher.observe("server", obs())
+    # The revision and updated time are not status: no record for them alone.
+    assert not publisher.observe("server", obs(revision=7))
+    assert publisher.observe("server", obs(status="SHUTOFF"))
+    assert [key for key, _, _ in producer.sent] == ["s1/server/a", "s1/server/a"]
+    record = Codec().decode(producer.sent[-1][1] or b"")
+    assert (record.status, record.kind, record.id, record.site) == ("SHUTOFF", "server", "a", "s1")
+
+
+def test_tombstone_only_for_known_keys_and_forgotten_once_delivered() -> None:
+    publisher, producer, _ = make()
+    assert not publisher.delete("server", "never-seen")
+    publisher.observe("server", obs())
+    producer.deliver()
+    assert publisher.observe("server", obs(deleted=True))
+    assert not publisher.delete("server", "a"), "a tombstone in flight is not sent twice"
+    key, value, headers = producer.sent[-1]
+    assert (key, value) == ("s1/server/a", None)
+    assert int(headers[SEQUENCE_HEADER]) == publisher.sequence
+    producer.deliver()
+    assert publisher.known_ids("server") == set()
+    assert publisher.observe("server", obs()), "a re-created object is new again"
+
+
+def test_delivery_error_marks_the_key_dirty_so_the_change_is_resent() -> None:
+    publisher, producer, health = make()
+    publisher.observe("server", obs())
+    producer.deliver(error="broker down")
+    assert health.produce_errors == 1
+    assert health.degraded()
+    assert publisher.dirty_ids("server") == {"a"}
+    assert publisher.observe("server", obs()), "the same state is sent again"
+    producer.deliver()
+    assert not publisher.observe("server", obs())
+
+
+def test_failed_tombstone_is_retried_on_the_next_vanish() -> None:
+    publisher, producer, _ = make()
+    publisher.observe("server", obs())
+    publisher.delete("server", "a")
+    producer.deliver(error="timeout")
+    assert publisher.known_ids("server") == {"a"}
+    assert publisher.delete("server", "a")
+
+
+def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
+    now = [1000.0]
+    publisher, _, _ = make(last_sequence=5_000_000_000, clock=lambda: now[0])
+    publisher.observe("server", obs("a"))
+    assert publisher.sequence == 5_000_000_001
+    now[0] = 9000.0
+    publisher.observe("server", obs("b"))
+    assert publisher.sequence == 9_000_000_000, "an emptied topic cannot send it backwards"
+    now[0] = 1.0
+    publisher.heartbeat("ok", {})
+    assert publisher.sequence == 9_000_000_001, "a clock going back cannot either"
+
+
+def test_heartbeats_are_never_deduplicated() -> None:
+    publisher, producer, _ = make()
+    publisher.heartbeat("ok", {"server.error": None})
+    publisher.heartbeat("ok", {"server.error": None})
+    assert [key for key, _, _ in producer.sent] == ["s1/site/s1", "s1/site/s1"]
+
+
+def test_restored_fingerprint_equals_the_observed_one() -> None:
+    """The restart path: a record read back from the topic must match a fresh observation."""
+    details = {
+        "attachments": ["x", "y"],
+        "admin_state_up": True,
+        "power_state": 1,
+        "task_state": None,
+        "weight": 1.5,
+    }
+    seen = obs(details=details, revision=3)
+    record = StatusRecord(
+        site="s1",
+        kind="server",
+        id="a",
+        status="ACTIVE",
+        sequence=1,
+        observed_at=datetime.now(UTC),
+        name="vm",
+        project_id="p",
+        details=details,
+        revision=3,
+    )
+    codec = Codec()
+    assert record_fingerprint(codec.decode(codec.encode(record))) == observation_fingerprint(seen)
+    publisher, producer, _ = make(fingerprints={"server": {"a": observation_fingerprint(seen)}})
+    assert not publisher.observe("server", seen)
+    assert producer.sent == []
+
+
+@pytest.mark.parametrize("status", [None, "", "ACTIVE"])
+def test_fingerprint_tells_none_from_empty(status: str | None) -> None:
+    others = {observation_fingerprint(obs(status=s)) for s in (None, "", "ACTIVE") if s != status}  # type: ignore[arg-type]
+    assert observation_fingerprint(obs(status=status)) not in others  # type: ignore[arg-type]
