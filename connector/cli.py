@@ -370,5 +370,36 @@ def produce(
     run_site(settings, once=once)
 
 
+@cli.command("sim")
+@click.option("--site", required=True, help="Site name; also the clouds.yaml cloud name.")
+@click.option("--listen", default="127.0.0.1:8600", show_default=True, metavar="HOST:PORT")
+@click.option("--servers", default=1000, show_default=True, type=click.IntRange(0))
+@click.option("--volumes", default=1000, show_default=True, type=click.IntRange(0))
+@click.option("--ports", default=1000, show_default=True, type=click.IntRange(0))
+@click.option("--networks", type=click.IntRange(0), help="[default: ports/50, at least 1]")
+@click.option("--routers", type=click.IntRange(0), help="[default: networks/4, at least 1]")
+@click.option("--floatingips", type=click.IntRange(0), help="[default: servers/10]")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same data.")
+@click.option("--token-ttl", default=3600.0, show_default=True, help="Token lifetime, seconds.")
+@click.option(
+    "--neutron-changed-since",
+    type=click.Choice(["accept", "reject"]),
+    default="reject",
+    show_default=True,
+    help="Honour Neutron's changed_since, or reject it with 400 (filter validation).",
+)
+@click.option(
+    "--write-clouds-yaml",
+    "clouds_yaml",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Add this site to a clouds.yaml, so openstack.connect(cloud=SITE) reaches it.",
+)
+def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> None:
+    """Serve a simulated OpenStack site (Keystone, Nova, Cinder, Neutron) until SIGTERM."""
+    from connector.sim import run_sim
+
+    run_sim(site, listen, clouds_yaml=clouds_yaml, echo=click.echo, **options)
+
+
 def main() -> None:
     cli(prog_name="cascade-connector")

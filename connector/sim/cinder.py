@@ -1,0 +1,223 @@
+"""Cinder (block storage v3) for a simulated site: version documents and volume listing.
+
+Listing follows Cinder: newest first, pages of at most 1000 with a `volumes_links` next link,
+`all_tenants` for other projects, deleted volumes gone from lists. The time filter
+`updated_at=<op>:<time>` (gt, gte, lt, lte, eq) is honoured only from microversion 3.60; below
+it the parameter is ignored without an error, as Cinder does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from connector.sim.api import (
+    ApiError,
+    Request,
+    Response,
+    compute_fault,
+    json_response,
+    microversion,
+    next_link,
+    parse_limit,
+)
+from connector.sim.keystone import Keystone
+from connector.sim.model import VOLUME, SimObject, Volume, iso_micro, parse_time
+from connector.sim.nova import truthy
+from connector.sim.store import Site, TimeRange
+
+MIN_VERSION = "3.0"
+MAX_VERSION = "3.71"
+MAX_LIMIT = 1000
+#: The first microversion whose volume list honours the created_at/updated_at filters.
+TIME_FILTER_VERSION = (3, 60)
+
+
+class Cinder:
+    """Serves the paths under `/volume`."""
+
+    def __init__(self, site: Site, keystone: Keystone, base_url: str) -> None:
+        self.site = site
+        self.keystone = keystone
+        self.base_url = base_url
+
+    def _versions(self) -> dict[str, Any]:
+        return {
+            "versions": [
+                {
+                    "id": "v3.0",
+                    "status": "CURRENT",
+                    "version": MAX_VERSION,
+                    "min_version": MIN_VERSION,
+                    "updated": "2023-08-31T00:00:00Z",
+                    "links": [
+                        {
+                            "href": "https://docs.openstack.org/",
+                            "rel": "describedby",
+                            "type": "text/html",
+                        },
+                        {"href": f"{self.base_url}/volume/v3/", "rel": "self"},
+                    ],
+                    "media-types": [
+                        {
+                            "base": "application/json",
+                            "type": "application/vnd.openstack.volume+json;version=3",
+                        }
+                    ],
+                }
+            ]
+        }
+
+    def handle(self, request: Request, rest: str) -> Response:
+        path = rest.rstrip("/")
+        if request.method == "GET" and path == "":
+            return json_response(300, self._versions())
+        if request.method == "GET" and path == "/v3":
+            return json_response(200, self._versions())
+        token = self.keystone.check(request)
+        version = microversion(request, "volume", None, MIN_VERSION, MAX_VERSION, compute_fault)
+        headers = {
+            "OpenStack-API-Version": f"volume {version[0]}.{version[1]}",
+            "Vary": "OpenStack-API-Version",
+        }
+        match = re.fullmatch(r"/v3/([^/]+)/volumes(?:/([^/]+))?", path)
+        if match is None:
+            raise ApiError(404, compute_fault(404, "The resource could not be found."), headers)
+        if request.method != "GET":
+            raise ApiError(405, compute_fault(405, "The method is not allowed."), headers)
+        project_id, which = match.groups()
+        try:
+            if which is None or which == "detail":
+                doc = self._list(request, project_id, token.project_id, version, which == "detail")
+            else:
+                doc = self._show(project_id, which)
+        except ApiError as exc:
+            exc.headers.update(headers)
+            raise
+        return json_response(200, doc, headers)
+
+    def _show(self, project_id: str, volume_id: str) -> dict[str, Any]:
+        with self.site.lock:
+            obj = self.site.tables[VOLUME].by_id.get(volume_id)
+            if not isinstance(obj, Volume):
+                raise ApiError(404, compute_fault(404, f"Volume {volume_id} could not be found."))
+            return {"volume": self.render(obj, project_id)}
+
+    def _list(
+        self,
+        request: Request,
+        path_project: str,
+        token_project: str | None,
+        version: tuple[int, int],
+        detail: bool,
+    ) -> dict[str, Any]:
+        arg = request.arg
+        all_tenants = arg("all_tenants") is not None and truthy(
+            arg("all_tenants") or "", "all_tenants", compute_fault
+        )
+        owner = arg("project_id") if all_tenants else (token_project or path_project)
+        span = self._span(arg("updated_at")) if version >= TIME_FILTER_VERSION else None
+        status = arg("status")
+        name = arg("name")
+        limit = parse_limit(request, compute_fault, MAX_LIMIT)
+        assert limit is not None
+
+        def wanted(obj: SimObject) -> bool:
+            return (
+                (owner is None or obj.project_id == owner)
+                and (status is None or obj.status == status)
+                and (name is None or obj.name == name)
+            )
+
+        with self.site.lock:
+            table = self.site.tables[VOLUME]
+            after = None
+            marker = arg("marker")
+            if marker is not None:
+                marker_obj = table.by_id.get(marker)
+                if marker_obj is None:
+                    raise ApiError(400, compute_fault(400, f"Marker {marker} could not be found."))
+                after = marker_obj.key
+            page = table.scan(after=after, span=span, match=wanted, limit=limit)
+            volumes = [
+                self.render(obj, path_project) if detail else self._brief(obj, path_project)
+                for obj in page
+                if isinstance(obj, Volume)
+            ]
+        doc: dict[str, Any] = {"volumes": volumes}
+        if limit and len(volumes) == limit:
+            path = f"/volume/v3/{path_project}/volumes" + ("/detail" if detail else "")
+            doc["volumes_links"] = [
+                {"rel": "next", "href": next_link(request, path, limit, volumes[-1]["id"])}
+            ]
+        return doc
+
+    def _span(self, raw: str | None) -> TimeRange | None:
+        if raw is None:
+            return None
+        op, sep, value = raw.partition(":")
+        if not sep or op not in ("gt", "gte", "lt", "lte", "eq"):
+            op, value = "eq", raw
+        try:
+            at = parse_time(value)
+        except ValueError as exc:
+            raise ApiError(
+                400, compute_fault(400, f"Invalid input received: Invalid time {raw!r}.")
+            ) from exc
+        return {
+            "gt": TimeRange(lo=at, lo_inclusive=False),
+            "gte": TimeRange(lo=at),
+            "lt": TimeRange(hi=at, hi_inclusive=False),
+            "lte": TimeRange(hi=at),
+            "eq": TimeRange(lo=at, hi=at),
+        }[op]
+
+    def _links(self, project_id: str, volume_id: str) -> list[dict[str, str]]:
+        return [
+            {"rel": "self", "href": f"{self.base_url}/volume/v3/{project_id}/volumes/{volume_id}"},
+            {"rel": "bookmark", "href": f"{self.base_url}/volume/{project_id}/volumes/{volume_id}"},
+        ]
+
+    def _brief(self, obj: Volume, project_id: str) -> dict[str, Any]:
+        return {"id": obj.id, "name": obj.name, "links": self._links(project_id, obj.id)}
+
+    def render(self, obj: Volume, project_id: str) -> dict[str, Any]:
+        """A volume as `GET /volumes/detail` shows it; call with the lock held."""
+        return {
+            "id": obj.id,
+            "name": obj.name,
+            "status": obj.status,
+            "attachments": [
+                {
+                    "id": obj.id,
+                    "attachment_id": f"{obj.id[:24]}{server_id[24:]}",
+                    "volume_id": obj.id,
+                    "server_id": server_id,
+                    "host_name": None,
+                    "device": "/dev/vdb",
+                    "attached_at": iso_micro(obj.updated),
+                }
+                for server_id in obj.attachments
+            ],
+            "availability_zone": "nova",
+            "bootable": "false",
+            "consistencygroup_id": None,
+            "created_at": iso_micro(obj.created),
+            "updated_at": iso_micro(obj.updated),
+            "description": None,
+            "encrypted": False,
+            "links": self._links(project_id, obj.id),
+            "metadata": {},
+            "migration_status": None,
+            "multiattach": False,
+            "os-vol-host-attr:host": obj.host,
+            "os-vol-mig-status-attr:migstat": None,
+            "os-vol-mig-status-attr:name_id": None,
+            "os-vol-tenant-attr:tenant_id": obj.project_id,
+            "replication_status": None,
+            "size": obj.size,
+            "snapshot_id": None,
+            "source_volid": None,
+            "user_id": self.site.user_id,
+            "volume_type": "__DEFAULT__",
+        }

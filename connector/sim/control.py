@@ -1,0 +1,216 @@
+"""The sim's own control API under `/_sim/` (not OpenStack), plus request stats and faults.
+
+- `GET /_sim/truth[?kind=K...]`: every live object now, consistent with what the API lists.
+- `GET /_sim/stats`: API requests per endpoint, bytes sent, status changes; `DELETE` resets.
+- `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
+- `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
+- `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes]}` makes
+  API requests fail (status) or hang (delay) for S seconds; `DELETE` clears them.
+- `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
+- `GET /_sim/info`: site name, seed, URLs, projects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from connector.sim import behaviour
+from connector.sim.api import Request, Response, json_response
+from connector.sim.model import KINDS
+from connector.sim.store import Site
+
+_ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[0-9a-fA-F]{32})(?=/|$)")
+
+
+class BadControl(Exception):
+    """A control request the sim cannot act on; answered with 400."""
+
+
+class Stats:
+    """OpenStack API traffic: requests per endpoint (ids folded into `{id}`) and bytes sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.bytes_sent = 0
+
+    def record(self, request: Request, response: Response) -> None:
+        endpoint = f"{request.method} {_ID_SEGMENT.sub('/{id}', request.path.rstrip('/') or '/')}"
+        with self._lock:
+            self.requests[endpoint] += 1
+            self.bytes_sent += len(response.body)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.bytes_sent = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    until: float
+    status: int | None
+    delay: float
+    paths: tuple[str, ...]
+
+
+class Faults:
+    """Injected failures for API paths, each for a while."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def matching(self, path: str) -> Fault | None:
+        now = time.monotonic()
+        with self._lock:
+            self._faults = [f for f in self._faults if f.until > now]
+            for fault in self._faults:
+                if not fault.paths or any(path.startswith(p) for p in fault.paths):
+                    return fault
+        return None
+
+
+class Control:
+    """Serves `/_sim/`."""
+
+    def __init__(
+        self, site: Site, stats: Stats, faults: Faults, jobs: behaviour.Jobs, info: dict[str, Any]
+    ) -> None:
+        self.site = site
+        self.stats = stats
+        self.faults = faults
+        self.jobs = jobs
+        self.info = info
+
+    def handle(self, request: Request) -> Response:
+        route = (request.method, request.path.rstrip("/"))
+        try:
+            if route == ("GET", "/_sim/truth"):
+                kinds = request.query.get("kind") or list(KINDS)
+                unknown = set(kinds) - set(KINDS)
+                if unknown:
+                    raise BadControl(f"unknown kind {sorted(unknown)}; kinds are {list(KINDS)}")
+                return json_response(200, {"objects": self.site.truth(kinds)})
+            if route == ("GET", "/_sim/stats"):
+                return json_response(200, self.snapshot())
+            if route == ("DELETE", "/_sim/stats"):
+                self.stats.reset()
+                self.site.reset_counters()
+                return Response(204, b"")
+            if route == ("POST", "/_sim/churn"):
+                return self._churn(_body(request))
+            if route == ("POST", "/_sim/storm"):
+                return self._storm(_body(request))
+            if route == ("POST", "/_sim/faults"):
+                return self._fault(_body(request))
+            if route == ("DELETE", "/_sim/faults"):
+                self.faults.clear()
+                return Response(204, b"")
+            if route == ("POST", "/_sim/archive"):
+                return json_response(200, {"archived": self.site.archive()})
+            if route == ("GET", "/_sim/info"):
+                return json_response(200, self.info)
+        except BadControl as exc:
+            return json_response(400, {"error": str(exc)})
+        return json_response(404, {"error": f"no control endpoint {route[0]} {route[1]}"})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The stats document."""
+        with self.site.lock:
+            counters = self.site.counters
+            doc: dict[str, Any] = {
+                "status_changes": counters.status_changes,
+                "updates": counters.updates,
+                "created": counters.created,
+                "deleted": counters.deleted,
+                "status_changes_by_kind": dict(self.site.changes_by_kind),
+                "objects": self.site.counts(),
+            }
+        doc["requests"] = dict(self.stats.requests)
+        doc["bytes_sent"] = self.stats.bytes_sent
+        doc["background_jobs"] = self.jobs.running()
+        return doc
+
+    def _churn(self, body: dict[str, Any]) -> Response:
+        if "changes" in body:
+            changes = _number(body, "changes", int, 0, 10_000_000)
+            return json_response(200, behaviour.churn(self.site, changes))
+        rate = _number(body, "rate", float, 0.0, 1_000_000.0)
+        seconds = _number(body, "seconds", float, 0.0, 86400.0)
+        self.jobs.start(
+            "sim-churn", lambda stop: behaviour.run_churn(self.site, rate, seconds, stop)
+        )
+        return json_response(202, {"started": "churn", "rate": rate, "seconds": seconds})
+
+    def _storm(self, body: dict[str, Any]) -> Response:
+        flaps = _number({"flaps": 1, **body}, "flaps", int, 1, 100)
+        seconds = _number({"seconds": 10.0, **body}, "seconds", float, 0.0, 86400.0)
+        kinds = body.get("kinds") or list(KINDS)
+        if not isinstance(kinds, list) or set(kinds) - set(KINDS):
+            raise BadControl(f"kinds must be a list of {list(KINDS)}, got {kinds!r}")
+        plan = behaviour.storm_plan(self.site, kinds)
+        self.jobs.start(
+            "sim-storm",
+            lambda stop: behaviour.run_storm(self.site, plan, flaps, seconds, stop),
+        )
+        objects = len(plan[0]) if plan else 0
+        changes = flaps * sum(len(step) for step in plan)
+        return json_response(
+            202, {"started": "storm", "objects": objects, "changes": changes, "kinds": kinds}
+        )
+
+    def _fault(self, body: dict[str, Any]) -> Response:
+        seconds = _number(body, "seconds", float, 0.0, 86400.0)
+        status = body.get("status")
+        if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
+            raise BadControl(f"status must be an HTTP error status (400-599), got {status!r}")
+        delay = _number({"delay": 0.0, **body}, "delay", float, 0.0, 3600.0)
+        if status is None and not delay:
+            raise BadControl("give a status to answer with, a delay to hang for, or both")
+        paths = body.get("paths") or []
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BadControl(f"paths must be a list of path prefixes, got {paths!r}")
+        self.faults.add(Fault(time.monotonic() + seconds, status, delay, tuple(paths)))
+        return json_response(
+            200, {"status": status, "delay": delay, "seconds": seconds, "paths": paths}
+        )
+
+
+def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        raise BadControl(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadControl("body must be a JSON object")
+    return body
+
+
+def _number(body: dict[str, Any], name: str, kind: type[Any], lo: float, hi: float) -> Any:
+    value = body.get(name)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise BadControl(
+            f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}"
+        )
+    if not lo <= value <= hi:
+        raise BadControl(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    return kind(value)
