@@ -30,8 +30,12 @@ def site_name_problem(site: str) -> str | None:
     return None
 
 
-def record_problem(record: StatusRecord) -> str | None:
-    """Why `record` is not a valid StatusRecord, or None."""
+def record_problem(record: StatusRecord, from_avro: bool = False) -> str | None:
+    """Why `record` is not a valid StatusRecord, or None.
+
+    `from_avro`: the record was just read with our schema, so its types and 64-bit ranges hold
+    and the details need no check (that is a third of the cost of a decode).
+    """
     problem = site_name_problem(record.site)
     if problem:
         return problem
@@ -41,14 +45,16 @@ def record_problem(record: StatusRecord) -> str | None:
         return "id must be non-empty"
     if not 0 <= record.sequence <= _LONG_MAX:
         return f"sequence {record.sequence} must be a non-negative 64-bit integer"
-    if record.revision is not None and not _LONG_MIN <= record.revision <= _LONG_MAX:
-        return f"revision {record.revision} does not fit in 64 bits"
     for name, when in (
         ("observed_at", record.observed_at),
         ("source_updated_at", record.source_updated_at),
     ):
         if when is not None and (not isinstance(when, datetime) or when.utcoffset() is None):
             return f"{name} {when!r} must be a timezone-aware datetime"
+    if from_avro:
+        return None
+    if record.revision is not None and not _LONG_MIN <= record.revision <= _LONG_MAX:
+        return f"revision {record.revision} does not fit in 64 bits"
     for key, value in record.details.items():
         problem = _detail_problem(key, value)
         if problem:

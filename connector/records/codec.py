@@ -157,7 +157,7 @@ class Codec:
         if not isinstance(datum, dict):
             raise DecodeError(f"corrupt body: decoded a {type(datum).__name__}, not a record")
         record = _from_avro(datum)
-        problem = record_problem(record)
+        problem = record_problem(record, from_avro=True)
         if problem:
             raise DecodeError(f"invalid record: {problem}")
         return record

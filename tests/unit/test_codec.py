@@ -252,7 +252,12 @@ def _message(
     key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
 ) -> confluent_kafka.Message:
     return confluent_kafka.Message(
-        topic="cascade.status.site-a", partition=0, offset=5, key=key, value=value, headers=headers
+        topic="cascade.status.site-a",
+        partition=0,
+        offset=5,
+        key=key,
+        value=value,
+        headers=None if headers is None else [(name, raw) for name, raw in headers],
     )
 
 

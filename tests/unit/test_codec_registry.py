@@ -12,6 +12,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,7 +21,7 @@ from fastavro import schemaless_writer
 from connector.config import KafkaSettings
 from connector.records.codec import REGISTRY_SUBJECT, Codec, RegistryFraming, codec_from_settings
 from connector.records.errors import DecodeError, RegistryError
-from connector.records.schemas import current_schema, shipped_schemas
+from connector.records.schemas import current_schema, load_schema, shipped_schemas
 from tests.unit.test_codec import EXAMPLES
 
 #: Ids above 255 so that a little-endian or 1-byte id would show.
@@ -157,3 +158,22 @@ def test_unreachable_registry_is_a_registry_error_not_a_decode_error() -> None:
         Codec(framing).encode(EXAMPLES[0])
     with pytest.raises(RegistryError, match=r"127\.0\.0\.1:9"):
         Codec(framing).decode(b"\x00\x00\x00\x00\x01\x02")
+
+
+def test_a_writer_without_the_timestamp_logical_type_reads_as_the_same_instant(
+    registry: tuple[_Registry, str],
+) -> None:
+    # Logical types are not part of the canonical form, so this writer has the current
+    # schema's fingerprint and its longs are read as timestamp-micros.
+    state, url = registry
+    source = json.loads(json.dumps(current_schema().source))
+    next(f for f in source["fields"] if f["name"] == "observed_at")["type"] = "long"
+    writer = load_schema(source)
+    assert writer.fingerprint == current_schema().fingerprint
+    schema_id = state.register(json.dumps(source))
+    body = io.BytesIO()
+    datum = {"site": "s", "kind": "k", "id": "x", "sequence": 1, "observed_at": 5}
+    schemaless_writer(body, writer.parsed, datum)
+    data = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
+    record = Codec(RegistryFraming(url)).decode(data)
+    assert record.observed_at == datetime(1970, 1, 1, 0, 0, 0, 5, tzinfo=UTC)
