@@ -333,6 +333,82 @@ def local_kafka_status(broker: Any) -> None:
     sys.exit(0 if st.answering else 1)
 
 
+@cli.command("consume")
+@kafka_options
+@click.option("--group", default=None, help="Consumer group id [default cascade-top].")
+@click.option(
+    "--sink",
+    "sink_url",
+    default=None,
+    metavar="URL",
+    help="sqlite:///PATH, postgresql://..., or http(s)://... [env CASCADE_SINK_URL].",
+)
+@click.option(
+    "--on-delete",
+    type=click.Choice(["delete", "mark"]),
+    default=None,
+    help="SQL sinks, on a tombstone: delete the row or mark it deleted.",
+)
+@click.option("--max-rate", type=float, default=None, help="Records per second at most.")
+@click.option(
+    "--max-batches-per-second",
+    type=float,
+    default=None,
+    help="Batches (sink calls) per second at most.",
+)
+@click.option("--batch-size", type=int, default=None, help="Records per batch at most.")
+@click.option(
+    "--batch-wait",
+    "batch_wait_ms",
+    type=int,
+    default=None,
+    metavar="MS",
+    help="Milliseconds a batch waits for more records.",
+)
+@click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    help="Exit 0 once every assigned partition is applied and committed to its end.",
+)
+@click.pass_obj
+def consume(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    group: str | None,
+    sink_url: str | None,
+    on_delete: str | None,
+    max_rate: float | None,
+    max_batches_per_second: float | None,
+    batch_size: int | None,
+    batch_wait_ms: int | None,
+    dead_letter_topic: str | None,
+    metrics_port: int | None,
+    until_idle: bool,
+) -> None:
+    """Apply every site topic to the sink in batches, at a controlled rate."""
+    from connector.top.service import run_consumer
+
+    settings = obj.settings(
+        {
+            "kafka": kafka_flags(bootstrap, librdkafka),
+            "sink": {"url": sink_url, "on_delete": on_delete},
+            "consumer": {
+                "group": group,
+                "max_rate": max_rate,
+                "max_batches_per_second": max_batches_per_second,
+                "batch_size": batch_size,
+                "batch_wait_ms": batch_wait_ms,
+                "dead_letter_topic": dead_letter_topic,
+                "metrics_port": metrics_port,
+            },
+        }
+    )
+    run_consumer(settings, until_idle=until_idle)
+
+
 @cli.command("produce")
 @kafka_options
 @click.option("--site", default=None, help="Site name [env CASCADE_SITE_NAME].")

@@ -135,12 +135,32 @@ class SiteSettings(_Section):
         return resolve_kind_names(value)
 
 
+class ConsumerSettings(_Section):
+    """The top consumer group: its name, its batches, the rate the top layer allows."""
+
+    #: Consumer group id; members of one group split the site topics' partitions.
+    group: str = Field(default="cascade-top", min_length=1)
+    #: Records per second at most (unset: no limit).
+    max_rate: float | None = Field(default=None, gt=0)
+    #: Batches (sink calls) per second at most (unset: no limit).
+    max_batches_per_second: float | None = Field(default=None, gt=0)
+    #: Records consumed into one batch at most.
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    #: Milliseconds a batch waits for more records once it has its first.
+    batch_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    #: Where records that cannot be decoded or applied go, with headers saying why.
+    dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
+    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class Settings(_Section):
     """All settings, one section per part of the connector."""
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     site: SiteSettings = Field(default_factory=SiteSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
 
 
 ENV_PREFIX = "CASCADE_"

@@ -36,12 +36,13 @@ DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 class TopicConfigError(ConnectorError):
     """A site topic exists with a config that differs from the expected one."""
 
-    def __init__(self, report: TopicReport) -> None:
+    def __init__(
+        self,
+        report: TopicReport,
+        remedy: str = "`cascade-connector topics ensure --fix` applies the expected config",
+    ) -> None:
         lines = "; ".join(str(d) for d in report.differences)
-        super().__init__(
-            f"topic {report.topic} config differs: {lines} "
-            "(`cascade-connector topics ensure --fix` applies the expected config)"
-        )
+        super().__init__(f"topic {report.topic} config differs: {lines} ({remedy})")
         self.report = report
 
 
@@ -171,6 +172,32 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
         _set_config(admin, topic, {d.setting: d.expected for d in report.differences})
         report.fixed = True
     return report
+
+
+def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
+    """Create the dead-letter topic if it is missing; True when it was created.
+
+    It is not compacted: dead letters that share a key must all be kept, and they age out by the
+    broker's retention. An existing compacted one would lose them, so that is a TopicConfigError.
+    """
+    admin = _admin(kafka)
+    new = NewTopic(
+        topic,
+        num_partitions=kafka.partitions,
+        replication_factor=kafka.replication_factor,
+        config={"cleanup.policy": "delete"},
+    )
+    try:
+        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        return True
+    except _AlreadyExistsError:
+        pass
+    policy = _describe(admin, topic).config.get("cleanup.policy")
+    if not _same("cleanup.policy", policy, "delete"):
+        difference = ConfigDifference("cleanup.policy", policy, "delete")
+        remedy = "set it on the broker, or name another consumer.dead_letter_topic"
+        raise TopicConfigError(TopicReport(topic, differences=[difference]), remedy)
+    return False
 
 
 def describe_site_topic(kafka: KafkaSettings, site: str) -> TopicDescription:

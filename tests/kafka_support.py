@@ -1,0 +1,91 @@
+"""Test helpers for the real broker: create a topic, publish changes, read committed offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import Producer as RawProducer
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connector.records.codec import Codec
+from connector.records.messages import to_message
+from connector.records.model import Change
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 3, compact: bool = True) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {"cleanup.policy": "compact"} if compact else {}
+    admin.create_topics([NewTopic(topic, partitions, 1, config=config)])[topic].result(timeout=30)
+
+
+def publish(
+    bootstrap: str,
+    topic: str,
+    changes: Iterable[Change],
+    codec: Codec | None = None,
+    raw: Iterable[tuple[bytes | None, bytes | None]] = (),
+) -> int:
+    """Produce `changes` (encoded with `codec`) then `raw` (key, value) pairs; return the count."""
+    codec = codec or Codec()
+    producer = RawProducer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "compression.type": "zstd",
+        }
+    )
+    errors: list[object] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+
+    count = 0
+    for change in changes:
+        msg = to_message(change, codec)
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=msg.key,
+                    value=msg.value,
+                    headers=msg.headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    for key, value in raw:
+        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        count += 1
+    assert producer.flush(60) == 0
+    assert not errors, errors
+    return count
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    probe = RawConsumer({"bootstrap.servers": bootstrap, "group.id": "offset-probe"})
+    try:
+        return {
+            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+    finally:
+        probe.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    probe = RawConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        got = probe.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in got}
+    finally:
+        probe.close()
