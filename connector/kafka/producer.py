@@ -44,21 +44,23 @@ class Producer:
     def produce(
         self,
         topic: str,
-        key: str,
+        key: str | bytes | None,
         value: bytes | None,
         on_delivery: DeliveryCallback,
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
         """Queue one message; waits (serving delivery reports) while the local queue is full."""
 
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
+
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
-            on_delivery(key, err, msg.partition() or 0, msg.offset() or -1)
+            on_delivery(name, err, msg.partition() or 0, msg.offset() or -1)
 
         while True:
             try:
                 self._producer.produce(
                     topic,
-                    key=key.encode(),
+                    key=key.encode() if isinstance(key, str) else key,
                     value=value,
                     headers=dict(headers) if headers else None,
                     on_delivery=report,

@@ -29,8 +29,6 @@ from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
 
 #: Seconds an admin request may take before it counts as Kafka trouble.
 ADMIN_TIMEOUT = 30.0
-#: Dead letters wait a fortnight for someone to look at them.
-DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 
 
 class TopicConfigError(ConnectorError):
@@ -287,20 +285,3 @@ def _layout_notes(kafka: KafkaSettings, description: TopicDescription) -> list[s
             "(only used for a new topic)"
         )
     return notes
-
-
-def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
-    """Create the dead-letter topic unless it exists (plain retention, not compacted: every
-    dead letter is kept, even several of one key); True if it was created."""
-    new = NewTopic(
-        topic,
-        num_partitions=1,
-        replication_factor=kafka.replication_factor,
-        config={"cleanup.policy": "delete", "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
-    )
-    admin = _admin(kafka)
-    try:
-        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
-    except _AlreadyExistsError:
-        return False
-    return True
