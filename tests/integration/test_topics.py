@@ -16,6 +16,7 @@ from connector.config import KafkaSettings
 from connector.errors import ConfigError
 from connector.kafka.topics import (
     TopicConfigError,
+    ensure_dead_letter_topic,
     ensure_site_topic,
     site_topic,
     site_topic_pattern,
@@ -156,3 +157,16 @@ def test_subscription_pattern_matches_site_topics_only() -> None:
     assert not pattern.match("cascadeXstatus.site-a")
     assert not pattern.match("cascade.status")
     assert not pattern.match("cascade.statusX.site-a")
+
+
+def test_dead_letter_topic_is_created_uncompacted_and_a_compacted_one_refused(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    settings = KafkaSettings(bootstrap=kafka_bootstrap)
+    topic = unique_name("dlq")
+    assert ensure_dead_letter_topic(settings, topic) is True
+    assert _topic_config(kafka_bootstrap, topic)["cleanup.policy"] == "delete"
+    assert ensure_dead_letter_topic(settings, topic) is False
+    _set_config(kafka_bootstrap, topic, {"cleanup.policy": "compact"})
+    with pytest.raises(TopicConfigError, match=r"cleanup\.policy is compact, should be delete"):
+        ensure_dead_letter_topic(settings, topic)
