@@ -15,7 +15,7 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
-from connector.errors import KafkaError
+from connector.errors import ConfigError, KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,12 @@ class TopicReader:
         self, settings: KafkaSettings, topic: str, from_beginning: bool, **overrides: Any
     ) -> None:
         self.topic = topic
-        self._consumer = confluent_kafka.Consumer(
-            {**READER_DEFAULTS, **settings.client_config(**overrides)}
-        )
+        try:
+            self._consumer = confluent_kafka.Consumer(
+                {**READER_DEFAULTS, **settings.client_config(**overrides)}
+            )
+        except confluent_kafka.KafkaException as exc:
+            raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
         metadata = self._consumer.list_topics(topic, timeout=30.0)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:

@@ -208,7 +208,10 @@ class _AlreadyExistsError(Exception):
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient(kafka.client_config())
+    try:
+        return AdminClient(kafka.client_config())
+    except confluent_kafka.KafkaException as exc:
+        raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
 
 
 def _wait(future: Future[Any], what: str) -> Any:

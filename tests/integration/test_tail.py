@@ -127,3 +127,9 @@ def test_tail_of_a_missing_topic_is_kafka_trouble(
     result = _tail(kafka_bootstrap, unique_name("p"), "--exit-at-end")
     assert result.exit_code == 4
     assert "cannot read topic" in result.output
+
+
+def test_tail_with_a_bad_librdkafka_setting_is_a_usage_error(kafka_bootstrap: str) -> None:
+    result = _tail(kafka_bootstrap, "cascade.status", "-X", "no.such.key=1")
+    assert result.exit_code == 2
+    assert "kafka.librdkafka: No such configuration property" in result.output

@@ -170,3 +170,9 @@ def test_dead_letter_topic_is_created_uncompacted_and_a_compacted_one_refused(
     _set_config(kafka_bootstrap, topic, {"cleanup.policy": "compact"})
     with pytest.raises(TopicConfigError, match=r"cleanup\.policy is compact, should be delete"):
         ensure_dead_letter_topic(settings, topic)
+
+
+def test_a_bad_librdkafka_setting_is_a_usage_error(kafka_bootstrap: str) -> None:
+    result = _run(kafka_bootstrap, "topics", "ensure", "--site", "s", "-X", "no.such.key=1")
+    assert result.exit_code == 2
+    assert "kafka.librdkafka: No such configuration property" in result.output
