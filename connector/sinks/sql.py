@@ -2,7 +2,8 @@
 
 It owns the two tables (created if missing): `resource_status`, one row per object keyed by
 (site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
-upsert (or delete) statement, executed with many parameter sets, all in one transaction. A row
+upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
+psycopg 3 pipelines it), all in one transaction. A row
 changes only when the change carries a higher site sequence than the row, so a replay after a crash
 writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
 rejected up front with a reason; transient database trouble becomes SinkBackpressureError.
@@ -191,12 +192,14 @@ class SqlSink:
             translate_errors("SQL sink apply failed", self.retry_after),
             self.engine.begin() as conn,
         ):
+            # SQLAlchemy keeps an INSERT's rowcount only when asked; it is our `written`.
+            conn.execution_options(preserve_rowcount=True)
             if plan.statuses:
-                written += len(conn.execute(st.upsert_status, plan.statuses).all())
+                written += _rowcount(conn.execute(st.upsert_status, plan.statuses))
             if plan.heartbeats:
-                written += len(conn.execute(st.upsert_heartbeat, plan.heartbeats).all())
+                written += _rowcount(conn.execute(st.upsert_heartbeat, plan.heartbeats))
             if plan.deletions and self.on_delete == "mark":
-                written += len(conn.execute(st.mark_deleted, plan.deletions).all())
+                written += _rowcount(conn.execute(st.mark_deleted, plan.deletions))
             if plan.deletions and self.on_delete == "delete":
                 written += _rowcount(conn.execute(st.delete_status, plan.deletions))
             if plan.heartbeat_deletions:
@@ -209,8 +212,11 @@ class SqlSink:
 
 
 def _rowcount(result: sa.CursorResult[Any]) -> int:
-    # Both drivers report the sum over all parameter sets for an executemany DELETE.
-    return max(result.rowcount, 0)
+    """Rows an executemany changed. sqlite3 and psycopg 3 both sum them over the parameter sets,
+    and an upsert whose WHERE refused the update counts 0, so this is the honest `written`."""
+    if result.rowcount < 0:
+        raise SinkError("the database driver did not report how many rows changed")
+    return result.rowcount
 
 
 class _Statements:
@@ -225,7 +231,7 @@ class _Statements:
             index_elements=[rs.c[k] for k in _KEY],
             set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
             where=sa.or_(rs.c.sequence.is_(None), ins.excluded.sequence > rs.c.sequence),
-        ).returning(rs.c.site)
+        )
 
         # An already deleted row is touched again only to raise its sequence; a live row yields to
         # a deletion of the same sequence (nothing can follow a deletion), or one without any.
@@ -248,7 +254,7 @@ class _Statements:
                     ),
                 ),
             ),
-        ).returning(rs.c.site)
+        )
 
         seq = sa.bindparam("sequence", type_=sa.BigInteger)
         self.delete_status = sa.delete(rs).where(
@@ -262,7 +268,7 @@ class _Statements:
             index_elements=[hb.c.site],
             set_={c.name: beat.excluded[c.name] for c in hb.c if c.name != "site"},
             where=beat.excluded.sequence > hb.c.sequence,
-        ).returning(hb.c.site)
+        )
         self.delete_heartbeat = sa.delete(hb).where(
             hb.c.site == sa.bindparam("site", type_=hb.c.site.type),
             sa.or_(seq.is_(None), hb.c.sequence <= seq),
