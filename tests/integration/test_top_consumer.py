@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from connector.config import Settings, load_settings
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
+from connector.sinks.sql import create_engine
 from connector.top.service import build_consumer
 from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
 
@@ -45,12 +46,12 @@ class Recording:
 
 
 def settings_for(
-    bootstrap: str, name: Callable[[str], str], db: Path, **consumer: object
+    bootstrap: str, name: Callable[[str], str], db: Path | str, **consumer: object
 ) -> Settings:
     return load_settings(
         flags={
             "kafka": {"bootstrap": bootstrap, "topic_prefix": name("status")},
-            "sink": {"url": f"sqlite:///{db}"},
+            "sink": {"url": db if isinstance(db, str) else f"sqlite:///{db}"},
             "consumer": {
                 "group": name("group"),
                 "dead_letter_topic": name("dlq"),
@@ -75,8 +76,8 @@ def record(site: str, obj: int, seq: int, status: str | None = None) -> StatusRe
     )
 
 
-def sink_state(db: Path) -> dict[tuple[str, str, str], tuple[str | None, int, bool]]:
-    engine = sa.create_engine(f"sqlite:///{db}")
+def sink_state(db: Path | str) -> dict[tuple[str, str, str], tuple[str | None, int, bool]]:
+    engine = create_engine(db if isinstance(db, str) else f"sqlite:///{db}")
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT site, kind, id, status, sequence, deleted FROM resource_status")
@@ -96,9 +97,9 @@ def run_until_idle(settings: Settings, sink: Sink) -> None:
 
 
 def test_converges_to_last_record_per_key(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+    kafka_bootstrap: str, unique_name: Callable[[str], str], sql_url: str
 ) -> None:
-    db = tmp_path / "top.sqlite"
+    db = sql_url
     settings = settings_for(kafka_bootstrap, unique_name, db, batch_size=5000)
     topic = f"{settings.kafka.topic_prefix}.east"
     create_topic(kafka_bootstrap, topic, partitions=3)
