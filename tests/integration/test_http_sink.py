@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from connector.records.model import Deletion, StatusRecord
+from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.base import SinkBackpressureError, SinkError
 from connector.sinks.http import HttpSink
@@ -91,7 +91,11 @@ def test_posts_the_batch_with_an_idempotency_key(service: Service) -> None:
     service.replies = [Reply(200, {"applied": 2})]
     sink = sink_for(service)
     beat = StatusRecord("a", "site", "a", "ok", 4, T0, details={"errors": 0})
-    batch = [rec("vm1", 3, details={"power_state": 1}), Deletion("a", "server", "vm2", None), beat]
+    batch: list[Change] = [
+        rec("vm1", 3, details={"power_state": 1}),
+        Deletion("a", "server", "vm2", None),
+        beat,
+    ]
     assert sink.apply(batch).written == 2
     headers, body = service.requests[0]
     assert headers["Content-Type"] == "application/json"
