@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
+from connector.kafka import new_client
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Consumer:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
         config["group.id"] = group
         config.setdefault("error_cb", _log_client_error)
-        self._consumer = confluent_kafka.Consumer(config)
+        self._consumer = new_client(confluent_kafka.Consumer, config)
 
     def subscribe(
         self,

@@ -15,6 +15,7 @@ import confluent_kafka
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
+from connector.kafka import new_client
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Producer:
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
         config.setdefault("error_cb", _log_client_error)
-        self._producer = confluent_kafka.Producer(config)
+        self._producer = new_client(confluent_kafka.Producer, config)
         self.pending_errors = 0
 
     def produce(

@@ -15,7 +15,8 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
-from connector.errors import ConfigError, KafkaError
+from connector.errors import KafkaError
+from connector.kafka import new_client
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,9 @@ class TopicReader:
         self, settings: KafkaSettings, topic: str, from_beginning: bool, **overrides: Any
     ) -> None:
         self.topic = topic
-        try:
-            self._consumer = confluent_kafka.Consumer(
-                {**READER_DEFAULTS, **settings.client_config(**overrides)}
-            )
-        except confluent_kafka.KafkaException as exc:
-            raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
+        self._consumer = new_client(
+            confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
+        )
         metadata = self._consumer.list_topics(topic, timeout=30.0)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:

@@ -25,6 +25,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from connector.config import KafkaSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
+from connector.kafka import new_client
 from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
 
 #: Seconds an admin request may take before it counts as Kafka trouble.
@@ -208,10 +209,7 @@ class _AlreadyExistsError(Exception):
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
-    try:
-        return AdminClient(kafka.client_config())
-    except confluent_kafka.KafkaException as exc:
-        raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
+    return new_client(AdminClient, kafka.client_config())
 
 
 def _wait(future: Future[Any], what: str) -> Any:
