@@ -167,7 +167,11 @@ def iso_z(ts: float) -> str:
 
 def iso_micro(ts: float) -> str:
     """Microsecond UTC without zone, as Cinder's `updated_at`."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    whole = int(ts)
+    micros = round((ts - whole) * 1_000_000)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}"
 
 
 def parse_time(value: str) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from connector.sim.api import (
@@ -42,6 +43,12 @@ def truthy(value: str, name: str, fault: Callable[[int, str], Any]) -> bool:
     if value.lower() in _FALSE:
         return False
     raise ApiError(400, fault(400, f"Invalid value '{value}' for {name}"))
+
+
+@lru_cache(maxsize=65536)
+def host_id(project_id: str, host: str) -> str:
+    """Nova's hostId: a hash of project and host, so projects cannot map the cloud."""
+    return hashlib.sha224((project_id + host).encode()).hexdigest()
 
 
 class Nova:
@@ -241,7 +248,7 @@ class Nova:
             "tenant_id": obj.project_id,
             "user_id": self.site.user_id,
             "metadata": {},
-            "hostId": hashlib.sha224((obj.project_id + obj.host).encode()).hexdigest(),
+            "hostId": host_id(obj.project_id, obj.host),
             "image": {
                 "id": IMAGE_ID,
                 "links": [{"rel": "bookmark", "href": f"{self.endpoint}/images/{IMAGE_ID}"}],
