@@ -3,9 +3,8 @@
 It owns the two tables (created if missing): `resource_status`, one row per object keyed by
 (site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
 upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
-psycopg 3 pipelines it), all in one transaction. A row
-changes only when the change carries a higher site sequence than the row, so a replay after a crash
-writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
+psycopg 3 pipelines it), all in one transaction. A row changes only when the change carries a
+higher site sequence than the row, so a replay after a crash writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
 rejected up front with a reason; transient database trouble becomes SinkBackpressureError.
 """
 
@@ -172,8 +171,12 @@ class SqlSink:
         self.on_delete = on_delete
         self.retry_after = retry_after
         self.engine = create_engine(url)
-        with translate_errors("cannot create the sink tables", retry_after):
-            metadata.create_all(self.engine)
+        try:
+            with translate_errors("cannot create the sink tables", retry_after):
+                metadata.create_all(self.engine)
+        except SinkError:
+            self.engine.dispose()
+            raise
         self._statements = _Statements(self.engine.dialect.name)
 
     def __repr__(self) -> str:
