@@ -4,8 +4,9 @@ It owns the two tables (created if missing): `resource_status`, one row per obje
 (site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
 upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
 psycopg 3 pipelines it), all in one transaction. A row changes only when the change carries a
-higher site sequence than the row, so a replay after a crash writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
-rejected up front with a reason; transient database trouble becomes SinkBackpressureError.
+higher site sequence than the row, so a replay after a crash writes nothing. Changes that can
+never be stored (too long, NUL characters, non-JSON details) are rejected up front with a reason;
+transient database trouble becomes SinkBackpressureError.
 """
 
 from __future__ import annotations
