@@ -37,7 +37,7 @@ test: lint typecheck kafka-up postgres
 	$(BIN)/pytest -q -ra
 
 demo: kafka-up
-	$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT) status
+	$(BIN)/cascade-connector demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

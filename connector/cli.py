@@ -477,5 +477,80 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
     run_sim(site, listen, clouds_yaml=clouds_yaml, echo=click.echo, **options)
 
 
+@cli.command("demo")
+@click.option("--sites", type=click.IntRange(1, 26), default=2, show_default=True)
+@click.option("--servers", type=click.IntRange(0), default=5000, show_default=True)
+@click.option("--volumes", type=click.IntRange(0), default=5000, show_default=True)
+@click.option("--ports", type=click.IntRange(0), default=10000, show_default=True)
+@click.option(
+    "--storm-flaps",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Times every object of site-a flaps in the restart storm.",
+)
+@click.option("--storm-seconds", type=click.FloatRange(1, 300), default=10.0, show_default=True)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(1),
+    default=10_000.0,
+    show_default=True,
+    help="The top layer's records/s limit.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between the pollers' incremental polls.",
+)
+@click.option(
+    "--bootstrap",
+    default=None,
+    metavar="HOST:PORT",
+    help="Use this Kafka instead of starting the local broker.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where logs and the top-layer database go [default: a new temp dir].",
+)
+def demo(
+    sites: int,
+    servers: int,
+    volumes: int,
+    ports: int,
+    storm_flaps: int,
+    storm_seconds: float,
+    max_rate: float,
+    interval: float,
+    bootstrap: str | None,
+    workdir: Path | None,
+) -> None:
+    """The whole product on this machine: local Kafka, simulated sites, pollers, the top
+    consumer into SQLite, a restart storm, and the accounting. Exit 1 if the sink does not
+    converge to the sites' truth."""
+    from connector.demo.run import DemoOptions, run_demo
+
+    options = DemoOptions(
+        sites=sites,
+        servers=servers,
+        volumes=volumes,
+        ports=ports,
+        storm_flaps=storm_flaps,
+        storm_seconds=storm_seconds,
+        max_rate=max_rate,
+        interval=interval,
+        bootstrap=bootstrap,
+        workdir=workdir,
+    )
+    try:
+        converged = run_demo(options, echo=click.echo)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0 if converged else 1)
+
+
 def main() -> None:
     cli(prog_name="cascade-connector")

@@ -1,0 +1,1 @@
+"""`cascade-connector demo`: the whole product on one machine, and the accounting of a storm."""

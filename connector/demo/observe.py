@@ -1,0 +1,145 @@
+"""What the demo measures: the sites' counters, the processes' metrics, and the sink against the
+sites' truth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.demo.processes import http_json, http_text
+from connector.sinks.sql import create_engine
+
+StatusMap = dict[tuple[str, str, str], str | None]
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def scrape_total(urls: Iterable[str], name: str, **labels: str) -> float:
+    return sum(metric_total(http_text(url), name, **labels) for url in urls)
+
+
+@dataclass
+class SiteCounters:
+    """The sim's own counters, summed over sites."""
+
+    status_changes: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+
+    @classmethod
+    def read(cls, sim_urls: Iterable[str]) -> SiteCounters:
+        out = cls()
+        for url in sim_urls:
+            stats = http_json(f"{url}/_sim/stats")
+            out.status_changes += int(stats["status_changes"])
+            out.requests += sum(int(n) for n in stats["requests"].values())
+            out.bytes_sent += int(stats["bytes_sent"])
+        return out
+
+    def __sub__(self, other: SiteCounters) -> SiteCounters:
+        return SiteCounters(
+            self.status_changes - other.status_changes,
+            self.requests - other.requests,
+            self.bytes_sent - other.bytes_sent,
+        )
+
+
+@dataclass
+class Comparison:
+    """The sink against the truth: how many objects differ, and a few examples."""
+
+    objects: int
+    missing: int = 0
+    extra: int = 0
+    wrong_status: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.wrong_status)
+
+    def __str__(self) -> str:
+        if self.equal:
+            return f"equal ({self.objects:,} objects)"
+        return (
+            f"{self.missing:,} missing, {self.extra:,} extra, {self.wrong_status:,} wrong status "
+            f"of {self.objects:,}; e.g. {'; '.join(self.examples)}"
+        )
+
+
+def truth(sims: dict[str, str], kinds: Iterable[str]) -> StatusMap:
+    """Every live object of `kinds` in every site, as the sites list them now."""
+    query = "&".join(f"kind={k}" for k in kinds)
+    out: StatusMap = {}
+    for site, url in sims.items():
+        for obj in http_json(f"{url}/_sim/truth?{query}", timeout=60)["objects"]:
+            out[(site, obj["kind"], obj["id"])] = obj["status"]
+    return out
+
+
+class SinkReader:
+    """Reads the live objects the top layer holds."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(url)
+
+    def statuses(self) -> StatusMap:
+        query = sa.text(
+            "SELECT site, kind, id, status FROM resource_status WHERE NOT deleted "
+            "AND kind <> 'site'"
+        )
+        try:
+            with self._engine.connect() as conn:
+                return {(r[0], r[1], r[2]): r[3] for r in conn.execute(query)}
+        except sa.exc.OperationalError:
+            return {}  # the consumer has not created its tables yet
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def compare(expected: StatusMap, actual: StatusMap) -> Comparison:
+    result = Comparison(len(expected))
+    for key, status in expected.items():
+        if key not in actual:
+            result.missing += 1
+            if len(result.examples) < 3:
+                result.examples.append(f"{'/'.join(key)} missing")
+        elif actual[key] != status:
+            result.wrong_status += 1
+            if len(result.examples) < 3:
+                result.examples.append(f"{'/'.join(key)} is {actual[key]}, site says {status}")
+    for key in actual.keys() - expected.keys():
+        result.extra += 1
+        if len(result.examples) < 3:
+            result.examples.append(f"{'/'.join(key)} no longer exists")
+    return result
+
+
+class RateWindow:
+    """The highest rate of a growing counter over any window of about one second."""
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[float, float]] = []
+        self.highest = 0.0
+
+    def add(self, value: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, value))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= 1.0:
+            self._samples.pop(0)
+        first_time, first_value = self._samples[0]
+        if now - first_time >= 1.0:
+            self.highest = max(self.highest, (value - first_value) / (now - first_time))
