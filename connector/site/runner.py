@@ -48,6 +48,89 @@ class SitePollFailed(ConnectorError):
     """A `--once` run could not poll every kind; the heartbeat says which and why."""
 
 
+class SitePoller:
+    """One site's poller, assembled: topic ensured, state restored, a KindPoller per kind.
+
+    `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        site = settings.site.name
+        if not site:
+            raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
+        self.settings = settings
+        kinds = kinds_for(settings.site.kinds)
+        codec = codec_from_settings(settings.kafka)
+        report = ensure_site_topic(settings.kafka, site)
+        for line in report.lines():
+            log.info("%s", line)
+        self.topic = report.topic
+        self.restored = restore_from_topic(
+            settings.kafka, self.topic, codec, [k.name for k in kinds]
+        )
+        log.info(
+            "restored %d key(s) and sequence %d from %d message(s) in %s",
+            sum(len(fps) for fps in self.restored.fingerprints.values()),
+            self.restored.last_sequence,
+            self.restored.messages,
+            self.topic,
+        )
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SiteMetrics(self.registry, site)
+        self.health = Health([k.name for k in kinds], self.metrics)
+        self.producer = Producer(settings.kafka)
+        self.publisher = Publisher(
+            site,
+            self.topic,
+            self.producer,
+            codec,
+            self.metrics,
+            self.health,
+            self.restored.fingerprints,
+            self.restored.last_sequence,
+        )
+        self.pollers = [
+            KindPoller(
+                kind,
+                _proxy(settings.site, kind, self.metrics),
+                self.publisher,
+                self.health,
+                self.metrics,
+                settings.site,
+            )
+            for kind in kinds
+        ]
+
+    def __repr__(self) -> str:
+        return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
+
+    def cycle(self, resync: bool) -> dict[str, str]:
+        """Poll every kind once, one after the other (no retries): kind -> mode used. Raises
+        the first site fault."""
+        return {poller.kind.name: poller.poll(resync) for poller in self.pollers}
+
+    def heartbeat(self) -> None:
+        self.publisher.heartbeat(*self.health.heartbeat())
+
+    def flush(self) -> None:
+        """Wait for every delivery; KafkaError if any message is still queued or failed."""
+        self.producer.flush(FLUSH_TIMEOUT)
+        if self.health.produce_errors:
+            raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
+
+    def run(self, stop: threading.Event, once: bool = False) -> None:
+        """Poll until `stop` (or one resync of every kind with `once`), then flush."""
+        try:
+            if once:
+                _run_once(self.pollers, self, stop)
+            else:
+                _run_forever(self.pollers, self, stop, self.settings.site)
+        finally:
+            self.producer.flush(FLUSH_TIMEOUT)
+        if once and self.health.produce_errors:
+            raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
+
+
 def run_site(
     settings: Settings,
     once: bool = False,
@@ -55,62 +138,23 @@ def run_site(
     stop: threading.Event | None = None,
 ) -> None:
     """Run the poller of `settings.site` until SIGTERM/SIGINT or `stop` (or one cycle with
-    `once`). Raises ConfigError, KafkaError, or SitePollFailed (a `once` run that failed)."""
-    site = settings.site.name
-    if not site:
-        raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
+    `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
+    `once` run that could not poll every kind)."""
     stop = stop or threading.Event()
-    kinds = kinds_for(settings.site.kinds)
-    codec = codec_from_settings(settings.kafka)
-    report = ensure_site_topic(settings.kafka, site)
-    for line in report.lines():
-        log.info("%s", line)
-    restored = restore_from_topic(settings.kafka, report.topic, codec, [k.name for k in kinds])
-    log.info(
-        "restored %d key(s) and sequence %d from %d message(s) in %s",
-        sum(len(fps) for fps in restored.fingerprints.values()),
-        restored.last_sequence,
-        restored.messages,
-        report.topic,
-    )
-
-    registry = registry or CollectorRegistry()
-    metrics = SiteMetrics(registry, site)
-    health = Health([k.name for k in kinds], metrics)
-    producer = Producer(settings.kafka)
-    publisher = Publisher(
-        site,
-        report.topic,
-        producer,
-        codec,
-        metrics,
-        health,
-        restored.fingerprints,
-        restored.last_sequence,
-    )
-    pollers = [
-        KindPoller(
-            kind, _proxy(settings.site, kind, metrics), publisher, health, metrics, settings.site
-        )
-        for kind in kinds
-    ]
-    ops = None
-    if settings.site.metrics_port is not None:
-        ops = OpsServer(registry, health.snapshot, port=settings.site.metrics_port)
-        ops.start()
-        log.info("serving /metrics and /healthz on port %d", ops.port)
-    try:
-        with _stop_on_signals(stop):
-            if once:
-                _run_once(pollers, publisher, health, stop)
-            else:
-                _run_forever(pollers, publisher, health, producer, stop, settings.site)
-    finally:
-        if ops is not None:
-            ops.stop()
-    producer.flush(FLUSH_TIMEOUT)
-    if once and health.produce_errors:
-        raise KafkaError(f"{health.produce_errors} message(s) could not be delivered")
+    # Signals are handled from the start: a stop during the restore still flushes and exits 0.
+    with _stop_on_signals(stop):
+        poller = SitePoller(settings, registry)
+        ops = None
+        if settings.site.metrics_port is not None:
+            health = poller.health.snapshot
+            ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
+            ops.start()
+            log.info("serving /metrics and /healthz on port %d", ops.port)
+        try:
+            poller.run(stop, once)
+        finally:
+            if ops is not None:
+                ops.stop()
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
@@ -131,39 +175,32 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
     return getattr(conn, kind.service)
 
 
-def _run_once(
-    pollers: list[KindPoller], publisher: Publisher, health: Health, stop: threading.Event
-) -> None:
+def _run_once(pollers: list[KindPoller], site: SitePoller, stop: threading.Event) -> None:
     results: dict[str, bool] = {}
 
     def resync(poller: KindPoller) -> None:
         results[poller.kind.name] = poller.run_once(stop, ONCE_ATTEMPTS)
 
     _join(_start(pollers, resync, stop), stop)
-    publisher.heartbeat(*health.heartbeat())
+    site.heartbeat()
     failed = [name for name, ok in results.items() if not ok]
     if failed and not stop.is_set():
-        _, details = health.snapshot()
+        _, details = site.health.snapshot()
         errors = "; ".join(f"{name}: {details.get(f'{name}.error')}" for name in failed)
         raise SitePollFailed(f"could not poll {', '.join(failed)}: {errors}")
 
 
 def _run_forever(
-    pollers: list[KindPoller],
-    publisher: Publisher,
-    health: Health,
-    producer: Producer,
-    stop: threading.Event,
-    site: SiteSettings,
+    pollers: list[KindPoller], site: SitePoller, stop: threading.Event, settings: SiteSettings
 ) -> None:
     threads = _start(pollers, lambda poller: poller.run(stop), stop)
     next_heartbeat = time.monotonic()
     while not stop.is_set():
         if time.monotonic() >= next_heartbeat:
-            publisher.heartbeat(*health.heartbeat())
-            next_heartbeat += site.heartbeat_interval
+            site.heartbeat()
+            next_heartbeat += settings.heartbeat_interval
         # Delivery reports arrive only while someone polls the producer.
-        producer.poll(0)
+        site.producer.poll(0)
         stop.wait(min(0.5, max(0.0, next_heartbeat - time.monotonic())))
     _join(threads, stop)
 

@@ -86,14 +86,20 @@ def test_incremental_filters_on_the_wire() -> None:
 
 
 def test_kind_names_accept_plurals_and_name_the_known_ones() -> None:
-    assert resolve_kind_names(["servers", "Volume", "port", "ports"]) == ["server", "volume", "port"]
+    assert resolve_kind_names(["servers", "Volume", "port", "ports"]) == [
+        "server",
+        "volume",
+        "port",
+    ]
     with pytest.raises(ValueError, match="known kinds: server, volume, port"):
         resolve_kind_names(["vms"])
     assert [k.name for k in kinds_for(["floatingips"])] == ["floatingip"]
 
 
 def test_site_settings_validation_names_the_field() -> None:
-    settings = load_settings(env={"CASCADE_SITE_KINDS": "servers, routers", "CASCADE_SITE_NAME": "a"})
+    settings = load_settings(
+        env={"CASCADE_SITE_KINDS": "servers, routers", "CASCADE_SITE_NAME": "a"}
+    )
     assert settings.site.kinds == ["server", "router"]
     with pytest.raises(ConfigError, match=r"site\.kinds: unknown kind 'vm'.*CASCADE_SITE_KINDS"):
         load_settings(env={"CASCADE_SITE_KINDS": "vm"})

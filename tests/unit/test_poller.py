@@ -8,18 +8,17 @@ from typing import Any, ClassVar
 
 import openstack.exceptions
 import pytest
-from openstack.network.v2 import port as _port
 from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
 from connector.site.heartbeat import Health
-from connector.site.kinds import Kind, Since
+from connector.site.kinds import Kind, Port, Since
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import KindPoller
 from tests.unit.test_site_publisher import FakeProducer, make
 
 
-class FakePorts(_port.Port):
+class FakePorts(Port):
     """A Neutron port listing over an in-memory site; records every query it was given."""
 
     site: ClassVar[dict[str, tuple[str, int]]] = {}
@@ -27,8 +26,14 @@ class FakePorts(_port.Port):
     reject_since: ClassVar[bool] = False
 
     @classmethod
-    def list(cls, session: Any, paginated: bool = True, base_path: str | None = None,
-             allow_unknown_params: bool = False, **params: Any) -> Iterator[Any]:  # type: ignore[override]
+    def list(
+        cls,
+        session: Any,
+        paginated: bool = True,
+        base_path: str | None = None,
+        allow_unknown_params: bool = False,
+        **params: Any,
+    ) -> Iterator[Any]:  # type: ignore[override]
         params.pop("microversion", None)
         cls.queries.append(params)
         if "changed_since" in params and cls.reject_since:
@@ -36,7 +41,7 @@ class FakePorts(_port.Port):
         ids = params.get("id")
         for object_id, (status, revision) in sorted(cls.site.items()):
             if ids is None or object_id in ids:
-                yield _port.Port.existing(id=object_id, status=status, revision_number=revision)
+                yield Port.existing(id=object_id, status=status, revision_number=revision)
 
 
 ROW = Kind(

@@ -1,0 +1,301 @@
+"""The site poller against the real broker and a simulated site over HTTP (openstacksdk unmodified):
+one record per object, nothing for a restart, exactly the changes, tombstones, storms, cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.config import Settings, load_settings
+from connector.kafka.reader import TopicReader
+from connector.records.codec import Codec
+from connector.records.messages import change_from_message
+from connector.records.model import Change, Deletion, StatusRecord
+from connector.sim import RunningSim, start_sim
+from connector.site.runner import SitePoller, run_site
+
+ALL_KINDS = "server,volume,port,network,router,floatingip"
+#: Fields of the sim's truth that are not status (they move on every update).
+NOT_STATUS = {"updated_at", "revision_number", "network_id", "floating_ip_address"}
+
+
+@pytest.fixture
+def open_sim(
+    tmp_path: Path, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., RunningSim]]:
+    """`open_sim(**counts)`: a simulated site whose clouds.yaml entry openstacksdk finds."""
+    started: list[RunningSim] = []
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+
+    def open_(**options: Any) -> RunningSim:
+        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
+        sim = start_sim(name, **options)
+        started.append(sim)
+        sim.write_clouds_yaml(tmp_path / "clouds.yaml")
+        return sim
+
+    yield open_
+    for sim in started:
+        sim.stop()
+
+
+def site_settings(bootstrap: str, sim: RunningSim, kinds: str = ALL_KINDS, **site: Any) -> Settings:
+    return load_settings(
+        flags={
+            "kafka": {"bootstrap": bootstrap, "topic_prefix": "test.produce"},
+            "site": {"name": sim.cloud, "kinds": kinds, **site},
+        }
+    )
+
+
+def control(sim: RunningSim, path: str, body: dict[str, Any] | None = None) -> Any:
+    method = "GET" if body is None else "POST"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(sim.url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def reset_stats(sim: RunningSim) -> None:
+    urllib.request.urlopen(urllib.request.Request(sim.url + "/_sim/stats", method="DELETE"))
+
+
+def truth(sim: RunningSim, kinds: str = ALL_KINDS) -> dict[tuple[str, str], dict[str, Any]]:
+    query = "&".join(f"kind={k}" for k in kinds.split(","))
+    return {
+        (o["kind"], o["id"]): {k: v for k, v in o.items() if k not in NOT_STATUS}
+        for o in control(sim, f"/_sim/truth?{query}")["objects"]
+    }
+
+
+class Topic:
+    """Reads a site topic from the beginning; `new()` returns what arrived since the last call."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._settings = load_settings(flags={"kafka": {"bootstrap": bootstrap}}).kafka
+        self._topic = topic
+        #: per partition, the offset after the last message `new()` returned
+        self._read: dict[int, int] = {}
+        self._codec = Codec()
+
+    def _messages(self) -> list[Any]:
+        reader = TopicReader(self._settings, self._topic, from_beginning=True)
+        try:
+            return list(reader.messages(stop_at_end=True))
+        finally:
+            reader.close()
+
+    def all(self) -> list[Change]:
+        return [change_from_message(m, self._codec) for m in self._messages()]
+
+    def new(self) -> list[Change]:
+        # Partitions interleave differently on every read: remember offsets, not a count.
+        fresh = [m for m in self._messages() if m.offset() >= self._read.get(m.partition(), 0)]
+        for m in fresh:
+            self._read[m.partition()] = max(self._read.get(m.partition(), 0), m.offset() + 1)
+        return [change_from_message(m, self._codec) for m in fresh]
+
+
+def objects(changes: list[Change]) -> list[Change]:
+    """Everything but heartbeats."""
+    return [c for c in changes if not (isinstance(c, StatusRecord) and c.is_heartbeat)]
+
+
+def latest(changes: list[Change]) -> dict[tuple[str, str], StatusRecord]:
+    """The state the topic describes: last record per key, tombstones removing keys."""
+    state: dict[tuple[str, str], StatusRecord] = {}
+    for change in objects(changes):
+        if isinstance(change, Deletion):
+            state.pop((change.kind, change.id), None)
+        else:
+            assert isinstance(change, StatusRecord)
+            state[(change.kind, change.id)] = change
+    return state
+
+
+def differences(changes: list[Change], expected: dict[tuple[str, str], Any]) -> list[str]:
+    """How the state the topic describes differs from the site's truth (status and keys)."""
+    state = latest(changes)
+    out = [f"missing {key}" for key in set(expected) - set(state)]
+    out += [f"extra {key}" for key in set(state) - set(expected)]
+    out += [
+        f"{key}: {record.status} != {expected[key]['status']}"
+        for key, record in state.items()
+        if key in expected and record.status != expected[key]["status"]
+    ]
+    return out
+
+
+def assert_topic_matches_truth(changes: list[Change], expected: dict[tuple[str, str], Any]) -> None:
+    wrong = differences(changes, expected)
+    assert wrong == [], f"{len(wrong)} differences, e.g. {wrong[:3]}"
+
+
+def test_ten_thousand_objects_once_restart_changes_and_deletions(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
+) -> None:
+    sim = open_sim(
+        servers=3000, volumes=3000, ports=3500, networks=100, routers=25, floatingips=375
+    )
+    settings = site_settings(kafka_bootstrap, sim)
+    before = truth(sim)
+    assert len(before) == 10_000
+
+    run_site(settings, once=True, registry=CollectorRegistry())
+    topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
+    first = topic.new()
+    per_key = Counter((c.kind, c.id) for c in objects(first))
+    assert len(per_key) == 10_000 and set(per_key.values()) == {1}, "one record per object"
+    assert_topic_matches_truth(first, before)
+    heartbeat = [c for c in first if isinstance(c, StatusRecord) and c.is_heartbeat]
+    assert [h.status for h in heartbeat] == ["ok"]
+    assert heartbeat[0].details["server.objects"] == 3000
+
+    # A restart: state comes back from the topic, the resync finds nothing new.
+    run_site(settings, once=True, registry=CollectorRegistry())
+    second = topic.new()
+    earlier = latest(first)
+    republished = [(earlier.get((c.kind, c.id)), c) for c in objects(second)]
+    assert republished == [], "a restarted poller republishes nothing unchanged"
+    assert len(second) == 1 and isinstance(second[0], StatusRecord) and second[0].is_heartbeat
+    sequences = [c.sequence for c in first if c.sequence is not None]
+    assert len(set(sequences)) == len(sequences), "every record has its own sequence"
+    assert second[0].sequence is not None and second[0].sequence > max(sequences)
+
+    made = control(sim, "/_sim/churn", {"changes": 100})
+    after = truth(sim)
+    changed = {k for k in after if before.get(k) != after[k]}
+    deleted = set(before) - set(after)
+    assert made["deleted"] > 0 and deleted
+
+    run_site(settings, once=True, registry=CollectorRegistry())
+    third = objects(topic.new())
+    assert Counter((c.kind, c.id) for c in third).most_common(1)[0][1] == 1
+    assert {(c.kind, c.id) for c in third if isinstance(c, StatusRecord)} == changed
+    assert {(c.kind, c.id) for c in third if isinstance(c, Deletion)} == deleted
+    assert all(isinstance(c, StatusRecord) or c.sequence for c in third), "tombstones sequenced"
+    assert_topic_matches_truth(first + second + third, after)
+
+
+def test_storm_between_two_polls_gives_at_most_one_record_per_object(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
+) -> None:
+    sim = open_sim(servers=200, volumes=200, ports=300, seed=7)
+    site = SitePoller(site_settings(kafka_bootstrap, sim))
+    topic = Topic(kafka_bootstrap, site.topic)
+    site.cycle(resync=True)
+    site.flush()
+    topic.new()
+    started = control(sim, "/_sim/storm", {"flaps": 5, "seconds": 1.0})
+    assert started["objects"] > 100
+    deadline = time.monotonic() + 60
+    while control(sim, "/_sim/stats")["background_jobs"]:
+        assert time.monotonic() < deadline, "the storm did not end"
+        time.sleep(0.05)
+    # Watermarks are in whole seconds and moved back by the skew: the incremental polls see
+    # the whole storm, and the fingerprints collapse it.
+    modes = site.cycle(resync=False)
+    assert modes == {
+        "server": "incremental",
+        "volume": "incremental",
+        "port": "revisions",
+        "network": "revisions",
+        "router": "revisions",
+        "floatingip": "revisions",
+    }
+    site.flush()
+    storm = objects(topic.new())
+    per_key = Counter((c.kind, c.id) for c in storm)
+    assert not per_key or max(per_key.values()) == 1
+    # Every flap ends where it began: nothing really changed, so nothing is published.
+    assert len(storm) == 0
+    assert_topic_matches_truth(topic.all(), truth(sim))
+
+
+@pytest.mark.parametrize("neutron_changed_since", ["accept", "reject"])
+def test_incremental_cycle_at_one_percent_churn_is_a_small_fraction_of_a_full_listing(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], neutron_changed_since: str
+) -> None:
+    sim = open_sim(
+        servers=1000, volumes=1000, ports=1500, neutron_changed_since=neutron_changed_since
+    )
+    kinds = "server,volume,port"
+    # No skew tolerance: the watermark is then the resync's start (floored to the second), so
+    # the incremental cycle lists what the churn changed and nothing the resync already saw.
+    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds=kinds, clock_skew=0))
+    site.cycle(resync=True)
+    # One incremental cycle first: it pays once for what a running poller pays once (Cinder's
+    # version discovery, Neutron's answer to changed_since).
+    site.cycle(resync=False)
+    control(sim, "/_sim/churn", {"changes": 35})
+    reset_stats(sim)
+    site.cycle(resync=False)
+    incremental = control(sim, "/_sim/stats")
+    reset_stats(sim)
+    site.cycle(resync=True)
+    full = control(sim, "/_sim/stats")
+    site.flush()
+    assert sum(incremental["requests"].values()) <= sum(full["requests"].values())
+    ratio = incremental["bytes_sent"] / full["bytes_sent"]
+    assert ratio < 0.25, f"incremental cycle {incremental} vs full {full}"
+    assert_topic_matches_truth(Topic(kafka_bootstrap, site.topic).all(), truth(sim, kinds))
+
+
+def test_cli_once_then_run_until_sigterm(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    sim = open_sim(servers=20, volumes=20, ports=20)
+    command = [
+        sys.executable,
+        "-m",
+        "connector",
+        "produce",
+        "--bootstrap",
+        kafka_bootstrap,
+        "-X",
+        "client.id=cli-test",
+        "--site",
+        sim.cloud,
+        "--kinds",
+        "servers,volumes,ports",
+        "--interval",
+        "0.2",
+        "--resync-interval",
+        "1",
+    ]
+    env = {**os.environ, "CASCADE_KAFKA_TOPIC_PREFIX": "test.produce"}
+    done = subprocess.run([*command, "--once"], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
+    assert len(objects(topic.new())) == 60
+
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    try:
+        control(sim, "/_sim/churn", {"changes": 5})
+        expected = truth(sim, "server,volume,port")
+        deadline = time.monotonic() + 60
+        while differences(topic.all(), expected):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the running poller did not publish the churn"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
