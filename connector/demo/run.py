@@ -85,6 +85,8 @@ class Demo:
         self.poller_metrics: list[str] = []
         self.consumer_metrics = ""
         self.bootstrap = ""
+        #: every snapshot taken while converging, for plots
+        self.timeline: list[tuple[str, Snapshot]] = []
 
     def run(self) -> bool:
         self.bootstrap = self.o.bootstrap or LocalKafka(port=self.o.kafka_port).start()
@@ -215,6 +217,7 @@ class Demo:
             procs.check_alive()
             now = self._snapshot()
             rate.add(now.consumed)
+            self.timeline.append((phase, now))
             elapsed = now.at - started
             if elapsed >= settle:
                 result = compare(truth(self.sims, KINDS), sink.statuses())
