@@ -4,6 +4,7 @@ sites' truth."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -65,10 +66,17 @@ class Comparison:
     extra: int = 0
     wrong_status: int = 0
     examples: list[str] = field(default_factory=list)
+    by_kind: Counter[str] = field(default_factory=Counter)
 
     @property
     def equal(self) -> bool:
         return not (self.missing or self.extra or self.wrong_status)
+
+    @property
+    def behind(self) -> str:
+        """How many objects differ, by kind."""
+        kinds = ", ".join(f"{n:,} {kind}" for kind, n in self.by_kind.most_common())
+        return f"{sum(self.by_kind.values()):,} behind ({kinds})"
 
     def __str__(self) -> str:
         if self.equal:
@@ -115,14 +123,17 @@ def compare(expected: StatusMap, actual: StatusMap) -> Comparison:
     for key, status in expected.items():
         if key not in actual:
             result.missing += 1
+            result.by_kind[key[1]] += 1
             if len(result.examples) < 3:
                 result.examples.append(f"{'/'.join(key)} missing")
         elif actual[key] != status:
             result.wrong_status += 1
+            result.by_kind[key[1]] += 1
             if len(result.examples) < 3:
                 result.examples.append(f"{'/'.join(key)} is {actual[key]}, site says {status}")
     for key in actual.keys() - expected.keys():
         result.extra += 1
+        result.by_kind[key[1]] += 1
         if len(result.examples) < 3:
             result.examples.append(f"{'/'.join(key)} no longer exists")
     return result

@@ -332,7 +332,7 @@ def _state(result: Comparison, storming: bool) -> str:
         return "storm under way"
     if result.equal:
         return "converged"
-    return f"{result.missing + result.wrong_status + result.extra:,} behind"
+    return result.behind
 
 
 def flags(**options: object) -> list[str]:
