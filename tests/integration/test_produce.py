@@ -16,11 +16,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
-from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sim import RunningSim, start_sim
+from connector.site.restore import read_to_end
 from connector.site.runner import SitePoller, run_site
 
 ALL_KINDS = "server,volume,port,network,router,floatingip"
@@ -90,11 +90,7 @@ class Topic:
         self._codec = Codec()
 
     def _messages(self) -> list[Any]:
-        reader = TopicReader(self._settings, self._topic, from_beginning=True)
-        try:
-            return list(reader.messages(stop_at_end=True))
-        finally:
-            reader.close()
+        return list(read_to_end(self._settings, self._topic))
 
     def all(self) -> list[Change]:
         return [change_from_message(m, self._codec) for m in self._messages()]
