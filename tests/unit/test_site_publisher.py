@@ -67,7 +67,7 @@ def make(
     return publisher, producer, health
 
 
-def obs(object_id: str = "a", status: str = "ACTIVE", **more: Any) -> Observation:
+def obs(object_id: str = "a", status: str | None = "ACTIVE", **more: Any) -> Observation:
     return Observation(id=object_id, status=status, name="vm", project_id="p", **more)
 
 
@@ -170,5 +170,5 @@ def test_restored_fingerprint_equals_the_observed_one() -> None:
 
 @pytest.mark.parametrize("status", [None, "", "ACTIVE"])
 def test_fingerprint_tells_none_from_empty(status: str | None) -> None:
-    others = {observation_fingerprint(obs(status=s)) for s in (None, "", "ACTIVE") if s != status}  # type: ignore[arg-type]
-    assert observation_fingerprint(obs(status=status)) not in others  # type: ignore[arg-type]
+    others = {observation_fingerprint(obs(status=s)) for s in (None, "", "ACTIVE") if s != status}
+    assert observation_fingerprint(obs(status=status)) not in others
