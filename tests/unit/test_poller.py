@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import openstack.exceptions
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
 from connector.site.heartbeat import Health
-from connector.site.kinds import Kind, Port, Since
+from connector.site.kinds import Kind, Port, Since, Volume
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import KindPoller
 from tests.unit.test_site_publisher import FakeProducer, make
@@ -147,3 +148,63 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
     assert [p.backoff(n) for n in (1, 2, 3, 4, 5, 60)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     p._jitter = lambda: 0.0
     assert p.backoff(3) == 2.0
+
+
+class FakeVolumes(Volume):
+    """A Cinder volume listing that records the microversion and query of every call."""
+
+    calls: ClassVar[list[tuple[str | None, dict[str, Any]]]] = []
+
+    @classmethod
+    def list(  # type: ignore[override]
+        cls, session: Any, base_path: str | None = None, microversion: str | None = None, **q: Any
+    ) -> Iterator[Any]:
+        cls.calls.append((microversion, q))
+        yield Volume.existing(id="v1", status="available", attachments=[])
+
+
+class FakeBlockStorage:
+    """What openstack.utils.supports_microversion reads off a service proxy."""
+
+    default_microversion = None
+
+    def __init__(self, max_microversion: str) -> None:
+        self.max_microversion = max_microversion
+
+    def get_endpoint_data(self) -> Any:
+        return SimpleNamespace(min_microversion="3.0", max_microversion=self.max_microversion)
+
+
+@pytest.mark.parametrize(
+    ("site_max", "mode", "sent"),
+    [
+        ("3.59", "resync", (None, {})),
+        ("3.70", "incremental", ("3.60", {"updated_at": "gte:2023-11-14T22:13:17Z"})),
+    ],
+)
+def test_cinder_filter_only_from_microversion_3_60(
+    site_max: str, mode: str, sent: tuple[str | None, dict[str, Any]]
+) -> None:
+    FakeVolumes.calls = []
+    row = Kind(
+        name="volume",
+        service="block_storage",
+        resource=FakeVolumes,
+        since=Since("updated_at", template="gte:{}", min_microversion="3.60"),
+    )
+    publisher, _, _ = make()
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    clock = [1_700_000_000.0]
+    poller = KindPoller(
+        row,
+        FakeBlockStorage(site_max),
+        publisher,
+        Health(["volume"], metrics),
+        metrics,
+        SiteSettings(name="s1"),
+        clock=lambda: clock[0],
+    )
+    poller.poll(resync=True)
+    assert FakeVolumes.calls == [(None, {})]
+    assert poller.poll(resync=False) == mode
+    assert FakeVolumes.calls[-1] == sent
