@@ -9,6 +9,7 @@ and synchronous commits whose every partition error is raised.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,32 +93,64 @@ class Consumer:
     def committed(
         self, partitions: Sequence[TopicPartition], timeout: float = 30.0
     ) -> list[TopicPartition]:
-        return list(self._consumer.committed(list(partitions), timeout=timeout))
-
-    def high_watermark(self, topic: str, partition: int, cached: bool = False) -> int:
-        """The partition's log end offset: asked of the broker, or (`cached`) as last fetched."""
-        _low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=10.0, cached=cached
+        """The group's committed offsets of `partitions` (assigned to this member or not)."""
+        return list(
+            _call(
+                "read committed offsets",
+                self._consumer.committed,
+                list(partitions),
+                timeout=timeout,
+            )
         )
-        return int(high)
+
+    def watermarks(self, topic: str, partition: int, cached: bool = False) -> tuple[int, int]:
+        """(low, high) offsets of a partition: asked of the broker, or (`cached`) as last
+        fetched (-1001 when unknown)."""
+        low, high = _call(
+            f"read the offsets of {topic}[{partition}]",
+            self._consumer.get_watermark_offsets,
+            TopicPartition(topic, partition),
+            timeout=10.0,
+            cached=cached,
+        )
+        return int(low), int(high)
+
+    def partitions_matching(self, pattern: str) -> list[TopicPartition]:
+        """Every partition of every topic whose name matches `pattern` (a regex)."""
+        metadata = _call("list topics", self._consumer.list_topics, timeout=10.0)
+        regex = re.compile(pattern)
+        return [
+            TopicPartition(name, p)
+            for name, topic in metadata.topics.items()
+            if regex.match(name) and topic.error is None
+            for p in topic.partitions
+        ]
 
     def assignment(self) -> list[TopicPartition]:
         return list(self._consumer.assignment())
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         if partitions:
-            self._consumer.pause(list(partitions))
+            _call("pause partitions", self._consumer.pause, list(partitions))
 
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
         if partitions:
-            self._consumer.resume(list(partitions))
+            _call("resume partitions", self._consumer.resume, list(partitions))
 
     def seek(self, partition: TopicPartition) -> None:
-        self._consumer.seek(partition)
+        """Read `partition` from its offset on; raises rather than skip silently."""
+        _call(f"seek {partition.topic}[{partition.partition}]", self._consumer.seek, partition)
 
     def close(self) -> None:
         """Leave the group (revoking our partitions through the callbacks) and close."""
         self._consumer.close()
+
+
+def _call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return method(*args, **kwargs)
+    except confluent_kafka.KafkaException as exc:
+        raise KafkaError(f"cannot {what}: {exc.args[0]}") from exc
 
 
 def _log_client_error(err: confluent_kafka.KafkaError) -> None:

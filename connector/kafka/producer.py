@@ -81,6 +81,11 @@ class Producer:
         if remaining:
             raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
 
+    def purge(self) -> None:
+        """Drop every message not yet delivered; their delivery reports say so (purged)."""
+        self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+        self._producer.poll(0)
+
     def __len__(self) -> int:
         return len(self._producer)
 

@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from connector.errors import ConfigError
+
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 
@@ -26,7 +28,12 @@ class OpsServer:
         self, registry: CollectorRegistry, health: HealthCheck, host: str = "0.0.0.0", port: int = 0
     ) -> None:
         handler = _handler(registry, health)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics_port: cannot serve /metrics on {host}:{port}: {exc.strerror}"
+            ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="ops-http", daemon=True

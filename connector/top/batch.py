@@ -47,6 +47,7 @@ class Batch:
     _last: dict[Partition, int] = field(default_factory=dict)
     _records: dict[Partition, int] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    undecodable: int = 0  #: records that could not be decoded (they are among dead_letters)
     started: float | None = None  #: when the first record arrived (monotonic seconds)
 
     def add(self, topic: str, partition: int, offset: int, now: float) -> None:
@@ -62,7 +63,11 @@ class Batch:
         self, change: Change, topic: str, partition: int, offset: int, value: bytes | None
     ) -> None:
         """Keep `change` (decoded from `value`) as the latest for its key, replacing an earlier
-        one."""
+        one, unless that one carries a higher site sequence: a key's records are ordered within
+        one partition only, and after a repartition a key can arrive from two."""
+        old = self._changes.get(change.key)
+        if old is not None and _newer(old.change, change):
+            return
         self._changes[change.key] = _Entry(change, topic, partition, offset, value)
 
     def rejected(self, change: Change, reason: str) -> DeadLetter:
@@ -78,7 +83,13 @@ class Batch:
             reason,
         )
 
+    def undecodable_record(self, letter: DeadLetter) -> None:
+        """A record that could not be decoded: it goes to the dead-letter topic."""
+        self.dead_letters.append(letter)
+        self.undecodable += 1
+
     def dead(self, letter: DeadLetter) -> None:
+        """A decoded change the sink refused: it goes to the dead-letter topic too."""
         self.dead_letters.append(letter)
 
     @property
@@ -94,10 +105,16 @@ class Batch:
     @property
     def coalesced(self) -> int:
         """Records made redundant by a later record of the same key in this batch."""
-        return self.records - len(self._changes) - len(self.dead_letters)
+        return self.records - len(self._changes) - self.undecodable
 
     def __len__(self) -> int:
         return self.records
+
+    def records_by_topic(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (topic, _partition), n in self._records.items():
+            out[topic] = out.get(topic, 0) + n
+        return out
 
     def commit_offsets(self) -> list[TopicPartition]:
         """The next offset to read per partition, once this batch is applied."""
@@ -116,9 +133,15 @@ class Batch:
             k: e for k, e in self._changes.items() if (e.topic, e.partition) not in gone
         }
         self.dead_letters = [d for d in self.dead_letters if (d.topic, d.partition) not in gone]
+        self.undecodable = sum(1 for d in self.dead_letters if d.reason == "decode")
         for tp in gone:
             self._first.pop(tp, None)
             self._last.pop(tp, None)
             self._records.pop(tp, None)
         if not self._records:
             self.started = None
+
+
+def _newer(a: Change, b: Change) -> bool:
+    """True when `a` carries a higher site sequence than `b` (unknown sequences never win)."""
+    return a.sequence is not None and b.sequence is not None and a.sequence > b.sequence

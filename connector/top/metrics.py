@@ -85,5 +85,10 @@ class ConsumerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.max_per_second = Gauge(
+            "cascade_consumer_records_max_per_second",
+            "The most records released to the sink within any one second so far.",
+            registry=registry,
+        )
         self.heartbeats = _HeartbeatAges()
         registry.register(self.heartbeats)

@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -60,35 +61,25 @@ def build_consumer(settings: Settings, sink: Sink, registry: CollectorRegistry) 
 def run_consumer(settings: Settings, until_idle: bool = False) -> None:
     """Consume every site topic into the configured sink until SIGTERM/SIGINT (or idle)."""
     registry = CollectorRegistry()
-    sink = open_sink(settings.sink)
-    try:
+    with ExitStack() as cleanup:
+        sink = open_sink(settings.sink)
+        cleanup.callback(sink.close)
         loop = build_consumer(settings, sink, registry)
-    except BaseException:
-        sink.close()
-        raise
-    options = settings.consumer
-    server = None
-    if options.metrics_port is not None:
+        if settings.consumer.metrics_port is not None:
 
-        def health() -> tuple[bool, dict[str, Any]]:
-            since = time.monotonic() - loop.last_poll
-            return since < STALL_SECONDS, {"seconds_since_poll": round(since, 3)}
+            def health() -> tuple[bool, dict[str, Any]]:
+                since = time.monotonic() - loop.last_poll
+                return since < STALL_SECONDS, {"seconds_since_poll": round(since, 3)}
 
-        server = OpsServer(registry, health, port=options.metrics_port).start()
-        log.info("serving /metrics and /healthz on port %d", server.port)
+            server = OpsServer(registry, health, port=settings.consumer.metrics_port).start()
+            cleanup.callback(server.stop)
+            log.info("serving /metrics and /healthz on port %d", server.port)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: finishing", signal.Signals(signum).name)
-        loop.stop()
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("%s: finishing", signal.Signals(signum).name)
+            loop.stop()
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                cleanup.callback(signal.signal, sig, signal.signal(sig, on_signal))
         loop.run(until_idle=until_idle)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sink.close()
-        if server is not None:
-            server.stop()

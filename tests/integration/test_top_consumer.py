@@ -11,9 +11,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.records.errors import RegistryError
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
@@ -162,6 +164,7 @@ def test_rate_limit_holds_and_member_stays(
     elapsed = times[-1] - times[0]
     assert elapsed >= 18.0, f"20,000 records at 1000/s took only {elapsed:.1f}s"
     assert loop.assign_events == 1, "the member was evicted or rebalanced during the run"
+    assert loop.max_per_second <= 1050, "the consumer's own one-second maximum"
 
 
 def test_dead_letters_and_good_records_around_them(
@@ -261,28 +264,17 @@ def test_two_members_split_partitions_and_converge(
     publish(kafka_bootstrap, topic, (record("big", i % 2000, i + 1) for i in range(20_000)))
     sinks = [Recording(open_sink(settings.sink)) for _ in range(2)]
     loops = [build_consumer(settings, s, CollectorRegistry()) for s in sinks]
-    runners = [threading.Thread(target=lp.run) for lp in loops]
+    # Both run until the *group* is idle: the member that finishes its share first (or starts
+    # with an empty assignment) must not leave while the other still has work.
+    runners = [threading.Thread(target=lp.run, kwargs={"until_idle": True}) for lp in loops]
     for r in runners:
         r.start()
-    try:
-        wait_for(
-            lambda: (
-                len(sink_state(db)) == 2000 and all(v[1] > 18_000 for v in sink_state(db).values())
-            ),
-            120,
-        )
-        wait_for(
-            lambda: (
-                committed_offsets(kafka_bootstrap, settings.consumer.group, topic)
-                == end_offsets(kafka_bootstrap, topic)
-            ),
-            60,
-        )
-    finally:
-        for lp in loops:
-            lp.stop()
-        for r in runners:
-            r.join(30)
+    for r in runners:
+        r.join(180)
+    assert not any(r.is_alive() for r in runners), "a member did not become idle"
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )
     assert all(s.calls for s in sinks), "one member applied nothing: partitions were not split"
     expected = {
         ("big", "server", f"vm-{i}"): (f"S{18_001 + i}", 18_001 + i, False) for i in range(2000)
@@ -296,3 +288,34 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.2)
+
+
+def test_registry_outage_rolls_back_and_recovers(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db)
+    topic = f"{settings.kafka.topic_prefix}.reg"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    publish(kafka_bootstrap, topic, (record("reg", i, i + 1) for i in range(300)))
+    loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
+    real_decode = loop._decode
+    outages = [2]
+
+    def decode_during_outage(msg: Message) -> Change:
+        """The registry is down for the first two decodes that need it."""
+        if outages[0]:
+            outages[0] -= 1
+            raise RegistryError("registry at http://127.0.0.1:1 refused the connection")
+        return real_decode(msg)
+
+    loop._decode = decode_during_outage
+    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive()
+    assert outages == [0]
+    assert len(sink_state(db)) == 300
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )

@@ -24,7 +24,7 @@ def test_coalesces_by_key_and_tracks_offsets() -> None:
     batch.add("t", 1, 5, now=2.0)
     batch.put(Deletion("a", "server", "3", 7), "t", 1, 5, None)
     batch.add("t", 1, 6, now=2.0)
-    batch.dead(DeadLetter("t", 1, 6, b"k", b"junk", "decode", "bad magic"))
+    batch.undecodable_record(DeadLetter("t", 1, 6, b"k", b"junk", "decode", "bad magic"))
 
     assert len(batch) == 5
     assert {c.key: getattr(c, "status", "deleted") for c in batch.changes} == {
@@ -66,3 +66,22 @@ def test_rejected_change_keeps_its_original_record() -> None:
         b"original",
     )
     assert letter.reason == "rejected" and letter.detail == "status too long"
+
+
+def test_rejected_changes_do_not_count_as_coalesced() -> None:
+    batch = Batch()
+    for i in range(5):
+        batch.add("t", 0, i, now=1.0)
+        batch.put(rec(str(i), "ACTIVE", i), "t", 0, i, b"x")
+    batch.dead(batch.rejected(batch.changes[0], "refused"))
+    assert batch.coalesced == 0
+
+
+def test_a_key_from_two_partitions_keeps_the_higher_sequence() -> None:
+    batch = Batch()
+    batch.add("t", 1, 0, now=1.0)
+    batch.put(rec("1", "ACTIVE", 9), "t", 1, 0, b"new")
+    batch.add("t", 0, 0, now=1.0)
+    batch.put(rec("1", "BUILD", 3), "t", 0, 0, b"old")
+    assert [c.status for c in batch.changes if isinstance(c, StatusRecord)] == ["ACTIVE"]
+    assert batch.coalesced == 1
