@@ -3,12 +3,15 @@ sites' truth."""
 
 from __future__ import annotations
 
-import time
+import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.request import Request, urlopen
 
 import sqlalchemy as sa
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.demo.processes import http_json, http_text
@@ -139,18 +142,64 @@ def compare(expected: StatusMap, actual: StatusMap) -> Comparison:
     return result
 
 
-class RateWindow:
-    """The highest rate of a growing counter over any window of about one second."""
+#: What a proxy-polling design lists every interval: (catalog type, path, collection key).
+FULL_LISTINGS = (
+    ("compute", "/servers/detail?all_tenants=1&limit=1000", "servers"),
+    ("block-storage", "/volumes/detail?all_tenants=1&limit=1000", "volumes"),
+    ("network", "/v2.0/ports?limit=1000", "ports"),
+)
 
-    def __init__(self) -> None:
-        self._samples: list[tuple[float, float]] = []
-        self.highest = 0.0
 
-    def add(self, value: float, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._samples.append((now, value))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= 1.0:
-            self._samples.pop(0)
-        first_time, first_value = self._samples[0]
-        if now - first_time >= 1.0:
-            self.highest = max(self.highest, (value - first_value) / (now - first_time))
+def full_listing_cost(sim_url: str, clouds_file: Path, cloud: str) -> SiteCounters:
+    """What one full listing of servers, volumes and ports (details, all projects, pages of 1000)
+    costs a site, measured on the site's own counters while a plain HTTP client does it."""
+    auth = yaml.safe_load(clouds_file.read_text())["clouds"][cloud]["auth"]
+    request = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {
+                        "name": auth["username"],
+                        "password": auth["password"],
+                        "domain": {"name": auth["user_domain_name"]},
+                    }
+                },
+            },
+            "scope": {
+                "project": {
+                    "name": auth["project_name"],
+                    "domain": {"name": auth["project_domain_name"]},
+                }
+            },
+        }
+    }
+    before = SiteCounters.read([sim_url])
+    with urlopen(
+        Request(
+            f"{auth['auth_url']}/v3/auth/tokens",
+            json.dumps(request).encode(),
+            {"Content-Type": "application/json"},
+        ),
+        timeout=30,
+    ) as response:
+        token = response.headers["X-Subject-Token"]
+        catalog = json.loads(response.read())["token"]["catalog"]
+    endpoints = {
+        service["type"]: next(e["url"] for e in service["endpoints"] if e["interface"] == "public")
+        for service in catalog
+    }
+    for service, path, key in FULL_LISTINGS:
+        url: str | None = endpoints[service] + path
+        while url:
+            with urlopen(Request(url, headers={"X-Auth-Token": token}), timeout=60) as response:
+                page = json.loads(response.read())
+            url = next(
+                (
+                    link["href"]
+                    for link in page.get(f"{key}_links", [])
+                    if link.get("rel") == "next"
+                ),
+                None,
+            )
+    return SiteCounters.read([sim_url]) - before
