@@ -1,5 +1,5 @@
-"""The kinds table: names, SDK resources to Observations (from the official API samples), and the
-incremental filters as they are written on the wire."""
+"""The kinds table: names, listed JSON to Observations (from the official API samples), and the
+incremental filters and projections as they are written on the wire."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.site.kinds import KINDS, Since, kinds_for, resolve_kind_names
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "openstack-samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack-samples"
 
 
 def sample(path: str, key: str) -> list[dict[str, Any]]:
@@ -23,8 +23,7 @@ def sample(path: str, key: str) -> list[dict[str, Any]]:
 
 
 def observe(kind: str, raw: dict[str, Any]) -> Any:
-    row = KINDS[kind]
-    return row.observe(row.resource.existing(**raw))
+    return KINDS[kind].observe(raw)
 
 
 def test_server_from_the_nova_sample() -> None:
@@ -65,19 +64,35 @@ def test_port_and_floatingip_from_the_neutron_samples() -> None:
 def test_every_row_declares_what_the_poller_needs() -> None:
     for name, row in KINDS.items():
         assert row.name == name and "/" not in name
+        assert row.path.startswith("/") and row.collection in row.path
         if row.revision_projection:
-            assert set(row.revision_projection) == {"id", "revision_number"}
-        if row.since is not None:
-            mapping = row.resource._query_mapping._mapping
-            # openstacksdk drops unmapped query keys silently: the filter must be mapped.
-            assert row.since.param in mapping, f"{name}: {row.since.param} would not be sent"
-        if "fields" in row.query:
-            assert "fields" in row.resource._query_mapping._mapping
+            assert row.wire.revision is not None
+            assert set(row.revision_projection) == {row.wire.id, row.wire.revision}
+
+
+def test_neutron_projections_name_every_field_the_row_reads() -> None:
+    assert KINDS["port"].fields() == [
+        "admin_state_up",
+        "binding:host_id",
+        "device_id",
+        "device_owner",
+        "id",
+        "name",
+        "project_id",
+        "revision_number",
+        "status",
+        "updated_at",
+    ]
+    assert "floating_ip_address" in KINDS["floatingip"].fields()
+    # Every detail of a projected row comes from a field the projection asks for.
+    raw = sample("neutron/ports/ports-list-response.json", "ports")[0]
+    projected = {k: v for k, v in raw.items() if k in KINDS["port"].fields()}
+    assert observe("port", projected) == observe("port", raw)
 
 
 def test_incremental_filters_on_the_wire() -> None:
     when = datetime(2024, 5, 1, 12, 30, 45, 999_000, tzinfo=UTC)
-    assert KINDS["server"].since == Since("changes_since")
+    assert KINDS["server"].since == Since("changes-since")
     assert KINDS["server"].since.value(when) == "2024-05-01T12:30:45Z"
     volume = KINDS["volume"].since
     assert volume is not None and volume.min_microversion == "3.60"
