@@ -1,15 +1,21 @@
 """A reader of one whole topic, outside any consumer group: for `tail`, and for anything that must
-read a site topic from the beginning to its end.
+read a site topic from the beginning to its end (the poller's restore).
 
 It assigns every partition itself (no group, no rebalance) and never commits. With `stop_at_end`
-it stops once every partition has reported its end, so "read what is there" terminates.
+it reads each partition up to the high watermark it had when the read started, then stops: a
+topic that keeps receiving writes (a running poller's heartbeats) still has an end. End events
+alone would not do: librdkafka reports one only after a fetch comes back empty, which never
+happens while something writes faster than its fetch wait. An end event still ends a partition
+early, for one whose last offsets are not messages (compaction, transaction markers).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
@@ -20,12 +26,25 @@ from connector.kafka import new_client
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 READER_DEFAULTS: dict[str, Any] = {
     # librdkafka wants a group id even for assign(); nothing is ever committed under it.
     "group.id": "cascade-connector-reader",
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "enable.partition.eof": True,
+}
+
+#: Seconds to wait for topic metadata and watermarks, retrying what the broker says is passing
+#: (a topic created a moment ago may not have a leader yet).
+METADATA_TIMEOUT = 30.0
+#: Messages asked of librdkafka per call.
+BATCH = 5000
+
+_NOT_YET = {
+    confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+    confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
 }
 
 
@@ -39,39 +58,139 @@ class TopicReader:
         self._consumer = new_client(
             confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
         )
-        metadata = self._consumer.list_topics(topic, timeout=30.0)
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
+        try:
+            self._partitions = self._metadata_partitions()
+            #: per partition, the offset of the next message to read, once known (from the end:
+            #: the high watermark when the reader was made, so "the end" is exact)
+            self._next: dict[int, int] = {}
+            #: partitions paused at the end of a `stop_at_end` read
+            self._paused: set[int] = set()
+            if from_beginning:
+                # By name, not by offset: retention may move the low watermark meanwhile.
+                starts = dict.fromkeys(self._partitions, confluent_kafka.OFFSET_BEGINNING)
+            else:
+                self._next = {p: high for p, (_low, high) in self._watermarks().items()}
+                starts = dict(self._next)
+            self._consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        except BaseException:
             self._consumer.close()
-            reason = found.error.str() if found is not None and found.error else "not found"
-            raise KafkaError(f"cannot read topic {topic}: {reason}")
-        start = confluent_kafka.OFFSET_BEGINNING if from_beginning else confluent_kafka.OFFSET_END
-        self._partitions = sorted(found.partitions)
-        self._consumer.assign([TopicPartition(topic, p, start) for p in self._partitions])
+            raise
 
     def __repr__(self) -> str:
-        return f"TopicReader({self.topic!r}, partitions={self._partitions})"
+        return f"TopicReader({self.topic!r}, next={self._next})"
 
     def messages(
-        self, stop_at_end: bool = False, poll: float = 0.5
+        self, stop_at_end: bool = False, poll: float = 0.5, timeout: float | None = None
     ) -> Iterator[confluent_kafka.Message]:
-        """Yield confluent_kafka.Message objects in per-partition order; with `stop_at_end`, stop
-        once every partition has been read to its end."""
-        at_end: set[int] = set()
-        while not (stop_at_end and len(at_end) == len(self._partitions)):
-            msg = self._consumer.poll(poll)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is None:
-                at_end.discard(msg.partition())
-                yield msg
-            elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                at_end.add(msg.partition() or 0)  # an end-of-partition event always has one
-            elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise KafkaError(f"reading {self.topic}: {err.str()}")
-            else:
-                log.warning("reading %s[%s]: %s", self.topic, msg.partition(), err.str())
+        """Yield confluent_kafka.Message objects in per-partition order. With `stop_at_end`, stop
+        once every partition has been read up to the high watermark it had when this call
+        started (later messages are not yielded). KafkaError on a broker error, or when
+        `timeout` seconds pass before the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        #: partition -> the offset to read up to (exclusive); empty when following for ever
+        ends: dict[int, int] = {}
+        self._unpause()
+        if stop_at_end:
+            ends = {p: high for p, (_low, high) in self._watermarks().items()}
+            # A partition whose position is unknown and whose low mark is above 0 (retention)
+            # ends with its end event, on the first fetch.
+            for p in [p for p, end in ends.items() if self._next.get(p, 0) >= end]:
+                self._done(ends, p)
+        while not stop_at_end or ends:
+            if deadline is not None and time.monotonic() > deadline:
+                raise KafkaError(f"reading {self.topic} to its end took longer than {timeout:g}s")
+            try:
+                batch = self._consumer.consume(num_messages=BATCH, timeout=poll)
+            except confluent_kafka.KafkaException as exc:
+                raise KafkaError(f"reading {self.topic}: {exc}") from exc
+            for msg in batch:
+                err = msg.error()
+                partition = msg.partition() or 0  # a message or an end event always has one
+                if err is None:
+                    offset = msg.offset() or 0
+                    if stop_at_end and partition not in ends:
+                        continue  # fetched before the partition was paused at its end
+                    if stop_at_end and offset >= ends[partition]:
+                        # The messages up to the end were compacted away; later ones came in.
+                        self._done(ends, partition)
+                        continue
+                    self._next[partition] = offset + 1
+                    yield msg
+                    if stop_at_end and offset + 1 >= ends[partition]:
+                        self._done(ends, partition)
+                elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    # The event's offset is where the partition ends now.
+                    self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
+                    if stop_at_end and partition in ends:
+                        self._done(ends, partition)
+                elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise KafkaError(f"reading {self.topic}: {err.str()}")
+                else:
+                    log.warning("reading %s[%s]: %s", self.topic, msg.partition(), err.str())
 
     def close(self) -> None:
         self._consumer.close()
+
+    def _done(self, ends: dict[int, int], partition: int) -> None:
+        """The partition is read to its end: stop fetching it."""
+        del ends[partition]
+        self._consumer.pause([TopicPartition(self.topic, partition)])
+        self._paused.add(partition)
+
+    def _unpause(self) -> None:
+        """Fetch the partitions an earlier read paused again, from the message after the last
+        one it yielded (pausing drops what was fetched beyond it)."""
+        if not self._paused:
+            return
+        parts = [
+            TopicPartition(self.topic, p, self._next.get(p, confluent_kafka.OFFSET_BEGINNING))
+            for p in sorted(self._paused)
+        ]
+        self._consumer.resume(parts)
+        for part in parts:
+            self._consumer.seek(part)
+        self._paused.clear()
+
+    def _metadata_partitions(self) -> list[int]:
+        def partitions() -> list[int]:
+            found = self._consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT).topics.get(
+                self.topic
+            )
+            if found is None:
+                raise KafkaError(f"cannot read topic {self.topic}: not found")
+            if found.error is not None:
+                raise confluent_kafka.KafkaException(found.error)
+            return sorted(found.partitions)
+
+        return _retrying(partitions, f"cannot read topic {self.topic}")
+
+    def _watermarks(self) -> dict[int, tuple[int, int]]:
+        """partition -> (low, high), asked of the leaders (not cached)."""
+
+        def one(p: int) -> tuple[int, int]:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT, cached=False
+            )
+            return int(low), int(high)
+
+        return {
+            p: _retrying(functools.partial(one, p), f"watermarks of {self.topic}[{p}]")
+            for p in self._partitions
+        }
+
+
+def _retrying(call: Callable[[], T], what: str) -> T:
+    """`call()`, again for up to METADATA_TIMEOUT while the broker says the error will pass."""
+    deadline = time.monotonic() + METADATA_TIMEOUT
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            passing = isinstance(err, confluent_kafka.KafkaError) and err.code() in _NOT_YET
+            if not passing or time.monotonic() + delay > deadline:
+                reason = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(exc)
+                raise KafkaError(f"{what}: {reason}") from exc
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)

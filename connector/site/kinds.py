@@ -1,12 +1,14 @@
-"""The resource kinds the poller knows, in one table; the only code that reads SDK objects.
+"""The resource kinds the poller knows, in one table; the only code that reads listed objects.
 
-Each row says how to list the kind with openstacksdk (service proxy, resource class, listing path,
-fixed query), which incremental filter the service really honours, and which fields make up the
-status. Adding a kind (routers, networks, snapshots, ...) is one row: the poller only speaks to
-rows. Listings leave this module as `Observation`s; no openstacksdk object gets past it.
+Each row says how to list the kind (service proxy, listing path, collection key, fixed query),
+which incremental filter the service really honours, and where the status fields are in the
+service's JSON (wire names, one line each, as openstacksdk declares its resources). Adding a kind
+(routers, networks, snapshots, ...) is one row: the poller only speaks to rows.
 
-The resources are declared here, the openstacksdk way, with exactly the fields of a status and
-exactly the query keys the poller sends (openstacksdk drops unmapped keys silently).
+Listings go through openstacksdk's service proxies (auth, endpoints, microversions, retries) but
+are parsed straight from JSON (`listing.py`): building an openstacksdk `Resource` per object cost
+more than everything else a poll does. Listings leave this module as `Observation`s; nothing
+SDK-typed or raw gets past it. Query keys are wire names, sent as written.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from openstack import fields, resource
-
 from connector.errors import ConfigError
 from connector.records.model import DetailValue
+from connector.site.listing import QueryValue, pages, prefetched
 
-#: Reads one detail value off an SDK resource.
-Extractor = Callable[[Any], DetailValue]
+#: Reads one detail value off a listed object (the service's JSON, as parsed).
+Extractor = Callable[[Mapping[str, Any]], DetailValue]
+
+#: Pages fetched ahead of the one being converted.
+PREFETCH_PAGES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,7 @@ class Observation:
 class Since:
     """A service-side "changed since" filter: `param=<template with the watermark>`."""
 
-    #: query key, as the row's resource maps it (client-side name)
+    #: query key, as sent on the wire
     param: str
     #: how the watermark (ISO 8601, UTC, `Z`) is written into the value
     template: str = "{}"
@@ -60,6 +64,22 @@ class Since:
 
 
 @dataclass(frozen=True, slots=True)
+class Wire:
+    """Where a listed object keeps the fields every status has (wire names)."""
+
+    id: str = "id"
+    #: ACTIVE, SHUTOFF, available, in-use, DOWN, ...; DELETED under Nova's changes-since
+    status: str = "status"
+    name: str = "name"
+    #: the owning project
+    project_id: str = "project_id"
+    #: the service's last change time
+    updated_at: str = "updated_at"
+    #: the service's revision counter, where the API has one
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Kind:
     """One row of the kinds table."""
 
@@ -67,175 +87,99 @@ class Kind:
     name: str
     #: the openstack.connection.Connection attribute of the service proxy
     service: str
-    #: the openstacksdk resource listed (declared below)
-    resource: type[resource.Resource]
-    #: listing path, when it is not the resource's base_path (the `/detail` views)
-    list_path: str | None = None
-    #: fixed query on every listing: all projects, a projection of the status fields
-    query: Mapping[str, Any] = field(default_factory=dict)
+    #: listing path under the service endpoint (the `/detail` views where there are two)
+    path: str
+    #: the key of the object list in a listing's JSON
+    collection: str
+    #: fixed query on every listing (all projects, ...), wire names
+    query: Mapping[str, QueryValue] = field(default_factory=dict)
+    #: the service honours `fields=`: every listing asks for just the fields this row reads
+    projected: bool = False
     #: the service's incremental filter; None: every poll is a full listing
     since: Since | None = None
-    #: when `since` is unavailable: fields of a cheap listing diffed by revision (ids plus
-    #: `revision_number`); only changed ids are then listed in full
+    #: when `since` is unavailable: the fields (wire names) of a cheap listing diffed by revision;
+    #: only changed ids are then listed in full
     revision_projection: Sequence[str] = ()
     #: status values that mean "deleted" in an incremental listing
     deleted_statuses: frozenset[str] = frozenset()
-    #: kind-specific status details: detail name -> resource attribute or extractor
+    #: where the common fields are in the JSON
+    wire: Wire = Wire()
+    #: kind-specific status details: detail name -> wire name or extractor
     details: Mapping[str, str | Extractor] = field(default_factory=dict)
 
-    def observe(self, obj: Any) -> Observation:
-        """Convert one SDK resource into an Observation."""
-        status = obj.status
+    def fields(self) -> list[str]:
+        """The wire names this row reads, for a `fields=` projection."""
+        wire = self.wire
+        names = {wire.id, wire.status, wire.name, wire.project_id, wire.updated_at}
+        if wire.revision is not None:
+            names.add(wire.revision)
+        names.update(how for how in self.details.values() if isinstance(how, str))
+        return sorted(names)
+
+    def observe(self, raw: Mapping[str, Any]) -> Observation:
+        """Convert one listed object (parsed JSON) into an Observation."""
+        wire = self.wire
+        status = raw.get(wire.status)
         return Observation(
-            id=str(obj.id),
+            id=str(raw[wire.id]),
             status=None if status is None else str(status),
-            name=_str_or_none(obj.name),
-            project_id=_str_or_none(obj.project_id),
+            name=_str_or_none(raw.get(wire.name)),
+            project_id=_str_or_none(raw.get(wire.project_id)),
             details={
-                name: (how(obj) if callable(how) else _detail(getattr(obj, how)))
+                name: (_detail(raw.get(how)) if isinstance(how, str) else how(raw))
                 for name, how in self.details.items()
             },
-            source_updated_at=_parse_time(obj.updated_at),
-            revision=_int_or_none(getattr(obj, "revision_number", None)),
+            source_updated_at=_parse_time(raw.get(wire.updated_at)),
+            revision=None if wire.revision is None else _int_or_none(raw.get(wire.revision)),
             deleted=status in self.deleted_statuses,
         )
 
-    def list(self, proxy: Any, microversion: str | None = None, **query: Any) -> Iterator[Any]:
-        """Page through the kind's listing with `query` added to the row's fixed query."""
-        return self.resource.list(
-            proxy,
-            base_path=self.list_path,
-            microversion=microversion,
-            **{**self.query, **query},
-        )
+    def observations(
+        self,
+        proxy: Any,
+        query: Mapping[str, QueryValue] | None = None,
+        microversion: str | None = None,
+    ) -> Iterator[Observation]:
+        """Every object of the kind's listing with `query` added to the row's fixed query, the
+        next page fetched while this one is converted."""
+        full = self._query(query or {})
+        for page in self._pages(proxy, full, microversion):
+            for raw in page:
+                yield self.observe(raw)
+
+    def revisions(self, proxy: Any) -> dict[str, int | None]:
+        """id -> revision of every object, from the cheap `revision_projection` listing."""
+        id_key, revision_key = self.wire.id, self.wire.revision or "revision_number"
+        query = self._query({"fields": list(self.revision_projection)})
+        out: dict[str, int | None] = {}
+        for page in self._pages(proxy, query, None):
+            for raw in page:
+                revision = raw.get(revision_key)
+                out[str(raw[id_key])] = None if revision is None else int(revision)
+        return out
+
+    def _query(self, extra: Mapping[str, QueryValue]) -> dict[str, QueryValue]:
+        base: dict[str, QueryValue] = dict(self.query)
+        if self.projected:
+            base["fields"] = self.fields()
+        return {**base, **extra}
+
+    def _pages(
+        self, proxy: Any, query: Mapping[str, QueryValue], microversion: str | None
+    ) -> Iterator[list[dict[str, Any]]]:
+        listed = pages(proxy, self.path, self.collection, query, microversion)
+        return prefetched(listed, self.name, PREFETCH_PAGES)
 
 
-def _attached_servers(volume: Any) -> list[str]:
+def _attached_servers(volume: Mapping[str, Any]) -> DetailValue:
     # Sorted, so that the fingerprint does not depend on the order Cinder lists attachments in.
-    return sorted(str(a["server_id"]) for a in volume.attachments or () if a.get("server_id"))
-
-
-# The resources below are openstacksdk resources declared the SDK's way, with only the fields
-# that make up a status: building a full SDK resource (a Server has ~90 fields) costs ~1.3 ms
-# per object, which is minutes per full listing at 100,000 objects; these cost ~0.2 ms. Listing,
-# paging and microversion negotiation are openstacksdk's own (`Resource.list`).
-
-
-class Server(resource.Resource):
-    """A Nova server, as `GET /servers/detail` lists it."""
-
-    resources_key = "servers"
-    base_path = "/servers"
-    allow_list = True
-    _query_mapping = resource.QueryParameters(
-        all_projects="all_tenants", changes_since="changes-since"
-    )
-
-    #: ACTIVE, SHUTOFF, ERROR, ...; DELETED under changes-since
-    status = resource.Body("status")
-    #: the owning project
-    project_id = resource.Body("tenant_id")
-    #: last change (whole seconds, UTC)
-    updated_at = resource.Body("updated")
-    vm_state = resource.Body("OS-EXT-STS:vm_state")
-    task_state = resource.Body("OS-EXT-STS:task_state")
-    power_state = resource.Body("OS-EXT-STS:power_state")
-    #: the compute host (admin only)
-    host = resource.Body("OS-EXT-SRV-ATTR:host")
-
-
-class Volume(resource.Resource):
-    """A Cinder volume, as `GET /volumes/detail` lists it."""
-
-    resources_key = "volumes"
-    base_path = "/volumes"
-    allow_list = True
-    _query_mapping = resource.QueryParameters("updated_at", all_projects="all_tenants")
-
-    #: available, in-use, creating, error, ...
-    status = resource.Body("status")
-    project_id = resource.Body("os-vol-tenant-attr:tenant_id")
-    #: last change (microseconds, naive UTC)
-    updated_at = resource.Body("updated_at")
-    #: attachment dicts, each with the server_id
-    attachments = resource.Body("attachments", type=list)
-    migration_status = resource.Body("os-vol-mig-status-attr:migstat")
-    #: the backend host (admin only)
-    host = resource.Body("os-vol-host-attr:host")
-
-
-class _NeutronResource(resource.Resource):
-    """What Neutron's standard-attribute resources share, and the filters the poller sends:
-    `fields` (projection), `id` (repeatable) and `changed_since` (which openstacksdk's own
-    network resources do not map, so it would be dropped silently)."""
-
-    allow_list = True
-    _query_mapping = resource.QueryParameters("fields", "id", "changed_since")
-
-    status = resource.Body("status")
-    project_id = resource.Body("project_id")
-    #: last change (whole seconds, UTC)
-    updated_at = resource.Body("updated_at")
-    #: bumped by Neutron on every change of the object
-    revision_number = resource.Body("revision_number", type=int)
-
-
-class Port(_NeutronResource):
-    """A Neutron port."""
-
-    resources_key = "ports"
-    base_path = "/ports"
-
-    device_owner = resource.Body("device_owner")
-    device_id = resource.Body("device_id")
-    binding_host = resource.Body("binding:host_id")
-    admin_state_up = resource.Body("admin_state_up", type=bool)
-
-
-class FloatingIP(_NeutronResource):
-    """A Neutron floating IP."""
-
-    resources_key = "floatingips"
-    base_path = "/floatingips"
-
-    #: a floating IP has no name: its address names it
-    name = resource.Body("floating_ip_address")
-    fixed_ip_address = resource.Body("fixed_ip_address")
-    port_id = resource.Body("port_id")
-    router_id = resource.Body("router_id")
-
-
-class Network(_NeutronResource):
-    """A Neutron network."""
-
-    resources_key = "networks"
-    base_path = "/networks"
-
-    admin_state_up = resource.Body("admin_state_up", type=bool)
-
-
-class Router(_NeutronResource):
-    """A Neutron router."""
-
-    resources_key = "routers"
-    base_path = "/routers"
-
-    admin_state_up = resource.Body("admin_state_up", type=bool)
-
-
-def projection(res: type[resource.Resource]) -> list[str]:
-    """Neutron's `fields=` for every field `res` declares (id, name, status, ...)."""
     return sorted(
-        {
-            value.name
-            for cls in res.__mro__
-            for value in vars(cls).values()
-            if isinstance(value, fields.Body)
-        }
+        str(a["server_id"]) for a in volume.get("attachments") or () if a.get("server_id")
     )
 
 
 _NEUTRON_SINCE = Since("changed_since", may_be_rejected=True)
+_NEUTRON_WIRE = Wire(revision="revision_number")
 _REVISIONS = ("id", "revision_number")
 
 #: The kinds table. A row per kind; the poller has no per-kind code.
@@ -245,54 +189,65 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="server",
             service="compute",
-            resource=Server,
-            list_path="/servers/detail",
-            query={"all_projects": True},
+            path="/servers/detail",
+            collection="servers",
+            query={"all_tenants": "True"},
             #: inclusive; lists DELETED servers until they are archived
-            since=Since("changes_since"),
+            since=Since("changes-since"),
             deleted_statuses=frozenset({"DELETED"}),
+            #: `updated` has whole seconds, UTC
+            wire=Wire(project_id="tenant_id", updated_at="updated"),
             details={
-                "vm_state": "vm_state",
-                "task_state": "task_state",
-                "power_state": "power_state",
-                "host": "host",
+                "vm_state": "OS-EXT-STS:vm_state",
+                "task_state": "OS-EXT-STS:task_state",
+                "power_state": "OS-EXT-STS:power_state",
+                #: the compute host (admin only)
+                "host": "OS-EXT-SRV-ATTR:host",
             },
         ),
         Kind(
             name="volume",
             service="block_storage",
-            resource=Volume,
-            list_path="/volumes/detail",
-            query={"all_projects": True},
+            path="/volumes/detail",
+            collection="volumes",
+            query={"all_tenants": "True"},
             #: deleted volumes are not listed: they vanish, and a resync turns them into tombstones
             since=Since("updated_at", template="gte:{}", min_microversion="3.60"),
+            #: `updated_at` has microseconds and no zone (UTC)
+            wire=Wire(project_id="os-vol-tenant-attr:tenant_id"),
             details={
                 "attachments": _attached_servers,
-                "migration_status": "migration_status",
-                "host": "host",
+                "migration_status": "os-vol-mig-status-attr:migstat",
+                #: the backend host (admin only)
+                "host": "os-vol-host-attr:host",
             },
         ),
         Kind(
             name="port",
             service="network",
-            resource=Port,
-            query={"fields": projection(Port)},
+            path="/ports",
+            collection="ports",
+            projected=True,
             since=_NEUTRON_SINCE,
             revision_projection=_REVISIONS,
+            wire=_NEUTRON_WIRE,
             details={
                 "device_owner": "device_owner",
                 "device_id": "device_id",
-                "binding_host": "binding_host",
+                "binding_host": "binding:host_id",
                 "admin_state_up": "admin_state_up",
             },
         ),
         Kind(
             name="floatingip",
             service="network",
-            resource=FloatingIP,
-            query={"fields": projection(FloatingIP)},
+            path="/floatingips",
+            collection="floatingips",
+            projected=True,
             since=_NEUTRON_SINCE,
             revision_projection=_REVISIONS,
+            #: a floating IP has no name: its address names it
+            wire=Wire(name="floating_ip_address", revision="revision_number"),
             details={
                 "fixed_ip_address": "fixed_ip_address",
                 "port_id": "port_id",
@@ -302,19 +257,23 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="network",
             service="network",
-            resource=Network,
-            query={"fields": projection(Network)},
+            path="/networks",
+            collection="networks",
+            projected=True,
             since=_NEUTRON_SINCE,
             revision_projection=_REVISIONS,
+            wire=_NEUTRON_WIRE,
             details={"admin_state_up": "admin_state_up"},
         ),
         Kind(
             name="router",
             service="network",
-            resource=Router,
-            query={"fields": projection(Router)},
+            path="/routers",
+            collection="routers",
+            projected=True,
             since=_NEUTRON_SINCE,
             revision_projection=_REVISIONS,
+            wire=_NEUTRON_WIRE,
             details={"admin_state_up": "admin_state_up"},
         ),
     )

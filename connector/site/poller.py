@@ -29,7 +29,7 @@ import openstack.utils
 
 from connector.config import SiteSettings
 from connector.site.heartbeat import Health
-from connector.site.kinds import Kind, Since
+from connector.site.kinds import Kind, Observation, Since
 from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
 
@@ -45,6 +45,9 @@ SITE_FAULTS: tuple[type[Exception], ...] = (
 
 #: Ids per request when listing changed objects by id (keeps URLs well under 8 KiB).
 IDS_PER_REQUEST = 100
+#: When more than this share of the objects changed (a site restart), one full listing costs
+#: the site less than listing them `IDS_PER_REQUEST` at a time.
+FULL_LISTING_SHARE = 0.25
 
 
 class KindPoller:
@@ -110,7 +113,7 @@ class KindPoller:
         if since is not None and not self._since_rejected and self._honoured(since):
             query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
             try:
-                self._publish(self.kind.list(self._proxy, since.min_microversion, **query))
+                self._publish(self.kind.observations(self._proxy, query, since.min_microversion))
                 return "incremental"
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
@@ -133,13 +136,12 @@ class KindPoller:
             return True
         return bool(openstack.utils.supports_microversion(self._proxy, since.min_microversion))
 
-    def _publish(self, objects: Iterable[Any]) -> set[str]:
+    def _publish(self, observations: Iterable[Observation]) -> set[str]:
         """Publish every listed object; returns the ids of those that exist."""
         seen: set[str] = set()
         count = 0
-        for obj in objects:
+        for obs in observations:
             count += 1
-            obs = self.kind.observe(obj)
             self._publisher.observe(self.kind.name, obs)
             if obs.deleted:
                 self._revisions.pop(obs.id, None)
@@ -152,14 +154,11 @@ class KindPoller:
 
     def _resync(self) -> None:
         self._revisions = {}
-        seen = self._publish(self.kind.list(self._proxy))
+        seen = self._publish(self.kind.observations(self._proxy))
         self._tombstone_vanished(seen)
 
     def _revision_diff(self) -> None:
-        listed: dict[str, int | None] = {
-            str(obj.id): obj.revision_number
-            for obj in self.kind.list(self._proxy, fields=list(self.kind.revision_projection))
-        }
+        listed = self.kind.revisions(self._proxy)
         self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(len(listed))
         dirty = self._publisher.dirty_ids(self.kind.name)
         changed = [
@@ -167,11 +166,14 @@ class KindPoller:
             for object_id, revision in listed.items()
             if revision is None or self._revisions.get(object_id) != revision or object_id in dirty
         ]
+        if len(changed) > max(IDS_PER_REQUEST, FULL_LISTING_SHARE * len(listed)):
+            self._resync()
+            return
         unchanged = len(listed) - len(changed)
         self._metrics.unchanged.labels(self._metrics.site, self.kind.name).inc(unchanged)
         for start in range(0, len(changed), IDS_PER_REQUEST):
             chunk = changed[start : start + IDS_PER_REQUEST]
-            self._publish(self.kind.list(self._proxy, id=chunk))
+            self._publish(self.kind.observations(self._proxy, {"id": chunk}))
         self._tombstone_vanished(set(listed))
 
     def _tombstone_vanished(self, present: set[str]) -> None:

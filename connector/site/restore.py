@@ -1,24 +1,23 @@
 """Rebuilding the publisher's state from the site's own compacted topic on start.
 
-Reads every partition from its beginning to the end it had when the read began (no consumer
-group, nothing committed), decodes each message, and keeps per key the fingerprint of its last
-record; a tombstone removes the key. The highest sequence seen, in records, heartbeats and
-tombstone headers, becomes the publisher's starting point. Messages that do not decode are
-skipped and counted: the resync that follows republishes whatever they held.
+Reads every partition from its beginning to the end it had when the read began, through the
+shared whole-topic reader (`connector.kafka.reader`: no consumer group, nothing committed),
+decodes each message, and keeps per key the fingerprint of its last record; a tombstone removes
+the key. The highest sequence seen, in records, heartbeats and tombstone headers, becomes the
+publisher's starting point. Messages that do not decode are skipped and counted: the resync that
+follows republishes whatever they held.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import confluent_kafka
-from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
-from connector.errors import KafkaError
+from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
 from connector.records.messages import change_from_message
@@ -27,8 +26,8 @@ from connector.site.publisher import record_fingerprint
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for topic metadata and watermarks.
-METADATA_TIMEOUT = 30.0
+#: Seconds the whole read may take before the start fails (KafkaError).
+RESTORE_TIMEOUT = 300.0
 
 
 @dataclass
@@ -47,77 +46,17 @@ def restore_from_topic(
     """Read `topic` from its beginning to its end and rebuild the state of `kinds`."""
     wanted = set(kinds)
     out = Restored(fingerprints={kind: {} for kind in wanted})
-    for msg in read_to_end(kafka, topic):
-        _apply(out, msg, codec, wanted)
+    reader = TopicReader(kafka, topic, from_beginning=True)
+    try:
+        for msg in reader.messages(stop_at_end=True, timeout=RESTORE_TIMEOUT):
+            _apply(out, msg, codec, wanted)
+    finally:
+        reader.close()
     if out.undecodable:
         log.warning(
             "%d message(s) in %s did not decode; the resync resends them", out.undecodable, topic
         )
     return out
-
-
-def read_to_end(
-    kafka: KafkaSettings, topic: str, timeout: float = 300.0
-) -> Iterator[confluent_kafka.Message]:
-    """Every message of `topic` up to the high watermarks it had when the read began, in
-    per-partition order; KafkaError after `timeout` seconds or on a broker error.
-
-    Bounded by watermarks, not only by end-of-partition events: librdkafka reports an end only
-    after a fetch comes back empty, which never happens while something keeps writing (a
-    poller's heartbeats) faster than the fetch wait. An end event still counts, for a
-    partition whose last offsets compaction removed.
-    """
-    consumer = confluent_kafka.Consumer(
-        kafka.client_config(
-            **{
-                # librdkafka wants a group id even for assign(); nothing is ever committed.
-                "group.id": "cascade-site-restore",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                # Also stop at an end event: compaction may have removed the last offsets.
-                "enable.partition.eof": True,
-            }
-        )
-    )
-    try:
-        ends = _high_watermarks(consumer, topic)
-        remaining = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign(
-            [TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in remaining]
-        )
-        deadline = time.monotonic() + timeout
-        while remaining:
-            if time.monotonic() > deadline:
-                raise KafkaError(f"reading {topic} to its end took longer than {timeout:.0f}s")
-            for msg in consumer.consume(num_messages=5000, timeout=0.5):
-                err = msg.error()
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                if err is not None and err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                    remaining.discard(partition)
-                    continue
-                if err is not None:
-                    raise KafkaError(f"reading {topic} [{partition}]: {err}")
-                if partition not in remaining:
-                    continue
-                if offset < ends[partition][1]:
-                    yield msg
-                if offset >= ends[partition][1] - 1:
-                    remaining.discard(partition)
-    except confluent_kafka.KafkaException as exc:
-        raise KafkaError(f"reading {topic}: {exc}") from exc
-    finally:
-        consumer.close()
-
-
-def _high_watermarks(consumer: confluent_kafka.Consumer, topic: str) -> dict[int, tuple[int, int]]:
-    metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT)
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
-        raise KafkaError(f"cannot read {topic}: {'not found' if found is None else found.error}")
-    return {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=METADATA_TIMEOUT)
-        for p in found.partitions
-    }
 
 
 def _apply(out: Restored, msg: confluent_kafka.Message, codec: Codec, wanted: set[str]) -> None:

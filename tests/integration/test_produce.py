@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sim import RunningSim, start_sim
-from connector.site.restore import read_to_end
+from connector.site.restore import Restored, restore_from_topic
 from connector.site.runner import SitePoller, run_site
+from tests.integration.test_tail import Writer
 
 ALL_KINDS = "server,volume,port,network,router,floatingip"
 #: Fields of the sim's truth that are not status (they move on every update).
@@ -90,7 +95,11 @@ class Topic:
         self._codec = Codec()
 
     def _messages(self) -> list[Any]:
-        return list(read_to_end(self._settings, self._topic))
+        reader = TopicReader(self._settings, self._topic, from_beginning=True)
+        try:
+            return list(reader.messages(stop_at_end=True, timeout=60))
+        finally:
+            reader.close()
 
     def all(self) -> list[Change]:
         return [change_from_message(m, self._codec) for m in self._messages()]
@@ -184,6 +193,39 @@ def test_ten_thousand_objects_once_restart_changes_and_deletions(
     assert_topic_matches_truth(first + second + third, after)
 
 
+def test_restore_ends_while_the_topic_keeps_growing(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
+) -> None:
+    sim = open_sim(servers=20, volumes=20, ports=20)
+    kinds = ["server", "volume", "port"]
+    settings = site_settings(kafka_bootstrap, sim, kinds=",".join(kinds))
+    run_site(settings, once=True, registry=CollectorRegistry())
+    topic = f"test.produce.{sim.cloud}"
+    codec = Codec()
+    beat = StatusRecord(
+        site=sim.cloud,
+        kind="site",
+        id=sim.cloud,
+        status="ok",
+        sequence=1,
+        observed_at=datetime.now(UTC),
+    )
+    restored: list[Restored] = []
+    # Heartbeats written far more often than librdkafka's fetch wait, as a running poller's
+    # can be: the read still ends, at the end the topic had when it began.
+    with Writer(kafka_bootstrap, topic, beat.key.encode(), codec.encode(beat)):
+        reading = threading.Thread(
+            target=lambda: restored.append(restore_from_topic(settings.kafka, topic, codec, kinds)),
+            daemon=True,
+        )
+        reading.start()
+        reading.join(60)
+        assert not reading.is_alive(), "the restore did not end on a live topic"
+    [state] = restored
+    assert {kind: len(fps) for kind, fps in state.fingerprints.items()} == dict.fromkeys(kinds, 20)
+    assert state.undecodable == 0 and state.messages > 61
+
+
 def test_storm_between_two_polls_gives_at_most_one_record_per_object(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
 ) -> None:
@@ -233,11 +275,18 @@ def test_incremental_cycle_at_one_percent_churn_is_a_small_fraction_of_a_full_li
     site.cycle(resync=True)
     # One incremental cycle first: it pays once for what a running poller pays once (Cinder's
     # version discovery, Neutron's answer to changed_since).
+    sent = record_requests(site)
     site.cycle(resync=False)
+    ports_asked = [(path, q) for kind, path, q, _ in sent if kind == "port"]
+    rejected = neutron_changed_since == "reject"
+    assert ports_asked[0][0].endswith(" 400" if rejected else " 200")
+    assert "changed_since" in ports_asked[0][1]
     control(sim, "/_sim/churn", {"changes": 35})
     reset_stats(sim)
+    sent.clear()
     site.cycle(resync=False)
     incremental = control(sim, "/_sim/stats")
+    assert_incremental_filters_sent(sent, neutron_changed_since)
     reset_stats(sim)
     site.cycle(resync=True)
     full = control(sim, "/_sim/stats")
@@ -246,6 +295,54 @@ def test_incremental_cycle_at_one_percent_churn_is_a_small_fraction_of_a_full_li
     ratio = incremental["bytes_sent"] / full["bytes_sent"]
     assert ratio < 0.25, f"incremental cycle {incremental} vs full {full}"
     assert_topic_matches_truth(Topic(kafka_bootstrap, site.topic).all(), truth(sim, kinds))
+
+
+def record_requests(site: SitePoller) -> list[tuple[str, str, dict[str, list[str]], str | None]]:
+    """From now on, every request the site's pollers send, as (kind, path, query, the
+    OpenStack-API-Version header) with the response's status appended to the path."""
+    sent: list[tuple[str, str, dict[str, list[str]], str | None]] = []
+    for poller in site.pollers:
+
+        def hook(response: Any, *_args: Any, kind: str = poller.kind.name, **_kw: Any) -> None:
+            url = urllib.parse.urlsplit(response.request.url)
+            if "/identity" not in url.path:
+                version = response.request.headers.get("OpenStack-API-Version")
+                path = f"{url.path} {response.status_code}"
+                sent.append((kind, path, urllib.parse.parse_qs(url.query), version))
+
+        # The kind's own connection; the same session the poller's proxy sends through.
+        poller._proxy.session.session.hooks["response"].append(hook)
+    return sent
+
+
+def assert_incremental_filters_sent(
+    sent: list[tuple[str, str, dict[str, list[str]], str | None]], neutron_changed_since: str
+) -> None:
+    """The incremental filters on the wire: Nova changes-since; Cinder updated_at=gte: with
+    microversion 3.60; Neutron changed_since, or (rejected) the id and revision projection and
+    the changed ids."""
+    by_kind: dict[str, list[tuple[str, dict[str, list[str]], str | None]]] = {}
+    for kind, path, query, version in sent:
+        by_kind.setdefault(kind, []).append((path, query, version))
+    [(path, query, _)] = by_kind["server"]
+    assert path.endswith("/servers/detail 200")
+    assert set(query) == {"all_tenants", "changes-since"}
+    [(path, query, version)] = by_kind["volume"]
+    assert path.endswith("/volumes/detail 200") and version == "volume 3.60"
+    assert set(query) == {"all_tenants", "updated_at"} and query["updated_at"][0].startswith("gte:")
+    ports = by_kind["port"]
+    if neutron_changed_since == "accept":
+        [(path, query, _)] = ports
+        assert path.endswith("/ports 200") and set(query) == {"fields", "changed_since"}
+        assert "revision_number" in query["fields"]
+    else:
+        # changed_since was rejected (400) in the first cycle, and is not asked again.
+        assert all("changed_since" not in query for _, query, _ in ports)
+        assert ports[0][0].endswith("/ports 200")
+        assert ports[0][1] == {"fields": ["id", "revision_number"]}
+        by_id = ports[1:]
+        assert by_id and all(set(q) == {"fields", "id"} for _, q, _ in by_id)
+        assert all(len(q["id"]) <= 100 for _, q, _ in by_id)
 
 
 def test_cli_once_then_run_until_sigterm(

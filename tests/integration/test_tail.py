@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -133,3 +134,62 @@ def test_tail_with_a_bad_librdkafka_setting_is_a_usage_error(kafka_bootstrap: st
     result = _tail(kafka_bootstrap, "cascade.status", "-X", "no.such.key=1")
     assert result.exit_code == 2
     assert "kafka.librdkafka: No such configuration property" in result.output
+
+
+class Writer:
+    """Keeps writing `message` to partition 0 of `topic`, each one flushed, until stopped: a live
+    site topic, written far more often than librdkafka's fetch wait."""
+
+    def __init__(self, bootstrap: str, topic: str, key: bytes, value: bytes | None) -> None:
+        self.written = 0
+        self.started = threading.Event()
+        self._stop = threading.Event()
+        self._args = (bootstrap, topic, key, value)
+        self._thread = threading.Thread(target=self._write, name="writer", daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        assert self.started.wait(30), "the writer did not start"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _write(self) -> None:
+        bootstrap, topic, key, value = self._args
+        producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        while not self._stop.is_set():
+            producer.produce(topic, value, key, partition=0)
+            assert producer.flush(10) == 0
+            self.written += 1
+            if self.written >= 5:
+                self.started.set()
+
+
+def test_exit_at_end_ends_while_the_topic_keeps_growing(
+    kafka_bootstrap: str, topic: tuple[str, str]
+) -> None:
+    prefix, name = topic
+    message = to_message(EXAMPLES[3], Codec())
+    _produce(kafka_bootstrap, name, [(message.key, message.value, None)] * 20)
+    results: list[Result] = []
+    with Writer(kafka_bootstrap, name, message.key, message.value) as writer:
+        before = writer.written
+        tail = threading.Thread(
+            target=lambda: results.append(
+                _tail(kafka_bootstrap, prefix, "--from-beginning", "--exit-at-end")
+            ),
+            daemon=True,
+        )
+        tail.start()
+        tail.join(60)
+        assert not tail.is_alive(), "tail --exit-at-end did not end on a live topic"
+        after = writer.written
+    [result] = results
+    assert result.exit_code == 0, result.output
+    offsets = [json.loads(line)["offset"] for line in result.output.splitlines()]
+    # Everything up to the end the read started with, in order, and nothing past it.
+    assert offsets == list(range(len(offsets)))
+    assert 20 + before <= len(offsets) <= 20 + after
+    assert after > before, "the topic was written to while tail read it"

@@ -1,74 +1,111 @@
-"""The kind poller against a fake listing: watermark and skew, fallbacks, revision diff, backoff."""
+"""The kind poller against a fake service proxy at the HTTP boundary: watermark and skew,
+fallbacks, the revision diff, the requests really sent, paging, backoff."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import openstack.exceptions
 import pytest
+import requests
 from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
 from connector.site.heartbeat import Health
-from connector.site.kinds import Kind, Port, Since, Volume
+from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
-from connector.site.poller import KindPoller
+from connector.site.poller import FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
 from tests.unit.test_site_publisher import FakeProducer, make
 
 
-class FakePorts(Port):
-    """A Neutron port listing over an in-memory site; records every query it was given."""
+class FakeProxy:
+    """A service proxy at the HTTP boundary: answers `get` from an in-memory collection the way
+    the services do (`fields=` projection, `id=` filter, a 400 for a rejected filter), and
+    records every request: path, query and microversion."""
 
-    site: ClassVar[dict[str, tuple[str, int]]] = {}
-    queries: ClassVar[list[dict[str, Any]]] = []
-    reject_since: ClassVar[bool] = False
+    def __init__(self, collection: str, max_microversion: str = "3.0") -> None:
+        self.collection = collection
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, dict[str, Any], str | None]] = []
+        self.reject: set[str] = set()
+        self.max_microversion = max_microversion
+        self.default_microversion = None
 
-    @classmethod
-    def list(
-        cls,
-        session: Any,
-        paginated: bool = True,
-        base_path: str | None = None,
-        allow_unknown_params: bool = False,
-        **params: Any,
-    ) -> Iterator[Any]:  # type: ignore[override]
-        params.pop("microversion", None)
-        cls.queries.append(params)
-        if "changed_since" in params and cls.reject_since:
-            raise openstack.exceptions.BadRequestException("Unknown filter: changed_since")
-        ids = params.get("id")
-        for object_id, (status, revision) in sorted(cls.site.items()):
-            if ids is None or object_id in ids:
-                yield Port.existing(id=object_id, status=status, revision_number=revision)
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        microversion: str | None = None,
+    ) -> requests.Response:
+        query = dict(params or {})
+        self.requests.append((url, query, microversion))
+        rejected = self.reject & set(query)
+        if rejected:
+            return response(400, {"NeutronError": {"message": f"{rejected} is invalid"}})
+        ids, fields = query.get("id"), query.get("fields")
+        items = [
+            {k: v for k, v in obj.items() if fields is None or k in fields}
+            for object_id, obj in sorted(self.objects.items())
+            if ids is None or object_id in ids
+        ]
+        return response(200, {self.collection: items})
+
+    def get_endpoint_data(self) -> Any:
+        """What openstack.utils.supports_microversion reads off a proxy."""
+        return SimpleNamespace(min_microversion="3.0", max_microversion=self.max_microversion)
+
+    def queries(self) -> list[dict[str, Any]]:
+        out = [query for _url, query, _mv in self.requests]
+        self.requests.clear()
+        return out
+
+
+def response(status: int, body: dict[str, Any]) -> requests.Response:
+    made = requests.Response()
+    made.status_code = status
+    made._content = json.dumps(body).encode()
+    made.headers["Content-Type"] = "application/json"
+    made.url = "http://site.test/"
+    return made
 
 
 ROW = Kind(
     name="port",
     service="network",
-    resource=FakePorts,
+    path="/ports",
+    collection="ports",
+    projected=True,
     since=Since("changed_since", may_be_rejected=True),
     revision_projection=("id", "revision_number"),
+    wire=Wire(revision="revision_number"),
 )
+FIELDS = ROW.fields()
 
 
 @pytest.fixture
-def site() -> Iterator[dict[str, tuple[str, int]]]:
-    FakePorts.site, FakePorts.queries, FakePorts.reject_since = {}, [], False
-    yield FakePorts.site
+def ports() -> FakeProxy:
+    return FakeProxy("ports")
 
 
-def poller(clock: list[float], **settings: Any) -> tuple[KindPoller, FakeProducer]:
+def put(proxy: FakeProxy, object_id: str, status: str, revision: int) -> None:
+    proxy.objects[object_id] = {"id": object_id, "status": status, "revision_number": revision}
+
+
+def poller(
+    proxy: FakeProxy, clock: list[float], row: Kind = ROW, **settings: Any
+) -> tuple[KindPoller, FakeProducer]:
     publisher, producer, _ = make()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
     return (
         KindPoller(
-            ROW,
-            object(),
+            row,
+            proxy,
             publisher,
-            Health(["port"], metrics),
+            Health([row.name], metrics),
             metrics,
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
@@ -85,47 +122,69 @@ def sent_keys(producer: FakeProducer) -> list[tuple[str, bool]]:
     return out
 
 
-def test_first_poll_is_a_resync_then_incremental_with_skewed_watermark(site: dict) -> None:
-    site.update({"a": ("ACTIVE", 1), "b": ("DOWN", 1)})
+def test_first_poll_is_a_resync_then_incremental_with_skewed_watermark(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    put(ports, "b", "DOWN", 1)
     clock = [1_700_000_010.0]
-    p, producer = poller(clock, clock_skew=3.0)
+    p, producer = poller(ports, clock, clock_skew=3.0)
     assert p.poll(resync=False) == "resync"
+    assert ports.queries() == [{"fields": FIELDS}]
     assert sent_keys(producer) == [("s1/port/a", False), ("s1/port/b", False)]
     clock[0] += 60
-    site["a"] = ("DOWN", 2)
+    put(ports, "a", "DOWN", 2)
     assert p.poll(resync=False) == "incremental"
     watermark = datetime.fromtimestamp(1_700_000_007, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert FakePorts.queries[-1] == {"changed_since": watermark}
+    assert ports.queries() == [{"fields": FIELDS, "changed_since": watermark}]
     # The fake ignores the filter and lists everything: the fingerprints absorb the overlap.
     assert sent_keys(producer) == [("s1/port/a", False)]
 
 
-def test_rejected_filter_falls_back_to_revision_diff_for_good(site: dict) -> None:
-    site.update({f"p{i}": ("ACTIVE", 1) for i in range(5)})
-    FakePorts.reject_since = True
-    clock = [1_700_000_000.0]
-    p, producer = poller(clock)
+def test_rejected_filter_falls_back_to_revision_diff_for_good(ports: FakeProxy) -> None:
+    for i in range(5):
+        put(ports, f"p{i}", "ACTIVE", 1)
+    ports.reject = {"changed_since"}
+    p, producer = poller(ports, [1_700_000_000.0])
     p.poll(resync=True)
     sent_keys(producer)
-    site["p1"] = ("DOWN", 2)
-    site["p3"] = ("ACTIVE", 2)  # a revision bump without a status change
-    del site["p4"]
-    FakePorts.queries.clear()
+    put(ports, "p1", "DOWN", 2)
+    put(ports, "p3", "ACTIVE", 2)  # a revision bump without a status change
+    del ports.objects["p4"]
+    ports.queries()
     assert p.poll(resync=False) == "revisions"
-    assert FakePorts.queries[0] == {"changed_since": FakePorts.queries[0]["changed_since"]}
-    assert FakePorts.queries[1] == {"fields": ["id", "revision_number"]}
-    assert FakePorts.queries[2] == {"id": ["p1", "p3"]}, "only changed revisions are fetched"
+    queries = ports.queries()
+    assert set(queries[0]) == {"fields", "changed_since"}
+    assert queries[1:] == [
+        {"fields": ["id", "revision_number"]},
+        {"fields": FIELDS, "id": ["p1", "p3"]},
+    ], "only changed revisions are fetched"
     assert sent_keys(producer) == [("s1/port/p1", False), ("s1/port/p4", True)]
-    FakePorts.queries.clear()
     assert p.poll(resync=False) == "revisions"
-    assert all("changed_since" not in q for q in FakePorts.queries), "not asked again"
+    assert all("changed_since" not in q for q in ports.queries()), "not asked again"
     assert sent_keys(producer) == []
 
 
-def test_revision_diff_resends_a_change_whose_delivery_failed(site: dict) -> None:
-    site.update({"a": ("ACTIVE", 1)})
-    FakePorts.reject_since = True
-    p, producer = poller([1_700_000_000.0])
+def test_revision_diff_of_most_objects_is_one_full_listing(ports: FakeProxy) -> None:
+    count = 2 * IDS_PER_REQUEST
+    for i in range(count):
+        put(ports, f"p{i:04}", "ACTIVE", 1)
+    ports.reject = {"changed_since"}
+    p, producer = poller(ports, [1_700_000_000.0])
+    p.poll(resync=True)
+    p.poll(resync=False)
+    sent_keys(producer)
+    ports.queries()
+    flapped = int(count * FULL_LISTING_SHARE) + IDS_PER_REQUEST
+    for i in range(flapped):
+        put(ports, f"p{i:04}", "DOWN", 2)
+    assert p.poll(resync=False) == "revisions"
+    assert ports.queries() == [{"fields": ["id", "revision_number"]}, {"fields": FIELDS}]
+    assert len(sent_keys(producer)) == flapped
+
+
+def test_revision_diff_resends_a_change_whose_delivery_failed(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    ports.reject = {"changed_since"}
+    p, producer = poller(ports, [1_700_000_000.0])
     p.poll(resync=True)
     producer.sent.clear()
     producer.deliver(error="broker down")
@@ -133,78 +192,51 @@ def test_revision_diff_resends_a_change_whose_delivery_failed(site: dict) -> Non
     assert sent_keys(producer) == [("s1/port/a", False)]
 
 
-def test_resync_turns_vanished_objects_into_tombstones(site: dict) -> None:
-    site.update({"a": ("ACTIVE", 1), "b": ("ACTIVE", 1)})
-    p, producer = poller([1_700_000_000.0])
+def test_resync_turns_vanished_objects_into_tombstones(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    put(ports, "b", "ACTIVE", 1)
+    p, producer = poller(ports, [1_700_000_000.0])
     p.poll(resync=True)
     sent_keys(producer)
-    del site["b"]
+    del ports.objects["b"]
     p.poll(resync=True)
     assert sent_keys(producer) == [("s1/port/b", True)]
 
 
-def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
-    p, _ = poller([0.0], backoff_initial=1.0, backoff_max=10.0)
+def test_a_site_error_is_openstacksdks_exception(ports: FakeProxy) -> None:
+    ports.reject = {"fields"}
+    p, _ = poller(ports, [1_700_000_000.0])
+    with pytest.raises(openstack.exceptions.BadRequestException) as raised:
+        p.poll(resync=True)
+    assert "is invalid" in str(raised.value.details)
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half(ports: FakeProxy) -> None:
+    p, _ = poller(ports, [0.0], backoff_initial=1.0, backoff_max=10.0)
     assert [p.backoff(n) for n in (1, 2, 3, 4, 5, 60)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     p._jitter = lambda: 0.0
     assert p.backoff(3) == 2.0
 
 
-class FakeVolumes(Volume):
-    """A Cinder volume listing that records the microversion and query of every call."""
-
-    calls: ClassVar[list[tuple[str | None, dict[str, Any]]]] = []
-
-    @classmethod
-    def list(  # type: ignore[override]
-        cls, session: Any, base_path: str | None = None, microversion: str | None = None, **q: Any
-    ) -> Iterator[Any]:
-        cls.calls.append((microversion, q))
-        yield Volume.existing(id="v1", status="available", attachments=[])
-
-
-class FakeBlockStorage:
-    """What openstack.utils.supports_microversion reads off a service proxy."""
-
-    default_microversion = None
-
-    def __init__(self, max_microversion: str) -> None:
-        self.max_microversion = max_microversion
-
-    def get_endpoint_data(self) -> Any:
-        return SimpleNamespace(min_microversion="3.0", max_microversion=self.max_microversion)
-
-
 @pytest.mark.parametrize(
     ("site_max", "mode", "sent"),
     [
-        ("3.59", "resync", (None, {})),
-        ("3.70", "incremental", ("3.60", {"updated_at": "gte:2023-11-14T22:13:17Z"})),
+        ("3.59", "resync", (None, {"all_tenants": "True"})),
+        (
+            "3.70",
+            "incremental",
+            ("3.60", {"all_tenants": "True", "updated_at": "gte:2023-11-14T22:13:17Z"}),
+        ),
     ],
 )
 def test_cinder_filter_only_from_microversion_3_60(
     site_max: str, mode: str, sent: tuple[str | None, dict[str, Any]]
 ) -> None:
-    FakeVolumes.calls = []
-    row = Kind(
-        name="volume",
-        service="block_storage",
-        resource=FakeVolumes,
-        since=Since("updated_at", template="gte:{}", min_microversion="3.60"),
-    )
-    publisher, _, _ = make()
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
-    clock = [1_700_000_000.0]
-    poller = KindPoller(
-        row,
-        FakeBlockStorage(site_max),
-        publisher,
-        Health(["volume"], metrics),
-        metrics,
-        SiteSettings(name="s1"),
-        clock=lambda: clock[0],
-    )
-    poller.poll(resync=True)
-    assert FakeVolumes.calls == [(None, {})]
-    assert poller.poll(resync=False) == mode
-    assert FakeVolumes.calls[-1] == sent
+    volumes = FakeProxy("volumes", max_microversion=site_max)
+    volumes.objects["v1"] = {"id": "v1", "status": "available", "attachments": []}
+    p, _ = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
+    p.poll(resync=True)
+    assert volumes.requests == [("/volumes/detail", {"all_tenants": "True"}, None)]
+    assert p.poll(resync=False) == mode
+    url, query, microversion = volumes.requests[-1]
+    assert url == "/volumes/detail" and (microversion, query) == sent
