@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--storm-flaps", type=int, default=3)
     parser.add_argument("--storm-seconds", type=float, default=20.0)
     parser.add_argument("--max-rate", type=float, default=10_000.0)
-    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--interval", type=float, default=10.0)
     args = parser.parse_args()
     options = DemoOptions(
         sites=args.sites,

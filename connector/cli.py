@@ -500,7 +500,7 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
 @click.option(
     "--interval",
     type=click.FloatRange(0.2),
-    default=2.0,
+    default=10.0,
     show_default=True,
     help="Seconds between the pollers' incremental polls.",
 )

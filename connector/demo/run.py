@@ -53,7 +53,7 @@ class DemoOptions:
     storm_flaps: int = 3
     storm_seconds: float = 10.0
     max_rate: float = 10_000.0
-    interval: float = 2.0
+    interval: float = 10.0
     converge_timeout: float = 300.0
     bootstrap: str | None = None  #: an existing Kafka; default: the local broker
     kafka_port: int = 9092

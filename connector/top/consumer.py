@@ -1,7 +1,8 @@
 """The top consumer loop: read site topics, coalesce by key, apply in batches, then commit.
 
-One thread drives everything. A batch fills to its size or its wait, the sink applies it in one
-call, dead letters are delivered, and only then are exactly the applied offsets committed. Two
+One thread drives everything. A batch fills to its size or its wait and keeps the last change
+per key; the sink applies those changes, in as many calls as the rate limit needs (each call one
+transaction); dead letters are delivered; and only then are exactly the offsets read committed. Two
 things can hold the loop: the rate limit and a sink (or schema registry) asking to slow down.
 While held, the partitions are paused and the loop keeps polling, so the group never evicts this
 member and the backlog stays in Kafka. A "slow down" rolls the batch back (seek to its first
@@ -85,7 +86,6 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
-        self._batch_limit = limiter.max_release(policy.size)
         self._batch = Batch()
         self._committed: dict[Partition, int] = {}
         #: offsets applied whose commit failed; retried with the next commit
@@ -107,13 +107,6 @@ class TopConsumer:
     def run(self, until_idle: bool = False) -> None:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
-        if self._batch_limit < self._policy.size:
-            log.info(
-                "batch size capped at %d records by max rate %s/s, so that a one-second window "
-                "stays within 5%% of the rate",
-                self._batch_limit,
-                self._limiter.max_rate,
-            )
         try:
             self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
@@ -131,31 +124,33 @@ class TopConsumer:
             self._hold(self._backoff_until, self._metrics.backpressure_seconds)
             return False
         batch = self._batch
-        ready = len(batch) >= self._batch_limit or (
+        ready = len(batch) >= self._policy.size or (
             batch.started is not None and now - batch.started >= self._policy.wait
         )
         if not ready:
             self._release_hold()
             timeout = 0.5 if batch.started is None else batch.started + self._policy.wait - now
-            messages = self._consumer.consume(self._batch_limit - len(batch), max(0.0, timeout))
+            messages = self._consumer.consume(self._policy.size - len(batch), max(0.0, timeout))
             self.last_poll = time.monotonic()
             self._take(messages)
             idle = not messages and not len(self._batch)
             if idle and self._uncommitted:
                 self._commit({})
             return idle
+        self._flush()
+        return False
+
+    def _wait_for_rate(self) -> bool:
+        """Wait until the rate limit lets the next sink call go; False if asked to stop."""
         delay = self._limiter.delay()
         if delay > SHORT_WAIT:
-            self._hold(now + delay, self._metrics.rate_limited_seconds)
-            return False
-        if delay > 0:
+            self._hold(time.monotonic() + delay, self._metrics.rate_limited_seconds)
+        elif delay > 0:
             # Too short to be worth a pause: pausing drops librdkafka's prefetched records, and
             # fetching them again costs more than the wait. The group is heartbeated meanwhile.
             self._metrics.rate_limited_seconds.inc(delay)
-            if self._stop.wait(delay):
-                return False  # stopping: the batch is not applied, the next owner reads it
-        self._flush()
-        return False
+            self._stop.wait(delay)
+        return not self._stop.is_set()
 
     def _take(self, messages: list[confluent_kafka.Message]) -> None:
         now = time.monotonic()
@@ -180,28 +175,35 @@ class TopConsumer:
                 return
 
     def _flush(self) -> None:
+        """Apply the batch's changes in sink calls the rate limit allows, then commit."""
         batch, self._batch = self._batch, Batch()
         changes = batch.changes
         applied = 0
-        if changes:
+        step = self._limiter.max_release(len(changes))
+        for start in range(0, len(changes), step):
+            part = changes[start : start + step]
+            if not self._wait_for_rate():
+                # Stopping: nothing is committed; whoever reads next applies the batch again,
+                # which the sink's sequence check makes harmless for the part already applied.
+                return
             started = time.monotonic()
             try:
-                result = self._sink.apply(changes)
+                result = self._sink.apply(part)
             except SinkBackpressureError as exc:
                 log.warning("sink asked to slow down (%s); retrying in %.1fs", exc, exc.retry_after)
                 self._roll_back(batch, exc.retry_after)
                 return
             self._metrics.apply_seconds.observe(time.monotonic() - started)
             self._metrics.batches.labels("applied").inc()
-            applied = result.written
+            self._limiter.release(len(part))
+            self._count_release(len(part))
+            applied += result.written
             for change, reason in result.rejected:
                 batch.dead(batch.rejected(change, reason))
         if batch.dead_letters and not self._deliver_dead_letters(batch.dead_letters):
             self._roll_back(batch, RETRY_SECONDS)
             return
         self._commit({(tp.topic, tp.partition): tp.offset for tp in batch.commit_offsets()})
-        self._limiter.release(len(batch))
-        self._count_release(len(batch))
         for topic, n in batch.records_by_topic().items():
             self._metrics.records.labels(topic.removeprefix(self._prefix)).inc(n)
         self._metrics.rows_applied.inc(applied)

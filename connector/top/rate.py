@@ -1,12 +1,13 @@
 """The rate limiter: records per second and batches per second, with no burst credit.
 
-It is a virtual-scheduling limiter (GCRA): each release of n records moves a theoretical time
-forward by n / max_rate (and by 1 / max_batches_per_second), and the next release waits until
-that time. The consumer accounts a batch when the sink has applied it, so applied batches are
-spaced by at least that much, whatever the sink's apply time; idle time is not saved up. A
-one-second window therefore sees at most the rate plus the one release that straddles its edge,
-and releases are kept small (see `max_release`) so that edge stays within a few percent of the
-rate. The price: the achieved rate falls short of the limit by the apply time of each batch.
+A release is one sink call of n records (changes, after the batch kept the last per key). It is
+a virtual-scheduling limiter (GCRA): each release moves a theoretical time forward by
+n / max_rate (and by 1 / max_batches_per_second), and the next release waits until that time.
+The consumer accounts a call when the sink has applied it, so applied calls are spaced by at
+least that much, whatever the sink's apply time; idle time is not saved up. A one-second window
+therefore sees at most the rate plus the one release that straddles its edge, and releases are
+kept small (see `max_release`) so that edge stays within a few percent of the rate. The price:
+the achieved rate falls short of the limit by the apply time of each call.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class RateLimiter:
         self._batches_tat = -math.inf
 
     def max_release(self, batch_size: int) -> int:
-        """The most records one batch may hold under this limit."""
+        """The most records of `batch_size` one sink call may take under this limit."""
         if self.max_rate is None:
             return batch_size
         return max(1, min(batch_size, int(self.max_rate * BURST_FRACTION)))

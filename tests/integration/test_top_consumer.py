@@ -261,7 +261,8 @@ def test_two_members_split_partitions_and_converge(
     settings = settings_for(kafka_bootstrap, unique_name, db, max_rate=5000.0)
     topic = f"{settings.kafka.topic_prefix}.big"
     create_topic(kafka_bootstrap, topic, partitions=4)
-    publish(kafka_bootstrap, topic, (record("big", i % 2000, i + 1) for i in range(20_000)))
+    # Distinct keys: nothing coalesces, so at 5000/s the work lasts long enough to be shared.
+    publish(kafka_bootstrap, topic, (record("big", i, i + 1) for i in range(20_000)))
     sinks = [Recording(open_sink(settings.sink)) for _ in range(2)]
     loops = [build_consumer(settings, s, CollectorRegistry()) for s in sinks]
     # Both run until the *group* is idle: the member that finishes its share first (or starts
@@ -276,9 +277,7 @@ def test_two_members_split_partitions_and_converge(
         kafka_bootstrap, topic
     )
     assert all(s.calls for s in sinks), "one member applied nothing: partitions were not split"
-    expected = {
-        ("big", "server", f"vm-{i}"): (f"S{18_001 + i}", 18_001 + i, False) for i in range(2000)
-    }
+    expected = {("big", "server", f"vm-{i}"): (f"S{i + 1}", i + 1, False) for i in range(20_000)}
     assert sink_state(db) == expected
 
 
@@ -319,3 +318,33 @@ def test_registry_outage_rolls_back_and_recovers(
     assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
         kafka_bootstrap, topic
     )
+
+
+def test_a_backlog_is_coalesced_and_written_at_the_rate(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Behind by many records of few keys: the consumer reads faster than the rate, writes at
+    most the rate, and each key at most once per batch."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(
+        kafka_bootstrap, unique_name, db, max_rate=1000.0, batch_size=5000, batch_wait_ms=2000
+    )
+    topic = f"{settings.kafka.topic_prefix}.storm"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    publish(kafka_bootstrap, topic, (record("storm", i % 500, i + 1) for i in range(20_000)))
+
+    sink = Recording(open_sink(settings.sink))
+    loop = build_consumer(settings, sink, CollectorRegistry())
+    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
+    started = time.monotonic()
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+
+    rows = sum(n for _t, n, _k, _w in sink.calls)
+    assert rows <= 20_000 // 4, f"{rows} rows for 20,000 records of 500 keys: little coalescing"
+    assert time.monotonic() - started < 20, "read no faster than the rate allows writes"
+    assert loop.max_per_second <= 1050
+    assert {k: v[1] for k, v in sink_state(db).items()} == {
+        ("storm", "server", f"vm-{k}"): 19_500 + k + 1 for k in range(500)
+    }
