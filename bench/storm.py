@@ -101,7 +101,7 @@ def plot(timeline: list[tuple[str, Snapshot]], options: DemoOptions, path: Path)
     ax.set_ylabel("per second (averaged over >= 1 s)")
     ax.set_yscale("symlog", linthresh=100)
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

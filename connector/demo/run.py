@@ -190,6 +190,7 @@ class Demo:
                 self.sims["site-a"], self.workdir / "clouds-site-a.yaml", "site-a"
             )
             after_sync = self._snapshot()
+            self.timeline.append(("sync", after_sync))
             self.echo(
                 f"\n[2/2] restart storm in site-a: every object flaps "
                 f"{self.o.storm_flaps}x within {self.o.storm_seconds:.0f} s"
