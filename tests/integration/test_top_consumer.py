@@ -19,6 +19,7 @@ from connector.records.errors import RegistryError
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
+from connector.top.consumer import TopConsumer
 from connector.top.service import build_consumer
 from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
 
@@ -87,15 +88,16 @@ def sink_state(db: Path | str) -> dict[tuple[str, str, str], tuple[str | None, i
         return {(r[0], r[1], r[2]): (r[3], r[4], bool(r[5])) for r in rows}
 
 
-def run_until_idle(settings: Settings, sink: Sink) -> None:
-    loop = build_consumer(settings, sink, CollectorRegistry())
+def run_until_idle(loop: TopConsumer, timeout: float = 240) -> TopConsumer:
+    """Run `loop` with --until-idle semantics on a thread; fail if it is not idle in time."""
     runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
     runner.start()
-    runner.join(timeout=240)
+    runner.join(timeout=timeout)
     if runner.is_alive():
         loop.stop()
         runner.join(30)
         raise AssertionError(f"consumer did not become idle: {loop!r}")
+    return loop
 
 
 def test_converges_to_last_record_per_key(
@@ -123,7 +125,7 @@ def test_converges_to_last_record_per_key(
     assert publish(kafka_bootstrap, topic, changes) == 100_000
 
     sink = Recording(open_sink(settings.sink))
-    run_until_idle(settings, sink)
+    run_until_idle(build_consumer(settings, sink, CollectorRegistry()))
 
     state = {
         k: (None if deleted else status, seq, deleted)
@@ -147,11 +149,7 @@ def test_rate_limit_holds_and_member_stays(
     publish(kafka_bootstrap, topic, (record("west", i, i + 1) for i in range(20_000)))
 
     sink = Recording(open_sink(settings.sink))
-    loop = build_consumer(settings, sink, CollectorRegistry())
-    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
-    runner.start()
-    runner.join(timeout=120)
-    assert not runner.is_alive()
+    loop = run_until_idle(build_consumer(settings, sink, CollectorRegistry()), timeout=120)
 
     times = sorted(t for t, n, _k, _w in sink.calls for _ in range(n))
     assert len(times) == 20_000
@@ -183,7 +181,7 @@ def test_dead_letters_and_good_records_around_them(
     )
     publish(kafka_bootstrap, topic, [record("north", 4, 4)])
 
-    run_until_idle(settings, open_sink(settings.sink))
+    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()))
 
     assert set(sink_state(db)) == {("north", "server", "vm-1"), ("north", "server", "vm-4")}
     dlq = RawConsumer(
@@ -223,7 +221,7 @@ def test_backpressure_rolls_back_and_commits_nothing_early(
     publish(kafka_bootstrap, topic, (record("south", i, i + 1) for i in range(500)))
 
     sink = Recording(open_sink(settings.sink), fail_first=2)
-    run_until_idle(settings, sink)
+    run_until_idle(build_consumer(settings, sink, CollectorRegistry()))
 
     assert sink.refused == 2
     assert len(sink_state(db)) == 500
@@ -309,10 +307,7 @@ def test_registry_outage_rolls_back_and_recovers(
         return real_decode(msg)
 
     loop._decode = decode_during_outage
-    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
-    runner.start()
-    runner.join(120)
-    assert not runner.is_alive()
+    run_until_idle(loop, timeout=120)
     assert outages == [0]
     assert len(sink_state(db)) == 300
     assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
@@ -334,12 +329,8 @@ def test_a_backlog_is_coalesced_and_written_at_the_rate(
     publish(kafka_bootstrap, topic, (record("storm", i % 500, i + 1) for i in range(20_000)))
 
     sink = Recording(open_sink(settings.sink))
-    loop = build_consumer(settings, sink, CollectorRegistry())
-    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
     started = time.monotonic()
-    runner.start()
-    runner.join(timeout=120)
-    assert not runner.is_alive()
+    loop = run_until_idle(build_consumer(settings, sink, CollectorRegistry()), timeout=120)
 
     rows = sum(n for _t, n, _k, _w in sink.calls)
     assert rows <= 20_000 // 4, f"{rows} rows for 20,000 records of 500 keys: little coalescing"
