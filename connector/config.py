@@ -19,9 +19,9 @@ from connector.errors import ConfigError
 
 
 class _Section(BaseModel):
-    """A settings section: unknown keys are errors, never silently dropped."""
+    """A settings section: unknown keys are errors, never silently dropped; no inf or NaN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class KafkaSettings(_Section):
@@ -77,20 +77,25 @@ class SinkSettings(_Section):
     #: replayed older update cannot bring it back; `delete` removes the row.
     on_delete: Literal["delete", "mark"] = "mark"
     #: HTTP sink: seconds to wait for the top-layer service to connect and to answer.
-    timeout: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=10.0, gt=0, le=300)
     #: HTTP sink: attempts after the first on connection errors and 5xx, with backoff.
     retries: int = Field(default=3, ge=0, le=10)
     #: Seconds the consumer waits before retrying a batch after a transient sink error, when the
     #: sink was not told how long (no Retry-After).
-    retry_after: float = Field(default=5.0, gt=0)
+    retry_after: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        scheme = value.partition(":")[0].lower()
-        if scheme not in SINK_SCHEMES:
+        scheme, sep, rest = value.partition("://")
+        if scheme.lower() not in SINK_SCHEMES or not sep:
             expected = ", ".join(f"{s}://" for s in SINK_SCHEMES)
             raise ValueError(f"expected a URL starting with one of {expected}; got {value!r}")
+        if scheme.lower() == "sqlite" and rest.strip("/") == "":
+            # An in-memory database would be applied to and committed past, then lost on exit.
+            raise ValueError(f"expected sqlite:///PATH to a file; got {value!r}")
+        if scheme.lower().startswith("http") and not rest.split("/", 1)[0].rpartition("@")[2]:
+            raise ValueError(f"expected a host in the URL; got {value!r}")
         return value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from connector.records.model import StatusRecord
+from connector.records.model import HEARTBEAT_KIND, StatusRecord
 
 #: Characters Kafka allows in a topic name; a site name becomes the suffix of its topic.
 _SITE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -43,6 +43,8 @@ def record_problem(record: StatusRecord, from_avro: bool = False) -> str | None:
         return f"kind {record.kind!r} must be non-empty and contain no '/'"
     if not record.id:
         return "id must be non-empty"
+    if record.kind == HEARTBEAT_KIND and record.id != record.site:
+        return f"a heartbeat's id must be its site {record.site!r}, not {record.id!r}"
     if not 0 <= record.sequence <= _LONG_MAX:
         return f"sequence {record.sequence} must be a non-negative 64-bit integer"
     for name, when in (

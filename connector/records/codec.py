@@ -89,7 +89,8 @@ class RegistryFraming:
         try:
             found = self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
+            # 40403 is "schema not found"; any other 404 is a wrong URL, not a bad record.
+            if exc.http_status_code == 404 and exc.error_code == 40403:
                 raise DecodeError(f"unknown schema id {schema_id} in the registry") from exc
             raise RegistryError(f"schema registry {self.url}: {exc}") from exc
         except Exception as exc:

@@ -34,6 +34,9 @@ from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 BACKPRESSURE_STATUSES = frozenset({429, 503})
 #: Characters of a refusing response's body quoted in the error.
 _BODY_EXCERPT = 300
+#: A Retry-After longer than this is read as this: a service asking for hours would otherwise
+#: stall the consumer without a word.
+MAX_RETRY_AFTER = 600.0
 
 
 def change_json(change: Change) -> dict[str, Any]:
@@ -83,14 +86,14 @@ def parse_retry_after(value: str | None, default: float, now: datetime | None = 
         return default
     text = value.strip()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
+        return min(float(text), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return default
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(MAX_RETRY_AFTER, max(0.0, (when - (now or datetime.now(UTC))).total_seconds()))
 
 
 class HttpSink:
@@ -106,6 +109,8 @@ class HttpSink:
         backoff: float = 0.5,
     ) -> None:
         self.url = url
+        #: the URL without user:password, for messages and logs
+        self.safe_url = _without_credentials(url)
         self.timeout = timeout
         self.retries = retries
         self.retry_after = retry_after
@@ -114,7 +119,7 @@ class HttpSink:
         self._session = requests.Session()
 
     def __repr__(self) -> str:
-        return f"HttpSink({self.url!r}, timeout={self.timeout}, retries={self.retries})"
+        return f"HttpSink({self.safe_url!r}, timeout={self.timeout}, retries={self.retries})"
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """POST the batch; retry transient failures; map the answer onto an ApplyResult."""
@@ -144,7 +149,8 @@ class HttpSink:
                 return result
             if attempt >= self.retries:
                 raise SinkBackpressureError(
-                    f"top-layer service at {self.url} failed {attempt + 1} times, last: {failure}",
+                    f"top-layer service at {self.safe_url} failed {attempt + 1} times, "
+                    f"last: {failure}",
                     self.retry_after,
                 )
             time.sleep(random.uniform(0, self.backoff * 2**attempt))
@@ -164,8 +170,16 @@ class HttpSink:
                 timeout=self.timeout,
                 allow_redirects=False,
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
             return f"{type(exc).__name__}: {exc}"
+        except requests.RequestException as exc:
+            # A URL requests cannot use (no host, a bad port): no retry fixes it.
+            raise SinkError(f"cannot POST to {self.safe_url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 500 and response.status_code not in BACKPRESSURE_STATUSES:
             return f"HTTP {response.status_code}"
         return response
@@ -177,8 +191,14 @@ class HttpSink:
             raise SinkBackpressureError(f"top-layer service answered HTTP {status}", wait)
         if not 200 <= status < 300:
             excerpt = response.text[:_BODY_EXCERPT]
-            raise SinkError(f"top-layer service at {self.url} answered HTTP {status}: {excerpt}")
+            raise SinkError(
+                f"top-layer service at {self.safe_url} answered HTTP {status}: {excerpt}"
+            )
         return _parse_answer(response, changes)
+
+
+def _without_credentials(url: str) -> str:
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
 def _parse_answer(response: requests.Response, changes: Sequence[Change]) -> ApplyResult:
@@ -193,9 +213,12 @@ def _parse_answer(response: requests.Response, changes: Sequence[Change]) -> App
         raise SinkError(f"top-layer service answered a JSON {type(answer).__name__}, not an object")
     by_key = {c.key: c for c in changes}
     rejected: list[tuple[Change, str]] = []
-    for item in answer.get("rejected") or []:
+    listed = answer.get("rejected") or []
+    if not isinstance(listed, list):
+        raise SinkError(f"top-layer service answered rejected={listed!r}, not a list")
+    for item in listed:
         key = item.get("key") if isinstance(item, dict) else None
-        if key not in by_key:
+        if not isinstance(key, str) or key not in by_key:
             raise SinkError(f"top-layer service rejected {item!r}, which is not in the batch")
         rejected.append((by_key[key], str(item.get("reason") or "no reason given")))
     applied = answer.get("applied", len(changes) - len(rejected))

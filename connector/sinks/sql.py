@@ -81,6 +81,17 @@ _BIGINT = range(-(2**63), 2**63)
 #: such as shutdown or a cancelled statement (57), lock not available (55P03).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 _TRANSIENT_SQLSTATES = ("55P03",)
+#: ...except these, which no retry fixes: the database was dropped, a configured limit was hit.
+_PERMANENT_SQLSTATES = ("57P04", "53400")
+#: A connection that fails before the server says anything has no SQLSTATE; these messages (from
+#: libpq) mean a wrong login or database, which no retry fixes either.
+_PERMANENT_CONNECT_ERRORS = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "authentication failed",
+    "SSL",
+)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -98,7 +109,7 @@ def create_engine(url: str) -> sa.Engine:
     """
     try:
         engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
-    except (sa.exc.ArgumentError, ImportError) as exc:
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
         raise SinkError(f"unusable SQL sink URL {url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -145,8 +156,14 @@ def _is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
     if hasattr(orig, "sqlstate"):
         sqlstate = getattr(orig, "sqlstate", None)
         if sqlstate is None:
-            # psycopg raises OperationalError without a SQLSTATE when it cannot reach the server.
-            return isinstance(exc, sa.exc.OperationalError)
+            # psycopg raises OperationalError without a SQLSTATE when it cannot reach the server:
+            # worth a retry, unless libpq says the login or the database is wrong.
+            text = str(orig)
+            return isinstance(exc, sa.exc.OperationalError) and not any(
+                reason in text for reason in _PERMANENT_CONNECT_ERRORS
+            )
+        if sqlstate in _PERMANENT_SQLSTATES:
+            return False
         return str(sqlstate).startswith(_TRANSIENT_SQLSTATE_CLASSES) or (
             sqlstate in _TRANSIENT_SQLSTATES
         )
@@ -257,6 +274,9 @@ class _Statements:
                         mark.excluded.sequence == rs.c.sequence,
                     ),
                 ),
+                # A row deleted by a tombstone without a sequence takes the first sequence a
+                # later tombstone brings, so an older update replayed after it cannot revive it.
+                sa.and_(rs.c.sequence.is_(None), mark.excluded.sequence.is_not(None)),
             ),
         )
 

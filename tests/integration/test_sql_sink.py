@@ -163,6 +163,25 @@ def test_mark_keeps_a_deleted_row_that_older_updates_cannot_revive(mark_sink: Sq
     assert rows(mark_sink)["vm1"] == ("BUILD", 7, False)
 
 
+def test_a_row_deleted_without_sequence_takes_the_next_deletions_sequence(
+    mark_sink: SqlSink,
+) -> None:
+    assert mark_sink.apply([Deletion("a", "server", "ghost", None)]).written == 1
+    assert mark_sink.apply([Deletion("a", "server", "ghost", 100)]).written == 1
+    assert mark_sink.apply([rec("ghost", 50)]).written == 0, "an older update revived the row"
+    assert rows(mark_sink)["ghost"] == (None, 100, True)
+
+
+def test_a_missing_database_is_a_sink_error_not_backpressure(
+    postgres_server: LocalPostgres,
+) -> None:
+    missing = postgres_server.url.rsplit("/", 1)[0] + "/no_such_database"
+    with pytest.raises(SinkError) as caught:
+        SqlSink(missing)
+    assert not isinstance(caught.value, SinkBackpressureError)
+    assert "no_such_database" in str(caught.value)
+
+
 def test_mark_applies_a_deletion_without_sequence_unconditionally(mark_sink: SqlSink) -> None:
     mark_sink.apply([rec("vm1", 9)])
     assert mark_sink.apply([Deletion("a", "server", "vm1", None)]).written == 1

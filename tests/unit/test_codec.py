@@ -236,6 +236,7 @@ def test_well_formed_avro_breaking_the_record_rules_is_a_decode_error(codec: Cod
         ({"kind": "a/b"}, "kind 'a/b'"),
         ({"id": ""}, "id must be non-empty"),
         ({"site": ""}, "site name ''"),
+        ({"kind": HEARTBEAT_KIND, "id": "other-site"}, "a heartbeat's id must be its site"),
     ],
 )
 def test_encode_refuses_a_record_that_would_come_back_different(

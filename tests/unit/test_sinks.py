@@ -12,7 +12,7 @@ from connector.errors import ConfigError
 from connector.records.model import Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.base import SinkError
-from connector.sinks.http import change_json, idempotency_key, parse_retry_after
+from connector.sinks.http import HttpSink, change_json, idempotency_key, parse_retry_after
 from connector.sinks.sql import SqlSink, sqlalchemy_url
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -81,3 +81,32 @@ def test_idempotency_key_depends_on_content_not_order() -> None:
     assert idempotency_key([a, b]) != idempotency_key([a])
     newer = change_json(StatusRecord("s", "server", "1", "ACTIVE", 5, T0))
     assert idempotency_key([a, b]) != idempotency_key([newer, b])
+
+
+def test_a_long_retry_after_is_capped() -> None:
+    from connector.sinks.http import MAX_RETRY_AFTER
+
+    assert parse_retry_after("99999999", 5.0) == MAX_RETRY_AFTER
+
+
+def test_credentials_stay_out_of_messages() -> None:
+    sink = HttpSink("https://user:secret@top.example:8443/batches")
+    assert "secret" not in repr(sink) and "top.example:8443" in repr(sink)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sqlite://", "sqlite:///PATH to a file"),
+        ("https://", "expected a host"),
+        ("http:foo", "expected a URL starting with"),
+    ],
+)
+def test_unusable_sink_urls_are_refused_up_front(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, {"CASCADE_SINK_URL": url})
+
+
+def test_infinite_timeouts_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"sink\.timeout: input should be a finite number"):
+        load_settings(None, {"CASCADE_SINK_TIMEOUT": "inf"})
