@@ -178,6 +178,9 @@ def _attached_servers(volume: Mapping[str, Any]) -> DetailValue:
     )
 
 
+#: Neutron lists a whole collection in one response unless asked for pages; ask, so a large
+#: site answers page by page (the next links are followed).
+_NEUTRON_PAGE: Mapping[str, QueryValue] = {"limit": "1000"}
 _NEUTRON_SINCE = Since("changed_since", may_be_rejected=True)
 _NEUTRON_WIRE = Wire(revision="revision_number")
 _REVISIONS = ("id", "revision_number")
@@ -225,6 +228,7 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="port",
             service="network",
+            query=_NEUTRON_PAGE,
             path="/ports",
             collection="ports",
             projected=True,
@@ -241,6 +245,7 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="floatingip",
             service="network",
+            query=_NEUTRON_PAGE,
             path="/floatingips",
             collection="floatingips",
             projected=True,
@@ -257,6 +262,7 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="network",
             service="network",
+            query=_NEUTRON_PAGE,
             path="/networks",
             collection="networks",
             projected=True,
@@ -268,6 +274,7 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="router",
             service="network",
+            query=_NEUTRON_PAGE,
             path="/routers",
             collection="routers",
             projected=True,

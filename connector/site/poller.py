@@ -187,14 +187,25 @@ class KindPoller:
         """Poll until `stop` is set: incremental every interval, a resync every resync interval
         (and first), retries with backoff when the site fails."""
         next_resync = time.monotonic()
+        resync_failed = False
         while not stop.is_set():
             begun = time.monotonic()
-            resync = begun >= next_resync
-            if not self._attempt(resync, stop):
+            resync = self.wants_resync(begun >= next_resync, resync_failed)
+            ok = self._attempt(resync, stop)
+            resync_failed = resync and not ok
+            if not ok:
                 continue
             if resync:
                 next_resync = begun + self._settings.resync_interval
             stop.wait(max(0.0, self._settings.interval - (time.monotonic() - begun)))
+
+    def wants_resync(self, due: bool, last_resync_failed: bool) -> bool:
+        """Whether the next poll is a resync: when one is due, or when keys whose delivery failed
+        wait to be sent again (an incremental listing would not show them: they did not change).
+        A resync that failed is retried, but every other attempt is incremental, so changes keep
+        flowing while a full listing is out of reach."""
+        wanted = due or bool(self._publisher.dirty_ids(self.kind.name))
+        return wanted and not (last_resync_failed and self._watermark is not None)
 
     def run_once(self, stop: threading.Event, attempts: int) -> bool:
         """One resync, retried with backoff up to `attempts` times; True if it succeeded."""

@@ -116,7 +116,13 @@ class SitePoller:
         return {poller.kind.name: poller.poll(resync) for poller in self.pollers}
 
     def heartbeat(self) -> None:
-        self.publisher.heartbeat(*self.health.heartbeat())
+        status, details = self.health.heartbeat()
+        # Keys whose delivery failed wait for the next resync: the site is behind until then.
+        unsent = sum(len(self.publisher.dirty_ids(p.kind.name)) for p in self.pollers)
+        if unsent:
+            status = "degraded"
+            details = {**details, "unsent": unsent}
+        self.publisher.heartbeat(status, details)
 
     def flush(self) -> None:
         """Wait for every delivery; KafkaError if any message is still queued or failed."""

@@ -333,16 +333,21 @@ def assert_incremental_filters_sent(
     ports = by_kind["port"]
     if neutron_changed_since == "accept":
         [(path, query, _)] = ports
-        assert path.endswith("/ports 200") and set(query) == {"fields", "changed_since"}
+        assert path.endswith("/ports 200")
+        assert set(query) == {"fields", "changed_since", "limit"}
         assert "revision_number" in query["fields"]
     else:
         # changed_since was rejected (400) in the first cycle, and is not asked again.
         assert all("changed_since" not in query for _, query, _ in ports)
         assert ports[0][0].endswith("/ports 200")
-        assert ports[0][1] == {"fields": ["id", "revision_number"]}
-        by_id = ports[1:]
-        assert by_id and all(set(q) == {"fields", "id"} for _, q, _ in by_id)
-        assert all(len(q["id"]) <= 100 for _, q, _ in by_id)
+        assert ports[0][1] == {"fields": ["id", "revision_number"], "limit": ["1000"]}
+        # The id and revision listing, page by page (limit, then marker), then the changed ids.
+        by_id = [q for _, q, _ in ports if "id" in q]
+        pages = [q for _, q, _ in ports if "id" not in q]
+        assert all(q["fields"] == ["id", "revision_number"] for q in pages)
+        assert all(set(q) == {"fields", "limit", "marker"} for q in pages[1:])
+        assert by_id and all(set(q) == {"fields", "id", "limit"} for q in by_id)
+        assert all(len(q["id"]) <= 100 for q in by_id)
 
 
 def test_cli_once_then_run_until_sigterm(

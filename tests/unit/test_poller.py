@@ -4,6 +4,9 @@ fallbacks, the revision diff, the requests really sent, paging, backoff."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -240,3 +243,65 @@ def test_cinder_filter_only_from_microversion_3_60(
     assert p.poll(resync=False) == mode
     url, query, microversion = volumes.requests[-1]
     assert url == "/volumes/detail" and (microversion, query) == sent
+
+
+class FlakyFullListings(FakeProxy):
+    """Full listings (no changed_since) answer 500 while `failing`; incremental ones work."""
+
+    failing = False
+
+    def get(self, url: str, params: dict[str, Any] | None = None, **kw: Any) -> requests.Response:
+        if self.failing and "changed_since" not in (params or {}):
+            self.requests.append((url, dict(params or {}), None))
+            return response(500, {"message": "full listing timed out"})
+        return super().get(url, params, **kw)
+
+
+def run_for(p: KindPoller, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Run the poller's loop on a thread until `condition` holds (or fail after `timeout`)."""
+    stop = threading.Event()
+    runner = threading.Thread(target=p.run, args=(stop,))
+    runner.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        runner.join(5)
+
+
+def test_incremental_polls_go_on_while_a_due_resync_fails() -> None:
+    proxy = FlakyFullListings("ports")
+    put(proxy, "a", "ACTIVE", 1)
+    p, producer = poller(
+        proxy,
+        [1_700_000_000.0],
+        interval=0.01,
+        resync_interval=0.01,
+        backoff_initial=0.01,
+        backoff_max=0.02,
+    )
+    p.poll(resync=True)
+    sent_keys(producer)
+    proxy.failing = True
+    put(proxy, "a", "DOWN", 2)
+    run_for(p, lambda: bool(producer.sent))
+    assert producer.sent[0][0] == "s1/port/a"
+    asked = proxy.queries()
+    assert any("changed_since" not in q for q in asked), "the due resync was not tried"
+    assert any("changed_since" in q for q in asked)
+
+
+def test_a_failed_delivery_makes_the_next_poll_a_resync(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    p, producer = poller(ports, [1_700_000_000.0])
+    p.poll(resync=True)
+    assert not p.wants_resync(due=False, last_resync_failed=False)
+    producer.sent.clear()
+    producer.deliver(error="broker down")
+    # An incremental listing would not show "a" again (it did not change): only a resync does.
+    assert p.wants_resync(due=False, last_resync_failed=False)
+    # ... unless the last resync failed: then one incremental poll goes first.
+    assert not p.wants_resync(due=True, last_resync_failed=True)
