@@ -34,11 +34,11 @@ from connector.demo.processes import (
     DemoError,
     Processes,
     child_env,
-    free_port,
     http_json,
     http_text,
     wait_until,
 )
+from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
 
 KINDS = ("server", "volume", "port")

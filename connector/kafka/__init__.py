@@ -5,12 +5,15 @@ Code outside this package speaks in our records and never configures librdkafka 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import confluent_kafka
 
 from connector.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Client = TypeVar("Client")
 
@@ -21,3 +24,12 @@ def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, An
         return factory(config)
     except confluent_kafka.KafkaException as exc:
         raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
+
+
+def log_client_error(err: confluent_kafka.KafkaError) -> None:
+    """librdkafka's `error_cb`: client-level errors (broker down, auth) are mostly transient and
+    retried by librdkafka; a fatal one means the client cannot go on."""
+    if err.fatal():
+        log.error("fatal Kafka client error: %s", err)
+    else:
+        log.warning("Kafka client error: %s", err)

@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import new_client
+from connector.kafka import log_client_error, new_client
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Consumer:
     def __init__(self, settings: KafkaSettings, group: str, **overrides: Any) -> None:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
         config["group.id"] = group
-        config.setdefault("error_cb", _log_client_error)
+        config.setdefault("error_cb", log_client_error)
         self._consumer = new_client(confluent_kafka.Consumer, config)
 
     def subscribe(
@@ -151,10 +151,3 @@ def _call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> A
         return method(*args, **kwargs)
     except confluent_kafka.KafkaException as exc:
         raise KafkaError(f"cannot {what}: {exc.args[0]}") from exc
-
-
-def _log_client_error(err: confluent_kafka.KafkaError) -> None:
-    if err.fatal():
-        log.error("fatal Kafka consumer error: %s", err)
-    else:
-        log.warning("Kafka client error: %s", err)

@@ -7,7 +7,6 @@ caller, so a failed delivery is surfaced and never dropped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,9 +14,7 @@ import confluent_kafka
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import new_client
-
-log = logging.getLogger(__name__)
+from connector.kafka import log_client_error, new_client
 
 #: (key, error or None, partition, offset) for every message, once librdkafka is done with it.
 DeliveryCallback = Callable[[str, "confluent_kafka.KafkaError | None", int, int], None]
@@ -38,9 +35,8 @@ class Producer:
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
-        config.setdefault("error_cb", _log_client_error)
+        config.setdefault("error_cb", log_client_error)
         self._producer = new_client(confluent_kafka.Producer, config)
-        self.pending_errors = 0
 
     def produce(
         self,
@@ -88,12 +84,3 @@ class Producer:
 
     def __len__(self) -> int:
         return len(self._producer)
-
-
-def _log_client_error(err: confluent_kafka.KafkaError) -> None:
-    # Client-level errors (broker down, auth) are mostly transient and retried by librdkafka;
-    # fatal ones mean the idempotent producer cannot go on.
-    if err.fatal():
-        log.error("fatal Kafka producer error: %s", err)
-    else:
-        log.warning("Kafka client error: %s", err)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
 from connector.errors import ConnectorError
+from connector.ops import free_port
 
 #: The system user that owns the cluster when we run as root.
 SYSTEM_USER = "postgres"
@@ -45,13 +45,6 @@ def find_bin_dir() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class LocalPostgres:
     """One throwaway cluster. `start()` returns its URL; `stop()` ends it and deletes its files."""
 
@@ -59,7 +52,7 @@ class LocalPostgres:
         self, bin_dir: Path | None = None, port: int | None = None, durable: bool = False
     ) -> None:
         self.bin_dir = bin_dir or find_bin_dir()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         #: False (tests): fsync and synchronous commit off, for speed; True (benchmarks): defaults.
         self.durable = durable
         self.root: Path | None = None

@@ -29,7 +29,7 @@ from connector.kafka.producer import Producer
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
-from connector.top.batch import Batch, DeadLetter
+from connector.top.batch import Batch, DeadLetter, Partition
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 
@@ -49,8 +49,6 @@ DEAD_LETTER_ATTEMPTS = 5
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
-
-Partition = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from urllib.request import urlopen
 
 import sqlalchemy as sa
 
+from connector.ops import free_port
 from connector.records.model import StatusRecord
 from connector.sinks import open_sink
 from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
@@ -136,12 +136,6 @@ def sample(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rows(engine: sa.Engine) -> int:
