@@ -46,9 +46,15 @@ def test_demo_converges_and_reports(kafka_bootstrap: str, tmp_path: Path) -> Non
 
     changes = figure("status changes at the sites")
     published = figure("records published (incl. heartbeats)")
+    committed = figure("records committed at the top")
     rows = figure("rows written to the top layer")
     assert changes > 600, "the storm flapped too few objects"
-    assert 0 < rows <= published < changes
+    # Rows and committed records come from one scrape of the consumer, so they compare exactly;
+    # published comes from the pollers, scraped a moment apart, so a heartbeat in flight at the
+    # start of the window can be committed without being counted as published: compare it with
+    # the site's changes only.
+    assert 0 < rows <= committed < changes
+    assert 0 < published < changes
     assert figure("push every change: top-layer calls") == changes
     assert figure("top-layer calls (batches)") >= 1
     # Nothing the demo started is left running: its sites and metrics ports are closed.
