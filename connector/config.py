@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connector.errors import ConfigError
+from connector.redact import redact_text
 
 
 class _Section(BaseModel):
@@ -248,4 +249,4 @@ def _describe(exc: ValidationError, origin: Mapping[tuple[str, str], str]) -> st
         got = "" if err["type"] in ("missing", "value_error") else f", got {err['input']!r}"
         source = f" (from {where})" if where else ""
         lines.append(f"{field}: {msg[0].lower()}{msg[1:]}{got}{source}")
-    return "invalid settings: " + "; ".join(lines)
+    return redact_text("invalid settings: " + "; ".join(lines))

@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from connector.records.model import Change, Deletion
+from connector.redact import redact_url
 from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 
 #: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
@@ -110,7 +111,7 @@ class HttpSink:
     ) -> None:
         self.url = url
         #: the URL without user:password, for messages and logs
-        self.safe_url = _without_credentials(url)
+        self.safe_url = redact_url(url)
         self.timeout = timeout
         self.retries = retries
         self.retry_after = retry_after
@@ -195,10 +196,6 @@ class HttpSink:
                 f"top-layer service at {self.safe_url} answered HTTP {status}: {excerpt}"
             )
         return _parse_answer(response, changes)
-
-
-def _without_credentials(url: str) -> str:
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
 def _parse_answer(response: requests.Response, changes: Sequence[Change]) -> ApplyResult:

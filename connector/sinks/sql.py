@@ -32,6 +32,7 @@ from connector.records.model import (
     DetailValue,
     StatusRecord,
 )
+from connector.redact import redact_text
 from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 
 OnDelete = Literal["delete", "mark"]
@@ -110,7 +111,7 @@ def create_engine(url: str) -> sa.Engine:
     try:
         engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
-        raise SinkError(f"unusable SQL sink URL {url!r}: {exc}") from exc
+        raise SinkError(redact_text(f"unusable SQL sink URL {url!r}: {exc}")) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     elif engine.dialect.name != "postgresql":
