@@ -78,6 +78,7 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
         def on_signal(signum: int, _frame: object) -> None:
             log.info("%s: finishing", signal.Signals(signum).name)
             loop.stop()
+            sink.interrupt()  # a sink call in its retry backoff gives up (backpressure) at once
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
