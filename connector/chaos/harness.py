@@ -84,7 +84,8 @@ class SinkRows:
     def statuses(self) -> dict[tuple[str, str, str], str | None]:
         """(site, kind, id) -> status of every live object row."""
         query = sa.text(
-            "SELECT site, kind, id, status FROM resource_status WHERE kind <> 'site' AND NOT deleted"
+            "SELECT site, kind, id, status FROM resource_status "
+            "WHERE kind <> 'site' AND NOT deleted"
         )
         try:
             with self.engine.connect() as conn:
@@ -202,7 +203,7 @@ class Children:
 
 
 def wait_for(
-    condition: Callable[[], bool],
+    condition: Callable[[], object],
     timeout: float,
     check: Callable[[], None] | None = None,
     every: float = 0.2,

@@ -2,9 +2,9 @@
 
 A publisher writes `updates` status records over `keys` objects (sequence 1..N, so the truth is
 known: each key's last record), paced to span the kills. Meanwhile `cascade-connector consume`
-is started and SIGKILLed `kills` times, each at a random point within 2 s of its first apply. A last consumer runs with
-`--until-idle`. Must hold: the sink equals the truth, and the regression trigger saw no row go
-back to a lower sequence, ever.
+is started and SIGKILLed `kills` times, each at a random point within 2 s of its first apply.
+A last consumer runs with `--until-idle`. Must hold: the sink equals the truth, and the
+regression trigger saw no row go back to a lower sequence, ever.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -112,7 +113,7 @@ def consumer_kills(
             children.start("consumer", *consume, "--batch-size", "500")
             # A random point once this consumer applies: killing it while it still starts up
             # would test nothing.
-            wait_for(lambda: _applied_since(rows, life_started) > 0, 60.0, every=0.05)
+            wait_for(partial(_applied_since, rows, life_started), 60.0, every=0.05)
             time.sleep(rng.uniform(0.0, 2.0))
             if not children.alive("consumer"):
                 outcome.problems.append(

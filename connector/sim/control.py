@@ -87,9 +87,9 @@ class Faults:
         with self._lock:
             self._faults = [f for f in self._faults if f.until > now]
             for fault in self._faults:
-                if not fault.paths or any(path.startswith(p) for p in fault.paths):
-                    if fault.ratio >= 1.0 or random.random() < fault.ratio:
-                        return fault
+                hits_path = not fault.paths or any(path.startswith(p) for p in fault.paths)
+                if hits_path and (fault.ratio >= 1.0 or random.random() < fault.ratio):
+                    return fault
         return None
 
 
