@@ -51,7 +51,8 @@ class Producer:
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
-            on_delivery(name, err, msg.partition() or 0, msg.offset() or -1)
+            offset = msg.offset()  # 0 is an offset: `or -1` would lose the first one
+            on_delivery(name, err, msg.partition() or 0, -1 if offset is None else offset)
 
         while True:
             try:
