@@ -166,8 +166,9 @@ def fuzz_records(
     reader = TopicReader(kafka, dlq, from_beginning=True)
     try:
         for msg in reader.messages(stop_at_end=True, timeout=120):
-            raw: list[tuple[str, Any]] = list(msg.headers() or [])
-            headers = {name: _text(value) for name, value in raw}
+            found = msg.headers() or []
+            pairs = found.items() if isinstance(found, dict) else found
+            headers = {name: _text(value) for name, value in pairs}
             reason = headers.get("reason", "")
             if not reason or not headers.get("error"):
                 outcome.problems.append(f"dead letter without a reason: {headers}")
