@@ -18,7 +18,7 @@ def test_broker_restarts_recover_and_sigterm_ends_processes_with_the_broker_down
     # poller's SIGTERM during an outage is the site side's (issue 13); only the consumer's here.
     outcome = broker_restarts(
         tmp_path,
-        rounds=2,
+        rounds=1,
         outage=2.0,
         churn=40,
         size=SMALL,
@@ -28,7 +28,7 @@ def test_broker_restarts_recover_and_sigterm_ends_processes_with_the_broker_down
         stop=("consumer",),
     )
     assert outcome.ok, "\n".join(outcome.lines())
-    assert len(outcome.rounds) == 2
+    assert len(outcome.rounds) == 1
     assert 0 <= float(outcome.figures["consumer exit after SIGTERM, broker down (s)"]) <= 10
 
 
@@ -36,10 +36,10 @@ def test_site_faults_degrade_then_converge(kafka_bootstrap: str, tmp_path: Path)
     outcome = site_faults(
         kafka_bootstrap,
         tmp_path,
-        duration=12.0,
+        duration=9.0,
         spike=3.0,
-        spike_every=5.0,
-        token_every=4.0,
+        spike_every=4.0,
+        token_every=3.0,
         size=SMALL,
         interval=1.0,
         resync_interval=5.0,
