@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 from connector.records.model import Change, Deletion
-from connector.redact import redact_url
+from connector.redact import redact_text, redact_url
 from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 
 #: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
@@ -205,10 +205,12 @@ class HttpSink:
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
         ) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return redact_text(f"{type(exc).__name__}: {exc}")
         except requests.RequestException as exc:
-            # A URL requests cannot use (no host, a bad port): no retry fixes it.
-            raise SinkError(f"cannot POST to {self.safe_url}: {type(exc).__name__}: {exc}") from exc
+            # A URL requests cannot use (no host, a bad port): no retry fixes it. Its message
+            # may quote the URL, password and all.
+            reason = redact_text(f"{type(exc).__name__}: {exc}")
+            raise SinkError(f"cannot POST to {self.safe_url}: {reason}") from exc
         if response.status_code >= 500 and response.status_code not in BACKPRESSURE_STATUSES:
             return f"HTTP {response.status_code}"
         return response
