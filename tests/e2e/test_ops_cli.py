@@ -86,3 +86,11 @@ def test_status_exit_codes(tmp_path: Path) -> None:
     stale = run("status", "--sink", url)
     assert stale.returncode == 1
     assert "west" in stale.stdout and "STALE" in stale.stdout
+
+
+def test_consume_with_an_unreachable_database_shows_no_password() -> None:
+    url = f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/db"
+    out = run("consume", "--sink", url, "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert out.returncode != 0
+    assert "sink" in out.stderr
+    assert SECRET not in out.stdout + out.stderr
