@@ -12,9 +12,9 @@ from typing import Any
 
 import confluent_kafka
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
 from connector.kafka import log_client_error, new_client
+from connector.kafka.settings import KafkaSettings
 
 #: (key, error or None, partition, offset) for every message, once librdkafka is done with it.
 DeliveryCallback = Callable[[str, "confluent_kafka.KafkaError | None", int, int], None]

@@ -23,9 +23,9 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from connector.config import KafkaSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka import new_client
+from connector.kafka.settings import KafkaSettings
 from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
 
 #: Seconds an admin request may take before it counts as Kafka trouble.

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from connector.config import KafkaSettings
+from connector.kafka.settings import KafkaSettings
 from connector.records.checks import record_problem
 from connector.records.errors import DecodeError, EncodeError, RegistryError
 from connector.records.model import StatusRecord

@@ -15,8 +15,8 @@ from typing import Any
 
 import confluent_kafka
 
-from connector.config import KafkaSettings
 from connector.kafka.reader import TopicReader
+from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import site_topic
 from connector.records.codec import Codec, codec_from_settings
 from connector.records.errors import DecodeError
