@@ -17,7 +17,7 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
-from connector.kafka import log_client_error, new_client
+from connector.kafka.client import log_client_error, new_client
 from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 import confluent_kafka
 
 from connector.errors import KafkaError
-from connector.kafka import log_client_error, new_client
+from connector.kafka.client import log_client_error, new_client
 from connector.kafka.settings import KafkaSettings
 
 #: (key, error or None, partition, offset) for every message, once librdkafka is done with it.

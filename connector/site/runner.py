@@ -23,12 +23,12 @@ import openstack
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
+from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
 from connector.ops.metrics import OpsServer
-from connector.records.codec import codec_from_settings
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.metrics import SiteMetrics

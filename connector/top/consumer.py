@@ -19,11 +19,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import confluent_kafka
-from confluent_kafka import TopicPartition
 from prometheus_client import Counter
 
 from connector.errors import KafkaError
+from connector.kafka import KafkaException, Message, TopicPartition
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.records.errors import DecodeError, RegistryError
@@ -36,7 +35,7 @@ from connector.top.rate import RateLimiter
 log = logging.getLogger(__name__)
 
 #: Turns one Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[confluent_kafka.Message], Change]
+Decoder = Callable[[Message], Change]
 
 #: Rate-limit waits up to this many seconds are slept through; longer ones pause the partitions.
 SHORT_WAIT = 1.0
@@ -150,7 +149,7 @@ class TopConsumer:
             self._stop.wait(delay)
         return not self._stop.is_set()
 
-    def _take(self, messages: list[confluent_kafka.Message]) -> None:
+    def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
         for i, msg in enumerate(messages):
             topic, partition, offset = _coordinates(msg)
@@ -280,7 +279,7 @@ class TopConsumer:
                     },
                 )
             self._dlq.flush(30.0)
-        except (KafkaError, confluent_kafka.KafkaException) as exc:
+        except (KafkaError, KafkaException) as exc:
             failures.append(str(exc))
         if failures:
             # Drop what is still queued, so the retry does not deliver it twice.
@@ -388,7 +387,7 @@ class TopConsumer:
         )
 
 
-def _coordinates(msg: confluent_kafka.Message) -> tuple[str, int, int]:
+def _coordinates(msg: Message) -> tuple[str, int, int]:
     return msg.topic() or "", msg.partition() or 0, msg.offset() or 0
 
 

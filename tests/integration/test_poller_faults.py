@@ -14,16 +14,8 @@ from prometheus_client import CollectorRegistry
 from connector.records.model import StatusRecord
 from connector.sim import RunningSim
 from connector.site.runner import run_site
-from tests.integration.test_produce import (
-    Topic,
-    control,
-    differences,
-    open_sim,
-    site_settings,
-    truth,
-)
-
-__all__ = ["open_sim"]  # the fixture, re-used from test_produce
+from tests.support import wait_for
+from tests.support.sim import Topic, control, differences, site_settings, truth
 
 KINDS = "server,volume,port"
 
@@ -31,13 +23,6 @@ KINDS = "server,volume,port"
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
@@ -74,8 +59,9 @@ def test_failing_service_degrades_then_catches_up(
     try:
         good = "cascade_site_last_good_poll_timestamp_seconds"
         wait_for(
-            "a first good poll of every kind",
             lambda: all(sample(registry, good, site=site, kind=k) for k in KINDS.split(",")),
+            timeout=60,
+            what="a first good poll of every kind",
         )
         topic = Topic(kafka_bootstrap, f"test.produce.{site}")
         topic.new()
@@ -86,7 +72,6 @@ def test_failing_service_degrades_then_catches_up(
         control(sim, "/_sim/churn", {"changes": 20})
 
         wait_for(
-            "a degraded heartbeat naming the failing kind",
             lambda: any(
                 isinstance(c, StatusRecord)
                 and c.is_heartbeat
@@ -94,29 +79,34 @@ def test_failing_service_degrades_then_catches_up(
                 and c.details.get("server.error")
                 for c in topic.new()
             ),
+            timeout=60,
+            what="a degraded heartbeat naming the failing kind",
         )
         assert sample(registry, "cascade_site_degraded", site=site) == 1
         assert sample(registry, "cascade_site_api_errors_total", site=site, kind="server") > 0
         wait_for(
-            "the other kinds to keep polling",
             lambda: (
                 min(sample(registry, good, site=site, kind=k) for k in ("volume", "port"))
                 > faulted_at
             ),
+            timeout=60,
+            what="the other kinds to keep polling",
         )
         assert sample(registry, good, site=site, kind="server") < faulted_at
 
         expected = truth(sim, KINDS)
         wait_for(
-            "the poller to catch up with the site after the fault",
             lambda: not differences(topic.all(), expected),
+            timeout=60,
+            what="the poller to catch up with the site after the fault",
         )
         wait_for(
-            "an ok heartbeat",
             lambda: any(
                 isinstance(c, StatusRecord) and c.is_heartbeat and c.status == "ok"
                 for c in topic.new()
             ),
+            timeout=60,
+            what="an ok heartbeat",
         )
         assert sample(registry, "cascade_site_degraded", site=site) == 0
         assert sample(registry, "cascade_site_produce_errors_total", site=site) == 0
