@@ -39,6 +39,7 @@ from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
 from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
+from connector.ops.signals import interrupt, stop_on_signals
 
 KINDS = ("server", "volume", "port")
 
@@ -351,7 +352,9 @@ def _mb(n: float) -> str:
 def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> bool:
     """Run the demo; True when the sink converged to the truth after the storm."""
     try:
-        return Demo(options, echo).run()
+        # SIGTERM unwinds like Ctrl-C: every process the demo started is stopped on the way out.
+        with stop_on_signals(interrupt):
+            return Demo(options, echo).run()
     except DemoError:
         raise
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from connector.errors import KafkaError
 from connector.kafka import KafkaException, Message, TopicPartition
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
+from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
@@ -104,15 +105,13 @@ class TopConsumer:
     def run(self, until_idle: bool = False) -> None:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
-        try:
+        # A failing close or flush must not hide why the loop ended.
+        with cleanup_after(self._consumer.close, lambda: self._dlq.flush(10.0)):
             self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
                 if self._step() and until_idle and self._group_caught_up():
                     log.info("every site partition is applied and committed to its end")
                     return
-        finally:
-            self._consumer.close()
-            self._dlq.flush(10.0)
 
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""

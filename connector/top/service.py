@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -20,6 +18,7 @@ from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
 from connector.ops.metrics import OpsServer
+from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
 from connector.top.consumer import BatchPolicy, Decoder, TopConsumer
@@ -78,11 +77,5 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             cleanup.callback(server.stop)
             log.info("serving /metrics and /healthz on port %d", server.port)
 
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("%s: finishing", signal.Signals(signum).name)
-            loop.stop()
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                cleanup.callback(signal.signal, sig, signal.signal(sig, on_signal))
-        loop.run(until_idle=until_idle)
+        with stop_on_signals(loop.stop):
+            loop.run(until_idle=until_idle)
