@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from connector.errors import KafkaError
 from connector.records.model import StatusRecord
 from connector.sim import RunningSim
-from connector.site.runner import run_site
+from connector.site.runner import SitePoller, run_site
 from tests.support import wait_for
 from tests.support.sim import Topic, control, differences, site_settings, truth
 
@@ -116,3 +117,21 @@ def test_failing_service_degrades_then_catches_up(
         thread.join(60)
     assert not thread.is_alive()
     assert failed == []
+
+
+def test_a_failing_flush_does_not_hide_why_the_run_failed(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = open_sim(servers=5, volumes=5, ports=5)
+    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds="server"))
+
+    def broken_heartbeat() -> None:
+        raise RuntimeError("the heartbeat broke")
+
+    def failing_flush(timeout: float = 60.0) -> None:
+        raise KafkaError("5 message(s) still undelivered")
+
+    monkeypatch.setattr(site, "heartbeat", broken_heartbeat)
+    monkeypatch.setattr(site.producer, "flush", failing_flush)
+    with pytest.raises(RuntimeError, match="the heartbeat broke"):
+        site.run(threading.Event(), once=True)
