@@ -14,7 +14,7 @@ import pytest
 
 from connector.chaos.harness import Children, SinkRows, wait_for
 from connector.records.model import StatusRecord
-from tests.kafka_support import create_topic, publish
+from tests.support.kafka import create_topic, publish
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIMIT = 10.0
