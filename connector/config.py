@@ -16,10 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connector.errors import ConfigError
-from connector.redact import redact_text
 
 # Each layer owns the settings of its own client; the app's settings assemble them.
 from connector.kafka.settings import KafkaSettings
+from connector.redact import redact_text
 
 __all__ = ["KafkaSettings", "Settings", "load_settings"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from connector.chaos import Outcome
 from connector.chaos.harness import Children
@@ -98,7 +98,7 @@ def mangled(rng: random.Random, codec: Codec, i: int) -> _Message:
 
 def readable(message: _Message, codec: Codec) -> bool:
     try:
-        change_from_message(cast(Any, message), codec)
+        change_from_message(message, codec)
     except DecodeError:
         return False
     return True
