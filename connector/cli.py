@@ -138,13 +138,13 @@ def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: f
 
     Exit 0 when every site is fresh, 1 when one is stale, 2 for bad settings, 3 when the sink
     cannot be read (unreachable, no such database): a probe can tell "stale" from "broken"."""
-    from connector.sinks import SinkError
+    from connector.sinks import SinkBackpressureError, SinkError
     from connector.sinks.status import read_status
 
     settings = obj.settings({"sink": {"url": sink_url}})
     try:
         report = read_status(settings.sink.url, site=site, stale_after=stale_after)
-    except SinkError as exc:
+    except (SinkError, SinkBackpressureError) as exc:
         click.echo(redact_text(f"error: {exc}"), err=True)
         sys.exit(STATUS_UNREADABLE)
     click.echo(report.render())
