@@ -61,6 +61,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cascade-chaos-"))
     print(f"Kafka at {bootstrap}; logs in {workdir}")
     q = args.quick
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
     runs: dict[str, Callable[[Path], Outcome]] = {
         "kill": lambda d: _with_postgres(
             lambda url: consumer_kills(
@@ -70,6 +74,7 @@ def main() -> None:
                 updates=10_000 if q else 100_000,
                 keys=1_000 if q else 10_000,
                 kills=4 if q else 20,
+                echo=echo,
             )
         ),
         "broker": lambda d: broker_restarts(
@@ -80,6 +85,7 @@ def main() -> None:
             size=SiteSize(60, 60, 120) if q else SiteSize(),
             interval=2.0,
             resync_interval=args.resync_interval or 600.0,
+            echo=echo,
         ),
         "faults": lambda d: site_faults(
             bootstrap,
@@ -90,12 +96,17 @@ def main() -> None:
             size=SiteSize(60, 60, 120) if q else SiteSize(),
             interval=2.0,
             resync_interval=args.resync_interval or 60.0,
+            echo=echo,
         ),
         "fuzz-records": lambda d: fuzz_records(
-            bootstrap, f"sqlite:///{d / 'fuzz.sqlite'}", d, count=10_000 if q else 100_000
+            bootstrap,
+            f"sqlite:///{d / 'fuzz.sqlite'}",
+            d,
+            count=10_000 if q else 100_000,
+            echo=echo,
         ),
         "fuzz-settings": lambda d: fuzz_settings(
-            examples=300 if q else 2000, processes=5 if q else 20
+            examples=300 if q else 2000, processes=5 if q else 20, echo=echo
         ),
     }
     outcomes: list[Outcome] = []
@@ -109,9 +120,21 @@ def main() -> None:
         outcomes.append(outcome)
         for line in outcome.lines():
             print(line, flush=True)
+        saved = save(outcomes, q, vars(args))
 
+    print(f"\nfigures saved to {saved}")
+    broker = next((o for o in outcomes if o.rounds), None)
+    if broker is not None:
+        plot_rounds(broker, OUT / "chaos-broker.png")
+    failed = [o.scenario for o in outcomes if not o.ok]
+    print("FAILED: " + ", ".join(failed) if failed else "every check held")
+    raise SystemExit(1 if failed else 0)
+
+
+def save(outcomes: list[Outcome], quick: bool, options: dict[str, object]) -> Path:
+    """Write the figures so far (after every scenario, so a partial run keeps them)."""
     OUT.mkdir(exist_ok=True)
-    saved = OUT / ("chaos-quick.json" if q else "chaos.json")
+    saved = OUT / ("chaos-quick.json" if quick else "chaos.json")
     saved.write_text(
         json.dumps(
             {
@@ -121,7 +144,8 @@ def main() -> None:
                     "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg(),
                 },
-                "quick": q,
+                "quick": quick,
+                "options": options,
                 "outcomes": [
                     {
                         "scenario": o.scenario,
@@ -136,13 +160,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"\nfigures saved to {saved}")
-    broker = next((o for o in outcomes if o.rounds), None)
-    if broker is not None:
-        plot_rounds(broker, OUT / "chaos-broker.png")
-    failed = [o.scenario for o in outcomes if not o.ok]
-    print("FAILED: " + ", ".join(failed) if failed else "every check held")
-    raise SystemExit(1 if failed else 0)
+    return saved
 
 
 def _with_postgres(run: Callable[[str], Outcome]) -> Outcome:
