@@ -27,7 +27,9 @@ def missing_files(project: dict[str, Any]) -> list[str]:
     """Every file or directory the resolved project names (absolute paths) that does not exist."""
     named = []
     for kind in ("configs", "secrets"):
-        named += [(f"{kind} {n}", d["file"]) for n, d in project.get(kind, {}).items() if "file" in d]
+        named += [
+            (f"{kind} {n}", d["file"]) for n, d in project.get(kind, {}).items() if "file" in d
+        ]
     for name, service in project["services"].items():
         build = service.get("build")
         if build:

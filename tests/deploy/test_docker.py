@@ -87,7 +87,7 @@ def test_the_dockerfile_is_sound() -> None:
         ("--from=build", "--from=builder", "is no earlier stage"),
         ('ENTRYPOINT ["cascade-connector"', 'ENTRYPOINT ["python"', "not cascade-connector"),
         ("RUN python -m venv", "RUNS python -m venv", "unknown instruction RUNS"),
-        ("CMD [\"--help\"]", "RUN <<EOF\necho", "does not parse: unterminated heredoc"),
+        ('CMD ["--help"]', "RUN <<EOF\necho", "does not parse: unterminated heredoc"),
     ],
 )
 def test_a_broken_dockerfile_fails(old: str, new: str, problem: str) -> None:

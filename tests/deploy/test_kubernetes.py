@@ -77,7 +77,11 @@ def test_every_manifest_is_valid(tools: Tools, crds: dict[str, dict[str, Any]]) 
 def test_the_manifests_fit_together(tools: Tools) -> None:
     docs = build(tools, KUBERNETES)
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    pollers = [d for d in deployments.values() if d["spec"]["template"]["spec"]["containers"][0]["args"] == ["produce"]]
+    pollers = [
+        d
+        for d in deployments.values()
+        if d["spec"]["template"]["spec"]["containers"][0]["args"] == ["produce"]
+    ]
     assert len(pollers) == 2 and all(d["spec"]["replicas"] == 2 for d in pollers)
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     settings = tomllib.loads(secrets["kafka-credentials"]["stringData"]["connector.toml"])
@@ -101,7 +105,10 @@ def test_the_manifests_fit_together(tools: Tools) -> None:
             pytest.fail(f"no PodDisruptionBudget covers {deployment['metadata']['name']}")
     monitor = next(d for d in docs if d["kind"] == "PodMonitor")
     selector = monitor["spec"]["selector"]["matchLabels"]
-    assert all(selector.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values())
+    assert all(
+        selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        for d in deployments.values()
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,7 +122,13 @@ def test_the_manifests_fit_together(tools: Tools) -> None:
     ],
 )
 def test_a_broken_manifest_fails(
-    tools: Tools, crds: dict[str, dict[str, Any]], tmp_path: Path, path: str, old: str, new: str, problem: str
+    tools: Tools,
+    crds: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    path: str,
+    old: str,
+    new: str,
+    problem: str,
 ) -> None:
     staged = tmp_path / "kubernetes"
     shutil.copytree(KUBERNETES, staged)

@@ -46,12 +46,22 @@ def test_broken_rules_fail(tools: Tools, tmp_path: Path) -> None:
     rules = staged / "alerts.yml"
     text = rules.read_text()
 
-    rules.write_text(text.replace("max by (site) (cascade_site_degraded) == 1", "max by (site) (cascade_site_degraded == 1"))
+    rules.write_text(
+        text.replace(
+            "max by (site) (cascade_site_degraded) == 1",
+            "max by (site) (cascade_site_degraded == 1",
+        )
+    )
     outcome = run_tool(tools.promtool, "check", "rules", rules)
     assert not outcome.ok and "parse error" in outcome.output, outcome.output
 
     # A threshold that no longer matches its tests: the firing case fails.
-    rules.write_text(text.replace("(cascade_site_heartbeat_age_seconds) > 15", "(cascade_site_heartbeat_age_seconds) > 600"))
+    rules.write_text(
+        text.replace(
+            "(cascade_site_heartbeat_age_seconds) > 15",
+            "(cascade_site_heartbeat_age_seconds) > 600",
+        )
+    )
     outcome = run_tool(tools.promtool, "test", "rules", staged / "alerts_test.yml", cwd=staged)
     assert not outcome.ok and "CascadeSiteStale" in outcome.output, outcome.output
 
