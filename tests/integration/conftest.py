@@ -70,15 +70,24 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     fetched = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
     if fetched.returncode != 0:
         pytest.fail(f"{script.name} failed:\n{fetched.stderr[-4000:]}")
-    jar = fetched.stdout.strip()
+    jar = Path(fetched.stdout.strip())
+    # A class-data archive of the registry's classes, dumped at the exit of the first run here,
+    # makes later starts about 3x faster (21 s against 63-80 s on the loaded 2-core machine).
+    archive = jar.parent / "classes.jsa"
+    dump = archive.with_suffix(".jsa.part")
+    cds = (
+        f"-XX:SharedArchiveFile={archive}"
+        if archive.exists()
+        else f"-XX:ArchiveClassesAtExit={dump}"
+    )
     workdir = tmp_path_factory.mktemp("schema-registry")
     port = free_port()
     log_path = workdir / "registry.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             # C1 only: the registry serves a handful of requests; a faster start is worth more.
-            ["java", "-XX:TieredStopAtLevel=1", f"-Dquarkus.http.port={port}",
-             "-Dquarkus.http.host=127.0.0.1", "-jar", jar],
+            ["java", "-XX:TieredStopAtLevel=1", cds, f"-Dquarkus.http.port={port}",
+             "-Dquarkus.http.host=127.0.0.1", "-jar", str(jar)],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
@@ -93,10 +102,14 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         try:
-            proc.wait(30)
+            proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # 143: the JVM's exit after SIGTERM, once its shutdown (and the dump) is done.
+        if proc.returncode in (0, 143) and dump.exists():
+            dump.rename(archive)
+        dump.unlink(missing_ok=True)
 
 
 def _answers_http(url: str) -> bool:
