@@ -1,6 +1,7 @@
 """Integration fixtures: for the SQL sink, a throwaway PostgreSQL cluster (session-scoped) and
-`sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL; for the registry
-framing, a real Schema Registry (session-scoped).
+`sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL; `open_sim`, a
+simulated site whose clouds.yaml entry openstacksdk finds; for the registry framing, a real
+Schema Registry (session-scoped).
 
 The cluster comes from `connector.ops.local_postgres` (Debian's binaries, installed by
 scripts/ensure-postgres.sh); the registry is Apicurio Registry from Maven Central
@@ -13,8 +14,9 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.request import urlopen
 
 import pytest
@@ -22,6 +24,7 @@ import sqlalchemy as sa
 
 from connector.ops import free_port
 from connector.ops.local_postgres import LocalPostgres, LocalPostgresError
+from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
@@ -60,6 +63,26 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'sink.sqlite'}"
     url: str = request.getfixturevalue("postgres_database")
     return url
+
+
+@pytest.fixture
+def open_sim(
+    tmp_path: Path, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., RunningSim]]:
+    """`open_sim(**counts)`: a simulated site whose clouds.yaml entry openstacksdk finds."""
+    started: list[RunningSim] = []
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+
+    def open_(**options: Any) -> RunningSim:
+        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
+        sim = start_sim(name, **options)
+        started.append(sim)
+        sim.write_clouds_yaml(tmp_path / "clouds.yaml")
+        return sim
+
+    yield open_
+    for sim in started:
+        sim.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from connector.codecs import codec_from_settings
 from connector.config import KafkaSettings
-from connector.records.codec import REGISTRY_SUBJECT, codec_from_settings
+from connector.records.codec import REGISTRY_SUBJECT
 from connector.records.model import StatusRecord
-from tests.kafka_support import create_topic, publish
+from tests.support.kafka import create_topic, publish
 
 NOW = datetime(2026, 5, 4, 12, 30, tzinfo=UTC)
 RECORDS = [
