@@ -14,16 +14,20 @@ from collections.abc import Callable
 
 import pytest
 
-from connector.errors import LocalKafkaError
-from connector.ops.local_kafka import LocalKafka, _answers
+from connector.config import KafkaSettings
+from connector.errors import KafkaError, LocalKafkaError
+from connector.kafka.cluster import broker_ids
+from connector.ops.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
     if bootstrap:
-        if not _answers(bootstrap, timeout=10.0):
-            pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request")
+        try:
+            broker_ids(KafkaSettings(bootstrap=bootstrap), timeout=10.0)
+        except KafkaError as exc:
+            pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer: {exc}")
         return bootstrap
     try:
         return LocalKafka().start(echo=False)

@@ -23,6 +23,7 @@ from confluent_kafka import TopicPartition
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
 from connector.kafka import new_client
+from connector.kafka.errors import not_authorized
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class TopicReader:
         self, settings: KafkaSettings, topic: str, from_beginning: bool, **overrides: Any
     ) -> None:
         self.topic = topic
+        self._settings = settings
         self._consumer = new_client(
             confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
         )
@@ -123,6 +125,8 @@ class TopicReader:
                     self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
                     if stop_at_end and partition in ends:
                         self._done(ends, partition)
+                elif refused := not_authorized(self._settings, f"read topic {self.topic}", err):
+                    raise refused
                 elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise KafkaError(f"reading {self.topic}: {err.str()}")
                 else:
@@ -159,6 +163,9 @@ class TopicReader:
             if found is None:
                 raise KafkaError(f"cannot read topic {self.topic}: not found")
             if found.error is not None:
+                refused = not_authorized(self._settings, f"read topic {self.topic}", found.error)
+                if refused:
+                    raise refused
                 raise confluent_kafka.KafkaException(found.error)
             return sorted(found.partitions)
 
