@@ -29,6 +29,7 @@ from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 from connector.config import KafkaSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.errors import connected_admin, not_authorized
+from connector.kafka.reader import READER_GROUP
 from connector.kafka.topics import site_topic
 
 #: Seconds an ACL request may take before it counts as Kafka trouble.
@@ -57,6 +58,13 @@ SITE_ACLS: tuple[Grant, ...] = (
         "literal",
         ("CREATE", "DESCRIBE_CONFIGS"),
         "create the topic if missing, check its config",
+    ),
+    Grant(
+        "group",
+        READER_GROUP,
+        "literal",
+        ("DESCRIBE",),
+        "restore reads without joining a group, but librdkafka looks up its group's coordinator",
     ),
     Grant(
         "cluster",

@@ -3,6 +3,7 @@ users' credentials."""
 
 from __future__ import annotations
 
+import confluent_kafka
 from confluent_kafka.admin import AdminClient
 
 # From their defining module: confluent_kafka.admin re-exports them implicitly only, which
@@ -62,3 +63,20 @@ def set_scram_password(kafka: KafkaSettings, user: str, password: str, mechanism
         return futures[user].result(timeout=30.0)
 
     admin_result(kafka, f"set the SCRAM credentials of user {user}", alter, 30.0)
+
+
+def delete_group(kafka: KafkaSettings, group: str) -> bool:
+    """Delete consumer group `group` and its committed offsets (it must have no members); False
+    when there was no such group."""
+
+    def delete(admin: AdminClient) -> bool:
+        future = admin.delete_consumer_groups([group], request_timeout=30.0)[group]
+        try:
+            future.result(timeout=30.0)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args[0].code() == confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND:
+                return False
+            raise
+        return True
+
+    return bool(admin_result(kafka, f"delete consumer group {group}", delete, 30.0))

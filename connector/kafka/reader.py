@@ -29,9 +29,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: librdkafka wants a group id even for assign(); nothing is ever committed under it, but
+#: librdkafka still looks up its coordinator, which takes DESCRIBE on the group.
+READER_GROUP = "cascade-connector-reader"
+
 READER_DEFAULTS: dict[str, Any] = {
-    # librdkafka wants a group id even for assign(); nothing is ever committed under it.
-    "group.id": "cascade-connector-reader",
+    "group.id": READER_GROUP,
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "enable.partition.eof": True,
@@ -125,7 +128,7 @@ class TopicReader:
                     self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
                     if stop_at_end and partition in ends:
                         self._done(ends, partition)
-                elif refused := not_authorized(self._settings, f"read topic {self.topic}", err):
+                elif refused := not_authorized(self._settings, self._action(err), err):
                     raise refused
                 elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise KafkaError(f"reading {self.topic}: {err.str()}")
@@ -134,6 +137,11 @@ class TopicReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+    def _action(self, err: confluent_kafka.KafkaError) -> str:
+        if err.code() == confluent_kafka.KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return f"describe consumer group {READER_GROUP} (to read {self.topic})"
+        return f"read topic {self.topic}"
 
     def _done(self, ends: dict[int, int], partition: int) -> None:
         """The partition is read to its end: stop fetching it."""

@@ -324,6 +324,7 @@ class LocalKafka:
             tls = ensure_broker_tls(self.home / "tls")
             admin_password = self._admin_password()
         cluster_id = _cluster_id(self.home)
+        formats: dict[int, subprocess.Popen[str]] = {}
         for k in self.node_ids:
             directory = self.node_dir(k)
             (directory / "data").mkdir(parents=True, exist_ok=True)
@@ -350,15 +351,18 @@ class LocalKafka:
             if shape.nodes == 1:
                 command.append("--standalone")
             if admin_password is not None:
-                command += [
-                    "--add-scram",
-                    f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={admin_password}]",
-                ]
-            proc = subprocess.run(command, capture_output=True, text=True, check=False)
+                scram = f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={admin_password}]"
+                command += ["--add-scram", scram]
+            # Each format is a JVM start of a few seconds: run them side by side.
+            formats[k] = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        for k, proc in formats.items():
+            output, _ = proc.communicate()
             if proc.returncode != 0:
                 raise LocalKafkaError(
                     f"formatting the storage of node {k} failed:\n"
-                    + _tail(proc.stdout + proc.stderr).replace(admin_password or "\0", "***")
+                    + _tail(output).replace(admin_password or "\0", "***")
                 )
 
     def _admin_password(self) -> str:

@@ -1,0 +1,406 @@
+"""A secured 3-node cluster as production runs one: SASL_SSL with SCRAM users, ACLs per role.
+
+One cluster for the whole module (started by `local-kafka --brokers 3 --secure`, stopped by pid at
+the end): users site-a, site-b and top with their ACLs; site-a's credentials publish site-a and
+are refused site-b; top's consumer converges into PostgreSQL; brokers stop and start under a
+live poller, consumer and churn without losing an acknowledged record; no password is printed.
+Every component runs as the `cascade-connector` process a user runs, its output in a log file.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from connector.config import KafkaSettings, load_settings
+from connector.demo.observe import SinkReader, compare, metric_total, truth
+from connector.demo.processes import Processes, child_env, http_json, http_text
+from connector.errors import ConnectorError
+from connector.kafka.acls import ensure_acls, site_acls
+from connector.kafka.cluster import delete_group, under_replicated
+from connector.kafka.consumer import Consumer
+from connector.ops import free_port, free_port_run
+from connector.ops.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
+from connector.sim import RunningSim, start_sim
+
+KINDS = ("server", "volume", "port")
+USERS = ("site-a", "site-b", "top")
+GROUP = "cascade-top"
+PREFIX = "cascade.status"
+
+
+@dataclass
+class Deployment:
+    """The cluster, its users' settings files, the two sites, and where logs go."""
+
+    cluster: LocalKafka
+    settings: dict[str, Path]  #: user -> settings file
+    sims: dict[str, RunningSim]
+    logs: Path
+    env: dict[str, str]
+
+    def cli(self, name: str, user: str, *args: str, timeout: float = 60) -> Result:
+        """Run `cascade-connector --config <user's settings> ARGS`, output to logs/<name>.log."""
+        started = time.monotonic()
+        log = self.logs / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "connector", "--config", str(self.settings[user]), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=timeout,
+                check=False,
+            )
+        return Result(proc.returncode, log.read_text(), time.monotonic() - started)
+
+    def kafka(self, user: str = ADMIN_USER) -> KafkaSettings:
+        return load_settings(self.settings[user]).kafka
+
+    def truth(self, site: str) -> dict[tuple[str, str, str], str]:
+        return truth({site: self.sims[site].url}, KINDS)
+
+
+@dataclass
+class Result:
+    returncode: int
+    output: str
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("secure")
+    logs = root / "logs"
+    logs.mkdir()
+    port = free_port_run(3 * PORTS_PER_NODE)
+    cluster = LocalKafka(port=port, state_dir=root / "state")
+    local_kafka = [
+        sys.executable,
+        "-m",
+        "connector",
+        "local-kafka",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(root / "state"),
+    ]
+    started = subprocess.run(
+        [*local_kafka, "start", "--brokers", "3", "--secure"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    sims: dict[str, RunningSim] = {}
+    try:
+        (logs / "local-kafka-start.log").write_text(started.stdout + started.stderr)
+        if started.returncode != 0:
+            pytest.fail(f"could not start the secure cluster:\n{started.stderr[-3000:]}")
+        bootstrap, admin_file = started.stdout.splitlines()[:2]
+        assert bootstrap == cluster.bootstrap
+        settings = {ADMIN_USER: Path(admin_file)}
+        for user in ("site-a", "site-b"):
+            settings[user] = cluster.add_user(user)
+        added = subprocess.run(
+            [*local_kafka, "user", "add", "top"], capture_output=True, text=True, check=False
+        )
+        assert added.returncode == 0, added.stderr
+        settings["top"] = Path(added.stdout.strip())
+        clouds = root / "clouds.yaml"
+        for site in ("site-a", "site-b"):
+            sims[site] = start_sim(site, servers=60, volumes=60, ports=60)
+            sims[site].write_clouds_yaml(clouds)
+        env = child_env({"OS_CLIENT_CONFIG_FILE": str(clouds)})
+        deployment = Deployment(cluster, settings, sims, logs, env)
+        admin = deployment.kafka()
+        for site in ("site-a", "site-b"):
+            ensure_acls(admin, site_acls(admin, f"User:{site}", site))
+        out = deployment.cli(
+            "acls-ensure-top",
+            ADMIN_USER,
+            "acls",
+            "ensure",
+            "--consumer",
+            "--group",
+            GROUP,
+            "--principal",
+            "User:top",
+        )
+        assert out.returncode == 0, out.output
+        assert "granted: ALLOW User:top READ on group cascade-top" in out.output
+        yield deployment
+    finally:
+        for sim in sims.values():
+            sim.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def site_a_published(deployment: Deployment) -> Result:
+    """site-a's poller, once, with site-a's credentials (creates and fills its topic)."""
+    return deployment.cli("produce-site-a-once", "site-a", "produce", "--site", "site-a", "--once")
+
+
+def test_site_credentials_publish_their_own_site_only(
+    deployment: Deployment, site_a_published: Result
+) -> None:
+    assert site_a_published.returncode == 0, site_a_published.output
+    assert end_offsets(deployment, "site-a"), "site-a's topic holds site-a's records"
+
+    # site-b's topic exists (its own poller may create it, here the administrator does).
+    made = deployment.cli(
+        "topics-ensure-site-b", ADMIN_USER, "topics", "ensure", "--site", "site-b"
+    )
+    assert made.returncode == 0, made.output
+    refused = deployment.cli(
+        "produce-site-b-as-site-a", "site-a", "produce", "--site", "site-b", "--once", timeout=60
+    )
+    assert refused.returncode == 4, refused.output
+    assert refused.seconds < 30
+    assert "not authorized" in refused.output and "cascade.status.site-b" in refused.output
+    assert sum(end_offsets(deployment, "site-b").values()) == 0, "site-b's topic holds nothing"
+
+
+def test_wrong_password_and_untrusted_ca_are_named(deployment: Deployment, tmp_path: Path) -> None:
+    good = deployment.settings["site-a"].read_text()
+    wrong = tmp_path / "wrong-password.toml"
+    wrong.write_text(re.sub(r'sasl_password = ".*"', 'sasl_password = "not-the-password"', good))
+    untrusted = tmp_path / "untrusted.toml"
+    untrusted.write_text(re.sub(r"ssl_ca_location = .*\n", "", good))
+    deployment.settings["wrong"] = wrong
+    deployment.settings["untrusted"] = untrusted
+
+    out = deployment.cli("wrong-password", "wrong", "topics", "describe", "--site", "site-a")
+    assert out.returncode == 4
+    assert "site-a" in out.output and "authentication" in out.output
+    out = deployment.cli("untrusted-ca", "untrusted", "topics", "describe", "--site", "site-a")
+    assert out.returncode == 4
+    assert "certificate verify failed" in out.output and "ssl_ca_location" in out.output
+
+
+def test_top_consumer_converges_into_postgresql(
+    deployment: Deployment, site_a_published: Result, postgres_database: str
+) -> None:
+    assert site_a_published.returncode == 0, site_a_published.output
+    forget_group(deployment)
+    out = deployment.cli(
+        "consume-until-idle",
+        "top",
+        "consume",
+        "--sink",
+        postgres_database,
+        "--until-idle",
+        timeout=120,
+    )
+    assert out.returncode == 0, out.output
+    sink = SinkReader(postgres_database)
+    try:
+        assert compare(deployment.truth("site-a"), sink.statuses()).equal
+    finally:
+        sink.close()
+
+
+def test_brokers_stop_and_start_under_load_without_losing_a_record(
+    deployment: Deployment, site_a_published: Result, postgres_database: str
+) -> None:
+    assert site_a_published.returncode == 0, site_a_published.output
+    forget_group(deployment)
+    before = sum(end_offsets(deployment, "site-a").values())
+    poller_port, consumer_port = free_port(), free_port()
+    procs = Processes(
+        deployment.logs, {**deployment.env, "CASCADE_SITE_HEARTBEAT_INTERVAL": "3600"}
+    )
+    churn = Churn(deployment.sims["site-a"])
+    sink = SinkReader(postgres_database)
+    try:
+        procs.start(
+            "live-poller",
+            "--config",
+            str(deployment.settings["site-a"]),
+            "produce",
+            "--site",
+            "site-a",
+            "--interval",
+            "0.5",
+            "--resync-interval",
+            "5",
+            "--metrics-port",
+            str(poller_port),
+        )
+        procs.start(
+            "live-consumer",
+            "--config",
+            str(deployment.settings["top"]),
+            "consume",
+            "--sink",
+            postgres_database,
+            "--metrics-port",
+            str(consumer_port),
+        )
+        poller = f"http://127.0.0.1:{poller_port}/metrics"
+        consumer = f"http://127.0.0.1:{consumer_port}/metrics"
+        wait_for(
+            "the live consumer to apply records",
+            procs.check_alive,
+            lambda: scrape(consumer, "cascade_consumer_records_total") > 0,
+        )
+        churn.start()
+
+        def keeps_going() -> None:
+            published = produced(poller)
+            applied = scrape(consumer, "cascade_consumer_records_total")
+            wait_for(
+                "the poller and consumer to go on",
+                procs.check_alive,
+                lambda: (
+                    produced(poller) > published
+                    and scrape(consumer, "cascade_consumer_records_total") > applied
+                ),
+            )
+
+        cluster = deployment.cluster
+        cluster.stop(node=2)
+        keeps_going()
+        cluster.start(node=2)
+        wait_for(
+            "node 2 to be back in every ISR",
+            procs.check_alive,
+            lambda: not under_replicated(deployment.kafka(), timeout=5),
+        )
+        cluster.stop(node=3)
+        keeps_going()
+        churn.stop()
+
+        wait_for(
+            "the sink to equal the truth",
+            procs.check_alive,
+            lambda: compare(deployment.truth("site-a"), sink.statuses()).equal,
+        )
+        # Every record the poller had acknowledged is in the topic once (idempotence: no
+        # duplicates) and committed by the consumer.
+        wait_for(
+            "the topic to hold exactly what the poller published",
+            procs.check_alive,
+            lambda: sum(end_offsets(deployment, "site-a").values()) - before == produced(poller),
+        )
+        assert scrape(poller, "cascade_site_produce_errors_total") == 0
+        wait_for(
+            "the consumer to commit everything",
+            procs.check_alive,
+            lambda: committed(deployment) == end_offsets(deployment, "site-a"),
+        )
+        assert churn.changes > 0
+    finally:
+        churn.stop()
+        procs.stop_all()
+        sink.close()
+
+
+def test_no_password_in_any_log_or_config_output(
+    deployment: Deployment, site_a_published: Result
+) -> None:
+    passwords = {
+        user: load_settings(path).kafka.sasl_password.get_secret_value()  # type: ignore[union-attr]
+        for user, path in deployment.settings.items()
+        if user in (ADMIN_USER, *USERS)
+    }
+    outputs = {
+        f"config of {user}": deployment.cli(f"config-{user}", user, "config").output
+        for user in (ADMIN_USER, *USERS)
+    }
+    logs = [*deployment.logs.glob("*.log"), *deployment.cluster.home.glob("**/kafka.log")]
+    assert len(logs) >= 8
+    outputs |= {str(path): path.read_text(errors="replace") for path in logs}
+    for where, text in outputs.items():
+        for user, password in passwords.items():
+            assert password not in text, f"{user}'s password in {where}"
+    assert '"sasl_password": "**' in outputs["config of site-a"]
+
+
+class Churn:
+    """Changes at the site, a few every 0.2 s, until stopped."""
+
+    def __init__(self, sim: RunningSim) -> None:
+        self._url = f"{sim.url}/_sim/churn"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.changes = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.changes += sum(http_json(self._url, {"changes": 5}).values())
+            self._stop.wait(0.2)
+
+
+def wait_for(
+    what: str, check: Callable[[], None], condition: Callable[[], bool], timeout: float = 90
+) -> None:
+    """Wait until `condition()`, calling `check` (raises if a child died) between tries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (OSError, ConnectorError):
+            pass  # a metrics port not yet open, a broker moving: try again
+        check()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def scrape(url: str, name: str) -> float:
+    return metric_total(http_text(url), name)
+
+
+def produced(url: str) -> float:
+    """Records the poller handed to Kafka: changes, tombstones and heartbeats."""
+    text = http_text(url)
+    return sum(
+        metric_total(text, name)
+        for name in (
+            "cascade_site_changes_published_total",
+            "cascade_site_tombstones_total",
+            "cascade_site_heartbeats_total",
+        )
+    )
+
+
+def end_offsets(deployment: Deployment, site: str) -> dict[int, int]:
+    consumer = Consumer(deployment.kafka(), "offset-probe")
+    try:
+        topic = f"{PREFIX}.{site}"
+        parts = consumer.partitions_matching(f"^{re.escape(topic)}$")
+        return {tp.partition: consumer.watermarks(topic, tp.partition)[1] for tp in parts}
+    finally:
+        consumer.close()
+
+
+def committed(deployment: Deployment) -> dict[int, int]:
+    consumer = Consumer(deployment.kafka(), GROUP)
+    try:
+        parts = consumer.partitions_matching(f"^{re.escape(PREFIX)}\\.site-a$")
+        return {tp.partition: tp.offset for tp in consumer.committed(parts)}
+    finally:
+        consumer.close()
+
+
+def forget_group(deployment: Deployment) -> None:
+    """The top group starts over (a fresh sink must be filled from the start of the topics)."""
+    delete_group(deployment.kafka(), GROUP)
