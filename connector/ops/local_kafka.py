@@ -43,6 +43,10 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 #: Ports node K uses: client at P + PORTS_PER_NODE*(K-1), controller the port after it.
 PORTS_PER_NODE = 2
 
+#: JVM options for short runs and for nodes that share a machine: the quick compiler only and
+#: the single-threaded collector halve the CPU a start takes.
+_QUICK_JVM = ("-Xms64m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.cascade-connector</groupId>
@@ -266,19 +270,19 @@ class LocalKafka:
         running."""
         if node is not None and node not in self.node_ids:
             raise LocalKafkaError(f"no node {node}: this cluster has nodes 1 to {self.shape.nodes}")
-        stopped = False
-        for k in [node] if node is not None else self.node_ids:
-            pid = self._live_pid(k)
-            if pid is None:
-                continue
+        # All at once: stopped one by one, the last nodes would wait for a quorum that is gone.
+        pids = {k: self._live_pid(k) for k in ([node] if node is not None else self.node_ids)}
+        running = {k: pid for k, pid in pids.items() if pid is not None}
+        for pid in running.values():
             _signal_group(pid, signal.SIGTERM)
-            if not _wait_exit(pid, timeout):
+        deadline = time.monotonic() + timeout
+        for k, pid in running.items():
+            if not _wait_exit(pid, max(0.0, deadline - time.monotonic())):
                 _signal_group(pid, signal.SIGKILL)
                 if not _wait_exit(pid, 10.0):
                     raise LocalKafkaError(f"node {k} (pid {pid}) did not exit after SIGKILL")
             self._pid_file(k).unlink(missing_ok=True)
-            stopped = True
-        return stopped
+        return bool(running)
 
     def add_user(self, name: str, rotate: bool = False) -> Path:
         """Create SCRAM user `name` with a new random password (or, with `rotate`, give an
@@ -339,6 +343,7 @@ class LocalKafka:
                 continue
             command = [
                 java,
+                *_QUICK_JVM,
                 "-cp",
                 f"{libs}/*",
                 "kafka.tools.StorageTool",
@@ -394,18 +399,15 @@ class LocalKafka:
 
     def _spawn(self, node: int, java: str, libs: Path) -> subprocess.Popen[bytes]:
         directory = self.node_dir(node)
-        # Several nodes share this machine: a smaller heap each than a lone broker gets, and the
-        # quick compiler only, which halves their CPU at start-up.
+        # Several nodes share this machine: a smaller heap each than a lone broker gets, and a
+        # JVM that starts on half the CPU.
         alone = self.shape.nodes == 1
-        heap = (
-            ["-Xms256m", "-Xmx1g"] if alone else ["-Xms128m", "-Xmx512m", "-XX:TieredStopAtLevel=1"]
-        )
+        jvm = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC"] if alone else ["-Xmx512m", *_QUICK_JVM]
         with self.log_file(node).open("ab") as log:
             proc = subprocess.Popen(
                 [
                     java,
-                    *heap,
-                    "-XX:+UseG1GC",
+                    *jvm,
                     "-Djava.awt.headless=true",
                     f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
                     "-cp",
