@@ -27,6 +27,7 @@ from connector.errors import ConnectorError
 from connector.kafka.acls import ensure_acls, site_acls
 from connector.kafka.cluster import delete_group, under_replicated
 from connector.kafka.consumer import Consumer
+from connector.kafka.topics import ensure_site_topic
 from connector.ops import free_port, free_port_run
 from connector.ops.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
 from connector.sim import RunningSim, start_sim
@@ -49,18 +50,38 @@ class Deployment:
 
     def cli(self, name: str, user: str, *args: str, timeout: float = 60) -> Result:
         """Run `cascade-connector --config <user's settings> ARGS`, output to logs/<name>.log."""
+        return self.clis({name: (user, *args)}, timeout)[name]
+
+    def clis(self, runs: dict[str, tuple[str, ...]], timeout: float = 60) -> dict[str, Result]:
+        """Several `cli` runs side by side: name -> (user, *args)."""
         started = time.monotonic()
-        log = self.logs / f"{name}.log"
-        with log.open("w") as out:
-            proc = subprocess.run(
-                [sys.executable, "-m", "connector", "--config", str(self.settings[user]), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                timeout=timeout,
-                check=False,
-            )
-        return Result(proc.returncode, log.read_text(), time.monotonic() - started)
+        procs = {}
+        for name, (user, *args) in runs.items():
+            with (self.logs / f"{name}.log").open("w") as out:
+                procs[name] = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "connector",
+                        "--config",
+                        str(self.settings[user]),
+                        *args,
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                )
+        results = {}
+        for name, proc in procs.items():
+            try:
+                code = proc.wait(max(1.0, started + timeout - time.monotonic()))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            output = (self.logs / f"{name}.log").read_text()
+            results[name] = Result(code, output, time.monotonic() - started)
+        return results
 
     def kafka(self, user: str = ADMIN_USER) -> KafkaSettings:
         return load_settings(self.settings[user]).kafka
@@ -157,10 +178,7 @@ def test_site_credentials_publish_their_own_site_only(
     assert end_offsets(deployment, "site-a"), "site-a's topic holds site-a's records"
 
     # site-b's topic exists (its own poller may create it, here the administrator does).
-    made = deployment.cli(
-        "topics-ensure-site-b", ADMIN_USER, "topics", "ensure", "--site", "site-b"
-    )
-    assert made.returncode == 0, made.output
+    assert ensure_site_topic(deployment.kafka(), "site-b").created
     refused = deployment.cli(
         "produce-site-b-as-site-a", "site-a", "produce", "--site", "site-b", "--once", timeout=60
     )
@@ -179,12 +197,18 @@ def test_wrong_password_and_untrusted_ca_are_named(deployment: Deployment, tmp_p
     deployment.settings["wrong"] = wrong
     deployment.settings["untrusted"] = untrusted
 
-    out = deployment.cli("wrong-password", "wrong", "topics", "describe", "--site", "site-a")
-    assert out.returncode == 4
-    assert "site-a" in out.output and "authentication" in out.output
-    out = deployment.cli("untrusted-ca", "untrusted", "topics", "describe", "--site", "site-a")
-    assert out.returncode == 4
-    assert "certificate verify failed" in out.output and "ssl_ca_location" in out.output
+    out = deployment.clis(
+        {
+            "wrong-password": ("wrong", "topics", "describe", "--site", "site-a"),
+            "untrusted-ca": ("untrusted", "topics", "describe", "--site", "site-a"),
+        }
+    )
+    wrong_password, untrusted_ca = out["wrong-password"], out["untrusted-ca"]
+    assert wrong_password.returncode == 4
+    assert "site-a" in wrong_password.output and "authentication" in wrong_password.output
+    assert untrusted_ca.returncode == 4
+    assert "certificate verify failed" in untrusted_ca.output
+    assert "ssl_ca_location" in untrusted_ca.output
 
 
 def test_top_consumer_converges_into_postgresql(
@@ -313,17 +337,15 @@ def test_no_password_in_any_log_or_config_output(
         for user, path in deployment.settings.items()
         if user in (ADMIN_USER, *USERS)
     }
-    outputs = {
-        f"config of {user}": deployment.cli(f"config-{user}", user, "config").output
-        for user in (ADMIN_USER, *USERS)
-    }
+    runs = {f"config-{user}": (user, "config") for user in (ADMIN_USER, *USERS)}
+    outputs = {name: result.output for name, result in deployment.clis(runs).items()}
     logs = [*deployment.logs.glob("*.log"), *deployment.cluster.home.glob("**/kafka.log")]
     assert len(logs) >= 8
     outputs |= {str(path): path.read_text(errors="replace") for path in logs}
     for where, text in outputs.items():
         for user, password in passwords.items():
             assert password not in text, f"{user}'s password in {where}"
-    assert '"sasl_password": "**' in outputs["config of site-a"]
+    assert '"sasl_password": "**' in outputs["config-site-a"]
 
 
 class Churn:
