@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from connector.config import KafkaSettings
-from connector.errors import KafkaError, LocalKafkaError
-from connector.kafka.cluster import broker_ids
+from connector.errors import LocalKafkaError
+from connector.kafka.admin import broker_answers
 from connector.ops.local_kafka import LocalKafka
 
 
@@ -24,10 +23,8 @@ from connector.ops.local_kafka import LocalKafka
 def kafka_bootstrap() -> str:
     bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
     if bootstrap:
-        try:
-            broker_ids(KafkaSettings(bootstrap=bootstrap), timeout=10.0)
-        except KafkaError as exc:
-            pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer: {exc}")
+        if not broker_answers(bootstrap, timeout=10.0):
+            pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request")
         return bootstrap
     try:
         return LocalKafka().start(echo=False)

@@ -26,10 +26,10 @@ from confluent_kafka.admin._acl import (
 )
 from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 
-from connector.config import KafkaSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.errors import connected_admin, not_authorized
 from connector.kafka.reader import READER_GROUP
+from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import site_topic
 
 #: Seconds an ACL request may take before it counts as Kafka trouble.

@@ -14,8 +14,8 @@ from confluent_kafka.admin._scram import (
     UserScramCredentialUpsertion,
 )
 
-from connector.config import KafkaSettings
 from connector.kafka.errors import admin_result
+from connector.kafka.settings import KafkaSettings
 
 #: SCRAM iterations of a new credential (Kafka's minimum for SHA-512 is 4096).
 SCRAM_ITERATIONS = 8192

@@ -16,9 +16,9 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import new_client
+from connector.kafka.client import new_client
+from connector.kafka.settings import KafkaSettings
 
 #: Seconds to reach the cluster and authenticate before that counts as Kafka trouble.
 CONNECT_TIMEOUT = 30.0

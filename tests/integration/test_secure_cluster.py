@@ -31,6 +31,7 @@ from connector.kafka.topics import ensure_site_topic
 from connector.ops import free_port, free_port_run
 from connector.ops.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
 from connector.sim import RunningSim, start_sim
+from tests.support import wait_for
 
 KINDS = ("server", "volume", "port")
 USERS = ("site-a", "site-b", "top")
@@ -273,9 +274,9 @@ def test_brokers_stop_and_start_under_load_without_losing_a_record(
         poller = f"http://127.0.0.1:{poller_port}/metrics"
         consumer = f"http://127.0.0.1:{consumer_port}/metrics"
         wait_for(
+            live(procs, lambda: scrape(consumer, "cascade_consumer_records_total") > 0),
+            90,
             "the live consumer to apply records",
-            procs.check_alive,
-            lambda: scrape(consumer, "cascade_consumer_records_total") > 0,
         )
         churn.start()
 
@@ -283,12 +284,15 @@ def test_brokers_stop_and_start_under_load_without_losing_a_record(
             published = produced(poller)
             applied = scrape(consumer, "cascade_consumer_records_total")
             wait_for(
-                "the poller and consumer to go on",
-                procs.check_alive,
-                lambda: (
-                    produced(poller) > published
-                    and scrape(consumer, "cascade_consumer_records_total") > applied
+                live(
+                    procs,
+                    lambda: (
+                        produced(poller) > published
+                        and scrape(consumer, "cascade_consumer_records_total") > applied
+                    ),
                 ),
+                90,
+                "the poller and consumer to go on",
             )
 
         cluster = deployment.cluster
@@ -296,31 +300,36 @@ def test_brokers_stop_and_start_under_load_without_losing_a_record(
         keeps_going()
         cluster.start(node=2)
         wait_for(
+            live(procs, lambda: not under_replicated(deployment.kafka(), timeout=5)),
+            90,
             "node 2 to be back in every ISR",
-            procs.check_alive,
-            lambda: not under_replicated(deployment.kafka(), timeout=5),
         )
         cluster.stop(node=3)
         keeps_going()
         churn.stop()
 
         wait_for(
+            live(procs, lambda: compare(deployment.truth("site-a"), sink.statuses()).equal),
+            90,
             "the sink to equal the truth",
-            procs.check_alive,
-            lambda: compare(deployment.truth("site-a"), sink.statuses()).equal,
         )
         # Every record the poller had acknowledged is in the topic once (idempotence: no
         # duplicates) and committed by the consumer.
         wait_for(
+            live(
+                procs,
+                lambda: (
+                    sum(end_offsets(deployment, "site-a").values()) - before == produced(poller)
+                ),
+            ),
+            90,
             "the topic to hold exactly what the poller published",
-            procs.check_alive,
-            lambda: sum(end_offsets(deployment, "site-a").values()) - before == produced(poller),
         )
         assert scrape(poller, "cascade_site_produce_errors_total") == 0
         wait_for(
+            live(procs, lambda: committed(deployment) == end_offsets(deployment, "site-a")),
+            90,
             "the consumer to commit everything",
-            procs.check_alive,
-            lambda: committed(deployment) == end_offsets(deployment, "site-a"),
         )
         assert churn.changes > 0
     finally:
@@ -371,20 +380,18 @@ class Churn:
             self._stop.wait(0.2)
 
 
-def wait_for(
-    what: str, check: Callable[[], None], condition: Callable[[], bool], timeout: float = 90
-) -> None:
-    """Wait until `condition()`, calling `check` (raises if a child died) between tries."""
-    deadline = time.monotonic() + timeout
-    while True:
+def live(procs: Processes, condition: Callable[[], bool]) -> Callable[[], bool]:
+    """`condition` for wait_for, raising at once if a child died; a metrics port not open yet
+    or a broker moving counts as "not yet"."""
+
+    def check() -> bool:
+        procs.check_alive()
         try:
-            if condition():
-                return
+            return condition()
         except (OSError, ConnectorError):
-            pass  # a metrics port not yet open, a broker moving: try again
-        check()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+            return False
+
+    return check
 
 
 def scrape(url: str, name: str) -> float:
