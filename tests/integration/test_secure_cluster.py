@@ -84,6 +84,18 @@ class Deployment:
             results[name] = Result(code, output, time.monotonic() - started)
         return results
 
+    def local_kafka(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`cascade-connector local-kafka --port P --state-dir S ARGS` on this cluster."""
+        command = ["local-kafka", "--port", str(self.cluster.port)]
+        command += ["--state-dir", str(self.cluster.state_dir), *args]
+        return subprocess.run(
+            [sys.executable, "-m", "connector", *command],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
     def kafka(self, user: str = ADMIN_USER) -> KafkaSettings:
         return load_settings(self.settings[user]).kafka
 
@@ -295,16 +307,18 @@ def test_brokers_stop_and_start_under_load_without_losing_a_record(
                 "the poller and consumer to go on",
             )
 
-        cluster = deployment.cluster
-        cluster.stop(node=2)
+        assert deployment.local_kafka("stop", "--node", "2").stdout.strip() == "stopped"
         keeps_going()
-        cluster.start(node=2)
+        assert deployment.local_kafka("start", "--node", "2").returncode == 0
         wait_for(
             live(procs, lambda: not under_replicated(deployment.kafka(), timeout=5)),
             90,
             "node 2 to be back in every ISR",
         )
-        cluster.stop(node=3)
+        assert deployment.local_kafka("stop", "--node", "3").stdout.strip() == "stopped"
+        status = deployment.local_kafka("status")
+        assert status.returncode == 1 and "node 3: not running" in status.stdout
+        assert re.search(r"node 2: running pid \d+, answering", status.stdout)
         keeps_going()
         churn.stop()
 
