@@ -252,7 +252,10 @@ def _admin(kafka: KafkaSettings) -> AdminClient:
 
 
 def _broker_count(admin: AdminClient) -> int:
-    return len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
+    try:
+        return len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
+    except confluent_kafka.KafkaException as exc:
+        raise KafkaError(f"cannot count the brokers: {exc.args[0].str()}") from exc
 
 
 def _wait(kafka: KafkaSettings, future: Future[Any], what: str) -> Any:
