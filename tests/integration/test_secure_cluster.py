@@ -24,7 +24,13 @@ from connector.config import KafkaSettings, load_settings
 from connector.demo.observe import SinkReader, compare, metric_total, truth
 from connector.demo.processes import Processes, child_env, http_json, http_text
 from connector.errors import ConnectorError
-from connector.kafka.acls import ensure_acls, site_acls
+from connector.kafka.acls import (
+    AclDriftError,
+    consumer_acls,
+    describe_acls,
+    ensure_acls,
+    site_acls,
+)
 from connector.kafka.cluster import delete_group, under_replicated
 from connector.kafka.consumer import Consumer
 from connector.kafka.topics import ensure_site_topic
@@ -222,6 +228,34 @@ def test_wrong_password_and_untrusted_ca_are_named(deployment: Deployment, tmp_p
     assert untrusted_ca.returncode == 4
     assert "certificate verify failed" in untrusted_ca.output
     assert "ssl_ca_location" in untrusted_ca.output
+
+
+def test_acl_drift_is_reported_then_fixed(deployment: Deployment) -> None:
+    admin = deployment.kafka()
+    principal = "User:drifting"
+    as_site = site_acls(admin, principal, "site-a")
+    assert ensure_acls(admin, as_site).created == as_site
+    as_consumer = consumer_acls(admin, principal, GROUP, "cascade.deadletter")
+    with pytest.raises(AclDriftError) as drift:
+        ensure_acls(admin, as_consumer)
+    assert drift.value.report.missing == sorted(set(as_consumer) - set(as_site))
+    assert drift.value.report.extra == sorted(set(as_site) - set(as_consumer))
+    fixed = deployment.cli(
+        "acls-fix",
+        ADMIN_USER,
+        "acls",
+        "ensure",
+        "--consumer",
+        "--group",
+        GROUP,
+        "--principal",
+        principal,
+        "--fix",
+    )
+    assert fixed.returncode == 0, fixed.output
+    assert "added: ALLOW User:drifting READ on group cascade-top" in fixed.output
+    assert "removed: ALLOW User:drifting WRITE on topic cascade.status.site-a" in fixed.output
+    assert describe_acls(admin, principal) == as_consumer
 
 
 def test_top_consumer_converges_into_postgresql(
