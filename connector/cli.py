@@ -356,14 +356,28 @@ def local_kafka_status(broker: Any) -> None:
     default=None,
     help="Batches (sink calls) per second at most.",
 )
-@click.option("--batch-size", type=int, default=None, help="Records per batch at most.")
+@click.option("--batch-size", type=int, default=None, help="Changes per sink call at most.")
 @click.option(
     "--batch-wait",
     "batch_wait_ms",
     type=int,
     default=None,
     metavar="MS",
-    help="Milliseconds a batch waits for more records.",
+    help="Milliseconds a site's window stays open at least [default 500].",
+)
+@click.option(
+    "--max-window-wait",
+    "max_window_wait_ms",
+    type=int,
+    default=None,
+    metavar="MS",
+    help="Milliseconds a storming site's window stays open at most [default 30000].",
+)
+@click.option(
+    "--max-pending-keys",
+    type=int,
+    default=None,
+    help="Keys waiting in memory before reading pauses [default 200000].",
 )
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
@@ -384,11 +398,13 @@ def consume(
     max_batches_per_second: float | None,
     batch_size: int | None,
     batch_wait_ms: int | None,
+    max_window_wait_ms: int | None,
+    max_pending_keys: int | None,
     dead_letter_topic: str | None,
     metrics_port: int | None,
     until_idle: bool,
 ) -> None:
-    """Apply every site topic to the sink in batches, at a controlled rate."""
+    """Apply every site topic to the sink, coalesced per site, at a controlled rate."""
     from connector.top.service import run_consumer
 
     settings = obj.settings(
@@ -401,6 +417,8 @@ def consume(
                 "max_batches_per_second": max_batches_per_second,
                 "batch_size": batch_size,
                 "batch_wait_ms": batch_wait_ms,
+                "max_window_wait_ms": max_window_wait_ms,
+                "max_pending_keys": max_pending_keys,
                 "dead_letter_topic": dead_letter_topic,
                 "metrics_port": metrics_port,
             },
