@@ -509,6 +509,14 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
 )
 @click.option("--storm-seconds", type=click.FloatRange(1, 300), default=10.0, show_default=True)
 @click.option(
+    "--storm-changed",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    metavar="FRACTION",
+    help="Fraction of the storm's objects that end in another status than they started in.",
+)
+@click.option(
     "--max-rate",
     type=click.FloatRange(1),
     default=10_000.0,
@@ -541,6 +549,7 @@ def demo(
     ports: int,
     storm_flaps: int,
     storm_seconds: float,
+    storm_changed: float,
     max_rate: float,
     interval: float,
     bootstrap: str | None,
@@ -558,6 +567,7 @@ def demo(
         ports=ports,
         storm_flaps=storm_flaps,
         storm_seconds=storm_seconds,
+        storm_changed=storm_changed,
         max_rate=max_rate,
         interval=interval,
         bootstrap=bootstrap,

@@ -281,6 +281,7 @@ class TopConsumer:
             change = e.change
             if isinstance(change, StatusRecord) and change.is_heartbeat:
                 self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self._metrics.heartbeats_applied.inc()
 
     def _finish_windows(self) -> None:
         """Commit every closed window applied in full, once its dead letters are delivered."""

@@ -75,6 +75,11 @@ class ConsumerMetrics:
             "Rows (objects) changed in the sink.",
             registry=registry,
         )
+        self.heartbeats_applied = Counter(
+            "cascade_consumer_heartbeats_applied",
+            "Site heartbeats handed to the sink (each one a row of site_heartbeat).",
+            registry=registry,
+        )
         self.batches = Counter(
             "cascade_consumer_batches",
             "Sink calls by outcome: applied, or backpressure (the sink asked to slow down).",
