@@ -124,13 +124,30 @@ def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]
     type=click.FloatRange(min=0),
     help="Heartbeat age in seconds from which a site is stale.",
 )
+@click.option(
+    "--consumer",
+    "consumers",
+    multiple=True,
+    metavar="URL",
+    help="A top consumer's /metrics URL (repeat for every member): adds the changes pending "
+    "per site and the age of the oldest.",
+)
 @click.pass_obj
-def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: float) -> None:
-    """Objects per site, kind and status, and each site's heartbeat age; exit 1 if one is stale."""
+def status(
+    obj: _Context,
+    sink_url: str | None,
+    site: str | None,
+    stale_after: float,
+    consumers: tuple[str, ...],
+) -> None:
+    """Objects per site, kind and status, and each site's heartbeat age (and, with --consumer,
+    what waits for it); exit 1 if a site is stale."""
     from connector.sinks.status import read_status
+    from connector.top.metrics import read_pending
 
     settings = obj.settings({"sink": {"url": sink_url}})
-    report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+    pending = read_pending(consumers) if consumers else None
+    report = read_status(settings.sink.url, site=site, stale_after=stale_after, pending=pending)
     click.echo(report.render())
     sys.exit(1 if report.stale_sites else 0)
 

@@ -52,6 +52,9 @@ IDLE_CHECK_SECONDS = 1.0
 #: The longest one poll waits, so stops, window closes and metrics are never late by more.
 MAX_POLL_SECONDS = 0.5
 
+#: Records decoded between two looks at whether a sink call is due.
+CALL_CHECK_EVERY = 64
+
 #: Once over the pending-keys cap, partitions stay paused until pending keys fall this far
 #: below it, so they are not paused and resumed on every poll.
 RESUME_FRACTION = 0.9
@@ -109,6 +112,8 @@ class TopConsumer:
         self.max_per_second = 0  #: the most changes released within any one second
         self.assign_events = 0  #: rebalances that gave this member partitions
         self._sink_backoff_until = 0.0
+        self._last_call_end = 0.0
+        self._last_call_took = 0.0
         self._over_cap = False
         self._next_idle_check = 0.0
         self._next_snapshot = 0.0
@@ -138,7 +143,7 @@ class TopConsumer:
         """One turn of the loop; True when it found nothing to do."""
         now = time.monotonic()
         self._close_windows(now)
-        ready = any(q.closed is not None and q.closed.remaining for q in self._sites.values())
+        ready = self._ready()
         hold = max(self._limiter.delay(), self._sink_backoff_until - now) if ready else 0.0
         timeout = hold if ready else self._until_a_window_closes(now)
         started = time.monotonic()
@@ -151,7 +156,7 @@ class TopConsumer:
             else:
                 self._metrics.rate_limited_seconds.inc(waited)
         self._take(messages)
-        if ready and self._may_call():
+        if self._ready() and self._may_call(reading=bool(messages)):
             self._call()
         self._finish_windows()
         self._enforce_cap()
@@ -197,13 +202,25 @@ class TopConsumer:
             self._metrics.skipped.inc(closed.skipped)
             self._metrics.coalesced.inc(merged)
 
-    def _may_call(self) -> bool:
-        return time.monotonic() >= self._sink_backoff_until and self._limiter.delay() <= 0
+    def _ready(self) -> bool:
+        return any(q.closed is not None and q.closed.remaining for q in self._sites.values())
+
+    def _may_call(self, reading: bool) -> bool:
+        """Whether the next sink call may go now. While there is also reading to do, reading
+        gets at least as much of the thread as the last call took, so windows keep filling
+        while a slow sink applies."""
+        now = time.monotonic()
+        if reading and now - self._last_call_end < self._last_call_took:
+            return False
+        return now >= self._sink_backoff_until and self._limiter.delay() <= 0
 
     def _take(self, messages: list[Any]) -> None:
         now = time.monotonic()
         rewound: set[Partition] = set()
-        for msg in messages:
+        for i, msg in enumerate(messages):
+            if i % CALL_CHECK_EVERY == 0 and i and self._ready() and self._may_call(reading=True):
+                # Decoding a large poll takes a while: the calls due meanwhile go on time.
+                self._call()
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             tp = (topic, partition)
             if tp in rewound:
@@ -263,7 +280,9 @@ class TopConsumer:
             self._metrics.batches.labels("backpressure").inc()
             self._sink_backoff_until = time.monotonic() + exc.retry_after
             return
-        self._metrics.apply_seconds.observe(time.monotonic() - started)
+        self._last_call_end = time.monotonic()
+        self._last_call_took = self._last_call_end - started
+        self._metrics.apply_seconds.observe(self._last_call_took)
         self._metrics.batches.labels("applied").inc()
         self._metrics.rows_applied.inc(result.written)
         self._limiter.release(len(entries))

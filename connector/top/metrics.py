@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from urllib.error import URLError
+from urllib.request import urlopen
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from connector.errors import ConnectorError
+
+PENDING = "cascade_consumer_site_pending_changes"
+OLDEST_PENDING = "cascade_consumer_site_oldest_pending_seconds"
 
 
 class _HeartbeatAges(Collector):
@@ -38,12 +46,12 @@ class _Pending(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         pending = GaugeMetricFamily(
-            "cascade_consumer_site_pending_changes",
+            PENDING,
             "Changes read from the site and not yet applied (one per key).",
             labels=["site"],
         )
         oldest = GaugeMetricFamily(
-            "cascade_consumer_site_oldest_pending_seconds",
+            OLDEST_PENDING,
             "Seconds the site's oldest pending change has waited since it was read (0: none).",
             labels=["site"],
         )
@@ -146,3 +154,26 @@ class ConsumerMetrics:
         registry.register(self.heartbeats)
         self.pending = _Pending()
         registry.register(self.pending)
+
+
+def read_pending(urls: Iterable[str], timeout: float = 5.0) -> dict[str, tuple[int, float]]:
+    """Per site, (changes pending, seconds the oldest has waited) as the consumers serving
+    these /metrics URLs report it, summed over members (the oldest: the oldest of any)."""
+    out: dict[str, tuple[int, float]] = {}
+    for url in urls:
+        try:
+            with urlopen(url, timeout=timeout) as response:
+                text = response.read().decode()
+        except (URLError, OSError, ValueError) as exc:
+            raise ConnectorError(f"cannot read the consumer's metrics at {url}: {exc}") from exc
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                site = sample.labels.get("site")
+                if site is None or sample.name not in (PENDING, OLDEST_PENDING):
+                    continue
+                count, age = out.get(site, (0, 0.0))
+                if sample.name == PENDING:
+                    out[site] = (count + int(sample.value), age)
+                else:
+                    out[site] = (count, max(age, sample.value))
+    return out
