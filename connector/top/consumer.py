@@ -52,6 +52,9 @@ IDLE_CHECK_SECONDS = 1.0
 #: The longest one poll waits, so stops, window closes and metrics are never late by more.
 MAX_POLL_SECONDS = 0.5
 
+#: The least share of the thread reading gets while sink calls are also due.
+READ_SHARE = 0.25
+
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
 
@@ -207,10 +210,11 @@ class TopConsumer:
 
     def _may_call(self, reading: bool) -> bool:
         """Whether the next sink call may go now. While there is also reading to do, reading
-        gets at least as much of the thread as the last call took, so windows keep filling
-        while a slow sink applies."""
+        gets at least READ_SHARE of the thread, so windows keep filling while a slow sink
+        applies (and the top layer, the scarce one, gets the rest)."""
         now = time.monotonic()
-        if reading and now - self._last_call_end < self._last_call_took:
+        reading_due = self._last_call_took * READ_SHARE / (1 - READ_SHARE)
+        if reading and now - self._last_call_end < reading_due:
             return False
         return now >= self._sink_backoff_until and self._limiter.delay() <= 0
 
