@@ -313,7 +313,7 @@ class Demo:
             ("records published (incl. heartbeats)", f"{after.published - before.published:,.0f}"),
             ("records committed at the top", f"{after.consumed - before.consumed:,.0f}"),
             (
-                "records left after per-batch coalescing",
+                "records left after coalescing in windows",
                 f"{(after.consumed - before.consumed) - (after.coalesced - before.coalesced):,.0f}",
             ),
             ("rows written to the top layer", f"{rows:,.0f} ({beats:,.0f} of them heartbeats)"),

@@ -2,12 +2,13 @@
 
 One thread drives everything, and it never stops polling. What it reads goes into its site's
 filling window (the last change per key). A window closes once the window before it is applied,
-it is `--batch-wait` old, and the changes it absorbed could have been applied by now at the rate
-limit (or it is `--max-window-wait` old): while a site storms faster than the top layer takes
-changes, its window keeps absorbing, so the slower the top layer the stronger the collapse. A
-closed window drops what the top layer already holds (see `window.Applied`), then goes out in
-sink calls the rate limit allows, each call's room shared between sites by `FairShare`. Once all
-of a window is applied and its dead letters delivered, exactly its offsets are committed.
+it is `--batch-wait` old, its partitions are read to their ends, and the changes it absorbed
+could have been applied by now at the rate limit (or it is `--max-window-wait` old): while a
+site storms faster than the top layer takes changes, its window keeps absorbing, so the slower
+the top layer the stronger the collapse. A closed window drops what the top layer already holds
+(see `window.Applied`), then goes out in sink calls the rate limit allows, each call's room
+shared between sites by `FairShare`. Once all of a window is applied and its dead letters
+delivered, exactly its offsets are committed.
 
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
@@ -199,11 +200,26 @@ class TopConsumer:
             at = self._closes_at(q)
             if q.closed is not None or at is None or at > now:
                 continue
+            opened = q.filling.opened
+            young = opened is not None and now - opened < self._policy.max_wait
+            if young and not q.held and self._behind(q):
+                # A backlog is read to its end before its window closes, so it collapses
+                # whole (memory stays within --max-pending-keys).
+                continue
             merged = q.filling.merged
             closed = q.close(self._applied, self._priority)
             self._metrics.windows.inc()
             self._metrics.skipped.inc(closed.skipped)
             self._metrics.coalesced.inc(merged)
+
+    def _behind(self, q: SiteQueue) -> bool:
+        """True while more records are known to wait in Kafka for a partition of `q`'s window
+        (from the high watermarks of the last fetches)."""
+        for (topic, partition), last in q.filling.last.items():
+            _low, high = self._consumer.watermarks(topic, partition, cached=True)
+            if high > last + 1:
+                return True
+        return False
 
     def _ready(self) -> bool:
         return any(q.closed is not None and q.closed.remaining for q in self._sites.values())
