@@ -25,10 +25,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from connector.errors import KafkaError
+from connector.kafka import Message
 from connector.kafka.consumer import Consumer
+from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
@@ -41,7 +42,7 @@ from connector.top.window import Applied, Partition, Pending, SiteQueue, fingerp
 log = logging.getLogger(__name__)
 
 #: Turns one consumed Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[Any], Change]
+Decoder = Callable[[Message], Change]
 
 #: How long to wait before reading again what needed an unanswering schema registry, and before
 #: retrying dead letters that could not be delivered.
@@ -131,17 +132,13 @@ class TopConsumer:
     def run(self, until_idle: bool = False) -> None:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
-        self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
-        try:
+        # A failing close or flush must not hide why the loop ended.
+        with cleanup_after(self._consumer.close, self._dlq.close):
+            self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
                 if self._step() and until_idle and self._group_caught_up():
                     log.info("every site partition is applied and committed to its end")
                     return
-        finally:
-            try:
-                self._consumer.close()
-            finally:
-                self._dlq.close()
 
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""
@@ -234,7 +231,7 @@ class TopConsumer:
             return False
         return now >= self._sink_backoff_until and self._limiter.delay() <= 0
 
-    def _take(self, messages: list[Any]) -> None:
+    def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
         rewound: set[Partition] = set()
         for i, msg in enumerate(messages):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from connector.errors import KafkaError
+from connector.kafka import KafkaException
 from connector.kafka.producer import Producer
 from connector.top.metrics import ConsumerMetrics
 
@@ -73,7 +74,7 @@ class DeadLetterQueue:
                     },
                 )
             self._producer.flush(30.0)
-        except KafkaError as exc:
+        except (KafkaError, KafkaException) as exc:
             failures.append(str(exc))
         if failures:
             self._producer.purge()
