@@ -115,6 +115,7 @@ class TopConsumer:
         self._letters_retry: dict[str, float] = {}
         self._released: deque[tuple[float, int]] = deque()
         self.max_per_second = 0  #: the most changes released within any one second
+        self.max_pending = 0  #: the most keys pending at once (over all sites)
         self.assign_events = 0  #: rebalances that gave this member partitions
         self._sink_backoff_until = 0.0
         self._last_call_end = 0.0
@@ -376,6 +377,7 @@ class TopConsumer:
         cap = self._policy.max_pending_keys
         pending = {topic: q.pending for topic, q in self._sites.items()}
         total = sum(pending.values())
+        self.max_pending = max(self.max_pending, total)
         if total >= cap:
             busy = [n for n in pending.values() if n]
             share = total / len(busy)

@@ -498,3 +498,27 @@ def test_a_second_member_joining_mid_window_converges(
         for k in range(keys)
     }
     assert sink_state(db) == expected
+
+
+def test_pending_keys_stay_near_the_cap_and_the_member_stays(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Past --max-pending-keys the busiest site's partitions are paused, polling goes on (no
+    eviction), and a quiet site is read on."""
+    db = tmp_path / "top.sqlite"
+    cap, poll = 300, 100
+    settings = settings_for(
+        kafka_bootstrap, unique_name, db, max_rate=2000.0, max_pending_keys=cap, batch_size=poll
+    )
+    loud, quiet = (f"{settings.kafka.topic_prefix}.{s}" for s in ("loud", "quiet"))
+    create_topic(kafka_bootstrap, loud, partitions=2)
+    create_topic(kafka_bootstrap, quiet, partitions=1)
+    publish(kafka_bootstrap, loud, (record("loud", k, k + 1) for k in range(1500)))
+    publish(kafka_bootstrap, quiet, (record("quiet", k, k + 1) for k in range(50)))
+    loop = run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()))
+    # One poll may land after the cap was reached, before the pause.
+    assert cap <= loop.max_pending <= cap + 2 * poll
+    assert loop.assign_events == 1, "the member was evicted or rebalanced while paused"
+    state = sink_state(db)
+    assert sum(1 for k in state if k[0] == "loud") == 1500
+    assert sum(1 for k in state if k[0] == "quiet") == 50
