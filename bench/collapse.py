@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--max-rate", type=float, default=1000.0)
     parser.add_argument("--rss-records", type=int, default=1_000_000)
     parser.add_argument("--rss-keys", type=int, default=100_000)
+    parser.add_argument("--only", choices=["collapse", "rss"], default=None)
     args = parser.parse_args()
     if args.quick:
         args.keys, args.changed = args.keys // 10, args.changed // 10
@@ -236,13 +237,15 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="cascade-collapse-") as tmp:
         workdir = Path(tmp)
-        print("SQLite:")
-        collapse(bootstrap, f"sqlite:///{workdir / 'top.sqlite'}", args)
-        with LocalPostgres(durable=True) as postgres:
-            print("PostgreSQL:")
-            collapse(bootstrap, postgres.url, args)
-        print("consumer memory:")
-        peak_rss(bootstrap, args.rss_records, args.rss_keys, workdir)
+        if args.only != "rss":
+            print("SQLite:")
+            collapse(bootstrap, f"sqlite:///{workdir / 'top.sqlite'}", args)
+            with LocalPostgres(durable=True) as postgres:
+                print("PostgreSQL:")
+                collapse(bootstrap, postgres.url, args)
+        if args.only != "collapse":
+            print("consumer memory:")
+            peak_rss(bootstrap, args.rss_records, args.rss_keys, workdir)
 
 
 if __name__ == "__main__":
