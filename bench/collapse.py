@@ -121,7 +121,7 @@ def settings_for(bootstrap: str, url: str, **consumer: object) -> Settings:
             "sink": {"url": url},
             "consumer": {
                 "group": f"bench-collapse-{run}",
-                "dead_letter_topic": f"bench.collapse.{run}.dlq",
+                "dead_letter_topic": f"bench.collapse-dlq.{run}",
                 **consumer,
             },
         }

@@ -56,6 +56,7 @@ class Scenario:
         self.workdir = workdir
         run = uuid.uuid4().hex[:8]
         self.prefix = f"bench.fair.{run}.status"
+        self.dead_letters = f"bench.fair.{run}.deadletter"
         self.group = f"bench-fair-{run}"
         self.sink_url = f"sqlite:///{workdir / 'top.sqlite'}"
         self.procs = Processes(
@@ -110,7 +111,7 @@ class Scenario:
             *flags(
                 sink=self.sink_url,
                 group=self.group,
-                dead_letter_topic=f"{self.prefix}.deadletter",
+                dead_letter_topic=self.dead_letters,
                 max_rate=a.max_rate,
                 metrics_port=port,
             ),
