@@ -37,7 +37,7 @@ from connector.demo.processes import Processes, child_env, http_json, http_text,
 from connector.demo.run import KINDS, flags
 from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
-from connector.sinks.sql import create_engine
+from connector.sinks.sql import create_engine, resource_status
 
 SAMPLE_SECONDS = 0.5
 RESYNC_SECONDS = 20.0
@@ -203,13 +203,14 @@ class Scenario:
         """Delays of the quiet sites' rows applied since `since`; returns the newest applied_at."""
         if not sites:
             return since
-        query = sa.text(
-            "SELECT site, source_updated_at, applied_at FROM resource_status "
-            "WHERE applied_at > :since AND source_updated_at IS NOT NULL AND kind <> 'site'"
+        rs = resource_status
+        # Through the table, so both databases hand back datetimes.
+        query = sa.select(rs.c.site, rs.c.source_updated_at, rs.c.applied_at).where(
+            rs.c.applied_at > since, rs.c.source_updated_at.is_not(None), rs.c.kind != "site"
         )
         newest = since
         with engine.connect() as conn:
-            for row in conn.execute(query, {"since": since}):
+            for row in conn.execute(query):
                 if row.site not in sites:
                     continue
                 applied = _utc(row.applied_at)
