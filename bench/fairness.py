@@ -67,6 +67,7 @@ class Scenario:
         )
         self.sims: dict[str, str] = {}
         self.metrics = ""
+        self.churn_started = datetime.now(UTC)
 
     def start(self) -> None:
         a = self.args
@@ -136,7 +137,7 @@ class Scenario:
             churn = a.baseline + a.storm_seconds + CHURN_AFTER
             for site in quiet:
                 http_json(f"{self.sims[site]}/_sim/churn", {"rate": a.quiet_rate, "seconds": churn})
-            since = datetime.now(UTC)
+            since = self.churn_started = datetime.now(UTC)
             delays: dict[str, list[float]] = {"before": [], "storm": []}
             oldest: dict[str, float] = {}
             most = 0.0
@@ -213,9 +214,12 @@ class Scenario:
             for row in conn.execute(query):
                 if row.site not in sites:
                     continue
-                applied = _utc(row.applied_at)
-                out.append((applied - _utc(row.source_updated_at)).total_seconds())
+                applied, changed = _utc(row.applied_at), _utc(row.source_updated_at)
                 newest = max(newest, applied)
+                # Only changes the churn made; a row written for an older change (a resync
+                # after a deletion, say) says nothing of the delay.
+                if changed >= self.churn_started.replace(microsecond=0):
+                    out.append((applied - changed).total_seconds())
         return newest
 
     def _report(
