@@ -103,6 +103,8 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
+        # Exported so a dashboard can draw rows/s against the limit.
+        metrics.max_rate.set(limiter.max_rate or 0)
         self._priority = {kind: i for i, kind in enumerate(policy.kind_priority)}
         self._fair = FairShare(policy.site_weights)
         self._sites: dict[str, SiteQueue] = {}  #: by topic

@@ -150,6 +150,11 @@ class ConsumerMetrics:
             "Changes not written because the top layer already holds their content.",
             registry=registry,
         )
+        self.max_rate = Gauge(
+            "cascade_consumer_max_rate",
+            "The rate limit (consumer.max_rate): changes per second to the sink at most; 0: none.",
+            registry=registry,
+        )
         self.heartbeats = _HeartbeatAges()
         registry.register(self.heartbeats)
         self.pending = _Pending()
