@@ -132,18 +132,35 @@ def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]
     type=click.FloatRange(min=0),
     help="Heartbeat age in seconds from which a site is stale.",
 )
+@click.option(
+    "--consumer",
+    "consumers",
+    multiple=True,
+    metavar="URL",
+    help="A top consumer's /metrics URL (repeat for every member): adds the changes pending "
+    "per site and the age of the oldest.",
+)
 @click.pass_obj
-def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: float) -> None:
-    """Objects per site, kind and status, and each site's heartbeat age.
+def status(
+    obj: _Context,
+    sink_url: str | None,
+    site: str | None,
+    stale_after: float,
+    consumers: tuple[str, ...],
+) -> None:
+    """Objects per site, kind and status, and each site's heartbeat age (and, with --consumer,
+    what waits for it).
 
     Exit 0 when every site is fresh, 1 when one is stale, 2 for bad settings, 3 when the sink
     cannot be read (unreachable, no such database): a probe can tell "stale" from "broken"."""
     from connector.sinks import SinkBackpressureError, SinkError
     from connector.sinks.status import read_status
+    from connector.top.metrics import read_pending
 
     settings = obj.settings({"sink": {"url": sink_url}})
+    pending = read_pending(consumers) if consumers else None
     try:
-        report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+        report = read_status(settings.sink.url, site=site, stale_after=stale_after, pending=pending)
     except (SinkError, SinkBackpressureError) as exc:
         click.echo(redact_text(f"error: {exc}"), err=True)
         sys.exit(STATUS_UNREADABLE)
@@ -509,14 +526,28 @@ def acls_describe(
     default=None,
     help="Batches (sink calls) per second at most.",
 )
-@click.option("--batch-size", type=int, default=None, help="Records per batch at most.")
+@click.option("--batch-size", type=int, default=None, help="Changes per sink call at most.")
 @click.option(
     "--batch-wait",
     "batch_wait_ms",
     type=int,
     default=None,
     metavar="MS",
-    help="Milliseconds a batch waits for more records.",
+    help="Milliseconds a site's window stays open at least [default 500].",
+)
+@click.option(
+    "--max-window-wait",
+    "max_window_wait_ms",
+    type=int,
+    default=None,
+    metavar="MS",
+    help="Milliseconds a storming site's window stays open at most [default 30000].",
+)
+@click.option(
+    "--max-pending-keys",
+    type=int,
+    default=None,
+    help="Keys waiting in memory before reading pauses [default 200000].",
 )
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
@@ -537,11 +568,13 @@ def consume(
     max_batches_per_second: float | None,
     batch_size: int | None,
     batch_wait_ms: int | None,
+    max_window_wait_ms: int | None,
+    max_pending_keys: int | None,
     dead_letter_topic: str | None,
     metrics_port: int | None,
     until_idle: bool,
 ) -> None:
-    """Apply every site topic to the sink in batches, at a controlled rate."""
+    """Apply every site topic to the sink, coalesced per site, at a controlled rate."""
     from connector.top.service import run_consumer
 
     settings = obj.settings(
@@ -554,6 +587,8 @@ def consume(
                 "max_batches_per_second": max_batches_per_second,
                 "batch_size": batch_size,
                 "batch_wait_ms": batch_wait_ms,
+                "max_window_wait_ms": max_window_wait_ms,
+                "max_pending_keys": max_pending_keys,
                 "dead_letter_topic": dead_letter_topic,
                 "metrics_port": metrics_port,
             },
@@ -644,6 +679,14 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
 )
 @click.option("--storm-seconds", type=click.FloatRange(1, 300), default=10.0, show_default=True)
 @click.option(
+    "--storm-changed",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    metavar="FRACTION",
+    help="Fraction of the storm's objects that end in another status than they started in.",
+)
+@click.option(
     "--max-rate",
     type=click.FloatRange(1),
     default=10_000.0,
@@ -676,6 +719,7 @@ def demo(
     ports: int,
     storm_flaps: int,
     storm_seconds: float,
+    storm_changed: float,
     max_rate: float,
     interval: float,
     bootstrap: str | None,
@@ -693,6 +737,7 @@ def demo(
         ports=ports,
         storm_flaps=storm_flaps,
         storm_seconds=storm_seconds,
+        storm_changed=storm_changed,
         max_rate=max_rate,
         interval=interval,
         bootstrap=bootstrap,

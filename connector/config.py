@@ -122,14 +122,42 @@ class ConsumerSettings(_Section):
     max_rate: float | None = Field(default=None, gt=0)
     #: Batches (sink calls) per second at most (unset: no limit).
     max_batches_per_second: float | None = Field(default=None, gt=0)
-    #: Records consumed into one batch at most.
+    #: Changes per sink call at most (the rate limit may allow fewer), and records per poll.
     batch_size: int = Field(default=2000, ge=1, le=100_000)
-    #: Milliseconds a batch waits for more records once it has its first.
+    #: Milliseconds a site's window stays open at least once it has a record: the freshness
+    #: price when the top layer keeps up.
     batch_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    #: Milliseconds a site's window stays open at most while the site storms faster than the
+    #: rate limit (the window closes sooner once the top layer could have taken what it holds).
+    max_window_wait_ms: int = Field(default=30_000, ge=0, le=600_000)
+    #: Keys waiting in memory over all sites (about 1.5 KB each) before the partitions of the
+    #: sites holding the most are paused until they drain.
+    max_pending_keys: int = Field(default=200_000, ge=1, le=10_000_000)
+    #: Share of each sink call per site, relative to the others (sites not listed: 1).
+    site_weights: dict[str, float] = Field(default_factory=dict)
+    #: Kinds applied first within a site's share, in this order; kinds not listed follow in
+    #: the order read. Heartbeats always go first.
+    kind_priority: list[str] = Field(default_factory=list)
     #: Where records that cannot be decoded or applied go, with headers saying why.
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("site_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for site, weight in value.items():
+            if not weight > 0:
+                raise ValueError(f"expected a weight > 0 for site {site!r}, got {weight!r}")
+        return value
+
+    @field_validator("kind_priority", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        # From the environment: a comma-separated string.
+        return (
+            [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+        )
 
 
 class Settings(_Section):

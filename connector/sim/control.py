@@ -3,7 +3,8 @@
 - `GET /_sim/truth[?kind=K...]`: every live object now, consistent with what the API lists.
 - `GET /_sim/stats`: API requests per endpoint, bytes sent, status changes; `DELETE` resets.
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
-- `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
+- `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...], "changed": F}`, a site
+  restart; a fraction F of its objects ends in another status than it started in.
 - `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes],
   "ratio": R}` makes API requests fail (status) or hang (delay) for S seconds, a share R of them
   (default all); `DELETE` clears them.
@@ -180,15 +181,24 @@ class Control:
         kinds = body.get("kinds") or list(KINDS)
         if not isinstance(kinds, list) or set(kinds) - set(KINDS):
             raise BadControl(f"kinds must be a list of {list(KINDS)}, got {kinds!r}")
+        changed = _number({"changed": 0.0, **body}, "changed", float, 0.0, 1.0)
         plan = behaviour.storm_plan(self.site, kinds)
+        endings = behaviour.storm_endings(self.site, plan, changed)
         self.jobs.start(
             "sim-storm",
-            lambda stop: behaviour.run_storm(self.site, plan, flaps, seconds, stop),
+            lambda stop: behaviour.run_storm(self.site, plan, flaps, seconds, stop, endings),
         )
         objects = len(plan[0]) if plan else 0
         changes = flaps * sum(len(step) for step in plan)
         return json_response(
-            202, {"started": "storm", "objects": objects, "changes": changes, "kinds": kinds}
+            202,
+            {
+                "started": "storm",
+                "objects": objects,
+                "changed": len(endings),
+                "changes": changes,
+                "kinds": kinds,
+            },
         )
 
     def _fault(self, body: dict[str, Any]) -> Response:

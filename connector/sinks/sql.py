@@ -5,9 +5,10 @@ It owns the two tables (created if missing): `resource_status`, one row per obje
 upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
 psycopg 3 pipelines it), all in one transaction, each statement bounded in time (PostgreSQL's
 statement_timeout and lock_timeout, within the apply's whole budget). A row changes only when
-the change carries a higher site sequence than the row, so a replay after a crash writes
-nothing. Changes that can never be stored (too long, NUL characters, non-JSON details) are
-rejected up front with a reason;
+the change carries a higher site sequence than the row and shows different content (status,
+name, project, details, deleted), so a replay after a crash, or a change back to what the row
+holds, writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON
+details) are rejected up front with a reason;
 changes the database refuses anyway (a constraint, a trigger) are isolated by bisecting the batch
 and rejected with the database's reason; transient database trouble, and an apply over its time
 budget, become SinkBackpressureError.
@@ -365,11 +366,25 @@ class _Statements:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         rs = resource_status
 
+        # A newer change is written only if it shows something the row does not: a storm that
+        # ends where it began (or a consumer replaying after a restart) costs no write. The row
+        # then keeps its older sequence, which is harmless: any older record of the key that
+        # could still be replayed comes before the newer one in its partition.
         ins = insert(rs)
+        shown = ("status", "name", "project_id", "details")
         self.upsert_status = ins.on_conflict_do_update(
             index_elements=[rs.c[k] for k in _KEY],
             set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
-            where=sa.or_(rs.c.sequence.is_(None), ins.excluded.sequence > rs.c.sequence),
+            where=sa.or_(
+                rs.c.sequence.is_(None),
+                sa.and_(
+                    ins.excluded.sequence > rs.c.sequence,
+                    sa.or_(
+                        rs.c.deleted,
+                        *(ins.excluded[name].is_distinct_from(rs.c[name]) for name in shown),
+                    ),
+                ),
+            ),
         )
 
         # An already deleted row is touched again only to raise its sequence; a live row yields to

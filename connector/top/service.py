@@ -21,7 +21,8 @@ from connector.ops.metrics import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
-from connector.top.consumer import BatchPolicy, Decoder, TopConsumer
+from connector.top.consumer import Decoder, TopConsumer, WindowPolicy
+from connector.top.dead_letters import DeadLetterQueue
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 
@@ -48,18 +49,24 @@ def build_consumer(
         )
     ensure_dead_letter_topic(kafka, options.dead_letter_topic)
     codec = codec_from_settings(kafka)
+    metrics = ConsumerMetrics(registry)
     return TopConsumer(
         consumer=Consumer(kafka, options.group),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
         decode=decode or (lambda msg: change_from_message(msg, codec)),
         sink=sink,
-        dead_letters=Producer(kafka),
+        dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
-        policy=BatchPolicy(
-            options.batch_size, options.batch_wait_ms / 1000.0, options.dead_letter_topic
+        policy=WindowPolicy(
+            call_size=options.batch_size,
+            wait=options.batch_wait_ms / 1000.0,
+            max_wait=options.max_window_wait_ms / 1000.0,
+            max_pending_keys=options.max_pending_keys,
+            kind_priority=tuple(options.kind_priority),
+            site_weights=options.site_weights,
         ),
-        metrics=ConsumerMetrics(registry),
+        metrics=metrics,
     )
 
 
