@@ -18,7 +18,7 @@ from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import log_client_error, new_client
+from connector.kafka import READ_COMMITTED, log_client_error, new_client
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Consumer:
     """A subscribed group member; rebalance events reach the callbacks given to `subscribe`."""
 
     def __init__(self, settings: KafkaSettings, group: str, **overrides: Any) -> None:
-        config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
+        config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
         config["group.id"] = group
         config.setdefault("error_cb", log_client_error)
         self._consumer = new_client(confluent_kafka.Consumer, config)

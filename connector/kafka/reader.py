@@ -22,7 +22,7 @@ from confluent_kafka import TopicPartition
 
 from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import new_client
+from connector.kafka import READ_COMMITTED, new_client
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class TopicReader:
     ) -> None:
         self.topic = topic
         self._consumer = new_client(
-            confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
+            confluent_kafka.Consumer,
+            {**READER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})},
         )
         try:
             self._partitions = self._metadata_partitions()
