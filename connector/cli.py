@@ -418,6 +418,17 @@ def consume(
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
+@click.option(
+    "--instance-id",
+    default=None,
+    help="This poller's name among the site's pollers [default <host>:<pid>].",
+)
+@click.option(
+    "--lease-timeout",
+    type=float,
+    default=None,
+    help="Seconds before a silent active poller's lease passes to a standby [default 10].",
+)
 @click.pass_obj
 def produce(
     obj: _Context,
@@ -430,8 +441,13 @@ def produce(
     kinds: str | None,
     metrics_port: int | None,
     once: bool,
+    instance_id: str | None,
+    lease_timeout: float | None,
 ) -> None:
-    """Poll one site's APIs and publish its status changes to the site topic."""
+    """Poll one site's APIs and publish its status changes to the site topic.
+
+    Several processes may run for one site: the one holding the site's lease publishes, the
+    others stand by and take over when it stops or goes silent."""
     from connector.site.runner import run_site
 
     site_flags = {
@@ -441,6 +457,8 @@ def produce(
         "resync_interval": resync_interval,
         "kinds": kinds,
         "metrics_port": metrics_port,
+        "instance_id": instance_id,
+        "lease_timeout": lease_timeout,
     }
     settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka), "site": site_flags})
     run_site(settings, once=once)
