@@ -171,8 +171,9 @@ def topics_ensure(
     partitions: int | None,
     replication_factor: int | None,
 ) -> None:
-    """Create the site topic, or check its config: exit 1 naming every setting that differs."""
-    from connector.kafka.topics import ensure_site_topic
+    """Create the site topic, or check its config: exit 1 naming every setting that differs.
+    Also creates the site's lease topic (<prefix>-lease.<site>), which its pollers elect through."""
+    from connector.kafka.topics import ensure_lease_topic, ensure_site_topic
 
     flags = _topic_flags(
         bootstrap,
@@ -181,7 +182,10 @@ def topics_ensure(
         partitions=partitions,
         replication_factor=replication_factor,
     )
-    for line in ensure_site_topic(obj.settings(flags).kafka, site, fix=fix).lines():
+    kafka = obj.settings(flags).kafka
+    for line in ensure_site_topic(kafka, site, fix=fix).lines():
+        click.echo(line)
+    for line in ensure_lease_topic(kafka, site).lines():
         click.echo(line)
 
 

@@ -52,6 +52,7 @@ class Lease:
         client_id: str,
     ) -> None:
         self.topic = topic
+        self.session_timeout = session_timeout
         session_ms = int(session_timeout * 1000)
         config = {
             **LEASE_DEFAULTS,
@@ -90,8 +91,9 @@ class Lease:
         if err is not None:
             if err.code() == confluent_kafka.KafkaError.INVALID_SESSION_TIMEOUT:
                 raise ConfigError(
-                    f"site.lease_timeout: the broker refuses {err.str()!r}; it must lie between "
-                    "the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
+                    f"site.lease_timeout: the broker refuses a session timeout of "
+                    f"{self.session_timeout:g} s ({err.str()}); expected a value between its "
+                    "group.min.session.timeout.ms (6 s by default) and group.max.session.timeout.ms"
                 )
             if err.fatal():
                 raise KafkaError(f"lease {self.topic}: fatal consumer error: {err.str()}")

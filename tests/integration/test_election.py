@@ -1,0 +1,123 @@
+"""The two Kafka mechanisms a site's election rests on, against the real broker: the lease (one
+holder at a time, kept by its holder when others join, passed on when it leaves) and the
+transactional producer (a newer one fences the older, whose open transaction committed readers
+never see)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from connector.config import KafkaSettings, load_settings
+from connector.errors import ConfigError
+from connector.kafka.lease import Lease
+from connector.kafka.reader import TopicReader
+from connector.kafka.topics import ensure_lease_topic, lease_topic
+from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
+from connector.records.messages import instance_of
+from tests.integration.test_poller_faults import wait_for
+from tests.kafka_support import create_topic
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> KafkaSettings:
+    prefix = unique_name("election")
+    return load_settings(
+        flags={"kafka": {"bootstrap": kafka_bootstrap, "topic_prefix": prefix}}
+    ).kafka
+
+
+@pytest.fixture
+def leases(kafka: KafkaSettings) -> Iterator[Callable[[str], Lease]]:
+    """`leases(name)`: a contender for the lease of site `s`, closed after the test."""
+    ensure_lease_topic(kafka, "s")
+    topic = lease_topic(kafka.topic_prefix, "s")
+    made: list[Lease] = []
+
+    def make(name: str, timeout: float = 6.0) -> Lease:
+        made.append(Lease(kafka, topic, topic, timeout, client_id=name))
+        return made[-1]
+
+    yield make
+    for lease in made:
+        lease.close()
+
+
+def poll_all(leases: list[Lease]) -> list[bool]:
+    return [lease.poll(0.05) for lease in leases]
+
+
+def test_one_holder_kept_when_another_joins_and_passed_on_when_it_leaves(
+    leases: Callable[[str], Lease],
+) -> None:
+    first = leases("first")
+    wait_for("the first contender to hold the lease", lambda: first.poll(0.1))
+    second = leases("second")
+    # The second one joins (a rebalance), and the sticky assignment leaves the lease where it is.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert poll_all([first, second]) == [True, False]
+    first.close()
+    left = time.monotonic()
+    wait_for("the second to get the lease", lambda: second.poll(0.1), timeout=15)
+    print(f"\nlease passed on {time.monotonic() - left:.1f} s after the holder left")
+
+
+def test_a_session_timeout_the_broker_refuses_names_the_setting(
+    leases: Callable[..., Lease],
+) -> None:
+    lease = leases("impatient", timeout=1.0)
+    with pytest.raises(ConfigError, match=r"site\.lease_timeout.*1 s"):
+        wait_for("the broker's answer", lambda: lease.poll(0.1), timeout=15)
+
+
+def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_read(
+    kafka: KafkaSettings,
+) -> None:
+    topic = f"{kafka.topic_prefix}.s"
+    create_topic(kafka.bootstrap, topic, partitions=1)
+    failures: list[TransactionFailed] = []
+    reports: list[tuple[str, object]] = []
+
+    def producer(instance: str) -> TransactionalProducer:
+        return TransactionalProducer(
+            kafka, topic, {"cascade.instance": instance.encode()}, failures.append
+        )
+
+    def send(to: TransactionalProducer, key: str) -> None:
+        to.produce(topic, key, b"v", lambda k, err, _p, _o: reports.append((k, err)))
+
+    old = producer("old")
+    send(old, "committed")
+    old.flush()
+    send(old, "open at the take-over")
+    wait_for(
+        "the open transaction's message in the log",
+        lambda: (b"open at the take-over", "old") in read(kafka, topic, "read_uncommitted"),
+    )
+
+    new = producer("new")  # init_transactions: the old one's transaction is aborted
+    send(new, "from the new one")
+    new.flush()
+
+    send(old, "after the take-over")
+    with pytest.raises(ProducerFenced):
+        old.flush()
+    assert len(failures) == 1 and isinstance(failures[0], ProducerFenced)
+    assert ("after the take-over", None) not in reports
+
+    assert read(kafka, topic, "read_committed") == [
+        (b"committed", "old"),
+        (b"from the new one", "new"),
+    ]
+
+
+def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes, str | None]]:
+    """(key, instance header) of every message of `topic`, read with `isolation`."""
+    reader = TopicReader(kafka, topic, from_beginning=True, **{"isolation.level": isolation})
+    try:
+        return [(m.key(), instance_of(m)) for m in reader.messages(stop_at_end=True, timeout=30)]
+    finally:
+        reader.close()
