@@ -46,6 +46,8 @@ _FENCED = {
     confluent_kafka.KafkaError.PRODUCER_FENCED,
     confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
 }
+#: What `produce` raises once the producer is unusable (fatal, or no transaction can be open).
+_UNUSABLE = {*_FENCED, confluent_kafka.KafkaError._FATAL, confluent_kafka.KafkaError._STATE}
 
 
 class TransactionFailed(KafkaError):
@@ -124,6 +126,8 @@ class TransactionalProducer(Producer):
                     every = {**self._headers, **(headers or {})}
                     super().produce(topic, key, value, deferred, every)
                 except confluent_kafka.KafkaException as exc:
+                    if not _ends_transactions(exc.args[0]):
+                        raise  # about this message (too large, say), not the producer
                     self._fail(exc.args[0])
             if self.failure is not None:
                 self._reports.append((on_delivery, (name, self.failure.kafka_error, 0, -1)))
@@ -205,3 +209,7 @@ class TransactionalProducer(Producer):
             except IndexError:
                 return
             callback(*report)
+
+
+def _ends_transactions(err: confluent_kafka.KafkaError) -> bool:
+    return bool(err.fatal() or err.txn_requires_abort() or err.code() in _UNUSABLE)

@@ -288,7 +288,13 @@ def test_a_paused_active_is_fenced_after_the_takeover_and_stands_by(
     assert not late, f"committed records from the fenced instance: {late}"
     late = uncommitted_from(settings, old.instance, takeover)
     assert not late, f"records from the fenced instance, even uncommitted: {late}"
-    print(f"the old active's log:\n{old.tail()}")
+
+    # Both stop cleanly on SIGTERM, the standby as the active.
+    for poller in (old, new):
+        stopping = time.monotonic()
+        poller.proc.send_signal(signal.SIGTERM)
+        assert poller.proc.wait(timeout=30) == 0, poller.tail()
+        print(f"{poller.instance} stopped {time.monotonic() - stopping:.1f} s after SIGTERM")
 
 
 def topic_of(settings: Settings) -> str:
