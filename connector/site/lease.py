@@ -4,9 +4,10 @@ Every `produce` process of a site contends for the site's lease (`connector.kafk
 member of group `<prefix>-lease.<site>` given partition 0 of the one-partition topic of that
 name). The holder becomes active: it opens the site's transactional producer, whose
 `init_transactions()` fences whichever producer published before (aborting its open
-transaction), and only then builds the poller, which restores fingerprints and sequence from
-the committed contents of the site topic. The others stand by: they keep serving /metrics and
-/healthz (ready, role standby) and take over when the lease comes to them.
+transaction), and only then reads the committed contents of the site topic to its end and builds
+the poller on the fingerprints and sequence found there. The others stand by: they keep serving
+/metrics and /healthz (ready, role standby), follow the site topic (so a take-over reads only
+what is new, however large the site), and take over when the lease comes to them.
 
 An active instance steps down when it loses the lease (its session expired: it was paused or
 cut off) or when its producer is fenced (another instance took over meanwhile); it drops the
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -28,16 +30,20 @@ from prometheus_client import CollectorRegistry
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError
 from connector.kafka.lease import Lease
-from connector.kafka.topics import ensure_lease_topic, lease_topic, site_topic
+from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
+from connector.records.codec import codec_from_settings
 from connector.records.model import INSTANCE_HEADER, DetailValue
 from connector.site.heartbeat import Health
 from connector.site.metrics import SiteMetrics
+from connector.site.restore import Restored, TopicFollower
 
 log = logging.getLogger(__name__)
 
 #: Seconds between polls of the lease (callbacks, loss of the session noticed).
 LEASE_POLL = 0.2
+#: Seconds between a standby's reads of the site topic once it has caught up.
+FOLLOW_INTERVAL = 1.0
 
 
 class LeaseUnavailable(ConnectorError):
@@ -79,6 +85,7 @@ class Election:
         self.site = _site_name(settings)
         self.instance = instance_id(settings.site)
         self.lease_topic = lease_topic(settings.kafka.topic_prefix, self.site)
+        self.site_topic = site_topic(settings.kafka.topic_prefix, self.site)
         #: the poller's metrics, made once: each active term's poller reports into them
         self.metrics = SiteMetrics(registry, self.site)
         self._active: Active | None = None
@@ -86,6 +93,8 @@ class Election:
         self.metrics.active.labels(self.site).set(0)
         for line in ensure_lease_topic(settings.kafka, self.site).lines():
             log.info("%s", line)
+        # The standby follows the site topic from the start: it must exist.
+        ensure_site_topic(settings.kafka, self.site)
 
     def __repr__(self) -> str:
         role = "active" if self._active is not None else "standby"
@@ -103,24 +112,31 @@ class Election:
         self,
         stop: threading.Event,
         once: bool,
-        make_active: Callable[[TransactionalProducer], Active],
+        make_active: Callable[[TransactionalProducer, Restored], Active],
     ) -> None:
         """Stand by until this instance holds the lease, be active until it loses it, again,
         until `stop`. With `once`: one active term (LeaseUnavailable if the lease does not come
         within three lease timeouts), then return."""
         while not stop.is_set():
-            lease = Lease(
-                self.settings.kafka,
-                self.lease_topic,
-                self.lease_topic,
-                self.settings.site.lease_timeout,
-                client_id=self.instance,
-            )
-            try:
+            with ExitStack() as cleanup:
+                lease = Lease(
+                    self.settings.kafka,
+                    self.lease_topic,
+                    self.lease_topic,
+                    self.settings.site.lease_timeout,
+                    client_id=self.instance,
+                )
+                cleanup.callback(lease.close)
+                follower = TopicFollower(
+                    self.settings.kafka,
+                    self.site_topic,
+                    codec_from_settings(self.settings.kafka),
+                    self.settings.site.kinds,
+                )
+                cleanup.callback(follower.close)
+                follower.follow(FOLLOW_INTERVAL)
                 if self._stand_by(lease, stop, once):
-                    self._be_active(lease, stop, once, make_active)
-            finally:
-                lease.close()
+                    self._be_active(lease, follower, stop, once, make_active)
             if once:
                 return
 
@@ -141,9 +157,10 @@ class Election:
     def _be_active(
         self,
         lease: Lease,
+        follower: TopicFollower,
         stop: threading.Event,
         once: bool,
-        make_active: Callable[[TransactionalProducer], Active],
+        make_active: Callable[[TransactionalProducer, Restored], Active],
     ) -> None:
         started = time.monotonic()
         log.info("%s: holds the lease of site %s, taking over", self.instance, self.site)
@@ -161,14 +178,23 @@ class Election:
 
         lost = False
         try:
-            active = make_active(open_site_producer(self.settings, on_failure))
+            follower.stop_following()
+            followed = follower.restored.messages
+            producer = open_site_producer(self.settings, on_failure)
+            # Only now, with the previous producer fenced and its last transaction ended, is
+            # the end of the topic the end of everything it will ever have published.
+            follower.catch_up()
+            active = make_active(producer, follower.restored)
             self._active = active
             self.metrics.active.labels(self.site).set(1)
             log.info(
-                "%s: active for site %s, %.1f s after getting the lease",
+                "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
+                "site topic read as a standby, %d after)",
                 self.instance,
                 self.site,
                 time.monotonic() - started,
+                followed,
+                follower.restored.messages - followed,
             )
             active.run(term, once)
             lost = term.is_set() and not stop.is_set() and not failed

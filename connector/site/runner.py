@@ -37,7 +37,7 @@ from connector.site.lease import Election, instance_id, open_site_producer
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
-from connector.site.restore import restore_from_topic
+from connector.site.restore import Restored, restore_from_topic
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class SitePoller:
         registry: CollectorRegistry | None = None,
         metrics: SiteMetrics | None = None,
         producer: Producer | None = None,
+        restored: Restored | None = None,
     ) -> None:
         site = settings.site.name
         if not site:
@@ -84,9 +85,11 @@ class SitePoller:
         # Opened before the restore: it fences the previous producer and ends its transaction,
         # so the restore reads everything that producer will ever have published.
         self.producer = producer or open_site_producer(settings, on_failure=lambda _failure: None)
-        self.restored = restore_from_topic(
-            settings.kafka, self.topic, codec, [k.name for k in kinds]
-        )
+        if restored is None:
+            restored = restore_from_topic(
+                settings.kafka, self.topic, codec, [k.name for k in kinds]
+            )
+        self.restored = restored
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
             sum(len(fps) for fps in self.restored.fingerprints.values()),
@@ -178,7 +181,11 @@ def run_site(
             # Only the instance holding the site's lease polls and publishes (site/lease.py).
             metrics = election.metrics
             election.run(
-                stop, once, lambda producer: SitePoller(settings, registry, metrics, producer)
+                stop,
+                once,
+                lambda producer, restored: SitePoller(
+                    settings, registry, metrics, producer, restored
+                ),
             )
         finally:
             if ops is not None:
