@@ -25,9 +25,9 @@ from typing import Any
 
 import confluent_kafka
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
 from connector.kafka.producer import DeliveryCallback, Producer
+from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

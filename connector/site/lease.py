@@ -27,12 +27,12 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError
 from connector.kafka.lease import Lease
 from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
-from connector.records.codec import codec_from_settings
 from connector.records.model import INSTANCE_HEADER, DetailValue
 from connector.site.heartbeat import Health
 from connector.site.metrics import SiteMetrics

@@ -79,6 +79,11 @@ class KindPoller:
         #: id -> revision_number from the last listing, for the revision diff
         self._revisions: dict[str, int] = {}
 
+    @property
+    def proxy(self) -> Any:
+        """The service proxy this poller lists through (its session carries the request hooks)."""
+        return self._proxy
+
     def __repr__(self) -> str:
         return (
             f"KindPoller({self.kind.name}, watermark={self._watermark}, "

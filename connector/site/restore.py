@@ -16,10 +16,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import confluent_kafka
-
 from connector.config import KafkaSettings
 from connector.errors import ConnectorError
+from connector.kafka import Message
 from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
@@ -117,7 +116,7 @@ class TopicFollower:
         self._reader.close()
 
 
-def _apply(out: Restored, msg: confluent_kafka.Message, codec: Codec, wanted: set[str]) -> None:
+def _apply(out: Restored, msg: Message, codec: Codec, wanted: set[str]) -> None:
     out.messages += 1
     try:
         change = change_from_message(msg, codec)

@@ -17,8 +17,8 @@ from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_lease_topic, lease_topic
 from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.records.messages import instance_of
-from tests.integration.test_poller_faults import wait_for
-from tests.kafka_support import create_topic
+from tests.support import wait_for
+from tests.support.kafka import create_topic
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_one_holder_kept_when_another_joins_and_passed_on_when_it_leaves(
     leases: Callable[[str], Lease],
 ) -> None:
     first = leases("first")
-    wait_for("the first contender to hold the lease", lambda: first.poll(0.1))
+    wait_for(lambda: first.poll(0.1), timeout=60, what="the first contender to hold the lease")
     second = leases("second")
     # The second one joins (a rebalance), and the sticky assignment leaves the lease where it is.
     deadline = time.monotonic() + 5
@@ -61,7 +61,7 @@ def test_one_holder_kept_when_another_joins_and_passed_on_when_it_leaves(
         assert poll_all([first, second]) == [True, False]
     first.close()
     left = time.monotonic()
-    wait_for("the second to get the lease", lambda: second.poll(0.1), timeout=15)
+    wait_for(lambda: second.poll(0.1), timeout=15, what="the second to get the lease")
     print(f"\nlease passed on {time.monotonic() - left:.1f} s after the holder left")
 
 
@@ -70,7 +70,7 @@ def test_a_session_timeout_the_broker_refuses_names_the_setting(
 ) -> None:
     lease = leases("impatient", timeout=1.0)
     with pytest.raises(ConfigError, match=r"site\.lease_timeout.*1 s"):
-        wait_for("the broker's answer", lambda: lease.poll(0.1), timeout=15)
+        wait_for(lambda: lease.poll(0.1), timeout=15, what="the broker's answer")
 
 
 def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_read(
@@ -94,8 +94,9 @@ def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_rea
     old.flush()
     send(old, "open at the take-over")
     wait_for(
-        "the open transaction's message in the log",
         lambda: (b"open at the take-over", "old") in read(kafka, topic, "read_uncommitted"),
+        timeout=60,
+        what="the open transaction's message in the log",
     )
 
     new = producer("new")  # init_transactions: the old one's transaction is aborted

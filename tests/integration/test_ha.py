@@ -34,11 +34,9 @@ from connector.records.model import Change, StatusRecord
 from connector.sim import RunningSim
 from connector.sinks import open_sink
 from connector.top.service import build_consumer
-from tests.integration.test_poller_faults import wait_for
-from tests.integration.test_produce import control, differences, open_sim, truth
-from tests.kafka_support import end_offsets
-
-__all__ = ["open_sim"]  # the fixture, re-used from test_produce
+from tests.support import wait_for
+from tests.support.kafka import end_offsets
+from tests.support.sim import control, differences, truth
 
 KINDS = "server,volume,port"
 #: The lease timeout the pollers run with: the broker's default minimum, for a quick failover.
@@ -177,7 +175,7 @@ def the_active(pollers: list[Poller]) -> tuple[Poller, Poller]:
             roles.setdefault(poller.active(), []).append(poller)
         return len(roles.get(1.0, [])) == 1 and len(roles.get(0.0, [])) == 1
 
-    wait_for("exactly one active poller and one standby", settled, timeout=60)
+    wait_for(settled, timeout=60, what="exactly one active poller and one standby")
     return roles[1.0][0], roles[0.0][0]
 
 
@@ -192,7 +190,7 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     sim, settings, started = pollers("a", "b")
     active, standby = the_active(started)
     expected = truth(sim, KINDS)
-    wait_for("the site on the topic", lambda: on_topic(settings, expected))
+    wait_for(lambda: on_topic(settings, expected), timeout=60, what="the site on the topic")
     before = read_topic(settings)
     assert {p.instance for p in before} == {active.instance}, "every record from the active"
     heartbeats = [p.change for p in before if p.heartbeat]
@@ -206,9 +204,9 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     os.kill(active.proc.pid, signal.SIGKILL)
     active.proc.wait(timeout=30)
     wait_for(
-        "a record from the standby",
         lambda: any(p.instance == standby.instance for p in read_topic(settings)),
         timeout=40,
+        what="a record from the standby",
     )
     failover = time.monotonic() - killed
     print(f"\nfailover after SIGKILL: {failover:.1f} s (lease timeout {LEASE_TIMEOUT:.0f} s)")
@@ -217,7 +215,7 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
 
     # Nothing changed at the site: the new active's first resync publishes only heartbeats,
     # and its sequence continues from the old one's.
-    wait_for("the new active's first resync", lambda: first_resync_done(standby))
+    wait_for(lambda: first_resync_done(standby), timeout=60, what="the new active's first resync")
     after = [p for p in read_topic(settings) if p.instance == standby.instance]
     assert after and all(p.heartbeat for p in after), [p.change for p in after if not p.heartbeat]
     old_last = max(p.change.sequence or 0 for p in before)
@@ -239,7 +237,11 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     consumer.start()
     reader = SinkReader(sink_url)
     try:
-        wait_for("the sink to equal the site", lambda: compare(expected, reader.statuses()).equal)
+        wait_for(
+            lambda: compare(expected, reader.statuses()).equal,
+            timeout=60,
+            what="the sink to equal the site",
+        )
     finally:
         loop.stop()
         consumer.join(30)
@@ -253,31 +255,40 @@ def test_a_paused_active_is_fenced_after_the_takeover_and_stands_by(
     sim, settings, started = pollers("a", "b")
     old, new = the_active(started)
     expected = truth(sim, KINDS)
-    wait_for("the site on the topic", lambda: on_topic(settings, expected))
+    wait_for(lambda: on_topic(settings, expected), timeout=60, what="the site on the topic")
 
     os.kill(old.proc.pid, signal.SIGSTOP)
     try:
         paused = time.monotonic()
-        wait_for("the standby to take over", lambda: new.active() == 1.0, timeout=40)
+        wait_for(lambda: new.active() == 1.0, timeout=40, what="the standby to take over")
         wait_for(
-            "a record from the new active",
             lambda: any(p.instance == new.instance for p in read_topic(settings)),
+            timeout=60,
+            what="a record from the new active",
         )
         print(f"\ntake-over from a paused active: {time.monotonic() - paused:.1f} s")
         # The old one is paused: whatever it writes from now on lies past these offsets.
         takeover = end_offsets(settings.kafka.bootstrap, topic_of(settings))
         control(sim, "/_sim/churn", {"changes": 20})
         expected = truth(sim, KINDS)
-        wait_for("the churn published by the new active", lambda: on_topic(settings, expected))
+        wait_for(
+            lambda: on_topic(settings, expected),
+            timeout=60,
+            what="the churn published by the new active",
+        )
     finally:
         os.kill(old.proc.pid, signal.SIGCONT)
 
     # The old one wakes with the churn unpublished in its own view and a transaction open that
     # the take-over aborted: what it sends now is refused, and it notices and stands by.
-    wait_for("the old active to stand by", lambda: old.active() == 0.0 or old.proc.poll() == 0)
+    wait_for(
+        lambda: old.active() == 0.0 or old.proc.poll() == 0,
+        timeout=60,
+        what="the old active to stand by",
+    )
     control(sim, "/_sim/churn", {"changes": 20})
     expected = truth(sim, KINDS)
-    wait_for("the second churn on the topic", lambda: on_topic(settings, expected))
+    wait_for(lambda: on_topic(settings, expected), timeout=60, what="the second churn on the topic")
     assert new.active() == 1.0 and old.proc.poll() in (None, 0)
 
     late = [
