@@ -162,6 +162,8 @@ class Election:
         once: bool,
         make_active: Callable[[TransactionalProducer, Restored], Active],
     ) -> None:
+        """One term: fence, read what is new, run the poller until the term ends; a failed or
+        fenced transaction ends it quietly (a standby again), other errors propagate."""
         started = time.monotonic()
         log.info("%s: holds the lease of site %s, taking over", self.instance, self.site)
         # Set when the term must end: stop, the lease lost, the producer fenced or failed.
