@@ -18,7 +18,7 @@ from connector.kafka.topics import ensure_lease_topic, lease_topic
 from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.records.messages import instance_of
 from tests.support import wait_for
-from tests.support.kafka import create_topic
+from tests.support.kafka import create_topic, publish
 
 
 @pytest.fixture
@@ -122,3 +122,23 @@ def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes, 
         return [(m.key(), instance_of(m)) for m in reader.messages(stop_at_end=True, timeout=30)]
     finally:
         reader.close()
+
+
+def test_a_read_left_midway_goes_on_from_the_next_message(kafka: KafkaSettings) -> None:
+    # What a standby does when it stops following to take over: no message lost or read twice.
+    topic = f"{kafka.topic_prefix}.s"
+    create_topic(kafka.bootstrap, topic, partitions=3)
+    publish(kafka.bootstrap, topic, [], raw=[(f"k{i}".encode(), b"v") for i in range(3000)])
+    reader = TopicReader(kafka, topic, from_beginning=True)
+    try:
+        seen = []
+        first = reader.messages(stop_at_end=True, timeout=30)
+        for msg in first:
+            seen.append((msg.partition(), msg.offset()))
+            if len(seen) == 1000:
+                break
+        first.close()
+        seen += [(m.partition(), m.offset()) for m in reader.messages(stop_at_end=True, timeout=30)]
+    finally:
+        reader.close()
+    assert len(seen) == len(set(seen)) == 3000
