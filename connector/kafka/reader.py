@@ -124,9 +124,13 @@ class TopicReader:
                         if stop_at_end and offset + 1 >= ends[partition]:
                             self._done(ends, partition)
                     elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        if stop_at_end and partition not in ends:
+                            # Fetched after the partition was paused, past messages dropped
+                            # above: taking its offset would skip them in the next read.
+                            continue
                         # The event's offset is where the partition ends now.
                         self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
-                        if stop_at_end and partition in ends:
+                        if stop_at_end:
                             self._done(ends, partition)
                     elif (
                         err.fatal()

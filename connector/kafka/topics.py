@@ -9,6 +9,7 @@ A topic that exists with another config is reported, setting by setting, and not
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,7 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     )
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        _until_readable(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
@@ -204,6 +206,7 @@ def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
     new = NewTopic(topic, num_partitions=1, replication_factor=kafka.replication_factor)
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        _until_readable(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
@@ -247,6 +250,23 @@ def describe_site_topic(kafka: KafkaSettings, site: str) -> TopicDescription:
 
 class _AlreadyExistsError(Exception):
     pass
+
+
+def _until_readable(admin: AdminClient, topic: str) -> None:
+    """Wait until the metadata shows every partition of a topic just created with a leader: until
+    then a reader is told the topic does not exist (the standby poller reads at once)."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT
+    while True:
+        try:
+            found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
+        except confluent_kafka.KafkaException:
+            found = None
+        partitions = [] if found is None or found.error else list(found.partitions.values())
+        if partitions and all(p.leader >= 0 for p in partitions):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaError(f"{topic} was created but has no leader after {ADMIN_TIMEOUT:.0f} s")
+        time.sleep(0.05)
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:

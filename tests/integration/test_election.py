@@ -18,7 +18,7 @@ from connector.kafka.topics import ensure_lease_topic, lease_topic
 from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.records.messages import instance_of
 from tests.support import wait_for
-from tests.support.kafka import create_topic, publish
+from tests.support.kafka import Writer, create_topic, end_offsets, publish
 
 
 @pytest.fixture
@@ -142,3 +142,23 @@ def test_a_read_left_midway_goes_on_from_the_next_message(kafka: KafkaSettings) 
     finally:
         reader.close()
     assert len(seen) == len(set(seen)) == 3000
+
+
+def test_reads_to_the_end_again_and_again_miss_nothing_of_a_live_topic(
+    kafka: KafkaSettings,
+) -> None:
+    # A standby follows a topic its active writes to without pause: each read ends, the next
+    # goes on, and together they see every message once.
+    topic = f"{kafka.topic_prefix}.s"
+    create_topic(kafka.bootstrap, topic, partitions=1)
+    reader = TopicReader(kafka, topic, from_beginning=True)
+    seen: list[int] = []
+    try:
+        with Writer(kafka.bootstrap, topic, b"k", b"v"):
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                seen += [m.offset() for m in reader.messages(stop_at_end=True, timeout=30)]
+        seen += [m.offset() for m in reader.messages(stop_at_end=True, timeout=30)]
+    finally:
+        reader.close()
+    assert seen == list(range(len(seen))) and len(seen) == end_offsets(kafka.bootstrap, topic)[0]
