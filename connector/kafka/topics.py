@@ -173,7 +173,7 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     )
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
-        _until_readable(admin, topic)
+        _wait_until_visible(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
@@ -206,7 +206,7 @@ def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
     new = NewTopic(topic, num_partitions=1, replication_factor=kafka.replication_factor)
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
-        _until_readable(admin, topic)
+        _wait_until_visible(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
@@ -252,25 +252,24 @@ class _AlreadyExistsError(Exception):
     pass
 
 
-def _until_readable(admin: AdminClient, topic: str) -> None:
-    """Wait until the metadata shows every partition of a topic just created with a leader: until
-    then a reader is told the topic does not exist (the standby poller reads at once)."""
-    deadline = time.monotonic() + ADMIN_TIMEOUT
-    while True:
-        try:
-            found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
-        except confluent_kafka.KafkaException:
-            found = None
-        partitions = [] if found is None or found.error else list(found.partitions.values())
-        if partitions and all(p.leader >= 0 for p in partitions):
-            return
-        if time.monotonic() > deadline:
-            raise KafkaError(f"{topic} was created but has no leader after {ADMIN_TIMEOUT:.0f} s")
-        time.sleep(0.05)
-
-
 def _admin(kafka: KafkaSettings) -> AdminClient:
     return new_client(AdminClient, kafka.client_config())
+
+
+def _wait_until_visible(admin: AdminClient, topic: str) -> None:
+    """Return once the broker's metadata lists every partition of a topic just created with a
+    leader: until then a reader of it (the poller's restore) gets "unknown topic or partition"."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT
+    delay = 0.02
+    while True:
+        found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
+        partitions = found.partitions.values() if found is not None and found.error is None else []
+        if partitions and all(p.leader >= 0 for p in partitions):
+            return
+        if time.monotonic() + delay > deadline:
+            raise KafkaError(f"create {topic}: not visible in the metadata after {ADMIN_TIMEOUT} s")
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
 
 
 def _wait(future: Future[Any], what: str) -> Any:

@@ -6,7 +6,7 @@ name). The holder becomes active: it opens the site's transactional producer, wh
 `init_transactions()` fences whichever producer published before (aborting its open
 transaction), and only then reads the committed contents of the site topic to its end and builds
 the poller on the fingerprints and sequence found there. The others stand by: they keep serving
-/metrics and /healthz (ready, role standby), follow the site topic (so a take-over reads only
+/metrics and /readyz (ready, role standby), follow the site topic (so a take-over reads only
 what is new, however large the site), and take over when the lease comes to them.
 
 An active instance steps down when it loses the lease (its session expired: it was paused or
@@ -100,8 +100,8 @@ class Election:
         role = "active" if self._active is not None else "standby"
         return f"Election({self.lease_topic}, {self.instance}, {role})"
 
-    def healthz(self) -> tuple[bool, dict[str, DetailValue]]:
-        """/healthz: a standby is healthy (ready to take over); the active reports its poller."""
+    def ready(self) -> tuple[bool, dict[str, DetailValue]]:
+        """/readyz: a standby is ready (to take over); the active reports its poller."""
         active = self._active
         if active is None:
             return True, {"role": "standby", "instance": self.instance}

@@ -3,10 +3,10 @@
 Stands by until this process holds the site's lease (`lease.py`: one publishing poller per site),
 then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
-the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics
-and /healthz (a standby too). SIGTERM
-and SIGINT stop the pollers, flush the producer and return normally (exit 0). With `once`, every
-kind is resynced once, a heartbeat is published, the producer flushed, and the call returns.
+the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
+/readyz and /livez (a standby too, ready). SIGTERM and SIGINT stop the pollers, flush the
+producer and return normally (exit 0). With `once`, every kind is resynced once, a heartbeat is
+published, the producer flushed, and the call returns.
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ def run_site(
         election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
-            ops = OpsServer(registry, election.healthz, port=settings.site.metrics_port)
+            ops = OpsServer(registry, election.ready, port=settings.site.metrics_port)
             ops.start()
-            log.info("serving /metrics and /healthz on port %d", ops.port)
+            log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
         with cleanup_after(*([] if ops is None else [ops.stop])):
             # Only the instance holding the site's lease polls and publishes (site/lease.py).
             metrics = election.metrics

@@ -87,8 +87,8 @@ class Poller:
     def active(self) -> float | None:
         return self.metric("cascade_site_active")
 
-    def healthz(self) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/healthz"
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.port}/readyz"
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status, json.loads(response.read())
 
@@ -197,7 +197,7 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     assert heartbeats and all(
         isinstance(h, StatusRecord) and h.details["instance"] == active.instance for h in heartbeats
     )
-    status, health = standby.healthz()
+    status, health = standby.readyz()
     assert (status, health["role"], health["instance"]) == (200, "standby", standby.instance)
 
     killed = time.monotonic()
