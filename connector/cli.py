@@ -2,11 +2,14 @@
 
 Every command's work lives elsewhere; a command here only turns flags into settings and a return
 value into output and an exit code. Exit codes: 0 done, 1 failure, 2 bad usage or settings,
-3 local broker trouble, 4 Kafka trouble.
+3 local broker trouble, 4 Kafka trouble; `status` has its own (0 fresh, 1 stale, 2 bad settings,
+3 the sink cannot be read). No output names a password: everything printed goes through
+connector.redact.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -20,8 +23,12 @@ from connector import __version__
 from connector.config import Settings, load_settings
 from connector.errors import ConnectorError
 from connector.ops.logging import setup_logging
+from connector.redact import redact, redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: `status` exit code when the sink cannot be read (as a monitoring probe's "unknown").
+STATUS_UNREADABLE = 3
 
 
 class _Cli(click.Group):
@@ -31,7 +38,7 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except ConnectorError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact_text(f"error: {exc}"), err=True)
             sys.exit(exc.exit_code)
 
 
@@ -107,9 +114,10 @@ def cli(ctx: click.Context, config_file: Path | None, log_level: str, log_format
 @kafka_options
 @click.pass_obj
 def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]) -> None:
-    """Print the effective settings (file, environment and flags merged) as JSON."""
+    """Print the effective settings (file, environment and flags merged) as JSON, with every
+    password and secret replaced by ***."""
     settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka)})
-    click.echo(settings.model_dump_json(indent=2))
+    click.echo(json.dumps(redact(settings.model_dump(mode="json")), indent=2))
 
 
 @cli.command("status")
@@ -126,11 +134,19 @@ def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]
 )
 @click.pass_obj
 def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: float) -> None:
-    """Objects per site, kind and status, and each site's heartbeat age; exit 1 if one is stale."""
+    """Objects per site, kind and status, and each site's heartbeat age.
+
+    Exit 0 when every site is fresh, 1 when one is stale, 2 for bad settings, 3 when the sink
+    cannot be read (unreachable, no such database): a probe can tell "stale" from "broken"."""
+    from connector.sinks import SinkBackpressureError, SinkError
     from connector.sinks.status import read_status
 
     settings = obj.settings({"sink": {"url": sink_url}})
-    report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+    try:
+        report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+    except (SinkError, SinkBackpressureError) as exc:
+        click.echo(redact_text(f"error: {exc}"), err=True)
+        sys.exit(STATUS_UNREADABLE)
     click.echo(report.render())
     sys.exit(1 if report.stale_sites else 0)
 

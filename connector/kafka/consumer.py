@@ -36,6 +36,13 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "queued.min.messages": 2000,
     # When that small queue is full, look again soon rather than after librdkafka's default 1 s.
     "fetch.queue.backoff.ms": 50,
+    # A broker outage longer than the session makes this member's session lapse; it rejoins as
+    # a new member, and the group waits for the old one to time out before it assigns anything.
+    # librdkafka's 45 s made recovery after an outage take 40-50 s; 10 s bounds that wait
+    # (heartbeats come from librdkafka's own thread, so a long apply does not end the session:
+    # max.poll.interval.ms governs that).
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 2_000,
 }
 
 

@@ -200,8 +200,9 @@ class LocalKafka:
                     "kafka.tools.StorageTool",
                     "format",
                     "--standalone",
-                    "-t",
-                    cluster_id,
+                    # One argument with `=`: an id starting with "-" (1 in 64 of them) would
+                    # otherwise read as an option, and the format fails.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),
                 ],
