@@ -97,6 +97,13 @@ class SiteSettings(_Section):
     backoff_max: float = Field(default=60.0, gt=0)
     #: Seconds an API request may take before it counts as failed.
     api_timeout: float = Field(default=30.0, gt=0)
+    #: This poller's name among the site's pollers: the `cascade.instance` header of every record
+    #: it publishes, the heartbeat's `instance` detail, its lease client id; default `<host>:<pid>`.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+    #: Seconds after which the broker gives an unresponsive active poller's lease to a standby
+    #: (the lease group's session timeout; brokers refuse less than `group.min.session.timeout.ms`,
+    #: 6 s by default).
+    lease_timeout: float = Field(default=10.0, ge=1, le=300)
 
     @field_validator("kinds", mode="before")
     @classmethod

@@ -89,6 +89,12 @@ class SiteMetrics:
             ["site"],
             registry=registry,
         )
+        self.active = Gauge(
+            "cascade_site_active",
+            "1 while this instance holds the site's lease and publishes, 0 while it stands by.",
+            ["site"],
+            registry=registry,
+        )
         self.sequence = Gauge(
             "cascade_site_sequence",
             "The last per-site sequence number given to a record.",

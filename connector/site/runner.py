@@ -1,11 +1,12 @@
 """`cascade-connector produce`: one site's poller process, from settings to a clean exit.
 
-Ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
+Stands by until this process holds the site's lease (`lease.py`: one publishing poller per site),
+then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
-the others), publishes a heartbeat every few seconds, and serves /metrics, /readyz and /livez.
-SIGTERM and SIGINT stop the pollers, flush the producer and return normally (exit 0). With
-`once`, every kind is resynced once, a heartbeat is published, the producer flushed, and the call
-returns.
+the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
+/readyz and /livez (a standby too, ready). SIGTERM and SIGINT stop the pollers, flush the
+producer and return normally (exit 0). With `once`, every kind is resynced once, a heartbeat is
+published, the producer flushed, and the call returns.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from connector.ops.metrics import OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
+from connector.site.lease import Election, instance_id, open_site_producer
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
-from connector.site.restore import restore_from_topic
+from connector.site.restore import Restored, restore_from_topic
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +63,33 @@ class SitePoller:
     `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
     """
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        metrics: SiteMetrics | None = None,
+        producer: Producer | None = None,
+        restored: Restored | None = None,
+    ) -> None:
         site = settings.site.name
         if not site:
             raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
         self.settings = settings
+        self.instance = instance_id(settings.site)
         kinds = kinds_for(settings.site.kinds)
         codec = codec_from_settings(settings.kafka)
         report = ensure_site_topic(settings.kafka, site)
         for line in report.lines():
             log.info("%s", line)
         self.topic = report.topic
-        self.restored = restore_from_topic(
-            settings.kafka, self.topic, codec, [k.name for k in kinds]
-        )
+        # Opened before the restore: it fences the previous producer and ends its transaction,
+        # so the restore reads everything that producer will ever have published.
+        self.producer = producer or open_site_producer(settings, on_failure=lambda _failure: None)
+        if restored is None:
+            restored = restore_from_topic(
+                settings.kafka, self.topic, codec, [k.name for k in kinds]
+            )
+        self.restored = restored
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
             sum(len(fps) for fps in self.restored.fingerprints.values()),
@@ -83,9 +98,8 @@ class SitePoller:
             self.topic,
         )
         self.registry = registry or CollectorRegistry()
-        self.metrics = SiteMetrics(self.registry, site)
+        self.metrics = metrics or SiteMetrics(self.registry, site)
         self.health = Health([k.name for k in kinds], self.metrics)
-        self.producer = Producer(settings.kafka)
         self.publisher = Publisher(
             site,
             self.topic,
@@ -123,7 +137,7 @@ class SitePoller:
         if unsent:
             status = "degraded"
             details = {**details, "unsent": unsent}
-        self.publisher.heartbeat(status, details)
+        self.publisher.heartbeat(status, {**details, "instance": self.instance})
 
     def flush(self, check_delivered: bool = True) -> None:
         """Wait for every delivery: KafkaError if a message is still queued or (with
@@ -152,17 +166,25 @@ def run_site(
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
     stop = stop or threading.Event()
+    registry = registry or CollectorRegistry()
     # Signals are handled from the start: a stop during the restore still flushes and exits 0.
     with stop_on_signals(stop.set), fewer_collections():
-        poller = SitePoller(settings, registry)
+        election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
-            health = poller.health.snapshot
-            ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
+            ops = OpsServer(registry, election.ready, port=settings.site.metrics_port)
             ops.start()
             log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
         with cleanup_after(*([] if ops is None else [ops.stop])):
-            poller.run(stop, once)
+            # Only the instance holding the site's lease polls and publishes (site/lease.py).
+            metrics = election.metrics
+            election.run(
+                stop,
+                once,
+                lambda producer, restored: SitePoller(
+                    settings, registry, metrics, producer, restored
+                ),
+            )
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
