@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,notifications]'
 	touch $@
 
 kafka-up: $(BIN)/.installed
@@ -33,7 +33,11 @@ unit: $(BIN)/.installed
 postgres:
 	bash scripts/ensure-postgres.sh
 
-test: lint typecheck kafka-up postgres
+# The notification tests start throwaway nodes from Debian's rabbitmq-server.
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
+test: lint typecheck kafka-up postgres rabbitmq
 	$(BIN)/pytest -q -ra
 
 demo: kafka-up

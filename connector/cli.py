@@ -418,6 +418,13 @@ def consume(
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
+@click.option(
+    "--notifications",
+    "notifications_url",
+    metavar="URL",
+    default=None,
+    help="Listen to the site's message bus (rabbit://...) and poll a kind early when notified.",
+)
 @click.pass_obj
 def produce(
     obj: _Context,
@@ -430,6 +437,7 @@ def produce(
     kinds: str | None,
     metrics_port: int | None,
     once: bool,
+    notifications_url: str | None,
 ) -> None:
     """Poll one site's APIs and publish its status changes to the site topic."""
     from connector.site.runner import run_site
@@ -442,7 +450,13 @@ def produce(
         "kinds": kinds,
         "metrics_port": metrics_port,
     }
-    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka), "site": site_flags})
+    settings = obj.settings(
+        {
+            "kafka": kafka_flags(bootstrap, librdkafka),
+            "site": site_flags,
+            "notifications": {"url": notifications_url},
+        }
+    )
     run_site(settings, once=once)
 
 
@@ -463,6 +477,18 @@ def produce(
     default="reject",
     show_default=True,
     help="Honour Neutron's changed_since, or reject it with 400 (filter validation).",
+)
+@click.option(
+    "--notify",
+    metavar="URL",
+    help="Send the services' notifications to this RabbitMQ (rabbit://USER:PASS@HOST:PORT/).",
+)
+@click.option(
+    "--notify-loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of notifications dropped at random.",
 )
 @click.option(
     "--write-clouds-yaml",

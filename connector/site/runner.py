@@ -32,6 +32,7 @@ from connector.records.codec import codec_from_settings
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.metrics import SiteMetrics
+from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
 from connector.site.restore import restore_from_topic
@@ -106,6 +107,7 @@ class SitePoller:
             )
             for kind in kinds
         ]
+        self.notifications = _notifications(settings, self.pollers, self.registry)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -122,6 +124,8 @@ class SitePoller:
         if unsent:
             status = "degraded"
             details = {**details, "unsent": unsent}
+        if self.notifications is not None:
+            details = {**details, **self.notifications.details()}
         self.publisher.heartbeat(status, details)
 
     def flush(self) -> None:
@@ -132,12 +136,17 @@ class SitePoller:
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll until `stop` (or one resync of every kind with `once`), then flush."""
+        listening = self.notifications if not once else None
+        if listening is not None:
+            listening.start()
         try:
             if once:
                 _run_once(self.pollers, self, stop)
             else:
                 _run_forever(self.pollers, self, stop, self.settings.site)
         finally:
+            if listening is not None:
+                listening.stop()
             self.producer.flush(FLUSH_TIMEOUT)
         if once and self.health.produce_errors:
             raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
@@ -167,6 +176,20 @@ def run_site(
         finally:
             if ops is not None:
                 ops.stop()
+
+
+def _notifications(
+    settings: Settings, pollers: list[KindPoller], registry: CollectorRegistry
+) -> Notifications | None:
+    """The bus listener, its triggers set as the pollers' waits; None without a bus URL."""
+    if not settings.notifications.url:
+        return None
+    notifications = Notifications(
+        settings.notifications, settings.site, [p.kind.name for p in pollers], registry
+    )
+    for poller in pollers:
+        poller.pause = notifications.triggers[poller.kind.name].wait
+    return notifications
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
