@@ -14,9 +14,9 @@ As in real clouds, not every change is notified: Neutron notifies API operations
 an agent sets, so the status changes of networks, routers, floating IPs and of ports that belong
 to the network node (DHCP, router interfaces) are silent; their creation and deletion are not.
 `loss` drops that share of the other notifications at random. The site's lock is never held
-while sending: changes are queued and a background thread publishes them, reconnecting after the
-bus goes away (what is queued meanwhile is dropped and counted, as a service's notifier would
-lose it).
+while sending: changes are queued and a background thread publishes them, reconnecting and
+sending again after the bus goes away, as oslo.messaging's notifier does (beyond QUEUE_LIMIT
+queued notifications the newest are dropped and counted).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class NotifyCounters:
     lost: int = 0
     #: changes the service would not notify at all
     silent: int = 0
-    #: dropped because the bus was down or the queue full
+    #: dropped because the queue was full (the bus away for long)
     undelivered: int = 0
 
 
@@ -274,6 +274,10 @@ class SiteNotifier:
         self.on_sent: Callable[[str, str], None] | None = None
         self._thread = threading.Thread(target=self._run, name="sim-notify", daemon=True)
         self._stop = threading.Event()
+        self._amqp: Any = None
+        self._conn: Any = None
+        self._channel: Any = None
+        self._declared: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SiteNotifier({self._target['host']}, loss={self.loss}, {self.counters})"
@@ -300,9 +304,7 @@ class SiteNotifier:
     def _run(self) -> None:
         import amqp  # the notifications extra
 
-        conn: Any = None
-        channel: Any = None
-        declared: set[str] = set()
+        self._amqp = amqp
         while not self._stop.is_set():
             event = self._queue.get()
             if event is None:
@@ -316,31 +318,39 @@ class SiteNotifier:
             if self.loss and self._rng.random() < self.loss:
                 self.counters.lost += 1
                 continue
-            exchange, topic, _ = ROUTES[event.kind]
-            try:
-                if conn is None:
-                    conn = amqp.Connection(**self._target, connect_timeout=2.0)
-                    conn.connect()
-                    channel = conn.channel()
-                    declared = set()
-                if exchange not in declared:
-                    # oslo.messaging's defaults: a topic exchange, neither durable nor auto-delete.
-                    channel.exchange_declare(exchange, "topic", durable=False, auto_delete=False)
-                    declared.add(exchange)
-                body = envelope(event, etype, str(event.fields.get("host") or "node-001"))
-                message = amqp.Message(body, content_type="application/json")
-                channel.basic_publish(message, exchange=exchange, routing_key=f"{topic}.info")
-                self.counters.sent += 1
-                if self.on_sent is not None:
-                    self.on_sent(etype, event.object_id)
-            except (OSError, amqp.exceptions.AMQPError) as exc:
-                self.counters.undelivered += 1
-                if conn is not None:
-                    log.warning("notifications: bus connection lost (%s); reconnecting", exc)
-                _close(conn)
-                conn = channel = None
+            # Like oslo.messaging's notifier, keep trying while the bus is away; what piles up
+            # meanwhile waits in the queue (up to QUEUE_LIMIT).
+            while not self._stop.is_set():
+                if self._publish(event, etype):
+                    break
                 self._stop.wait(RECONNECT_DELAY)
-        _close(conn)
+        _close(self._conn)
+
+    def _publish(self, event: Event, etype: str) -> bool:
+        amqp = self._amqp
+        exchange, topic, _ = ROUTES[event.kind]
+        try:
+            if self._conn is None:
+                conn = amqp.Connection(**self._target, connect_timeout=2.0)
+                conn.connect()
+                self._conn, self._channel, self._declared = conn, conn.channel(), set()
+            if exchange not in self._declared:
+                # oslo.messaging's defaults: a topic exchange, neither durable nor auto-delete.
+                self._channel.exchange_declare(exchange, "topic", durable=False, auto_delete=False)
+                self._declared.add(exchange)
+            body = envelope(event, etype, str(event.fields.get("host") or "node-001"))
+            message = amqp.Message(body, content_type="application/json")
+            self._channel.basic_publish(message, exchange=exchange, routing_key=f"{topic}.info")
+        except (OSError, amqp.exceptions.AMQPError) as exc:
+            if self._conn is not None:
+                log.warning("notifications: bus connection lost (%s); reconnecting", exc)
+            _close(self._conn)
+            self._conn = self._channel = None
+            return False
+        self.counters.sent += 1
+        if self.on_sent is not None:
+            self.on_sent(etype, event.object_id)
+        return True
 
 
 def _close(conn: Any) -> None:

@@ -51,6 +51,8 @@ EVENT_KINDS: Sequence[tuple[str, str]] = (
 )
 #: Seconds between probes of the bus (an AMQP handshake) for the health report.
 PROBE_INTERVAL = 5.0
+#: Longest pause, in seconds, between oslo.messaging's attempts to reconnect to the bus.
+RECONNECT_MAX = 3
 
 
 def kind_of(event_type: str) -> str | None:
@@ -192,13 +194,14 @@ class Notifications:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._set_up(_probe(self.url))
-            if self._up and self._listener is None:
+            answers = _probe(self.url)
+            if answers and self._listener is None:
                 try:
                     self._start_listener()
                 except Exception as exc:  # whatever the driver raises: retried on the next probe
                     log.warning("notifications: listener did not start: %s", _describe(exc))
                     self._listener = None
+            self._set_up(answers and self._listener is not None)
             self._stop.wait(PROBE_INTERVAL)
         self._stop_listener()
 
@@ -220,6 +223,9 @@ class Notifications:
         conf = cfg.ConfigOpts()
         conf([], project="cascade-connector", default_config_files=[], default_config_dirs=[])
         transport = oslo_messaging.get_notification_transport(conf, url=self.url)
+        # The driver registered its options above. Reconnect within seconds of the bus coming
+        # back (its default backs off to 30 s): a hint that arrives late is worth little.
+        conf.set_override("rabbit_interval_max", RECONNECT_MAX, group="oslo_messaging_rabbit")
         targets = [oslo_messaging.Target(exchange=ex, topic=topic) for ex, topic in TARGETS]
         listener = oslo_messaging.get_notification_listener(
             transport, targets, [_Endpoint(self)], executor="threading", pool=self.pool
