@@ -69,6 +69,7 @@ def serve_site(options: dict[str, Any], ready: Any, stop: Any, log_path: str) ->
 
     changes: list[tuple[float, str, str, str, bool]] = []
     notified: list[tuple[float, str]] = []
+    lags: list[float] = []
 
     def observe(action: str, obj: Any, old_status: str | None, now: float) -> None:
         if obj.kind in KINDS and (action != "update" or old_status != obj.status):
@@ -77,12 +78,19 @@ def serve_site(options: dict[str, Any], ready: Any, stop: Any, log_path: str) ->
     sim = start_sim(options.pop("site"), **options)
     sim.site.observers.append(observe)
     if sim.notifier is not None:
-        sim.notifier.on_sent = lambda _etype, event: notified.append((event.at, event.object_id))
+
+        def sent(_etype: str, event: Any) -> None:
+            notified.append((event.at, event.object_id))
+            lags.append(time.time() - event.at)
+
+        sim.notifier.on_sent = sent
     ready.put({"url": sim.url, "cloud": sim.cloud, "entry": sim.clouds_yaml_entry()})
     stop.wait()
     counters = vars(sim.notifier.counters) if sim.notifier is not None else {}
     sim.stop()
     with open(log_path, "w") as fh:
+        lag = {"p50": pct(lags, 0.5), "p99": pct(lags, 0.99), "max": max(lags, default=0.0)}
+        counters = {**counters, "lag from change to publish": lag}
         json.dump({"changes": changes, "notified": notified, "notifier": counters}, fh)
 
 

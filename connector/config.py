@@ -152,9 +152,10 @@ class NotificationSettings(_Section):
     #: oslo.messaging listener pool (its own queue): default `cascade-connector-<site>`. Pollers
     #: of one site share a pool; other consumers (Ceilometer) keep their own messages.
     pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
-    #: A triggered poll listing more objects than this is a storm: the kind's triggers pause for
-    #: one interval, so a storm costs about what polling alone costs.
-    storm_objects: int = Field(default=2000, ge=1)
+    #: Changes per second (objects a triggered poll listed, over the seconds its listing
+    #: covered) above which a kind is storming: its triggers pause for one interval, so a storm
+    #: costs about what polling alone costs.
+    storm_rate: float = Field(default=2000.0, gt=0)
 
 
 class ConsumerSettings(_Section):

@@ -270,8 +270,8 @@ class SiteNotifier:
         self._pending = 0
         self._lock = threading.Lock()
         self.counters = NotifyCounters()
-        #: called with (event type, object id) for every notification sent (benchmarks)
-        self.on_sent: Callable[[str, str], None] | None = None
+        #: called with (event type, event) for every notification sent (benchmarks)
+        self.on_sent: Callable[[str, Event], None] | None = None
         self._thread = threading.Thread(target=self._run, name="sim-notify", daemon=True)
         self._stop = threading.Event()
         self._amqp: Any = None
@@ -349,7 +349,7 @@ class SiteNotifier:
             return False
         self.counters.sent += 1
         if self.on_sent is not None:
-            self.on_sent(etype, event.object_id)
+            self.on_sent(etype, event)
         return True
 
 

@@ -3,10 +3,12 @@
 A `PollTrigger` replaces the poller's plain wait. `fire()` (from the notification listener)
 arms it: the poll starts `debounce` seconds later, and every notification until then rides on
 that poll. A notification that arrives while a poll runs arms the next one, because the running
-poll may have listed before the change. A triggered poll that lists more than `storm_objects`
-objects means a storm: triggers pause for one interval, since an interval poll collapses a
-storm's flaps best and repeated early polls would only list them again. The interval polls and
-resyncs go on as before: a trigger only makes a wait shorter.
+poll may have listed before the change. A triggered poll that found more than `storm_rate`
+objects changed per second (what it listed over the time since the previous poll began, plus the
+clock-skew overlap every incremental listing repeats) means a storm: triggers pause for one
+interval, since an interval poll collapses a storm's flaps best and repeated early polls would
+only list them again. The interval polls and resyncs go on as before: a trigger only makes a
+wait shorter.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class PollTrigger:
         self,
         debounce: float,
         interval: float,
-        storm_objects: int,
+        overlap: float,
+        storm_rate: float,
         listed: Callable[[], float],
         on_poll: Callable[[], None] = lambda: None,
         on_debounced: Callable[[], None] = lambda: None,
@@ -35,7 +38,9 @@ class PollTrigger:
     ) -> None:
         self.debounce = debounce
         self.interval = interval
-        self.storm_objects = storm_objects
+        #: seconds every incremental listing reaches back before the previous poll
+        self.overlap = overlap
+        self.storm_rate = storm_rate
         #: objects the kind's polls have listed so far (a counter that only grows)
         self._listed = listed
         self._on_poll = on_poll
@@ -47,8 +52,12 @@ class PollTrigger:
         #: when the armed poll is due; None when not armed
         self._due: float | None = None
         self._paused_until = 0.0
-        #: `listed()` when the last triggered poll started; None if the last poll was not one
-        self._listed_at_trigger: float | None = None
+        #: when the last poll began, and `listed()` then
+        self._began: float | None = None
+        self._listed_at_start = 0.0
+        #: whether the last poll was a triggered one, and the seconds its listing covered
+        self._triggered = False
+        self._covered = 0.0
 
     def __repr__(self) -> str:
         return f"PollTrigger(due={self._due}, paused_until={self._paused_until})"
@@ -78,23 +87,31 @@ class PollTrigger:
                 with self._lock:
                     self._due = None
                     self._fired.clear()
-                self._listed_at_trigger = self._listed()
+                self._poll_begins(triggered=True)
                 self._on_poll()
                 return True
             if now >= deadline:
-                self._listed_at_trigger = None
+                self._poll_begins(triggered=False)
                 return False
             self._fired.wait(min(_SLICE, deadline - now))
             self._fired.clear()
         return False
 
+    def _poll_begins(self, triggered: bool) -> None:
+        now = self._clock()
+        self._covered = (now - self._began if self._began is not None else 0.0) + self.overlap
+        self._began = now
+        self._listed_at_start = self._listed()
+        self._triggered = triggered
+
     def _after_poll(self) -> None:
-        if self._listed_at_trigger is None:
+        if not self._triggered:
             return
-        if self._listed() - self._listed_at_trigger > self.storm_objects:
+        self._triggered = False
+        rate = (self._listed() - self._listed_at_start) / max(self._covered, 1e-3)
+        if rate > self.storm_rate:
             with self._lock:
                 self._paused_until = self._clock() + self.interval
                 if self._due is not None:
                     self._due = max(self._due, self._paused_until)
             self._on_storm()
-        self._listed_at_trigger = None
