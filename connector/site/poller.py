@@ -81,6 +81,11 @@ class KindPoller:
         #: the wait between polls; a PollTrigger's (connector.site.trigger) ends it early
         self.pause: Callable[[threading.Event, float], object] = threading.Event.wait
 
+    @property
+    def proxy(self) -> Any:
+        """The service proxy this poller lists through (its session carries the request hooks)."""
+        return self._proxy
+
     def __repr__(self) -> str:
         return (
             f"KindPoller({self.kind.name}, watermark={self._watermark}, "

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import openstack
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
+from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
+from connector.ops.cleanup import cleanup_after
 from connector.ops.metrics import OpsServer
-from connector.records.codec import codec_from_settings
+from connector.ops.signals import stop_on_signals
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.metrics import SiteMetrics
@@ -128,28 +128,25 @@ class SitePoller:
             details = {**details, **self.notifications.details()}
         self.publisher.heartbeat(status, details)
 
-    def flush(self) -> None:
-        """Wait for every delivery; KafkaError if any message is still queued or failed."""
+    def flush(self, check_delivered: bool = True) -> None:
+        """Wait for every delivery: KafkaError if a message is still queued or (with
+        `check_delivered`) if any delivery failed."""
         self.producer.flush(FLUSH_TIMEOUT)
-        if self.health.produce_errors:
+        if check_delivered and self.health.produce_errors:
             raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
-        """Poll until `stop` (or one resync of every kind with `once`), then flush."""
+        """Poll until `stop` (or one resync of every kind with `once`), then flush. A `once`
+        run fails when a delivery failed; a long run leaves those keys to the next resync."""
         listening = self.notifications if not once else None
         if listening is not None:
             listening.start()
-        try:
+        stop_listening = [] if listening is None else [listening.stop]
+        with cleanup_after(*stop_listening, lambda: self.flush(check_delivered=once)):
             if once:
                 _run_once(self.pollers, self, stop)
             else:
                 _run_forever(self.pollers, self, stop, self.settings.site)
-        finally:
-            if listening is not None:
-                listening.stop()
-            self.producer.flush(FLUSH_TIMEOUT)
-        if once and self.health.produce_errors:
-            raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
 
 
 def run_site(
@@ -163,7 +160,7 @@ def run_site(
     `once` run that could not poll every kind)."""
     stop = stop or threading.Event()
     # Signals are handled from the start: a stop during the restore still flushes and exits 0.
-    with _stop_on_signals(stop), fewer_collections():
+    with stop_on_signals(stop.set), fewer_collections():
         poller = SitePoller(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
@@ -171,11 +168,8 @@ def run_site(
             ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
             ops.start()
             log.info("serving /metrics and /healthz on port %d", ops.port)
-        try:
+        with cleanup_after(*([] if ops is None else [ops.stop])):
             poller.run(stop, once)
-        finally:
-            if ops is not None:
-                ops.stop()
 
 
 def _notifications(
@@ -293,22 +287,3 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop` (only where signals can be handled: the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

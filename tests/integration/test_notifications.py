@@ -20,17 +20,8 @@ from connector.sim import RunningSim
 from connector.sim.behaviour import SERVER_STATES
 from connector.sim.model import Port, SimObject
 from connector.site.runner import run_site
-from tests.integration.test_produce import (
-    Topic,
-    control,
-    differences,
-    latest,
-    open_sim,
-    site_settings,
-    truth,
-)
-
-__all__ = ["open_sim"]  # the fixture, re-used from test_produce
+from tests.support import wait_for
+from tests.support.sim import Topic, control, differences, latest, site_settings, truth
 
 KINDS = "server,volume,port"
 
@@ -48,13 +39,6 @@ def rabbit() -> Iterator[LocalRabbit]:
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 class Poller:
@@ -92,7 +76,7 @@ class Poller:
         return sample(self.registry, name, site=self.site, **labels)
 
     def wait_listening(self) -> None:
-        wait_for("the listener", lambda: self.metric("cascade_site_notifications_up") == 1)
+        wait_for(lambda: self.metric("cascade_site_notifications_up") == 1, 60, "the listener")
 
 
 def flip(sim: RunningSim, obj: SimObject) -> str:
@@ -133,7 +117,7 @@ def test_a_notification_polls_its_kind_at_once_and_steals_from_no_one(
     )
     topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
     with Poller(settings) as poller:
-        wait_for("the first resync", lambda: poller.metric("cascade_site_sequence") >= 90)
+        wait_for(lambda: poller.metric("cascade_site_sequence") >= 90, 60, "the first resync")
         poller.wait_listening()
         topic.new()
         targets = [
@@ -149,7 +133,7 @@ def test_a_notification_polls_its_kind_at_once_and_steals_from_no_one(
             arrived.update({k: r.status for k, r in latest(topic.new()).items()})
             return all(arrived.get(k) == status for k, status in expected.items())
 
-        wait_for("the notified changes in the topic", all_arrived, timeout=60)
+        wait_for(all_arrived, 60, "the notified changes in the topic")
         assert time.monotonic() - changed_at < 60 < settings.site.interval
         for kind in ("server", "volume", "port"):
             assert poller.metric("cascade_site_notifications_received_total", kind=kind) >= 1
@@ -180,7 +164,7 @@ def test_lost_and_unsent_notifications_cost_time_not_changes(
         dhcp = first(sim, "port", lambda p: getattr(p, "device_owner", "") == "network:dhcp")
         flip(sim, dhcp)
         control(sim, "/_sim/churn", {"rate": 100, "seconds": 2})
-        wait_for("the churn", lambda: sim.app.jobs.running() == 0)
+        wait_for(lambda: sim.app.jobs.running() == 0, 60, "the churn")
         expected = truth(sim, KINDS)
         changes: list[Any] = []
 
@@ -188,7 +172,7 @@ def test_lost_and_unsent_notifications_cost_time_not_changes(
             changes.extend(topic.new())
             return not differences(changes, expected)
 
-        wait_for("the topic to equal the site", converged, timeout=90)
+        wait_for(converged, 90, "the topic to equal the site")
         assert poller.alive
     counters = sim.notifier.counters if sim.notifier else None
     assert counters is not None
@@ -210,14 +194,14 @@ def test_the_bus_going_away_stops_neither_polling_nor_for_good_the_notifications
         poller.wait_listening()
         rabbit.stop()
         try:
-            wait_for("the bus to be seen down", lambda: poller.metric(UP) == 0, timeout=30)
+            wait_for(lambda: poller.metric(UP) == 0, 30, "the bus to be seen down")
             status = flip(sim, server)
 
             def polled() -> bool:
                 record = latest(topic.new()).get(("server", server.id))
                 return record is not None and record.status == status
 
-            wait_for("the change, by polling alone", polled, timeout=60)
+            wait_for(polled, 60, "the change, by polling alone")
             assert poller.alive
         finally:
             rabbit.start()
@@ -231,7 +215,7 @@ def test_the_bus_going_away_stops_neither_polling_nor_for_good_the_notifications
                 poller.metric("cascade_site_notifications_received_total", kind="server") > received
             )
 
-        wait_for("notifications to resume", notified_again, timeout=60)
+        wait_for(notified_again, 60, "notifications to resume")
         assert poller.alive
 
 

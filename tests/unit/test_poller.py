@@ -3,7 +3,6 @@ fallbacks, the revision diff, the requests really sent, paging, backoff."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
-from tests.unit.test_site_publisher import FakeProducer, make
+from tests.support.site import FakeProducer, make_publisher, response
 
 
 class FakeProxy:
@@ -67,15 +66,6 @@ class FakeProxy:
         return out
 
 
-def response(status: int, body: dict[str, Any]) -> requests.Response:
-    made = requests.Response()
-    made.status_code = status
-    made._content = json.dumps(body).encode()
-    made.headers["Content-Type"] = "application/json"
-    made.url = "http://site.test/"
-    return made
-
-
 ROW = Kind(
     name="port",
     service="network",
@@ -99,9 +89,13 @@ def put(proxy: FakeProxy, object_id: str, status: str, revision: int) -> None:
 
 
 def poller(
-    proxy: FakeProxy, clock: list[float], row: Kind = ROW, **settings: Any
+    proxy: FakeProxy,
+    clock: list[float],
+    row: Kind = ROW,
+    jitter: Callable[[], float] = lambda: 1.0,
+    **settings: Any,
 ) -> tuple[KindPoller, FakeProducer]:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
     return (
         KindPoller(
@@ -112,7 +106,7 @@ def poller(
             metrics,
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
-            jitter=lambda: 1.0,
+            jitter=jitter,
         ),
         producer,
     )
@@ -217,8 +211,8 @@ def test_a_site_error_is_openstacksdks_exception(ports: FakeProxy) -> None:
 def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half(ports: FakeProxy) -> None:
     p, _ = poller(ports, [0.0], backoff_initial=1.0, backoff_max=10.0)
     assert [p.backoff(n) for n in (1, 2, 3, 4, 5, 60)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    p._jitter = lambda: 0.0
-    assert p.backoff(3) == 2.0
+    low, _ = poller(ports, [0.0], backoff_initial=1.0, backoff_max=10.0, jitter=lambda: 0.0)
+    assert low.backoff(3) == 2.0
 
 
 @pytest.mark.parametrize(
