@@ -237,6 +237,7 @@ class Bench:
         self.ctx = multiprocessing.get_context("spawn")
         self.stop_site = self.ctx.Event()
         self.site_proc: Any = None
+        self.consumer: Any = None
         self.top = TopLayer()
 
     def start(self) -> None:
@@ -276,7 +277,7 @@ class Bench:
         consume = ["consume", "--sink", self.top.url, "--group", f"fresh-{self.run_id}"]
         if a.batch_wait is not None:
             consume += ["--batch-wait", str(a.batch_wait)]
-        self.processes.start("consumer", *consume)
+        self.consumer = self.processes.start("consumer", *consume)
 
     def stop(self) -> None:
         if self.processes is not None:
@@ -312,7 +313,7 @@ class Bench:
             polled = all(m.get((LAST_POLL, k)) for k in KINDS)
             return polled and (not notifications or m.get((UP, "")) == 1)
 
-        wait_until("the poller", ready, 120, self.processes.check_alive)
+        wait_until("the poller", ready, 120, self.check)
 
     def stop_poller(self) -> None:
         if self.poller is not None:
@@ -350,8 +351,11 @@ class Bench:
         return time.monotonic() - started
 
     def check(self) -> None:
-        assert self.processes is not None
-        self.processes.check_alive()
+        """Raise if the consumer or the current poller exited (pollers stopped on purpose before
+        are not looked at)."""
+        for name, proc in (("consumer", self.consumer), ("poller", self.poller)):
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the {name} exited with {proc.returncode}; logs in {self.work}")
 
     def site_stats(self) -> tuple[int, int]:
         stats = http_json(f"{self.sim_url}/_sim/stats")

@@ -268,15 +268,15 @@ def _import_oslo_messaging() -> bool:
     """Import oslo.messaging, with oslo.service on plain threads rather than eventlet; False if
     the extra is not installed."""
     try:
-        from oslo_service import backend
-
-        try:
-            backend.init_backend(backend.BackendType.THREADING)
-        except backend.exceptions.BackendAlreadySelected as exc:
-            log.warning("notifications: %s; listening anyway", exc)
         with warnings.catch_warnings():
             # Importing eventlet (futurist does, if it is installed) warns that it is deprecated.
             warnings.simplefilter("ignore")
+            from oslo_service import backend
+
+            try:
+                backend.init_backend(backend.BackendType.THREADING)
+            except backend.exceptions.BackendAlreadySelected as exc:
+                log.warning("notifications: %s; listening anyway", exc)
             import oslo_messaging  # noqa: F401
     except ImportError:
         return False
