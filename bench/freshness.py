@@ -175,7 +175,8 @@ def delays(
     by_object: dict[tuple[str, str], list[tuple[float, tuple[str | None, bool]]]] = defaultdict(
         list
     )
-    vanished = {(kind, object_id) for _, kind, object_id, _, deleted in changes if deleted}
+    end = window[1]
+    vanished = {(kind, oid) for at, kind, oid, _, deleted in changes if deleted and at < end}
     for at, kind, object_id, status, deleted in changes:
         by_object[(kind, object_id)].append((at, (None, True) if deleted else (status, False)))
     out = Delays()
@@ -184,7 +185,8 @@ def delays(
         if never_listed or (key[0] in VANISH and key in vanished):
             # Created and deleted between two polls (the top never had it, rightly); or a
             # volume or port deleted before the end: its last changes may never be listed, and
-            # its deletion shows with the next resync.
+            # its deletion shows with the next resync. (Deletions after the window, in a later
+            # run, do not matter: the object was listed alive until then.)
             out.left_out += sum(window[0] <= at < window[1] for at, _ in history)
             continue
         arrived = [(r[0], (None, True) if r[3] else (r[2], False)) for r in rows.get(key, [])]
