@@ -366,7 +366,7 @@ def local_kafka_status(broker: Any) -> None:
     help="Milliseconds a batch waits for more records.",
 )
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
 @click.option(
     "--until-idle",
     is_flag=True,
@@ -416,7 +416,7 @@ def consume(
 @click.option("--interval", type=float, default=None, help="Seconds between incremental polls.")
 @click.option("--resync-interval", type=float, default=None, help="Seconds between resyncs.")
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
 @click.option(
     "--notifications",

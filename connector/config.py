@@ -80,7 +80,7 @@ class SiteSettings(_Section):
     clock_skew: float = Field(default=3.0, ge=0)
     #: Seconds between site heartbeats.
     heartbeat_interval: float = Field(default=5.0, gt=0)
-    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: Seconds of the first retry delay after a failed poll; doubles per failure, with jitter.
     backoff_initial: float = Field(default=1.0, gt=0)
@@ -137,7 +137,7 @@ class ConsumerSettings(_Section):
     batch_wait_ms: int = Field(default=500, ge=0, le=60_000)
     #: Where records that cannot be decoded or applied go, with headers saying why.
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
-    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
 

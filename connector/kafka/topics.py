@@ -9,6 +9,7 @@ A topic that exists with another config is reported, setting by setting, and not
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,7 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     )
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        _wait_until_visible(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
@@ -217,6 +219,22 @@ class _AlreadyExistsError(Exception):
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
     return new_client(AdminClient, kafka.client_config())
+
+
+def _wait_until_visible(admin: AdminClient, topic: str) -> None:
+    """Return once the broker's metadata lists every partition of a topic just created with a
+    leader: until then a reader of it (the poller's restore) gets "unknown topic or partition"."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT
+    delay = 0.02
+    while True:
+        found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
+        partitions = found.partitions.values() if found is not None and found.error is None else []
+        if partitions and all(p.leader >= 0 for p in partitions):
+            return
+        if time.monotonic() + delay > deadline:
+            raise KafkaError(f"create {topic}: not visible in the metadata after {ADMIN_TIMEOUT} s")
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
 
 
 def _wait(future: Future[Any], what: str) -> Any:
