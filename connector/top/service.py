@@ -88,5 +88,9 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             cleanup.callback(server.stop)
             log.info("serving /metrics, /readyz and /livez on port %d", server.port)
 
-        with stop_on_signals(loop.stop):
+        def stop() -> None:
+            loop.stop()
+            sink.interrupt()  # a sink call in its retry backoff gives up (backpressure) at once
+
+        with stop_on_signals(stop):
             loop.run(until_idle=until_idle)
