@@ -621,6 +621,13 @@ def consume(
     default=None,
     help="Seconds before a silent active poller's lease passes to a standby [default 10].",
 )
+@click.option(
+    "--notifications",
+    "notifications_url",
+    metavar="URL",
+    default=None,
+    help="Listen to the site's message bus (rabbit://...) and poll a kind early when notified.",
+)
 @click.pass_obj
 def produce(
     obj: _Context,
@@ -635,6 +642,7 @@ def produce(
     once: bool,
     instance_id: str | None,
     lease_timeout: float | None,
+    notifications_url: str | None,
 ) -> None:
     """Poll one site's APIs and publish its status changes to the site topic.
 
@@ -652,7 +660,13 @@ def produce(
         "instance_id": instance_id,
         "lease_timeout": lease_timeout,
     }
-    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka), "site": site_flags})
+    settings = obj.settings(
+        {
+            "kafka": kafka_flags(bootstrap, librdkafka),
+            "site": site_flags,
+            "notifications": {"url": notifications_url},
+        }
+    )
     run_site(settings, once=once)
 
 
@@ -673,6 +687,18 @@ def produce(
     default="reject",
     show_default=True,
     help="Honour Neutron's changed_since, or reject it with 400 (filter validation).",
+)
+@click.option(
+    "--notify",
+    metavar="URL",
+    help="Send the services' notifications to this RabbitMQ (rabbit://USER:PASS@HOST:PORT/).",
+)
+@click.option(
+    "--notify-loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of notifications dropped at random.",
 )
 @click.option(
     "--write-clouds-yaml",

@@ -120,6 +120,24 @@ class SiteSettings(_Section):
         return resolve_kind_names(value)
 
 
+class NotificationSettings(_Section):
+    """The site's message bus, listened to as a hint to poll a kind early (docs/site.md)."""
+
+    #: oslo.messaging transport URL of the site's bus (`rabbit://USER:PASS@HOST:PORT/`); unset:
+    #: polling alone. Needs the `notifications` extra.
+    url: str | None = Field(default=None, pattern=r"^[a-z0-9+]+://")
+    #: Seconds from a kind's first notification to the poll it triggers; notifications until
+    #: then ride on that poll.
+    debounce: float = Field(default=0.2, ge=0, le=60)
+    #: oslo.messaging listener pool (its own queue): default `cascade-connector-<site>`. Pollers
+    #: of one site share a pool; other consumers (Ceilometer) keep their own messages.
+    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    #: Changes per second (objects a triggered poll listed, over the seconds its listing
+    #: covered) above which a kind is storming: its triggers pause for one interval, so a storm
+    #: costs about what polling alone costs.
+    storm_rate: float = Field(default=2000.0, gt=0)
+
+
 class ConsumerSettings(_Section):
     """The top consumer group: its name, its batches, the rate the top layer allows."""
 
@@ -172,6 +190,7 @@ class Settings(_Section):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     site: SiteSettings = Field(default_factory=SiteSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
 

@@ -78,6 +78,8 @@ class KindPoller:
         self._since_rejected = False
         #: id -> revision_number from the last listing, for the revision diff
         self._revisions: dict[str, int] = {}
+        #: the wait between polls; a PollTrigger's (connector.site.trigger) ends it early
+        self.pause: Callable[[threading.Event, float], object] = threading.Event.wait
 
     @property
     def proxy(self) -> Any:
@@ -202,7 +204,7 @@ class KindPoller:
                 continue
             if resync:
                 next_resync = begun + self._settings.resync_interval
-            stop.wait(max(0.0, self._settings.interval - (time.monotonic() - begun)))
+            self.pause(stop, max(0.0, self._settings.interval - (time.monotonic() - begun)))
 
     def wants_resync(self, due: bool, last_resync_failed: bool) -> bool:
         """Whether the next poll is a resync: when one is due, or when keys whose delivery failed

@@ -35,6 +35,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.lease import Election, instance_id, open_site_producer
 from connector.site.metrics import SiteMetrics
+from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
 from connector.site.restore import Restored, restore_from_topic
@@ -121,6 +122,7 @@ class SitePoller:
             )
             for kind in kinds
         ]
+        self.notifications = _notifications(settings, self.pollers, self.registry)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -137,6 +139,8 @@ class SitePoller:
         if unsent:
             status = "degraded"
             details = {**details, "unsent": unsent}
+        if self.notifications is not None:
+            details = {**details, **self.notifications.details()}
         self.publisher.heartbeat(status, {**details, "instance": self.instance})
 
     def flush(self, check_delivered: bool = True) -> None:
@@ -149,7 +153,11 @@ class SitePoller:
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll until `stop` (or one resync of every kind with `once`), then flush. A `once`
         run fails when a delivery failed; a long run leaves those keys to the next resync."""
-        with cleanup_after(lambda: self.flush(check_delivered=once)):
+        listening = self.notifications if not once else None
+        if listening is not None:
+            listening.start()
+        stop_listening = [] if listening is None else [listening.stop]
+        with cleanup_after(*stop_listening, lambda: self.flush(check_delivered=once)):
             if once:
                 _run_once(self.pollers, self, stop)
             else:
@@ -185,6 +193,20 @@ def run_site(
                     settings, registry, metrics, producer, restored
                 ),
             )
+
+
+def _notifications(
+    settings: Settings, pollers: list[KindPoller], registry: CollectorRegistry
+) -> Notifications | None:
+    """The bus listener, its triggers set as the pollers' waits; None without a bus URL."""
+    if not settings.notifications.url:
+        return None
+    notifications = Notifications(
+        settings.notifications, settings.site, [p.kind.name for p in pollers], registry
+    )
+    for poller in pollers:
+        poller.pause = notifications.triggers[poller.kind.name].wait
+    return notifications
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
