@@ -87,7 +87,9 @@ class Producer:
                 break
             except BufferError:
                 self._producer.poll(0.1)
-        self.poll(0)
+        # This class's poll, not an override's: TransactionalProducer.produce calls this while
+        # holding its lock, which its poll takes too (a dispatched self.poll deadlocked there).
+        Producer.poll(self, 0)
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""

@@ -22,6 +22,16 @@ REQUIRED = {
     "cascade_consumer_rows_applied_total",
     "cascade_consumer_max_rate",
     "cascade_consumer_dead_letters_total",
+    # Since issue 14: windows (issues 10, 18), HA pollers (12), notifications (17).
+    "cascade_consumer_window_keys",
+    "cascade_consumer_window_age_seconds",
+    "cascade_consumer_skipped_unchanged_total",
+    "cascade_consumer_site_pending_changes",
+    "cascade_consumer_site_oldest_pending_seconds",
+    "cascade_site_active",
+    "cascade_site_notifications_received_total",
+    "cascade_site_notification_polls_total",
+    "cascade_site_notifications_up",
 }
 
 
