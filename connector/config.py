@@ -124,6 +124,12 @@ class SiteSettings(_Section):
     backoff_max: float = Field(default=60.0, gt=0)
     #: Seconds an API request may take before it counts as failed.
     api_timeout: float = Field(default=30.0, gt=0)
+    #: Where a service lists no deleted objects and has no cheap count (Neutron accepting
+    #: `changed_since`): a listing of ids every this many incremental polls finds deletions.
+    deletion_sweep_every: int = Field(default=2, ge=1, le=1000)
+    #: Share of a kind's known objects that may vanish from one listing; above it the
+    #: tombstones wait until the next listing agrees (a Nova cell down hides its servers).
+    vanish_guard: float = Field(default=0.2, gt=0, le=1.0)
 
     @field_validator("kinds", mode="before")
     @classmethod

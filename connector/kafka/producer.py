@@ -7,6 +7,7 @@ caller, so a failed delivery is surfaced and never dropped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,13 +31,33 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
-class Producer:
-    """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`."""
+class ProduceInterrupted(KafkaError):
+    """`interrupt()` was called while `produce` waited for room in a full local queue."""
 
-    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+
+class Producer:
+    """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`.
+
+    `on_error` hears librdkafka's client-level errors (all brokers down, timeouts), besides the
+    log, so the caller can report them.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        on_error: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
-        config.setdefault("error_cb", log_client_error)
+
+        def client_error(err: confluent_kafka.KafkaError) -> None:
+            log_client_error(err)
+            if on_error is not None:
+                on_error(str(err.str()))
+
+        config.setdefault("error_cb", client_error)
         self._producer = new_client(confluent_kafka.Producer, config)
+        self._interrupted = threading.Event()
 
     def produce(
         self,
@@ -46,7 +67,8 @@ class Producer:
         on_delivery: DeliveryCallback,
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Queue one message; waits (serving delivery reports) while the local queue is full."""
+        """Queue one message; waits (serving delivery reports) while the local queue is full,
+        until `interrupt()` (then ProduceInterrupted: the message is not queued)."""
 
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
@@ -64,8 +86,17 @@ class Producer:
                 )
                 break
             except BufferError:
+                # A full queue means the broker is out of reach; a stop must not wait for it.
+                if self._interrupted.is_set():
+                    raise ProduceInterrupted(
+                        f"stopped while the local queue was full ({len(self._producer)} queued)"
+                    ) from None
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def interrupt(self) -> None:
+        """Make a `produce` waiting on a full queue (now or later) give up: the process stops."""
+        self._interrupted.set()
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""

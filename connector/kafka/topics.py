@@ -9,6 +9,7 @@ A topic that exists with another config is reported, setting by setting, and not
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,10 @@ from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
 
 #: Seconds an admin request may take before it counts as Kafka trouble.
 ADMIN_TIMEOUT = 30.0
+#: Seconds a topic created a moment ago may take to show every partition with a leader in the
+#: metadata; under load (twenty pollers creating topics at once) the controller is slow to
+#: propagate them, and reading before that answers "Unknown topic or partition".
+READY_TIMEOUT = 60.0
 
 
 class TopicConfigError(ConnectorError):
@@ -155,6 +160,7 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     try:
         _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
         report.created = True
+        wait_until_ready(admin, topic)
         return report
     except _AlreadyExistsError:
         pass
@@ -206,6 +212,40 @@ def describe_site_topic(kafka: KafkaSettings, site: str) -> TopicDescription:
 
 class _AlreadyExistsError(Exception):
     pass
+
+
+def wait_until_ready(admin: AdminClient, topic: str, timeout: float = READY_TIMEOUT) -> int:
+    """Wait until the metadata shows `topic` with a leader for every partition; returns the
+    partition count. KafkaError naming what was missing when `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        problem = _not_ready(admin, topic)
+        if problem is None:
+            return len(admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics[topic].partitions)
+        if time.monotonic() + delay > deadline:
+            raise KafkaError(f"topic {topic} not ready after {timeout:.0f} s: {problem}")
+        time.sleep(delay)
+        delay = min(1.0, delay * 2)
+
+
+def _not_ready(admin: AdminClient, topic: str) -> str | None:
+    """Why `topic` cannot be read yet, or None when every partition has a leader."""
+    try:
+        found = admin.list_topics(topic, timeout=min(ADMIN_TIMEOUT, 5.0)).topics.get(topic)
+    except confluent_kafka.KafkaException as exc:
+        return str(exc.args[0] if exc.args else exc)
+    if found is None:
+        return "not in the metadata"
+    if found.error is not None:
+        return str(found.error.str())
+    if not found.partitions:
+        return "no partitions yet"
+    for partition in found.partitions.values():
+        if partition.error is not None or partition.leader < 0:
+            reason = partition.error.str() if partition.error is not None else "no leader"
+            return f"partition {partition.id}: {reason}"
+    return None
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:

@@ -5,44 +5,58 @@ openstacksdk connection per kind, each in its own thread so a failing service do
 the others), publishes a heartbeat every few seconds, and serves /metrics and /healthz. SIGTERM
 and SIGINT stop the pollers, flush the producer and return normally (exit 0). With `once`, every
 kind is resynced once, a heartbeat is published, the producer flushed, and the call returns.
+
+Nothing transient ends the process: Kafka trouble at start-up (no leader yet, brokers down,
+timeouts) is retried with backoff while /healthz and the metrics say degraded, and the service
+proxies are made inside each kind's polls, under that kind's backoff. A stop ends the process
+within 10 s in every state (STOP_JOIN, then STOP_FLUSH); what could not be delivered by then is
+reported, and republished from the site by the next start (its restore does not hold it).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import openstack
+import openstack.config
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
-from connector.kafka.topics import ensure_site_topic
+from connector.kafka.topics import TopicConfigError, TopicReport, ensure_site_topic, site_topic
 from connector.ops.metrics import OpsServer
 from connector.records.codec import codec_from_settings
+from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.metrics import SiteMetrics
-from connector.site.poller import KindPoller
+from connector.site.poller import KindPoller, backoff_delay
 from connector.site.publisher import Publisher
-from connector.site.restore import restore_from_topic
+from connector.site.restore import Restored, restore_from_topic
 
 log = logging.getLogger(__name__)
 
 #: Attempts per kind in `--once` mode before the run counts as failed.
 ONCE_ATTEMPTS = 5
-#: Seconds to wait for the poller threads after a stop, and for the final flush.
-SHUTDOWN_JOIN = 10.0
+#: Seconds from a stop (SIGTERM) to the end of the process stay under 10: the poller threads
+#: get STOP_JOIN (a request in flight is abandoned), the final flush STOP_FLUSH.
+STOP_JOIN = 3.0
+STOP_FLUSH = 5.0
+#: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
+
+T = TypeVar("T")
 #: Allocations between runs of the collector's youngest generation (Python's default: 700).
 #: A listing page is tens of thousands of small dicts and strings, none in a cycle; at the
 #: default the collector runs dozens of times per page and rescans what is still alive, about a
@@ -54,26 +68,51 @@ class SitePollFailed(ConnectorError):
     """A `--once` run could not poll every kind; the heartbeat says which and why."""
 
 
+class Stopped(ConnectorError):
+    """A stop (SIGTERM) came while the poller was still starting; nothing is wrong."""
+
+    exit_code = 0
+
+
 class SitePoller:
     """One site's poller, assembled: topic ensured, state restored, a KindPoller per kind.
 
     `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
+    Kafka trouble while starting is retried with backoff until it passes or `stop` is set
+    (then Stopped); /healthz and the metrics can be served from `on_health` on, before it.
     """
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        stop: threading.Event | None = None,
+        on_health: Callable[[SitePoller], None] | None = None,
+    ) -> None:
         site = settings.site.name
         if not site:
             raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
         self.settings = settings
+        self._stop = stop or threading.Event()
         kinds = kinds_for(settings.site.kinds)
         codec = codec_from_settings(settings.kafka)
-        report = ensure_site_topic(settings.kafka, site)
+        self.topic = site_topic(settings.kafka.topic_prefix, site)
+        _check_cloud(settings.site)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SiteMetrics(self.registry, site)
+        self.health = Health([k.name for k in kinds], self.metrics)
+        if on_health is not None:
+            on_health(self)
+        report: TopicReport = self._until_kafka_answers(
+            "ensure the topic", lambda: ensure_site_topic(settings.kafka, site)
+        )
         for line in report.lines():
             log.info("%s", line)
-        self.topic = report.topic
-        self.restored = restore_from_topic(
-            settings.kafka, self.topic, codec, [k.name for k in kinds]
+        names = [k.name for k in kinds]
+        self.restored: Restored = self._until_kafka_answers(
+            "restore", lambda: restore_from_topic(settings.kafka, self.topic, codec, names)
         )
+        self.health.kafka_ok()
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
             sum(len(fps) for fps in self.restored.fingerprints.values()),
@@ -81,10 +120,7 @@ class SitePoller:
             self.restored.messages,
             self.topic,
         )
-        self.registry = registry or CollectorRegistry()
-        self.metrics = SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics)
-        self.producer = Producer(settings.kafka)
+        self.producer = Producer(settings.kafka, on_error=self._kafka_trouble)
         self.publisher = Publisher(
             site,
             self.topic,
@@ -95,17 +131,52 @@ class SitePoller:
             self.restored.fingerprints,
             self.restored.last_sequence,
         )
-        self.pollers = [
-            KindPoller(
-                kind,
-                _proxy(settings.site, kind, self.metrics),
-                self.publisher,
-                self.health,
-                self.metrics,
-                settings.site,
-            )
-            for kind in kinds
-        ]
+        self.pollers = [self._kind_poller(kind) for kind in kinds]
+
+    def _kind_poller(self, kind: Kind) -> KindPoller:
+        site_clock = SiteClock()
+        offset = self.metrics.clock_offset.labels(self.metrics.site, kind.name)
+
+        def connect() -> Any:
+            proxy = _proxy(self.settings.site, kind, self.metrics, site_clock)
+            offset.set(site_clock.offset)
+            return proxy
+
+        # The clouds.yaml entry was checked at the start (exit 2 when unusable); the service
+        # proxy (Keystone, the catalog) is made in the first poll, under the kind's backoff.
+        return KindPoller(
+            kind,
+            None,
+            self.publisher,
+            self.health,
+            self.metrics,
+            self.settings.site,
+            connect=connect,
+            site_clock=site_clock,
+        )
+
+    def _until_kafka_answers(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, in a thread of its own so a stop is never kept waiting by a Kafka timeout,
+        again after a backoff delay for as long as Kafka fails; Stopped when stopped first.
+        Settings Kafka cannot take (a topic config that differs) are not retried."""
+        failures = 0
+        while True:
+            try:
+                return _interruptible(call, self._stop, what)
+            except (TopicConfigError, ConfigError, Stopped):
+                raise
+            except KafkaError as exc:
+                failures += 1
+                self._kafka_trouble(f"{what}: {exc}")
+                delay = backoff_delay(self.settings.site, failures, random.random())
+                log.warning(
+                    "cannot %s (%d in a row), retrying in %.1fs: %s", what, failures, delay, exc
+                )
+                if self._stop.wait(delay):
+                    raise Stopped(f"stopped while trying to {what}") from exc
+
+    def _kafka_trouble(self, error: str) -> None:
+        self.health.kafka_failed(error)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -132,15 +203,40 @@ class SitePoller:
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll until `stop` (or one resync of every kind with `once`), then flush."""
+
+        def interrupt_on_stop() -> None:
+            # A poller waiting for room in a full producer queue gives up at once on a stop.
+            stop.wait()
+            self.producer.interrupt()
+
+        threading.Thread(target=interrupt_on_stop, name="stop-producer", daemon=True).start()
         try:
             if once:
                 _run_once(self.pollers, self, stop)
             else:
                 _run_forever(self.pollers, self, stop, self.settings.site)
         finally:
-            self.producer.flush(FLUSH_TIMEOUT)
-        if once and self.health.produce_errors:
+            if stop.is_set():
+                self._flush_at_stop()
+            else:
+                self.producer.flush(FLUSH_TIMEOUT)
+        if once and not stop.is_set() and self.health.produce_errors:
             raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
+
+    def _flush_at_stop(self) -> None:
+        """Deliver what can be within STOP_FLUSH; report the rest, which the next start
+        republishes from the site (its restore does not hold it), and drop it."""
+        try:
+            self.producer.flush(STOP_FLUSH)
+        except KafkaError:
+            undelivered = len(self.producer)
+            log.error(
+                "stopping with %d message(s) undelivered (Kafka out of reach for %.0f s); the "
+                "next start republishes them from the site",
+                undelivered,
+                STOP_FLUSH,
+            )
+            self.producer.purge()
 
 
 def run_site(
@@ -153,24 +249,42 @@ def run_site(
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
     stop = stop or threading.Event()
-    # Signals are handled from the start: a stop during the restore still flushes and exits 0.
-    with _stop_on_signals(stop), fewer_collections():
-        poller = SitePoller(settings, registry)
-        ops = None
+    ops: list[OpsServer] = []
+
+    def serve(poller: SitePoller) -> None:
+        # Before the Kafka start-up: a poller retrying it is seen degraded, not silent.
         if settings.site.metrics_port is not None:
-            health = poller.health.snapshot
-            ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
-            ops.start()
-            log.info("serving /metrics and /healthz on port %d", ops.port)
+            server = OpsServer(
+                poller.registry, poller.health.snapshot, port=settings.site.metrics_port
+            )
+            ops.append(server.start())
+            log.info("serving /metrics and /healthz on port %d", server.port)
+
+    # Signals are handled from the start: a stop during the restore still exits 0.
+    with _stop_on_signals(stop), fewer_collections():
         try:
+            poller = SitePoller(settings, registry, stop, on_health=serve)
             poller.run(stop, once)
+        except Stopped as exc:
+            log.info("%s", exc)
         finally:
-            if ops is not None:
-                ops.stop()
+            for server in ops:
+                server.stop()
 
 
-def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
-    """The service proxy of a fresh connection for `kind`, its requests counted."""
+def _check_cloud(site: SiteSettings) -> None:
+    """ConfigError when the clouds.yaml entry cannot be used (no network involved)."""
+    cloud = site.cloud or site.name
+    try:
+        openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"site.cloud: cannot use clouds.yaml entry {cloud!r}: {exc}") from exc
+
+
+def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: SiteClock) -> Any:
+    """The service proxy of a fresh connection for `kind`, its requests counted and the site's
+    clock read from their Date headers. Making it asks Keystone for the catalog: a site fault
+    when Keystone is down, raised in the kind's poll."""
     cloud = site.cloud or site.name
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
@@ -182,9 +296,35 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
     def count(response: Any, *_args: Any, **_kwargs: Any) -> None:
         requests.inc()
         received.inc(len(response.content))
+        site_clock.observe(response.headers.get("Date"))
 
     conn.session.session.hooks["response"].append(count)
     return getattr(conn, kind.service)
+
+
+def _interruptible(call: Callable[[], T], stop: threading.Event, what: str) -> T:
+    """`call()` in a daemon thread; its result or exception, or Stopped as soon as `stop` is
+    set (the thread is left to finish on its own: Kafka calls time out, they cannot be
+    cancelled)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller, who raises it
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"start-{what.replace(' ', '-')}", daemon=True).start()
+    while not done.wait(0.2):
+        if stop.is_set():
+            raise Stopped(f"stopped while trying to {what}")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _run_once(pollers: list[KindPoller], site: SitePoller, stop: threading.Event) -> None:
@@ -253,9 +393,12 @@ def _join(started: tuple[list[threading.Thread], _Crash], stop: threading.Event)
     for thread in threads:
         while thread.is_alive() and not stop.is_set():
             thread.join(0.2)
-        # Once stopped, wait a bounded time for a request in flight: whatever it would have
-        # published is published after the restart, by the resync against the restored state.
-        thread.join(SHUTDOWN_JOIN)
+    # Once stopped, wait a bounded time, for all threads together, for a request in flight:
+    # whatever it would have published is published after the restart, by the resync against
+    # the restored state.
+    deadline = time.monotonic() + STOP_JOIN
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
     if crash.error is not None:
         raise crash.error
 
