@@ -5,7 +5,11 @@
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
 - `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
 - `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes]}` makes
-  API requests fail (status) or hang (delay) for S seconds; `DELETE` clears them.
+  API requests fail (status) or hang (delay) for S seconds; `{"seconds": S, "hide": {"kind": K,
+  "share": F}}` leaves that share of the kind's objects out of every listing for S seconds (a
+  Nova cell down); `DELETE` clears them.
+- `POST /_sim/corrupt`: `{"kind": K, "count": N}` serves N objects of kind K malformed (no id,
+  a time that does not parse, a status that is not a string, in turn); `"count": 0` undoes it.
 - `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
 - `GET /_sim/info`: site name, seed, URLs, projects.
 """
@@ -120,7 +124,11 @@ class Control:
                 return self._fault(_body(request))
             if route == ("DELETE", "/_sim/faults"):
                 self.faults.clear()
+                for kind in KINDS:
+                    self.site.hide(kind, 0.0, 0.0)
                 return Response(204, b"")
+            if route == ("POST", "/_sim/corrupt"):
+                return self._corrupt(_body(request))
             if route == ("POST", "/_sim/archive"):
                 return json_response(200, {"archived": self.site.archive()})
             if route == ("GET", "/_sim/info"):
@@ -174,8 +182,26 @@ class Control:
             202, {"started": "storm", "objects": objects, "changes": changes, "kinds": kinds}
         )
 
+    def _corrupt(self, body: dict[str, Any]) -> Response:
+        kind = body.get("kind")
+        if kind not in KINDS:
+            raise BadControl(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        count = _number(body, "count", int, 0, 10_000_000)
+        ids = self.site.set_corrupt(kind, count)
+        corrupt = self.site.corrupt[kind]
+        return json_response(200, {"kind": kind, "corrupt": {i: corrupt[i] for i in ids}})
+
     def _fault(self, body: dict[str, Any]) -> Response:
         seconds = _number(body, "seconds", float, 0.0, 86400.0)
+        if "hide" in body:
+            hide = body["hide"]
+            if not isinstance(hide, dict) or hide.get("kind") not in KINDS:
+                raise BadControl(f'hide must be {{"kind": one of {list(KINDS)}, "share": F}}')
+            share = _number(hide, "share", float, 0.0, 1.0)
+            self.site.hide(hide["kind"], share, seconds)
+            return json_response(
+                200, {"hide": {"kind": hide["kind"], "share": share}, "seconds": seconds}
+            )
         status = body.get("status")
         if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
             raise BadControl(f"status must be an HTTP error status (400-599), got {status!r}")
