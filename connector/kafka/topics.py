@@ -141,12 +141,17 @@ def expected_topic_config(kafka: KafkaSettings) -> dict[str, str]:
     }
 
 
-def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> TopicReport:
+def ensure_site_topic(
+    kafka: KafkaSettings, site: str, fix: bool = False, timeout: float | None = None
+) -> TopicReport:
     """Create the site's topic, or check that it has the expected config.
 
     A differing config raises TopicConfigError, or with `fix` is set to the expected values.
     Partition count and replication are only reported: changing them would move keys or data.
+    `timeout` bounds each admin request (default ADMIN_TIMEOUT): a caller that retries asks
+    for less, to hear sooner that the brokers are out of reach.
     """
+    timeout = ADMIN_TIMEOUT if timeout is None else timeout
     topic = site_topic(kafka.topic_prefix, site)
     expected = expected_topic_config(kafka)
     admin = _admin(kafka)
@@ -158,13 +163,14 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
         config=expected,
     )
     try:
-        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        created = admin.create_topics([new], request_timeout=timeout)[topic]
+        _wait(created, f"create {topic}", timeout)
         report.created = True
         wait_until_ready(admin, topic)
         return report
     except _AlreadyExistsError:
         pass
-    description = _describe(admin, topic)
+    description = _describe(admin, topic, timeout)
     report.differences = [
         ConfigDifference(name, description.config.get(name), value)
         for name, value in expected.items()
@@ -252,9 +258,9 @@ def _admin(kafka: KafkaSettings) -> AdminClient:
     return new_client(AdminClient, kafka.client_config())
 
 
-def _wait(future: Future[Any], what: str) -> Any:
+def _wait(future: Future[Any], what: str, timeout: float = ADMIN_TIMEOUT) -> Any:
     try:
-        return future.result(timeout=ADMIN_TIMEOUT)
+        return future.result(timeout=timeout)
     except confluent_kafka.KafkaException as exc:
         err = exc.args[0]
         if err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
@@ -263,15 +269,15 @@ def _wait(future: Future[Any], what: str) -> Any:
             raise KafkaError(f"cannot {what}: the topic does not exist") from exc
         raise KafkaError(f"cannot {what}: {err.str()}") from exc
     except TimeoutError as exc:
-        raise KafkaError(f"cannot {what}: no answer within {ADMIN_TIMEOUT:.0f} s") from exc
+        raise KafkaError(f"cannot {what}: no answer within {timeout:.0f} s") from exc
 
 
-def _describe(admin: AdminClient, topic: str) -> TopicDescription:
-    topics = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT)
-    found = _wait(topics[topic], f"describe {topic}")
+def _describe(admin: AdminClient, topic: str, timeout: float = ADMIN_TIMEOUT) -> TopicDescription:
+    topics = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
+    found = _wait(topics[topic], f"describe {topic}", timeout)
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)
-    entries = _wait(next(iter(configs.values())), f"describe the config of {topic}")
+    configs = admin.describe_configs([resource], request_timeout=timeout)
+    entries = _wait(next(iter(configs.values())), f"describe the config of {topic}", timeout)
     checked = set(expected_topic_config(KafkaSettings()))
     config = {
         name: str(entry.value)

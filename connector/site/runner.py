@@ -55,6 +55,9 @@ STOP_JOIN = 3.0
 STOP_FLUSH = 5.0
 #: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
+#: Seconds an admin request at start-up may take before it is retried: brokers out of reach
+#: are reported (degraded, a metric, a log line) this soon.
+START_TIMEOUT = 5.0
 
 T = TypeVar("T")
 #: Allocations between runs of the collector's youngest generation (Python's default: 700).
@@ -104,7 +107,8 @@ class SitePoller:
         if on_health is not None:
             on_health(self)
         report: TopicReport = self._until_kafka_answers(
-            "ensure the topic", lambda: ensure_site_topic(settings.kafka, site)
+            "ensure the topic",
+            lambda: ensure_site_topic(settings.kafka, site, timeout=START_TIMEOUT),
         )
         for line in report.lines():
             log.info("%s", line)
