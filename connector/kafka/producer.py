@@ -31,6 +31,10 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+#: What the delivery reports of purged messages say.
+_PURGED = {confluent_kafka.KafkaError._PURGE_QUEUE, confluent_kafka.KafkaError._PURGE_INFLIGHT}
+
+
 class ProduceInterrupted(KafkaError):
     """`interrupt()` was called while `produce` waited for room in a full local queue."""
 
@@ -73,6 +77,8 @@ class Producer:
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
+            if err is not None and self._interrupted.is_set() and err.code() in _PURGED:
+                return  # dropped on purpose at a stop, reported there once for all
             on_delivery(name, err, msg.partition() or 0, msg.offset() or -1)
 
         while True:
@@ -109,7 +115,8 @@ class Producer:
             raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
 
     def purge(self) -> None:
-        """Drop every message not yet delivered; their delivery reports say so (purged)."""
+        """Drop every message not yet delivered; their delivery reports say so (purged), unless
+        `interrupt()` was called: then the caller reports the purge and the reports are quiet."""
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
 

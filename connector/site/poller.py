@@ -119,6 +119,11 @@ class KindPoller:
             f"since_rejected={self._since_rejected}, revisions={len(self._revisions)})"
         )
 
+    @property
+    def proxy(self) -> Any:
+        """The service proxy, once the first poll made it (None before)."""
+        return self._proxy
+
     # -- one poll ---------------------------------------------------------------------------
 
     def poll(self, resync: bool) -> str:

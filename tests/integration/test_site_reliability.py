@@ -5,10 +5,12 @@ off, a cell that vanishes, a site down at start-up, broker restarts, SIGTERM in 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -41,6 +43,8 @@ from tests.integration.test_top_consumer import sink_state
 __all__ = ["open_sim"]  # the fixture, re-used from test_produce
 
 KINDS = "server,volume,port"
+#: Seconds a broker may take to start: a minute and more on a loaded two-core machine.
+BROKER_START = 180.0
 CLI = [sys.executable, "-m", "connector"]
 
 
@@ -230,15 +234,20 @@ def _free_port_pair() -> int:
 
 
 @pytest.fixture(scope="module")
-def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    """A broker these tests stop and start; nobody else uses it."""
-    broker = LocalKafka(port=_free_port_pair(), state_dir=tmp_path_factory.mktemp("kafka"))
+def own_kafka() -> Iterator[LocalKafka]:
+    """A broker these tests stop and start; nobody else uses it. Its state is not under pytest's
+    base temp, which a concurrent pytest run may prune while this one runs."""
+    state = Path(tempfile.mkdtemp(prefix="cascade-test-kafka-"))
+    broker = LocalKafka(port=_free_port_pair(), state_dir=state)
     try:
-        broker.start(echo=False)
-    except LocalKafkaError as exc:
-        pytest.fail(f"could not start a broker of the tests' own: {exc}")
-    yield broker
-    broker.stop()
+        try:
+            broker.start(timeout=BROKER_START, echo=False)
+        except LocalKafkaError as exc:
+            pytest.fail(f"could not start a broker of the tests' own: {exc}")
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def live_rows(db: Path) -> dict[tuple[str, str], str | None]:
@@ -295,7 +304,7 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
         for _ in range(3):
             own_kafka.stop()
             churn_every_kind(sim)
-            own_kafka.start(echo=False)
+            own_kafka.start(timeout=BROKER_START, echo=False)
             recoveries.append(
                 wait_for(
                     "convergence after the restart",
@@ -359,7 +368,7 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
         assert "cannot ensure the topic" in err
 
         # Down while running, with messages waiting to be delivered.
-        own_kafka.start(echo=False)
+        own_kafka.start(timeout=BROKER_START, echo=False)
         running = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
         try:
             wait_for("a heartbeat", lambda: metric("cascade_site_heartbeats_total") > 0)
@@ -371,4 +380,4 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
             _took, err = stop_within_10s(running)
         assert "undelivered" in err and "republishes them from the site" in err
     finally:
-        own_kafka.start(echo=False)
+        own_kafka.start(timeout=BROKER_START, echo=False)
