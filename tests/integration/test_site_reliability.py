@@ -48,11 +48,17 @@ BROKER_START = 180.0
 CLI = [sys.executable, "-m", "connector"]
 
 
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> float:
-    """Wait until `condition()`; returns the seconds it took."""
+def wait_for(
+    what: str,
+    condition: Callable[[], bool],
+    timeout: float = 60.0,
+    explain: Callable[[], str] = str,
+) -> float:
+    """Wait until `condition()`; returns the seconds it took. `explain()` says what was wrong."""
     begun = time.monotonic()
     while not condition():
-        assert time.monotonic() - begun < timeout, f"timed out waiting for {what}"
+        if time.monotonic() - begun >= timeout:
+            raise AssertionError(f"timed out waiting for {what}: {explain()}")
         time.sleep(0.05)
     return time.monotonic() - begun
 
@@ -294,13 +300,36 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
     poller = threading.Thread(
         target=run_site, args=(settings,), kwargs={"registry": CollectorRegistry(), "stop": stop}
     )
-    consumer = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
+    # A broker that takes longer to restart than the group session (45 s by default: a minute
+    # on a loaded machine) makes the member rejoin as a new one, and the group then waits out
+    # the old member's session. A shorter session keeps that wait inside the 15 s.
+    consumer_settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={
+                    "librdkafka": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
+                }
+            )
+        }
+    )
+    consumer = build_consumer(consumer_settings, open_sink(settings.sink), CollectorRegistry())
     consuming = threading.Thread(target=consumer.run)
     poller.start()
     consuming.start()
-    recoveries = []
+    recoveries: list[float] = []
+    topic = Topic(own_kafka.bootstrap, f"{settings.kafka.topic_prefix}.{sim.cloud}")
+
+    def explain() -> str:
+        expected, rows = truth_status(sim), live_rows(db)
+        wrong = [key for key in expected.keys() | rows.keys() if expected.get(key) != rows.get(key)]
+        on_topic = differences(topic.all(), truth(sim, KINDS))
+        return (
+            f"after {len(recoveries)} restart(s), {len(wrong)} rows differ from the truth "
+            f"({wrong[:3]}); the topic differs by {len(on_topic)} ({on_topic[:3]})"
+        )
+
     try:
-        wait_for("the first sync", lambda: live_rows(db) == truth_status(sim), timeout=60)
+        wait_for("the first sync", lambda: live_rows(db) == truth_status(sim), 60, explain)
         for _ in range(3):
             own_kafka.stop()
             churn_every_kind(sim)
@@ -309,7 +338,8 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
                 wait_for(
                     "convergence after the restart",
                     lambda: live_rows(db) == truth_status(sim),
-                    timeout=15.0,
+                    15.0,
+                    explain,
                 )
             )
     finally:
