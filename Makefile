@@ -22,6 +22,7 @@ kafka-down: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check connector tests bench
 	$(BIN)/ruff format --check connector tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

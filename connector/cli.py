@@ -257,7 +257,7 @@ def tail(
 ) -> None:
     """Print a site topic as JSON lines: key, partition, offset, value (null for a tombstone),
     or error for a record that cannot be decoded."""
-    from connector.records.tail import tail_site
+    from connector.tail import tail_site
 
     flags = _topic_flags(bootstrap, librdkafka, prefix, schema_registry_url=schema_registry_url)
     tail_site(

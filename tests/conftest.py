@@ -15,14 +15,15 @@ from collections.abc import Callable
 import pytest
 
 from connector.errors import LocalKafkaError
-from connector.ops.local_kafka import LocalKafka, _answers
+from connector.kafka.admin import broker_answers
+from connector.ops.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
     if bootstrap:
-        if not _answers(bootstrap, timeout=10.0):
+        if not broker_answers(bootstrap, timeout=10.0):
             pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request")
         return bootstrap
     try:

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
 from connector.demo.observe import (
     Comparison,
     SinkReader,
@@ -38,8 +35,11 @@ from connector.demo.processes import (
     http_text,
     wait_until,
 )
+from connector.errors import KafkaError
+from connector.kafka.admin import delete_topics
 from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
+from connector.ops.signals import interrupt, stop_on_signals
 
 KINDS = ("server", "volume", "port")
 
@@ -322,14 +322,9 @@ class Demo:
         """Remove this run's topics; a failure here must not hide the run's own outcome."""
         if not self.bootstrap:
             return
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
         try:
-            names = admin.list_topics(timeout=10).topics
-            topics = [t for t in names if t.startswith(f"demo.{self.run_id}.")]
-            if topics:
-                for future in admin.delete_topics(topics, operation_timeout=30).values():
-                    future.result()
-        except KafkaException as exc:
+            delete_topics(self.bootstrap, f"demo.{self.run_id}.")
+        except KafkaError as exc:
             self.echo(f"warning: could not delete this run's topics: {exc}")
 
 
@@ -357,7 +352,9 @@ def _mb(n: float) -> str:
 def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> bool:
     """Run the demo; True when the sink converged to the truth after the storm."""
     try:
-        return Demo(options, echo).run()
+        # SIGTERM unwinds like Ctrl-C: every process the demo started is stopped on the way out.
+        with stop_on_signals(interrupt):
+            return Demo(options, echo).run()
     except DemoError:
         raise
     except KeyboardInterrupt:

@@ -1,35 +1,13 @@
 """Thin wrappers that own confluent-kafka: topics (admin), producer, consumer, whole-topic reader.
 
-Code outside this package speaks in our records and never configures librdkafka itself.
+Code outside this package never imports confluent_kafka nor configures librdkafka itself; the
+few librdkafka types it handles (a message, a partition with its offset, a client error) are
+re-exported here under the names below.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError as ClientError
 
-import confluent_kafka
-
-from connector.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-Client = TypeVar("Client")
-
-
-def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, Any]) -> Client:
-    """A librdkafka client; a setting librdkafka refuses becomes a ConfigError naming it."""
-    try:
-        return factory(config)
-    except confluent_kafka.KafkaException as exc:
-        raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
-
-
-def log_client_error(err: confluent_kafka.KafkaError) -> None:
-    """librdkafka's `error_cb`: client-level errors (broker down, auth) are mostly transient and
-    retried by librdkafka; a fatal one means the client cannot go on."""
-    if err.fatal():
-        log.error("fatal Kafka client error: %s", err)
-    else:
-        log.warning("Kafka client error: %s", err)
+__all__ = ["OFFSET_BEGINNING", "ClientError", "KafkaException", "Message", "TopicPartition"]

@@ -16,9 +16,9 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import log_client_error, new_client
+from connector.kafka.client import log_client_error, new_client
+from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

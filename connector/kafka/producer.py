@@ -13,11 +13,12 @@ from typing import Any
 
 import confluent_kafka
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import log_client_error, new_client
+from connector.kafka.client import log_client_error, new_client
+from connector.kafka.settings import KafkaSettings
 
-#: (key, error or None, partition, offset) for every message, once librdkafka is done with it.
+#: (key, error or None, partition, offset) for every message, once librdkafka is done with it;
+#: partition and offset are -1 when the message has none (a failed delivery).
 DeliveryCallback = Callable[[str, "confluent_kafka.KafkaError | None", int, int], None]
 
 PRODUCER_DEFAULTS: Mapping[str, Any] = {
@@ -79,7 +80,15 @@ class Producer:
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
             if err is not None and self._interrupted.is_set() and err.code() in _PURGED:
                 return  # dropped on purpose at a stop, reported there once for all
-            on_delivery(name, err, msg.partition() or 0, msg.offset() or -1)
+            # Offset 0 is the first message of a partition, not a missing offset: only None and
+            # librdkafka's negative "no offset" values become -1.
+            partition, offset = msg.partition(), msg.offset()
+            on_delivery(
+                name,
+                err,
+                -1 if partition is None else partition,
+                -1 if offset is None or offset < 0 else offset,
+            )
 
         while True:
             try:

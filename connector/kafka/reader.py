@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from connector.config import KafkaSettings
 from connector.errors import KafkaError
-from connector.kafka import new_client
+from connector.kafka.client import new_client
+from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

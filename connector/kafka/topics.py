@@ -24,10 +24,14 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
-from connector.config import KafkaSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
-from connector.kafka import new_client
-from connector.records.checks import MAX_TOPIC_NAME, site_name_problem
+from connector.kafka.client import new_client
+from connector.kafka.settings import KafkaSettings
+
+#: Characters Kafka allows in a topic name; a site name becomes the suffix of its topic.
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
+#: Kafka's limit on a topic name's length.
+MAX_TOPIC_NAME = 249
 
 #: Seconds an admin request may take before it counts as Kafka trouble.
 ADMIN_TIMEOUT = 30.0
@@ -115,9 +119,12 @@ class TopicDescription:
 
 def site_topic(prefix: str, site: str) -> str:
     """The topic of `site`: `<prefix>.<site>`; ConfigError naming the value for a bad site name."""
-    problem = site_name_problem(site)
-    if problem:
-        raise ConfigError(problem)
+    if not _TOPIC_CHARS.match(site):
+        raise ConfigError(
+            f"site name {site!r} must be non-empty and use only letters, digits, '.', '_' and '-'"
+        )
+    if site in (".", ".."):
+        raise ConfigError(f"site name {site!r} is not allowed as a Kafka topic suffix")
     topic = f"{prefix}.{site}"
     if len(topic) > MAX_TOPIC_NAME:
         raise ConfigError(f"topic name {topic!r} is longer than Kafka's {MAX_TOPIC_NAME} chars")

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
 from connector.errors import LocalKafkaError
+from connector.kafka.admin import broker_answers
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"  # the log4j line Kafka 4.1 is built against; binds its SLF4J 1.7 API
@@ -168,7 +167,7 @@ class LocalKafka:
 
     def status(self) -> BrokerStatus:
         pid = self._live_pid()
-        answering = pid is not None and _answers(self.bootstrap, timeout=2.0)
+        answering = pid is not None and broker_answers(self.bootstrap, timeout=2.0)
         return BrokerStatus(pid is not None, pid, self.bootstrap, answering, self.home)
 
     def start(self, timeout: float = 60.0, echo: bool = True) -> str:
@@ -268,7 +267,7 @@ class LocalKafka:
                     f"the broker exited during start-up; last lines of {self.log_file}:\n"
                     + self._log_tail()
                 )
-            if _answers(self.bootstrap, timeout=1.0):
+            if broker_answers(self.bootstrap, timeout=1.0):
                 return
             time.sleep(0.2)
         self.stop()
@@ -299,16 +298,6 @@ def _port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _answers(bootstrap: str, timeout: float) -> bool:
-    """True when the broker answers a metadata request."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        admin.list_topics(timeout=timeout)
-    except Exception:
-        return False
-    return True
 
 
 def _is_our_broker(pid: int) -> bool:

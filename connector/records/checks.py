@@ -12,10 +12,9 @@ from datetime import datetime
 
 from connector.records.model import HEARTBEAT_KIND, StatusRecord
 
-#: Characters Kafka allows in a topic name; a site name becomes the suffix of its topic.
+#: A site name is the first part of every key and the suffix of its Kafka topic, so it keeps to
+#: the characters a topic name allows (`connector.kafka.topics` applies Kafka's own rules).
 _SITE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-#: Kafka's limit on a topic name's length.
-MAX_TOPIC_NAME = 249
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from connector.config import KafkaSettings
+from connector.errors import KafkaError
 from connector.records.checks import record_problem
 from connector.records.errors import DecodeError, EncodeError, RegistryError
 from connector.records.model import StatusRecord
@@ -39,22 +38,28 @@ REGISTRY_MAGIC = b"\x00"
 REGISTRY_SUBJECT = "cascade.connector.StatusRecord"
 
 
+class RegistryClient(Protocol):
+    """What the registry framing needs of a schema registry (`connector.kafka.registry`)."""
+
+    url: str
+
+    def register(self, subject: str, avro_schema: str) -> int:
+        """The id of `avro_schema` under `subject`; KafkaError when the registry fails."""
+        ...
+
+    def schema(self, schema_id: int) -> tuple[str | None, str | None] | None:
+        """(type, text) of schema `schema_id`, None when unknown; KafkaError on failure."""
+        ...
+
+
 class RegistryFraming:
     """Schema ids from a Confluent Schema Registry: the current schema's id for writing (registered
     once), and writer schemas by id for reading (fetched once each)."""
 
-    def __init__(
-        self,
-        url: str,
-        subject: str = REGISTRY_SUBJECT,
-        client_config: Mapping[str, Any] | None = None,
-    ) -> None:
-        """`client_config`: more SchemaRegistryClient settings (TLS, auth, retries)."""
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        self.url = url
+    def __init__(self, client: RegistryClient, subject: str = REGISTRY_SUBJECT) -> None:
+        self.url = client.url
         self.subject = subject
-        self._client = SchemaRegistryClient({**(client_config or {}), "url": url})
+        self._client = client
         self._prefix: bytes | None = None
         self._by_id: dict[int, ShippedSchema] = {}
 
@@ -65,16 +70,12 @@ class RegistryFraming:
     def prefix(self) -> bytes:
         """Magic byte and schema id of the current schema, registering it on first use."""
         if self._prefix is None:
-            from confluent_kafka.schema_registry import Schema
-
             current = current_schema()
-            schema = Schema(json.dumps(current.source), "AVRO")
             try:
-                schema_id = self._client.register_schema(self.subject, schema)
-            except Exception as exc:
-                # Whatever the client raises (HTTP status, connection refused, timeout) means the
-                # same here: the registry did not do its part, and the record was not bad.
-                raise RegistryError(f"schema registry {self.url}: cannot register: {exc}") from exc
+                schema_id = self._client.register(self.subject, json.dumps(current.source))
+            except KafkaError as exc:
+                # The registry did not do its part; the record was not bad.
+                raise RegistryError(str(exc)) from exc
             self._prefix = REGISTRY_MAGIC + schema_id.to_bytes(4, "big")
             self._by_id[schema_id] = current
         return self._prefix
@@ -84,22 +85,17 @@ class RegistryFraming:
         known = self._by_id.get(schema_id)
         if known is not None:
             return known
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
         try:
-            found = self._client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            # 40403 is "schema not found"; any other 404 is a wrong URL, not a bad record.
-            if exc.http_status_code == 404 and exc.error_code == 40403:
-                raise DecodeError(f"unknown schema id {schema_id} in the registry") from exc
-            raise RegistryError(f"schema registry {self.url}: {exc}") from exc
-        except Exception as exc:
-            # httpx and the client raise many types for a registry that cannot be reached.
-            raise RegistryError(f"schema registry {self.url}: {exc!r}") from exc
-        if found.schema_type not in (None, "AVRO") or found.schema_str is None:
-            raise DecodeError(f"schema id {schema_id} is a {found.schema_type} schema, not Avro")
+            found = self._client.schema(schema_id)
+        except KafkaError as exc:
+            raise RegistryError(str(exc)) from exc
+        if found is None:
+            raise DecodeError(f"unknown schema id {schema_id} in the registry")
+        schema_type, schema_str = found
+        if schema_type not in (None, "AVRO") or schema_str is None:
+            raise DecodeError(f"schema id {schema_id} is a {schema_type} schema, not Avro")
         try:
-            writer = load_schema(json.loads(found.schema_str))
+            writer = load_schema(json.loads(schema_str))
         except Exception as exc:
             # A registry schema is foreign input: any parse failure means this id is unusable.
             raise DecodeError(f"schema id {schema_id} is not a valid Avro schema: {exc}") from exc
@@ -187,13 +183,6 @@ class Codec:
             f"unknown framing: starts with {data[:2].hex()}, expected c301 (Avro single-object "
             "encoding) or 00 (schema registry)"
         )
-
-
-def codec_from_settings(kafka: KafkaSettings) -> Codec:
-    """Single-object encoding, or registry framing when `kafka.schema_registry_url` is set."""
-    if kafka.schema_registry_url:
-        return Codec(RegistryFraming(kafka.schema_registry_url))
-    return Codec()
 
 
 def _to_avro(record: StatusRecord) -> dict[str, Any]:

@@ -4,17 +4,30 @@ The codec sees only value bytes; here the key is checked against the value (a re
 site/kind/id disagree with its key is as bad as corrupt bytes), and a tombstone becomes a
 Deletion carrying the sequence from its header. The consumer, tail and the poller's restore
 all read messages through `change_from_message`; the publisher writes through `to_message`.
+This layer never imports librdkafka: a consumed message is anything with key/value/headers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import confluent_kafka
+from typing import Protocol
 
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
 from connector.records.model import SEQUENCE_HEADER, Change, Deletion, StatusRecord, parse_key
+
+
+class ReadMessage(Protocol):
+    """What is read of a consumed Kafka message (librdkafka's Message has these methods)."""
+
+    def key(self) -> str | bytes | None: ...
+
+    def value(self) -> str | bytes | None: ...
+
+    def headers(
+        self,
+    ) -> Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +53,7 @@ def sequence_header(sequence: int) -> tuple[str, bytes]:
     return SEQUENCE_HEADER, str(sequence).encode("ascii")
 
 
-def change_from_message(message: confluent_kafka.Message, codec: Codec) -> Change:
+def change_from_message(message: ReadMessage, codec: Codec) -> Change:
     """The Change a consumed message carries; DecodeError naming the reason when its key, value
     or sequence header is bad. `message` must not be an error event."""
     raw_key = message.key()
@@ -54,16 +67,16 @@ def change_from_message(message: confluent_kafka.Message, codec: Codec) -> Chang
     value = message.value()
     if value is None:
         return Deletion(site, kind, object_id, _sequence(message))
-    record = codec.decode(value if isinstance(value, bytes) else bytes(value))
+    record = codec.decode(value if isinstance(value, bytes) else value.encode())
     if record.key != key:
         raise DecodeError(f"key {key!r} disagrees with the value's site/kind/id {record.key!r}")
     return record
 
 
-def _sequence(message: confluent_kafka.Message) -> int | None:
+def _sequence(message: ReadMessage) -> int | None:
     raw: str | bytes | None = None
     headers = message.headers() or []
-    items = headers.items() if isinstance(headers, dict) else headers
+    items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
         if name == SEQUENCE_HEADER:
             raw = value  # the last one wins, as with any repeated Kafka header

@@ -14,7 +14,6 @@ import errno
 import gc
 import logging
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -22,12 +21,13 @@ import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from connector.ops.signals import stop_on_signals
 from connector.sim.api import ApiError, Request, Response, compute_fault, json_response, reason
 from connector.sim.behaviour import Jobs
 from connector.sim.cinder import Cinder
@@ -319,25 +319,17 @@ def run_sim(
     if not sep or not host or not port_text.isdigit():
         raise SimError(f"--listen expects HOST:PORT, got {listen!r}")
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with start_sim(site, host=host, port=int(port_text), **options) as sim:
-            # The population lives as long as the process: keep the collector from rescanning
-            # it, which otherwise stalls a page now and then by tens of milliseconds.
-            gc.freeze()
-            if clouds_yaml is not None:
-                sim.write_clouds_yaml(clouds_yaml)
-                echo(f"wrote cloud {site!r} to {clouds_yaml}")
-            echo(f"site {site} serving on {sim.url} (auth_url {sim.auth_url}); {sim.site.counts()}")
-            stop.wait()
-            echo(f"site {site} stopping")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    port = int(port_text)
+    with stop_on_signals(stop.set), start_sim(site, host=host, port=port, **options) as sim:
+        # The population lives as long as the process: keep the collector from rescanning
+        # it, which otherwise stalls a page now and then by tens of milliseconds.
+        gc.freeze()
+        if clouds_yaml is not None:
+            sim.write_clouds_yaml(clouds_yaml)
+            echo(f"wrote cloud {site!r} to {clouds_yaml}")
+        echo(f"site {site} serving on {sim.url} (auth_url {sim.auth_url}); {sim.site.counts()}")
+        stop.wait()
+        echo(f"site {site} stopping")
 
 
 def write_clouds_yaml(path: Path, cloud: str, entry: dict[str, Any]) -> Path:

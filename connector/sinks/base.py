@@ -19,8 +19,11 @@ class SinkError(ConnectorError):
     """The sink failed in a way retrying will not fix (bad URL, schema mismatch, auth)."""
 
 
-class SinkBackpressureError(SinkError):
-    """The top layer is busy or briefly unavailable; retry the same batch after `retry_after` s."""
+class SinkBackpressureError(ConnectorError):
+    """The top layer is busy or briefly unavailable; retry the same batch after `retry_after` s.
+
+    Not a SinkError: code that gives up on a SinkError ("retrying will not fix it") must not
+    give up on a sink that only asked to wait."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)

@@ -192,7 +192,7 @@ class SqlSink:
         try:
             with translate_errors("cannot create the sink tables", retry_after):
                 metadata.create_all(self.engine)
-        except SinkError:
+        except (SinkError, SinkBackpressureError):
             self.engine.dispose()
             raise
         self._statements = _Statements(self.engine.dialect.name)

@@ -121,7 +121,8 @@ class KindPoller:
 
     @property
     def proxy(self) -> Any:
-        """The service proxy, once the first poll made it (None before)."""
+        """The service proxy this poller lists through (its session carries the request hooks),
+        once the first poll made it (None before)."""
         return self._proxy
 
     # -- one poll ---------------------------------------------------------------------------

@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import confluent_kafka
-
-from connector.kafka.producer import Producer
+from connector.kafka import ClientError
+from connector.kafka.producer import DeliveryCallback, Producer
 from connector.records.codec import Codec
-from connector.records.messages import sequence_header
-from connector.records.model import HEARTBEAT_KIND, DetailValue, StatusRecord, record_key
+from connector.records.messages import KafkaMessage, to_message
+from connector.records.model import (
+    HEARTBEAT_KIND,
+    Deletion,
+    DetailValue,
+    StatusRecord,
+)
 from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
 from connector.site.metrics import SiteMetrics
@@ -134,11 +138,9 @@ class Publisher:
                 source_updated_at=obs.source_updated_at,
                 revision=obs.revision,
             )
-            value = self._codec.encode(record)
+            message = to_message(record, self._codec)
             fps[obs.id] = fp
-            self._producer.produce(
-                self.topic, record.key, value, self._on_delivery(kind, obs.id, fp)
-            )
+            self._send(message, self._on_delivery(kind, obs.id, fp))
         self._metrics.published.labels(self.site, kind).inc()
         return True
 
@@ -149,13 +151,9 @@ class Publisher:
             if fps.get(object_id, DELETING) == DELETING:
                 return False
             fps[object_id] = DELETING
-            header, sequence = sequence_header(self._next_sequence())
-            self._producer.produce(
-                self.topic,
-                record_key(self.site, kind, object_id),
-                None,
-                self._on_delivery(kind, object_id, DELETING),
-                headers={header: sequence},
+            deletion = Deletion(self.site, kind, object_id, self._next_sequence())
+            self._send(
+                to_message(deletion, self._codec), self._on_delivery(kind, object_id, DELETING)
             )
         self._metrics.tombstones.labels(self.site, kind).inc()
         return True
@@ -172,10 +170,12 @@ class Publisher:
                 observed_at=datetime.now(UTC),
                 details=details,
             )
-            self._producer.produce(
-                self.topic, record.key, self._codec.encode(record), self._on_heartbeat_delivery
-            )
+            self._send(to_message(record, self._codec), self._on_heartbeat_delivery)
         self._metrics.heartbeats.labels(self.site).inc()
+
+    def _send(self, message: KafkaMessage, on_delivery: DeliveryCallback) -> None:
+        headers = dict(message.headers) if message.headers else None
+        self._producer.produce(self.topic, message.key, message.value, on_delivery, headers)
 
     def _next_sequence(self) -> int:
         self._sequence = max(self._sequence + 1, int(self._clock() * 1_000_000))
@@ -184,8 +184,8 @@ class Publisher:
 
     def _on_delivery(
         self, kind: str, object_id: str, sent: int
-    ) -> Callable[[str, confluent_kafka.KafkaError | None, int, int], None]:
-        def delivered(key: str, err: confluent_kafka.KafkaError | None, _p: int, _o: int) -> None:
+    ) -> Callable[[str, ClientError | None, int, int], None]:
+        def delivered(key: str, err: ClientError | None, _p: int, _o: int) -> None:
             with self._lock:
                 fps = self._fingerprints.get(kind, {})
                 # When a newer message for the key is in flight, its own report decides.
@@ -200,9 +200,7 @@ class Publisher:
 
         return delivered
 
-    def _on_heartbeat_delivery(
-        self, key: str, err: confluent_kafka.KafkaError | None, _p: int, _o: int
-    ) -> None:
+    def _on_heartbeat_delivery(self, key: str, err: ClientError | None, _p: int, _o: int) -> None:
         if err is not None:
             log.error("delivery of heartbeat %s failed: %s", key, err)
             self._health.delivery_failed(f"{key}: {err}")

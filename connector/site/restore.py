@@ -14,9 +14,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import confluent_kafka
-
 from connector.config import KafkaSettings
+from connector.kafka import Message
 from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
@@ -59,7 +58,7 @@ def restore_from_topic(
     return out
 
 
-def _apply(out: Restored, msg: confluent_kafka.Message, codec: Codec, wanted: set[str]) -> None:
+def _apply(out: Restored, msg: Message, codec: Codec, wanted: set[str]) -> None:
     out.messages += 1
     try:
         change = change_from_message(msg, codec)

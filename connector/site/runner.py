@@ -18,12 +18,10 @@ from __future__ import annotations
 import gc
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any, TypeVar
 
 import openstack
@@ -31,12 +29,14 @@ import openstack.config
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
+from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
 from connector.kafka.topics import TopicConfigError, TopicReport, ensure_site_topic, site_topic
+from connector.ops.cleanup import cleanup_after
 from connector.ops.metrics import OpsServer
-from connector.records.codec import codec_from_settings
+from connector.ops.signals import stop_on_signals
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
@@ -199,14 +199,17 @@ class SitePoller:
             details = {**details, "unsent": unsent}
         self.publisher.heartbeat(status, details)
 
-    def flush(self) -> None:
-        """Wait for every delivery; KafkaError if any message is still queued or failed."""
+    def flush(self, check_delivered: bool = True) -> None:
+        """Wait for every delivery: KafkaError if a message is still queued or (with
+        `check_delivered`) if any delivery failed."""
         self.producer.flush(FLUSH_TIMEOUT)
-        if self.health.produce_errors:
+        if check_delivered and self.health.produce_errors:
             raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
-        """Poll until `stop` (or one resync of every kind with `once`), then flush."""
+        """Poll until `stop` (or one resync of every kind with `once`), then flush. A `once`
+        run fails when a delivery failed; a long run leaves those keys to the next resync.
+        After a stop the flush is bounded (STOP_FLUSH), and what is left is reported."""
 
         def interrupt_on_stop() -> None:
             # A poller waiting for room in a full producer queue gives up at once on a stop.
@@ -214,18 +217,18 @@ class SitePoller:
             self.producer.interrupt()
 
         threading.Thread(target=interrupt_on_stop, name="stop-producer", daemon=True).start()
-        try:
+
+        def final_flush() -> None:
+            if stop.is_set():
+                self._flush_at_stop()
+            else:
+                self.flush(check_delivered=once)
+
+        with cleanup_after(final_flush):
             if once:
                 _run_once(self.pollers, self, stop)
             else:
                 _run_forever(self.pollers, self, stop, self.settings.site)
-        finally:
-            if stop.is_set():
-                self._flush_at_stop()
-            else:
-                self.producer.flush(FLUSH_TIMEOUT)
-        if once and not stop.is_set() and self.health.produce_errors:
-            raise KafkaError(f"{self.health.produce_errors} message(s) could not be delivered")
 
     def _flush_at_stop(self) -> None:
         """Deliver what can be within STOP_FLUSH; report the rest, which the next start
@@ -265,15 +268,18 @@ def run_site(
             log.info("serving /metrics and /healthz on port %d", server.port)
 
     # Signals are handled from the start: a stop during the restore still exits 0.
-    with _stop_on_signals(stop), fewer_collections():
+    with stop_on_signals(stop.set), fewer_collections():
         try:
-            poller = SitePoller(settings, registry, stop, on_health=serve)
-            poller.run(stop, once)
+            with cleanup_after(lambda: _stop_all(ops)):
+                poller = SitePoller(settings, registry, stop, on_health=serve)
+                poller.run(stop, once)
         except Stopped as exc:
             log.info("%s", exc)
-        finally:
-            for server in ops:
-                server.stop()
+
+
+def _stop_all(servers: list[OpsServer]) -> None:
+    for server in servers:
+        server.stop()
 
 
 def _check_cloud(site: SiteSettings) -> None:
@@ -417,22 +423,3 @@ def fewer_collections() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop` (only where signals can be handled: the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import TopicPartition
-
+from connector.kafka import TopicPartition
 from connector.records.model import Change
 
 Partition = tuple[str, int]

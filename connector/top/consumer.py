@@ -19,13 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import confluent_kafka
-from confluent_kafka import TopicPartition
 from prometheus_client import Counter
 
 from connector.errors import KafkaError
+from connector.kafka import KafkaException, Message, TopicPartition
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
+from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
@@ -36,7 +36,7 @@ from connector.top.rate import RateLimiter
 log = logging.getLogger(__name__)
 
 #: Turns one Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[confluent_kafka.Message], Change]
+Decoder = Callable[[Message], Change]
 
 #: Rate-limit waits up to this many seconds are slept through; longer ones pause the partitions.
 SHORT_WAIT = 1.0
@@ -105,15 +105,13 @@ class TopConsumer:
     def run(self, until_idle: bool = False) -> None:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
-        try:
+        # A failing close or flush must not hide why the loop ended.
+        with cleanup_after(self._consumer.close, lambda: self._dlq.flush(10.0)):
             self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
                 if self._step() and until_idle and self._group_caught_up():
                     log.info("every site partition is applied and committed to its end")
                     return
-        finally:
-            self._consumer.close()
-            self._dlq.flush(10.0)
 
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""
@@ -150,7 +148,7 @@ class TopConsumer:
             self._stop.wait(delay)
         return not self._stop.is_set()
 
-    def _take(self, messages: list[confluent_kafka.Message]) -> None:
+    def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
         for i, msg in enumerate(messages):
             topic, partition, offset = _coordinates(msg)
@@ -280,7 +278,7 @@ class TopConsumer:
                     },
                 )
             self._dlq.flush(30.0)
-        except (KafkaError, confluent_kafka.KafkaException) as exc:
+        except (KafkaError, KafkaException) as exc:
             failures.append(str(exc))
         if failures:
             # Drop what is still queued, so the retry does not deliver it twice.
@@ -388,7 +386,7 @@ class TopConsumer:
         )
 
 
-def _coordinates(msg: confluent_kafka.Message) -> tuple[str, int, int]:
+def _coordinates(msg: Message) -> tuple[str, int, int]:
     return msg.topic() or "", msg.partition() or 0, msg.offset() or 0
 
 

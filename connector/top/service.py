@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from connector.codecs import codec_from_settings
 from connector.config import Settings
 from connector.errors import ConfigError
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
 from connector.ops.metrics import OpsServer
-from connector.records.codec import codec_from_settings
+from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
-from connector.top.consumer import BatchPolicy, TopConsumer
+from connector.top.consumer import BatchPolicy, Decoder, TopConsumer
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 
@@ -32,8 +31,11 @@ log = logging.getLogger(__name__)
 STALL_SECONDS = 60.0
 
 
-def build_consumer(settings: Settings, sink: Sink, registry: CollectorRegistry) -> TopConsumer:
-    """A TopConsumer for `settings` applying to `sink`; ensures the dead-letter topic."""
+def build_consumer(
+    settings: Settings, sink: Sink, registry: CollectorRegistry, decode: Decoder | None = None
+) -> TopConsumer:
+    """A TopConsumer for `settings` applying to `sink`; ensures the dead-letter topic. `decode`
+    replaces the codec's (tests put a registry outage in front of it)."""
     kafka, options = settings.kafka, settings.consumer
     pattern = site_topic_pattern(kafka.topic_prefix)
     if re.match(pattern, options.dead_letter_topic):
@@ -47,7 +49,7 @@ def build_consumer(settings: Settings, sink: Sink, registry: CollectorRegistry) 
         consumer=Consumer(kafka, options.group),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
-        decode=lambda msg: change_from_message(msg, codec),
+        decode=decode or (lambda msg: change_from_message(msg, codec)),
         sink=sink,
         dead_letters=Producer(kafka),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
@@ -75,11 +77,5 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             cleanup.callback(server.stop)
             log.info("serving /metrics and /healthz on port %d", server.port)
 
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("%s: finishing", signal.Signals(signum).name)
-            loop.stop()
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                cleanup.callback(signal.signal, sig, signal.signal(sig, on_signal))
-        loop.run(until_idle=until_idle)
+        with stop_on_signals(loop.stop):
+            loop.run(until_idle=until_idle)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from connector.ops import free_port
 from connector.records.model import StatusRecord
 from connector.sinks import open_sink
-from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
 
 CLI = [sys.executable, "-m", "connector"]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from connector.records.model import StatusRecord
-from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ import re
 import socket
 from pathlib import Path
 
-from tests.e2e.test_cli import run
+from tests.support.cli import run
 
 
 def test_demo_converges_and_reports(kafka_bootstrap: str, tmp_path: Path) -> None:

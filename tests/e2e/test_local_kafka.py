@@ -7,7 +7,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from tests.e2e.test_cli import run
+from tests.support.cli import run
 
 
 def _free_port_pair() -> int:

@@ -1,5 +1,6 @@
-"""Integration fixtures for the SQL sink: a throwaway PostgreSQL cluster (session-scoped) and
-`sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL.
+"""Integration fixtures: for the SQL sink, a throwaway PostgreSQL cluster (session-scoped) and
+`sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL; `open_sim`, a
+simulated site whose clouds.yaml entry openstacksdk finds.
 
 The cluster comes from `connector.ops.local_postgres` (Debian's binaries, installed by
 scripts/ensure-postgres.sh). A cluster that cannot start fails the tests; it never skips them.
@@ -8,13 +9,15 @@ scripts/ensure-postgres.sh). A cluster that cannot start fails the tests; it nev
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from connector.ops.local_postgres import LocalPostgres, LocalPostgresError
+from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
 
 
@@ -50,3 +53,23 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'sink.sqlite'}"
     url: str = request.getfixturevalue("postgres_database")
     return url
+
+
+@pytest.fixture
+def open_sim(
+    tmp_path: Path, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., RunningSim]]:
+    """`open_sim(**counts)`: a simulated site whose clouds.yaml entry openstacksdk finds."""
+    started: list[RunningSim] = []
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+
+    def open_(**options: Any) -> RunningSim:
+        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
+        sim = start_sim(name, **options)
+        started.append(sim)
+        sim.write_clouds_yaml(tmp_path / "clouds.yaml")
+        return sim
+
+    yield open_
+    for sim in started:
+        sim.stop()

@@ -11,19 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from connector.errors import KafkaError
 from connector.records.model import StatusRecord
 from connector.sim import RunningSim
-from connector.site.runner import run_site
-from tests.integration.test_produce import (
-    Topic,
-    control,
-    differences,
-    open_sim,
-    site_settings,
-    truth,
-)
-
-__all__ = ["open_sim"]  # the fixture, re-used from test_produce
+from connector.site.runner import SitePoller, run_site
+from tests.support import wait_for
+from tests.support.sim import Topic, control, differences, site_settings, truth
 
 KINDS = "server,volume,port"
 
@@ -31,13 +24,6 @@ KINDS = "server,volume,port"
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
@@ -74,8 +60,9 @@ def test_failing_service_degrades_then_catches_up(
     try:
         good = "cascade_site_last_good_poll_timestamp_seconds"
         wait_for(
-            "a first good poll of every kind",
             lambda: all(sample(registry, good, site=site, kind=k) for k in KINDS.split(",")),
+            timeout=60,
+            what="a first good poll of every kind",
         )
         topic = Topic(kafka_bootstrap, f"test.produce.{site}")
         topic.new()
@@ -86,7 +73,6 @@ def test_failing_service_degrades_then_catches_up(
         control(sim, "/_sim/churn", {"changes": 20})
 
         wait_for(
-            "a degraded heartbeat naming the failing kind",
             lambda: any(
                 isinstance(c, StatusRecord)
                 and c.is_heartbeat
@@ -94,29 +80,34 @@ def test_failing_service_degrades_then_catches_up(
                 and c.details.get("server.error")
                 for c in topic.new()
             ),
+            timeout=60,
+            what="a degraded heartbeat naming the failing kind",
         )
         assert sample(registry, "cascade_site_degraded", site=site) == 1
         assert sample(registry, "cascade_site_api_errors_total", site=site, kind="server") > 0
         wait_for(
-            "the other kinds to keep polling",
             lambda: (
                 min(sample(registry, good, site=site, kind=k) for k in ("volume", "port"))
                 > faulted_at
             ),
+            timeout=60,
+            what="the other kinds to keep polling",
         )
         assert sample(registry, good, site=site, kind="server") < faulted_at
 
         expected = truth(sim, KINDS)
         wait_for(
-            "the poller to catch up with the site after the fault",
             lambda: not differences(topic.all(), expected),
+            timeout=60,
+            what="the poller to catch up with the site after the fault",
         )
         wait_for(
-            "an ok heartbeat",
             lambda: any(
                 isinstance(c, StatusRecord) and c.is_heartbeat and c.status == "ok"
                 for c in topic.new()
             ),
+            timeout=60,
+            what="an ok heartbeat",
         )
         assert sample(registry, "cascade_site_degraded", site=site) == 0
         assert sample(registry, "cascade_site_produce_errors_total", site=site) == 0
@@ -126,3 +117,21 @@ def test_failing_service_degrades_then_catches_up(
         thread.join(60)
     assert not thread.is_alive()
     assert failed == []
+
+
+def test_a_failing_flush_does_not_hide_why_the_run_failed(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = open_sim(servers=5, volumes=5, ports=5)
+    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds="server"))
+
+    def broken_heartbeat() -> None:
+        raise RuntimeError("the heartbeat broke")
+
+    def failing_flush(timeout: float = 60.0) -> None:
+        raise KafkaError("5 message(s) still undelivered")
+
+    monkeypatch.setattr(site, "heartbeat", broken_heartbeat)
+    monkeypatch.setattr(site.producer, "flush", failing_flush)
+    with pytest.raises(RuntimeError, match="the heartbeat broke"):
+        site.run(threading.Event(), once=True)

@@ -3,14 +3,13 @@ one record per object, nothing for a restart, exactly the changes, tombstones, s
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,133 +17,23 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.config import Settings, load_settings
-from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
-from connector.records.messages import change_from_message
-from connector.records.model import Change, Deletion, StatusRecord
-from connector.sim import RunningSim, start_sim
+from connector.records.model import Deletion, StatusRecord
+from connector.sim import RunningSim
 from connector.site.restore import Restored, restore_from_topic
 from connector.site.runner import SitePoller, run_site
-from tests.integration.test_tail import Writer
-
-ALL_KINDS = "server,volume,port,network,router,floatingip"
-#: Fields of the sim's truth that are not status (they move on every update).
-NOT_STATUS = {"updated_at", "revision_number", "network_id", "floating_ip_address"}
-
-
-@pytest.fixture
-def open_sim(
-    tmp_path: Path, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., RunningSim]]:
-    """`open_sim(**counts)`: a simulated site whose clouds.yaml entry openstacksdk finds."""
-    started: list[RunningSim] = []
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
-
-    def open_(**options: Any) -> RunningSim:
-        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
-        sim = start_sim(name, **options)
-        started.append(sim)
-        sim.write_clouds_yaml(tmp_path / "clouds.yaml")
-        return sim
-
-    yield open_
-    for sim in started:
-        sim.stop()
-
-
-def site_settings(bootstrap: str, sim: RunningSim, kinds: str = ALL_KINDS, **site: Any) -> Settings:
-    return load_settings(
-        flags={
-            "kafka": {"bootstrap": bootstrap, "topic_prefix": "test.produce"},
-            "site": {"name": sim.cloud, "kinds": kinds, **site},
-        }
-    )
-
-
-def control(sim: RunningSim, path: str, body: dict[str, Any] | None = None) -> Any:
-    method = "GET" if body is None else "POST"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(sim.url + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
-
-
-def reset_stats(sim: RunningSim) -> None:
-    urllib.request.urlopen(urllib.request.Request(sim.url + "/_sim/stats", method="DELETE"))
-
-
-def truth(sim: RunningSim, kinds: str = ALL_KINDS) -> dict[tuple[str, str], dict[str, Any]]:
-    query = "&".join(f"kind={k}" for k in kinds.split(","))
-    return {
-        (o["kind"], o["id"]): {k: v for k, v in o.items() if k not in NOT_STATUS}
-        for o in control(sim, f"/_sim/truth?{query}")["objects"]
-    }
-
-
-class Topic:
-    """Reads a site topic from the beginning; `new()` returns what arrived since the last call."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._settings = load_settings(flags={"kafka": {"bootstrap": bootstrap}}).kafka
-        self._topic = topic
-        #: per partition, the offset after the last message `new()` returned
-        self._read: dict[int, int] = {}
-        self._codec = Codec()
-
-    def _messages(self) -> list[Any]:
-        reader = TopicReader(self._settings, self._topic, from_beginning=True)
-        try:
-            return list(reader.messages(stop_at_end=True, timeout=60))
-        finally:
-            reader.close()
-
-    def all(self) -> list[Change]:
-        return [change_from_message(m, self._codec) for m in self._messages()]
-
-    def new(self) -> list[Change]:
-        # Partitions interleave differently on every read: remember offsets, not a count.
-        fresh = [m for m in self._messages() if m.offset() >= self._read.get(m.partition(), 0)]
-        for m in fresh:
-            self._read[m.partition()] = max(self._read.get(m.partition(), 0), m.offset() + 1)
-        return [change_from_message(m, self._codec) for m in fresh]
-
-
-def objects(changes: list[Change]) -> list[Change]:
-    """Everything but heartbeats."""
-    return [c for c in changes if not (isinstance(c, StatusRecord) and c.is_heartbeat)]
-
-
-def latest(changes: list[Change]) -> dict[tuple[str, str], StatusRecord]:
-    """The state the topic describes: last record per key, tombstones removing keys."""
-    state: dict[tuple[str, str], StatusRecord] = {}
-    for change in objects(changes):
-        if isinstance(change, Deletion):
-            state.pop((change.kind, change.id), None)
-        else:
-            assert isinstance(change, StatusRecord)
-            state[(change.kind, change.id)] = change
-    return state
-
-
-def differences(changes: list[Change], expected: dict[tuple[str, str], Any]) -> list[str]:
-    """How the state the topic describes differs from the site's truth (status and keys)."""
-    state = latest(changes)
-    out = [f"missing {key}" for key in set(expected) - set(state)]
-    out += [f"extra {key}" for key in set(state) - set(expected)]
-    out += [
-        f"{key}: {record.status} != {expected[key]['status']}"
-        for key, record in state.items()
-        if key in expected and record.status != expected[key]["status"]
-    ]
-    return out
-
-
-def assert_topic_matches_truth(changes: list[Change], expected: dict[tuple[str, str], Any]) -> None:
-    wrong = differences(changes, expected)
-    assert wrong == [], f"{len(wrong)} differences, e.g. {wrong[:3]}"
+from tests.support.kafka import Writer
+from tests.support.sim import (
+    Topic,
+    assert_topic_matches_truth,
+    control,
+    differences,
+    latest,
+    objects,
+    reset_stats,
+    site_settings,
+    truth,
+)
 
 
 def test_ten_thousand_objects_once_restart_changes_and_deletions(
@@ -311,7 +200,7 @@ def record_requests(site: SitePoller) -> list[tuple[str, str, dict[str, list[str
                 sent.append((kind, path, urllib.parse.parse_qs(url.query), version))
 
         # The kind's own connection; the same session the poller's proxy sends through.
-        poller._proxy.session.session.hooks["response"].append(hook)
+        poller.proxy.session.session.hooks["response"].append(hook)
     return sent
 
 

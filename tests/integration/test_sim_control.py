@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import requests
 import yaml
 
 from connector.sim import RunningSim, start_sim
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -28,13 +28,6 @@ def sim() -> Iterator[RunningSim]:
 
 def call(sim: RunningSim, method: str, path: str, body: Any = None) -> requests.Response:
     return requests.request(method, f"{sim.url}/_sim/{path}", json=body, timeout=30)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
 
 
 def statuses(sim: RunningSim) -> dict[tuple[str, str], str]:

@@ -5,7 +5,7 @@ filters as the real services treat them, and churn, deletions, storms, expiry an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import requests
 from openstack import config, exceptions
 
 from connector.sim import RunningSim, start_sim
+from tests.support import wait_for
 
 
 def connect(sim: RunningSim, tmp_path: Path, **overrides: Any) -> openstack.connection.Connection:
@@ -29,13 +30,6 @@ def control(sim: RunningSim, method: str, path: str, **body: Any) -> Any:
     answer = requests.request(method, f"{sim.url}/_sim/{path}", json=body or None, timeout=30)
     answer.raise_for_status()
     return answer.json() if answer.content else None
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
 
 
 def truth(sim: RunningSim, kind: str) -> dict[str, dict[str, Any]]:

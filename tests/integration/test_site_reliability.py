@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings
@@ -27,20 +28,11 @@ from connector.records.model import StatusRecord
 from connector.sim import RunningSim
 from connector.sim.model import PORT, SERVER, VOLUME
 from connector.sinks import open_sink
+from connector.sinks.sql import create_engine
 from connector.site.runner import SitePoller, run_site
 from connector.top.service import build_consumer
-from tests.integration.test_produce import (
-    Topic,
-    control,
-    differences,
-    latest,
-    open_sim,
-    site_settings,
-    truth,
-)
-from tests.integration.test_top_consumer import sink_state
-
-__all__ = ["open_sim"]  # the fixture, re-used from test_produce
+from tests.support import wait_for
+from tests.support.sim import Topic, control, differences, latest, site_settings, truth
 
 KINDS = "server,volume,port"
 #: Seconds a broker may take to start: a minute and more on a loaded two-core machine.
@@ -48,18 +40,15 @@ BROKER_START = 180.0
 CLI = [sys.executable, "-m", "connector"]
 
 
-def wait_for(
-    what: str,
-    condition: Callable[[], bool],
-    timeout: float = 60.0,
-    explain: Callable[[], str] = str,
+def timed_wait(
+    what: str, condition: Callable[[], bool], timeout: float, explain: Callable[[], str]
 ) -> float:
-    """Wait until `condition()`; returns the seconds it took. `explain()` says what was wrong."""
+    """`wait_for`, returning the seconds it took; on a timeout, `explain()` says what was wrong."""
     begun = time.monotonic()
-    while not condition():
-        if time.monotonic() - begun >= timeout:
-            raise AssertionError(f"timed out waiting for {what}: {explain()}")
-        time.sleep(0.05)
+    try:
+        wait_for(condition, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {explain()}") from None
     return time.monotonic() - begun
 
 
@@ -198,24 +187,25 @@ def test_keystone_and_cinder_down_at_start_up_give_a_running_degraded_poller(
     good = "cascade_site_last_good_poll_timestamp_seconds"
     try:
         wait_for(
-            "an error on every kind",
             lambda: all(
                 sample(registry, "cascade_site_api_errors_total", site=site, kind=k)
                 for k in KINDS.split(",")
             ),
+            60,
+            "an error on every kind",
         )
         assert sample(registry, "cascade_site_degraded", site=site) == 1
         wait_for(
-            "servers and ports polled while Cinder is still down",
             lambda: (
                 sample(registry, good, site=site, kind="server")
                 and sample(registry, good, site=site, kind="port")
                 and not sample(registry, good, site=site, kind="volume")
             ),
-            timeout=8.0,
+            8.0,
+            "servers and ports polled while Cinder is still down",
         )
-        wait_for("volumes polled", lambda: sample(registry, good, site=site, kind="volume") > 0)
-        wait_for("healthy", lambda: sample(registry, "cascade_site_degraded", site=site) == 0)
+        wait_for(lambda: sample(registry, good, site=site, kind="volume") > 0, 60, "volumes polled")
+        wait_for(lambda: sample(registry, "cascade_site_degraded", site=site) == 0, 60, "healthy")
         assert not failed and thread.is_alive()
     finally:
         stop.set()
@@ -257,11 +247,16 @@ def own_kafka() -> Iterator[LocalKafka]:
 
 
 def live_rows(db: Path) -> dict[tuple[str, str], str | None]:
-    return {
-        (kind, object_id): status
-        for (_site, kind, object_id), (status, _seq, deleted) in sink_state(db).items()
-        if kind != "site" and not deleted
-    }
+    """What the SQL sink holds: (kind, id) -> status of every row not marked deleted."""
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT kind, id, status, deleted FROM resource_status"))
+            return {(r[0], r[1]): r[2] for r in rows if r[0] != "site" and not r[3]}
+    except sa.exc.OperationalError:
+        return {}  # the consumer has not made the table yet
+    finally:
+        engine.dispose()
 
 
 def truth_status(sim: RunningSim) -> dict[tuple[str, str], str | None]:
@@ -329,13 +324,13 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
         )
 
     try:
-        wait_for("the first sync", lambda: live_rows(db) == truth_status(sim), 60, explain)
+        timed_wait("the first sync", lambda: live_rows(db) == truth_status(sim), 60, explain)
         for _ in range(3):
             own_kafka.stop()
             churn_every_kind(sim)
             own_kafka.start(timeout=BROKER_START, echo=False)
             recoveries.append(
-                wait_for(
+                timed_wait(
                     "convergence after the restart",
                     lambda: live_rows(db) == truth_status(sim),
                     15.0,
@@ -391,7 +386,7 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
         # Down at start-up: the poller retries the topic, degraded, and stops at once.
         starting = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for("a Kafka error", lambda: metric("cascade_site_kafka_errors_total") > 0)
+            wait_for(lambda: metric("cascade_site_kafka_errors_total") > 0, 60, "a Kafka error")
             assert metric("cascade_site_degraded") == 1
         finally:
             _took, err = stop_within_10s(starting)
@@ -401,11 +396,11 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
         own_kafka.start(timeout=BROKER_START, echo=False)
         running = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for("a heartbeat", lambda: metric("cascade_site_heartbeats_total") > 0)
-            wait_for("a first poll", lambda: metric("cascade_site_changes_published_total") > 0)
+            wait_for(lambda: metric("cascade_site_heartbeats_total") > 0, 60, "a heartbeat")
+            wait_for(lambda: metric("cascade_site_changes_published_total") > 0, 60, "a poll")
             own_kafka.stop()
             control(sim, "/_sim/churn", {"changes": 30})
-            wait_for("degraded", lambda: metric("cascade_site_degraded") == 1)
+            wait_for(lambda: metric("cascade_site_degraded") == 1, 60, "degraded")
         finally:
             _took, err = stop_within_10s(running)
         assert "undelivered" in err and "republishes them from the site" in err

@@ -17,7 +17,8 @@ from connector.kafka.topics import ensure_site_topic, site_topic
 from connector.records.codec import Codec
 from connector.records.messages import to_message
 from connector.records.model import Deletion
-from tests.unit.test_codec import EXAMPLES
+from tests.support.kafka import Writer
+from tests.support.records import EXAMPLES
 
 pytestmark = pytest.mark.kafka
 
@@ -134,37 +135,6 @@ def test_tail_with_a_bad_librdkafka_setting_is_a_usage_error(kafka_bootstrap: st
     result = _tail(kafka_bootstrap, "cascade.status", "-X", "no.such.key=1")
     assert result.exit_code == 2
     assert "kafka.librdkafka: No such configuration property" in result.output
-
-
-class Writer:
-    """Keeps writing `message` to partition 0 of `topic`, each one flushed, until stopped: a live
-    site topic, written far more often than librdkafka's fetch wait."""
-
-    def __init__(self, bootstrap: str, topic: str, key: bytes, value: bytes | None) -> None:
-        self.written = 0
-        self.started = threading.Event()
-        self._stop = threading.Event()
-        self._args = (bootstrap, topic, key, value)
-        self._thread = threading.Thread(target=self._write, name="writer", daemon=True)
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        assert self.started.wait(30), "the writer did not start"
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _write(self) -> None:
-        bootstrap, topic, key, value = self._args
-        producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-        while not self._stop.is_set():
-            producer.produce(topic, value, key, partition=0)
-            assert producer.flush(10) == 0
-            self.written += 1
-            if self.written >= 5:
-                self.started.set()
 
 
 def test_exit_at_end_ends_while_the_topic_keeps_growing(

@@ -15,13 +15,16 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.records.codec import Codec
 from connector.records.errors import RegistryError
+from connector.records.messages import change_from_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
 from connector.top.consumer import TopConsumer
 from connector.top.service import build_consumer
-from tests.kafka_support import committed_offsets, create_topic, end_offsets, publish
+from tests.support import wait_for
+from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -279,14 +282,6 @@ def test_two_members_split_partitions_and_converge(
     assert sink_state(db) == expected
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
-
-
 def test_registry_outage_rolls_back_and_recovers(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -295,8 +290,7 @@ def test_registry_outage_rolls_back_and_recovers(
     topic = f"{settings.kafka.topic_prefix}.reg"
     create_topic(kafka_bootstrap, topic, partitions=2)
     publish(kafka_bootstrap, topic, (record("reg", i, i + 1) for i in range(300)))
-    loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
-    real_decode = loop._decode
+    codec = Codec()
     outages = [2]
 
     def decode_during_outage(msg: Message) -> Change:
@@ -304,9 +298,11 @@ def test_registry_outage_rolls_back_and_recovers(
         if outages[0]:
             outages[0] -= 1
             raise RegistryError("registry at http://127.0.0.1:1 refused the connection")
-        return real_decode(msg)
+        return change_from_message(msg, codec)
 
-    loop._decode = decode_during_outage
+    loop = build_consumer(
+        settings, open_sink(settings.sink), CollectorRegistry(), decode=decode_during_outage
+    )
     run_until_idle(loop, timeout=120)
     assert outages == [0]
     assert len(sink_state(db)) == 300

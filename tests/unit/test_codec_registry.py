@@ -18,11 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastavro import schemaless_writer
 
+from connector.codecs import codec_from_settings
 from connector.config import KafkaSettings
-from connector.records.codec import REGISTRY_SUBJECT, Codec, RegistryFraming, codec_from_settings
+from connector.kafka.registry import SchemaRegistry
+from connector.records.codec import REGISTRY_SUBJECT, Codec, RegistryFraming
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.schemas import current_schema, load_schema, shipped_schemas
-from tests.unit.test_codec import EXAMPLES
+from tests.support.records import EXAMPLES
 
 #: Ids above 255 so that a little-endian or 1-byte id would show.
 FIRST_ID = 0x0102
@@ -106,9 +108,9 @@ def test_registry_framing_is_magic_byte_and_big_endian_id(
 
 def test_schema_is_registered_once_and_fetched_once(registry: tuple[_Registry, str]) -> None:
     state, url = registry
-    writer = Codec(RegistryFraming(url))
+    writer = Codec(RegistryFraming(SchemaRegistry(url)))
     values = [writer.encode(record) for record in EXAMPLES]
-    reader = Codec(RegistryFraming(url))
+    reader = Codec(RegistryFraming(SchemaRegistry(url)))
     assert [reader.decode(v) for v in values] == EXAMPLES
     posts = [r for r in state.requests if r.startswith("POST")]
     gets = [r for r in state.requests if r.startswith("GET")]
@@ -127,7 +129,7 @@ def test_older_writer_schema_from_the_registry_reads_into_the_current(
     datum = {"site": "s", "kind": "server", "id": "x", "sequence": 1}
     schemaless_writer(body, v1.parsed, {**datum, "observed_at": EXAMPLES[0].observed_at})
     data = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
-    record = Codec(RegistryFraming(url)).decode(data)
+    record = Codec(RegistryFraming(SchemaRegistry(url))).decode(data)
     assert (record.site, record.kind, record.id, record.revision) == ("s", "server", "x", None)
 
 
@@ -136,24 +138,28 @@ def test_registry_framed_single_object_values_still_decode(
 ) -> None:
     _state, url = registry
     data = Codec().encode(EXAMPLES[1])
-    assert Codec(RegistryFraming(url)).decode(data) == EXAMPLES[1]
+    assert Codec(RegistryFraming(SchemaRegistry(url))).decode(data) == EXAMPLES[1]
 
 
 def test_unknown_schema_id_is_a_decode_error(registry: tuple[_Registry, str]) -> None:
     _state, url = registry
     with pytest.raises(DecodeError, match="unknown schema id 999"):
-        Codec(RegistryFraming(url)).decode(b"\x00" + (999).to_bytes(4, "big") + b"\x02")
+        Codec(RegistryFraming(SchemaRegistry(url))).decode(
+            b"\x00" + (999).to_bytes(4, "big") + b"\x02"
+        )
 
 
 def test_a_foreign_schema_is_a_decode_error(registry: tuple[_Registry, str]) -> None:
     state, url = registry
     schema_id = state.register(json.dumps({"type": "record", "name": "Other", "fields": []}))
     with pytest.raises(DecodeError, match="corrupt body"):
-        Codec(RegistryFraming(url)).decode(b"\x00" + schema_id.to_bytes(4, "big"))
+        Codec(RegistryFraming(SchemaRegistry(url))).decode(b"\x00" + schema_id.to_bytes(4, "big"))
 
 
 def test_unreachable_registry_is_a_registry_error_not_a_decode_error() -> None:
-    framing = RegistryFraming("http://127.0.0.1:9", client_config={"max.retries": 0})
+    framing = RegistryFraming(
+        SchemaRegistry("http://127.0.0.1:9", client_config={"max.retries": 0})
+    )
     with pytest.raises(RegistryError, match="cannot register"):
         Codec(framing).encode(EXAMPLES[0])
     with pytest.raises(RegistryError, match=r"127\.0\.0\.1:9"):
@@ -175,5 +181,5 @@ def test_a_writer_without_the_timestamp_logical_type_reads_as_the_same_instant(
     datum = {"site": "s", "kind": "k", "id": "x", "sequence": 1, "observed_at": 5}
     schemaless_writer(body, writer.parsed, datum)
     data = b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
-    record = Codec(RegistryFraming(url)).decode(data)
+    record = Codec(RegistryFraming(SchemaRegistry(url))).decode(data)
     assert record.observed_at == datetime(1970, 1, 1, 0, 0, 0, 5, tzinfo=UTC)

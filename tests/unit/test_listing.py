@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from connector.site.listing import pages, prefetched
-from tests.unit.test_poller import response
+from tests.support.site import response
 
 
 class PagedProxy:

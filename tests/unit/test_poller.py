@@ -4,7 +4,6 @@ fallbacks, the revision diff, the requests really sent, paging, backoff."""
 from __future__ import annotations
 
 import email.utils
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
-from tests.unit.test_site_publisher import FakeProducer, make
+from tests.support.site import FakeProducer, make_publisher, response
 
 
 class FakeProxy:
@@ -73,15 +72,6 @@ class FakeProxy:
         return out
 
 
-def response(status: int, body: dict[str, Any]) -> requests.Response:
-    made = requests.Response()
-    made.status_code = status
-    made._content = json.dumps(body).encode()
-    made.headers["Content-Type"] = "application/json"
-    made.url = "http://site.test/"
-    return made
-
-
 ROW = Kind(
     name="port",
     service="network",
@@ -105,9 +95,13 @@ def put(proxy: FakeProxy, object_id: str, status: str, revision: int) -> None:
 
 
 def poller(
-    proxy: FakeProxy, clock: list[float], row: Kind = ROW, **settings: Any
+    proxy: FakeProxy,
+    clock: list[float],
+    row: Kind = ROW,
+    jitter: Callable[[], float] = lambda: 1.0,
+    **settings: Any,
 ) -> tuple[KindPoller, FakeProducer]:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
     return (
         KindPoller(
@@ -118,7 +112,7 @@ def poller(
             metrics,
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
-            jitter=lambda: 1.0,
+            jitter=jitter,
         ),
         producer,
     )
@@ -223,8 +217,8 @@ def test_a_site_error_is_openstacksdks_exception(ports: FakeProxy) -> None:
 def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half(ports: FakeProxy) -> None:
     p, _ = poller(ports, [0.0], backoff_initial=1.0, backoff_max=10.0)
     assert [p.backoff(n) for n in (1, 2, 3, 4, 5, 60)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    p._jitter = lambda: 0.0
-    assert p.backoff(3) == 2.0
+    low, _ = poller(ports, [0.0], backoff_initial=1.0, backoff_max=10.0, jitter=lambda: 0.0)
+    assert low.backoff(3) == 2.0
 
 
 @pytest.mark.parametrize(
@@ -416,7 +410,7 @@ def test_the_watermark_is_on_the_sites_clock(ports: FakeProxy) -> None:
     site_clock = SiteClock(local=lambda: local)
     ahead = email.utils.formatdate(local + 60, usegmt=True)
     site_clock.observe(ahead)
-    publisher, _producer, _ = make()
+    publisher, _producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
     p = KindPoller(
         ROW,
@@ -448,7 +442,7 @@ def test_the_proxy_is_made_in_the_first_poll_and_a_failure_is_a_site_fault(
             raise keystoneauth1.exceptions.ConnectFailure("Keystone is down")
         return ports
 
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
     p = KindPoller(
         ROW,

@@ -11,7 +11,7 @@ from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.records.model import Deletion, StatusRecord
 from connector.sinks import open_sink
-from connector.sinks.base import SinkError
+from connector.sinks.base import SinkBackpressureError, SinkError
 from connector.sinks.http import HttpSink, change_json, idempotency_key, parse_retry_after
 from connector.sinks.sql import SqlSink, sqlalchemy_url
 
@@ -110,3 +110,17 @@ def test_unusable_sink_urls_are_refused_up_front(url: str, message: str) -> None
 def test_infinite_timeouts_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"sink\.timeout: input should be a finite number"):
         load_settings(None, {"CASCADE_SINK_TIMEOUT": "inf"})
+
+
+def test_backpressure_is_not_a_sink_error() -> None:
+    """Code that gives up on a SinkError (retrying will not fix it) must let a sink that only
+    asked to wait through to the consumer, which retries the batch."""
+    outcome = ""
+    try:
+        try:
+            raise SinkBackpressureError("top layer busy", retry_after=2.0)
+        except SinkError:
+            outcome = "gave up"
+    except SinkBackpressureError as exc:
+        outcome = f"retry after {exc.retry_after:g} s"
+    assert outcome == "retry after 2 s"

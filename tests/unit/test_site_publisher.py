@@ -2,69 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
 from connector.records.model import SEQUENCE_HEADER, StatusRecord
-from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
-from connector.site.metrics import SiteMetrics
 from connector.site.publisher import (
-    Publisher,
     observation_fingerprint,
     record_fingerprint,
 )
-
-
-class FakeProducer:
-    """Keeps produced messages; delivery reports are sent when the test says so."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, dict[str, bytes]]] = []
-        self._pending: list[tuple[str, Callable[..., None]]] = []
-
-    def produce(
-        self,
-        topic: str,
-        key: str,
-        value: bytes | None,
-        on_delivery: Callable[..., None],
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        self.sent.append((key, value, dict(headers or {})))
-        self._pending.append((key, on_delivery))
-
-    def deliver(self, error: Any = None) -> None:
-        pending, self._pending = self._pending, []
-        for key, report in pending:
-            report(key, error, 0, 0)
-
-
-def make(
-    last_sequence: int = 0,
-    fingerprints: dict[str, dict[str, int]] | None = None,
-    clock: Callable[[], float] = lambda: 0.0,
-) -> tuple[Publisher, FakeProducer, Health]:
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
-    health = Health(["server"], metrics)
-    producer = FakeProducer()
-    publisher = Publisher(
-        "s1",
-        "cascade.status.s1",
-        producer,  # type: ignore[arg-type]
-        Codec(),
-        metrics,
-        health,
-        fingerprints or {},
-        last_sequence,
-        clock=clock,
-    )
-    return publisher, producer, health
+from tests.support.site import make_publisher
 
 
 def obs(object_id: str = "a", status: str | None = "ACTIVE", **more: Any) -> Observation:
@@ -72,7 +22,7 @@ def obs(object_id: str = "a", status: str | None = "ACTIVE", **more: Any) -> Obs
 
 
 def test_publishes_only_changes() -> None:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     assert publisher.observe("server", obs())
     assert not publisher.observe("server", obs())
     # The revision and updated time are not status: no record for them alone.
@@ -84,7 +34,7 @@ def test_publishes_only_changes() -> None:
 
 
 def test_tombstone_only_for_known_keys_and_forgotten_once_delivered() -> None:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     assert not publisher.delete("server", "never-seen")
     publisher.observe("server", obs())
     producer.deliver()
@@ -99,7 +49,7 @@ def test_tombstone_only_for_known_keys_and_forgotten_once_delivered() -> None:
 
 
 def test_delivery_error_marks_the_key_dirty_so_the_change_is_resent() -> None:
-    publisher, producer, health = make()
+    publisher, producer, health = make_publisher()
     publisher.observe("server", obs())
     producer.deliver(error="broker down")
     assert health.produce_errors == 1
@@ -111,7 +61,7 @@ def test_delivery_error_marks_the_key_dirty_so_the_change_is_resent() -> None:
 
 
 def test_failed_tombstone_is_retried_on_the_next_vanish() -> None:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     publisher.observe("server", obs())
     publisher.delete("server", "a")
     producer.deliver(error="timeout")
@@ -121,7 +71,7 @@ def test_failed_tombstone_is_retried_on_the_next_vanish() -> None:
 
 def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
     now = [1000.0]
-    publisher, _, _ = make(last_sequence=5_000_000_000, clock=lambda: now[0])
+    publisher, _, _ = make_publisher(last_sequence=5_000_000_000, clock=lambda: now[0])
     publisher.observe("server", obs("a"))
     assert publisher.sequence == 5_000_000_001
     now[0] = 9000.0
@@ -133,7 +83,7 @@ def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
 
 
 def test_heartbeats_are_never_deduplicated() -> None:
-    publisher, producer, _ = make()
+    publisher, producer, _ = make_publisher()
     publisher.heartbeat("ok", {"server.error": None})
     publisher.heartbeat("ok", {"server.error": None})
     assert [key for key, _, _ in producer.sent] == ["s1/site/s1", "s1/site/s1"]
@@ -163,7 +113,9 @@ def test_restored_fingerprint_equals_the_observed_one() -> None:
     )
     codec = Codec()
     assert record_fingerprint(codec.decode(codec.encode(record))) == observation_fingerprint(seen)
-    publisher, producer, _ = make(fingerprints={"server": {"a": observation_fingerprint(seen)}})
+    publisher, producer, _ = make_publisher(
+        fingerprints={"server": {"a": observation_fingerprint(seen)}}
+    )
     assert not publisher.observe("server", seen)
     assert producer.sent == []
 

@@ -1,4 +1,4 @@
-"""`tail`: a site topic as JSON lines, one per Kafka record, decoded through the codec.
+"""The `tail` command: a site topic as JSON lines, one per Kafka record, decoded through the codec.
 
 A line has key, partition, offset and value (null for a tombstone, whose sequence header is shown
 as `sequence`). A record that cannot be decoded becomes a line with `error` instead of `value`,
@@ -13,12 +13,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import confluent_kafka
-
-from connector.config import KafkaSettings
+from connector.codecs import codec_from_settings
+from connector.kafka import Message
 from connector.kafka.reader import TopicReader
+from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import site_topic
-from connector.records.codec import Codec, codec_from_settings
+from connector.records.codec import Codec
 from connector.records.errors import DecodeError
 from connector.records.messages import change_from_message
 from connector.records.model import Deletion
@@ -50,7 +50,7 @@ def tail_site(
     return count
 
 
-def message_line(message: confluent_kafka.Message, codec: Codec) -> str:
+def message_line(message: Message, codec: Codec) -> str:
     """One JSON line for a consumed message: its decoded value, or the reason it has none."""
     raw_key = message.key()
     key = raw_key.decode("utf-8", "backslashreplace") if isinstance(raw_key, bytes) else raw_key

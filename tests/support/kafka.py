@@ -1,7 +1,9 @@
-"""Test helpers for the real broker: create a topic, publish changes, read committed offsets."""
+"""Test helpers for the real broker: create a topic, publish changes, read committed offsets,
+keep a topic growing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer as RawConsumer
@@ -89,3 +91,34 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         return {tp.partition: tp.offset for tp in got}
     finally:
         probe.close()
+
+
+class Writer:
+    """Keeps writing `message` to partition 0 of `topic`, each one flushed, until stopped: a live
+    site topic, written far more often than librdkafka's fetch wait."""
+
+    def __init__(self, bootstrap: str, topic: str, key: bytes, value: bytes | None) -> None:
+        self.written = 0
+        self.started = threading.Event()
+        self._stop = threading.Event()
+        self._args = (bootstrap, topic, key, value)
+        self._thread = threading.Thread(target=self._write, name="writer", daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        assert self.started.wait(30), "the writer did not start"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _write(self) -> None:
+        bootstrap, topic, key, value = self._args
+        producer = RawProducer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        while not self._stop.is_set():
+            producer.produce(topic, value, key, partition=0)
+            assert producer.flush(10) == 0
+            self.written += 1
+            if self.written >= 5:
+                self.started.set()

@@ -1,0 +1,17 @@
+"""Helpers shared by the tests: waiting on a condition, and (in the modules beside this one) the
+broker, the CLI, example records, a simulated site and fakes of the site side."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition"
+) -> None:
+    """Return once `condition()` is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.05)

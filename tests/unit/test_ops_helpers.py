@@ -1,0 +1,124 @@
+"""The helpers every long-running command shares: stopping on a signal, cleanup that never
+hides the error it cleans up after (and the loops that use it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.errors import KafkaError
+from connector.ops.cleanup import cleanup_after
+from connector.ops.signals import Interrupted, interrupt, stop_on_signals
+from connector.top.consumer import BatchPolicy, TopConsumer
+from connector.top.metrics import ConsumerMetrics
+from connector.top.rate import RateLimiter
+from tests.support import wait_for
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_calls_stop_and_the_old_handler_comes_back(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
+    stop = threading.Event()
+    with stop_on_signals(stop.set):
+        os.kill(os.getpid(), sig)
+        wait_for(stop.is_set, timeout=5, what=f"{sig.name} to set the event")
+    assert signal.getsignal(sig) is before
+
+
+def test_interrupt_unwinds_like_ctrl_c() -> None:
+    unwound = []
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(interrupt):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_for(lambda: False, timeout=5, what="SIGTERM to interrupt")
+        finally:
+            unwound.append(True)
+    assert unwound == [True]
+    assert issubclass(Interrupted, KeyboardInterrupt)
+
+
+def test_outside_the_main_thread_no_handler_is_installed() -> None:
+    seen: list[object] = []
+
+    def body() -> None:
+        with stop_on_signals(lambda: None):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert seen == [signal.getsignal(signal.SIGTERM)]
+
+
+def test_cleanup_after_an_error_keeps_the_error_and_runs_every_step() -> None:
+    ran: list[str] = []
+
+    def failing_close() -> None:
+        ran.append("close")
+        raise RuntimeError("close failed")
+
+    with (
+        pytest.raises(KafkaError, match="commit failed"),
+        cleanup_after(failing_close, lambda: ran.append("flush")),
+    ):
+        raise KafkaError("commit failed")
+    assert ran == ["close", "flush"]
+
+
+def test_cleanup_after_success_raises_the_first_step_error() -> None:
+    ran: list[str] = []
+
+    def fail(what: str) -> None:
+        ran.append(what)
+        raise RuntimeError(f"{what} failed")
+
+    with (
+        pytest.raises(RuntimeError, match="close failed"),
+        cleanup_after(lambda: fail("close"), lambda: fail("flush")),
+    ):
+        ran.append("body")
+    assert ran == ["body", "close", "flush"]
+
+
+class BrokenConsumer:
+    """A group consumer whose broker went away, and whose close then fails too."""
+
+    def subscribe(self, *_args: Any) -> None:
+        pass
+
+    def consume(self, _max: int, _timeout: float) -> list[Any]:
+        raise KafkaError("fatal consumer error: the broker is gone")
+
+    def close(self) -> None:
+        raise RuntimeError("close failed: not connected")
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.flushed = False
+
+    def flush(self, _timeout: float) -> None:
+        self.flushed = True
+
+
+def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after() -> None:
+    dead_letters = DeadLetters()
+    loop = TopConsumer(
+        consumer=BrokenConsumer(),  # type: ignore[arg-type]
+        pattern=r"^site\..+",
+        topic_prefix="site",
+        decode=lambda _msg: pytest.fail("nothing to decode"),
+        sink=None,  # type: ignore[arg-type]
+        dead_letters=dead_letters,  # type: ignore[arg-type]
+        limiter=RateLimiter(None, None),
+        policy=BatchPolicy(10, 0.1, "dead"),
+        metrics=ConsumerMetrics(CollectorRegistry()),
+    )
+    with pytest.raises(KafkaError, match="the broker is gone"):
+        loop.run()
+    assert dead_letters.flushed
