@@ -133,8 +133,7 @@ class KindPoller:
         if self._proxy is None:
             assert self._connect is not None, "a KindPoller needs a proxy or a connect()"
             self._proxy = self._connect()
-        # On the site's clock: its timestamps are what the watermark is compared with.
-        started = self._clock() + self._site_clock.offset
+        started = self._clock()
         begun = time.monotonic()
         if resync or self._watermark is None:
             mode = "resync"
@@ -144,7 +143,10 @@ class KindPoller:
         self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
             time.monotonic() - begun
         )
-        self._watermark = started
+        # The watermark is the start on the site's clock: its timestamps are what it is compared
+        # with. The offset is read after the poll, whose answers measured it. (Health and
+        # metrics keep our clock.)
+        self._watermark = started + self._site_clock.offset
         self._health.poll_ok(
             self.kind.name,
             datetime.fromtimestamp(started, UTC),
@@ -161,8 +163,6 @@ class KindPoller:
                     self._proxy, query, since.min_microversion, self._skip
                 )
                 self._publish(listed)
-                self._sweep_deletions()
-                return "incremental"
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
                     raise
@@ -173,6 +173,10 @@ class KindPoller:
                     exc,
                 )
                 self._since_rejected = True
+            else:
+                # Outside the `try`: a 400 from the sweep is not the site rejecting `since`.
+                self._sweep_deletions()
+                return "incremental"
         if self.kind.revision_projection:
             self._revision_diff()
             return "revisions"
