@@ -161,8 +161,11 @@ class Demo:
                 metrics_port=port,
             ),
         )
+        # Every process imports openstacksdk and librdkafka at once (about 2 s of CPU each): on
+        # two busy cores twenty pollers take minutes to all serve their metrics.
+        ready = 60.0 + 10.0 * len(self.poller_metrics)
         for url in [*self.poller_metrics, self.consumer_metrics]:
-            wait_until(url, partial(http_text, url), 60, procs.check_alive)
+            wait_until(url, partial(http_text, url), ready, procs.check_alive)
         self.echo("sites:     " + ", ".join(f"{s} {u}" for s, u in self.sims.items()))
         self.echo(
             "pollers:   "
