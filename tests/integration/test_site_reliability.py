@@ -269,6 +269,8 @@ def churn_every_kind(sim: RunningSim) -> None:
     delete_one_of_each(sim)
 
 
+# Three broker restarts: seconds each on an idle machine, a minute each on two busy cores.
+@pytest.mark.timeout(600)
 def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_restarts(
     own_kafka: LocalKafka,
     open_sim: Callable[..., RunningSim],
@@ -343,7 +345,7 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
         poller.join(15)
         consuming.join(30)
     assert not poller.is_alive() and not consuming.is_alive()
-    print(f"recovery after each broker restart: {[round(r, 1) for r in recoveries]} s")
+    print(f"converged after each broker restart in {[round(r, 1) for r in recoveries]} s")
 
 
 def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
