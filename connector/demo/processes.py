@@ -121,7 +121,7 @@ def logged_port(log_file: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
-_SERVING = re.compile(r"serving /metrics and /healthz on port (\d+)")
+_SERVING = re.compile(r"serving /metrics[^\n]* on port (\d+)")
 
 
 def sim_url(clouds_yaml: Path, site: str) -> str:

@@ -178,13 +178,13 @@ class Demo:
         self.echo(
             "pollers:   "
             + ", ".join(
-                u.removesuffix("/metrics") + "/{metrics,healthz}" for u in self.poller_metrics
+                u.removesuffix("/metrics") + "/{metrics,readyz,livez}" for u in self.poller_metrics
             )
         )
         self.echo(
             "consumer:  "
             + self.consumer_metrics.removesuffix("/metrics")
-            + "/{metrics,healthz}, sink "
+            + "/{metrics,readyz,livez}, sink "
             + self.sink_url
         )
 

@@ -18,6 +18,7 @@ from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import log_client_error, new_client
+from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "queued.min.messages": 2000,
     # When that small queue is full, look again soon rather than after librdkafka's default 1 s.
     "fetch.queue.backoff.ms": 50,
+    # A broker outage longer than the session makes this member's session lapse; it rejoins as
+    # a new member, and the group waits for the old one to time out before it assigns anything.
+    # librdkafka's 45 s made recovery after an outage take 40-50 s; 10 s bounds that wait
+    # (heartbeats come from librdkafka's own thread, so a long apply does not end the session:
+    # max.poll.interval.ms governs that).
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 2_000,
 }
 
 
@@ -46,6 +54,8 @@ class Consumer:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
         config["group.id"] = group
         config.setdefault("error_cb", log_client_error)
+        self._settings = settings
+        self._group = group
         self._consumer = new_client(confluent_kafka.Consumer, config)
 
     def subscribe(
@@ -73,9 +83,15 @@ class Consumer:
                 out.append(msg)
             elif err.fatal():
                 raise KafkaError(f"fatal consumer error: {err}")
+            elif refused := not_authorized(self._settings, self._action(msg), err):
+                raise refused
             else:
                 log.warning("consumer error on %s[%s]: %s", msg.topic(), msg.partition(), err)
         return out
+
+    def _action(self, msg: confluent_kafka.Message) -> str:
+        topic = msg.topic()
+        return f"read topic {topic}" if topic else f"read with consumer group {self._group}"
 
     def commit(self, offsets: Sequence[TopicPartition]) -> None:
         """Commit exactly `offsets` (next offsets to read), synchronously; raise on any error."""

@@ -15,6 +15,7 @@ import confluent_kafka
 
 from connector.errors import KafkaError
 from connector.kafka.client import log_client_error, new_client
+from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
 #: (key, error or None, partition, offset) for every message, once librdkafka is done with it;
@@ -43,8 +44,10 @@ class ProduceInterrupted(KafkaError):
 class Producer:
     """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`.
 
-    `on_error` hears librdkafka's client-level errors (all brokers down, timeouts), besides the
-    log, so the caller can report them.
+    A delivery refused for lack of an ACL is not retried: once its report is served, `produce`,
+    `poll` and `flush` raise KafkaError naming the topic, so a misconfigured principal stops
+    within seconds instead of resending for ever. `on_error` hears librdkafka's client-level
+    errors (all brokers down, timeouts), besides the log, so the caller can report them.
     """
 
     def __init__(
@@ -61,8 +64,11 @@ class Producer:
                 on_error(str(err.str()))
 
         config.setdefault("error_cb", client_error)
+        self._settings = settings
         self._producer = new_client(confluent_kafka.Producer, config)
         self._interrupted = threading.Event()
+        #: the first authorization refusal, raised by every later call
+        self.refused: KafkaError | None = None
 
     def produce(
         self,
@@ -80,6 +86,8 @@ class Producer:
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
             if err is not None and self._interrupted.is_set() and err.code() in _PURGED:
                 return  # dropped on purpose at a stop, reported there once for all
+            if err is not None and self.refused is None:
+                self.refused = not_authorized(self._settings, f"write topic {topic}", err)
             # Offset 0 is the first message of a partition, not a missing offset: only None and
             # librdkafka's negative "no offset" values become -1.
             partition, offset = msg.partition(), msg.offset()
@@ -89,6 +97,8 @@ class Producer:
                 -1 if partition is None else partition,
                 -1 if offset is None or offset < 0 else offset,
             )
+
+        self._raise_refused()
 
         while True:
             try:
@@ -107,7 +117,7 @@ class Producer:
                         f"stopped while the local queue was full ({len(self._producer)} queued)"
                     ) from None
                 self._producer.poll(0.1)
-        self._producer.poll(0)
+        self.poll(0)
 
     def interrupt(self) -> None:
         """Make a `produce` waiting on a full queue (now or later) give up: the process stops."""
@@ -116,10 +126,12 @@ class Producer:
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""
         self._producer.poll(timeout)
+        self._raise_refused()
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every queued message was delivered or failed; raise if any is still queued."""
         remaining = self._producer.flush(timeout)
+        self._raise_refused()
         if remaining:
             raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
 
@@ -128,6 +140,10 @@ class Producer:
         `interrupt()` was called: then the caller reports the purge and the reports are quiet."""
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
+
+    def _raise_refused(self) -> None:
+        if self.refused is not None:
+            raise self.refused
 
     def __len__(self) -> int:
         return len(self._producer)

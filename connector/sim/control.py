@@ -4,12 +4,14 @@
 - `GET /_sim/stats`: API requests per endpoint, bytes sent, status changes; `DELETE` resets.
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
 - `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
-- `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes]}` makes
-  API requests fail (status) or hang (delay) for S seconds; `{"seconds": S, "hide": {"kind": K,
-  "share": F}}` leaves that share of the kind's objects out of every listing for S seconds (a
-  Nova cell down); `DELETE` clears them.
+- `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes],
+  "ratio": R}` makes API requests fail (status) or hang (delay) for S seconds, a share R of them
+  (default all); `{"seconds": S, "hide": {"kind": K, "share": F}}` leaves that share of the
+  kind's objects out of every listing for S seconds (a Nova cell down); `DELETE` clears them.
 - `POST /_sim/corrupt`: `{"kind": K, "count": N}` serves N objects of kind K malformed (no id,
   a time that does not parse, a status that is not a string, in turn); `"count": 0` undoes it.
+- `DELETE /_sim/tokens`: revoke every token now, as a token expiring early (the next request
+  with one gets 401 and keystoneauth authenticates again).
 - `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
 - `GET /_sim/info`: site name, seed, URLs, projects.
 """
@@ -17,10 +19,12 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +66,8 @@ class Fault:
     status: int | None
     delay: float
     paths: tuple[str, ...]
+    #: the share of matching requests it hits (1.0: every one)
+    ratio: float = 1.0
 
 
 class Faults:
@@ -84,7 +90,8 @@ class Faults:
         with self._lock:
             self._faults = [f for f in self._faults if f.until > now]
             for fault in self._faults:
-                if not fault.paths or any(path.startswith(p) for p in fault.paths):
+                hits_path = not fault.paths or any(path.startswith(p) for p in fault.paths)
+                if hits_path and (fault.ratio >= 1.0 or random.random() < fault.ratio):
                     return fault
         return None
 
@@ -93,8 +100,15 @@ class Control:
     """Serves `/_sim/`."""
 
     def __init__(
-        self, site: Site, stats: Stats, faults: Faults, jobs: behaviour.Jobs, info: dict[str, Any]
+        self,
+        site: Site,
+        stats: Stats,
+        faults: Faults,
+        jobs: behaviour.Jobs,
+        info: dict[str, Any],
+        revoke_tokens: Callable[[], int],
     ) -> None:
+        self.revoke_tokens = revoke_tokens
         self.site = site
         self.stats = stats
         self.faults = faults
@@ -129,6 +143,8 @@ class Control:
                 return Response(204, b"")
             if route == ("POST", "/_sim/corrupt"):
                 return self._corrupt(_body(request))
+            if route == ("DELETE", "/_sim/tokens"):
+                return json_response(200, {"revoked": self.revoke_tokens()})
             if route == ("POST", "/_sim/archive"):
                 return json_response(200, {"archived": self.site.archive()})
             if route == ("GET", "/_sim/info"):
@@ -211,9 +227,11 @@ class Control:
         paths = body.get("paths") or []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadControl(f"paths must be a list of path prefixes, got {paths!r}")
-        self.faults.add(Fault(time.monotonic() + seconds, status, delay, tuple(paths)))
+        ratio = _number({"ratio": 1.0, **body}, "ratio", float, 0.0, 1.0)
+        self.faults.add(Fault(time.monotonic() + seconds, status, delay, tuple(paths), ratio))
         return json_response(
-            200, {"status": status, "delay": delay, "seconds": seconds, "paths": paths}
+            200,
+            {"status": status, "delay": delay, "seconds": seconds, "paths": paths, "ratio": ratio},
         )
 
 

@@ -2,12 +2,13 @@
 
 Ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
-the others), publishes a heartbeat every few seconds, and serves /metrics and /healthz. SIGTERM
-and SIGINT stop the pollers, flush the producer and return normally (exit 0). With `once`, every
-kind is resynced once, a heartbeat is published, the producer flushed, and the call returns.
+the others), publishes a heartbeat every few seconds, and serves /metrics, /readyz and /livez.
+SIGTERM and SIGINT stop the pollers, flush the producer and return normally (exit 0). With
+`once`, every kind is resynced once, a heartbeat is published, the producer flushed, and the call
+returns.
 
 Nothing transient ends the process: Kafka trouble at start-up (no leader yet, brokers down,
-timeouts) is retried with backoff while /healthz and the metrics say degraded, and the service
+timeouts) is retried with backoff while /readyz and the metrics say degraded, and the service
 proxies are made inside each kind's polls, under that kind's backoff. A stop ends the process
 within 10 s in every state (STOP_JOIN, then STOP_FLUSH); what could not be delivered by then is
 reported, and republished from the site by the next start (its restore does not hold it).
@@ -55,9 +56,6 @@ STOP_JOIN = 3.0
 STOP_FLUSH = 5.0
 #: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
-#: Seconds an admin request at start-up may take before it is retried: brokers out of reach
-#: are reported (degraded, a metric, a log line) this soon.
-START_TIMEOUT = 5.0
 
 T = TypeVar("T")
 #: Allocations between runs of the collector's youngest generation (Python's default: 700).
@@ -108,7 +106,7 @@ class SitePoller:
             on_health(self)
         report: TopicReport = self._until_kafka_answers(
             "ensure the topic",
-            lambda: ensure_site_topic(settings.kafka, site, timeout=START_TIMEOUT),
+            lambda: ensure_site_topic(settings.kafka, site),
         )
         for line in report.lines():
             log.info("%s", line)
@@ -265,7 +263,7 @@ def run_site(
                 poller.registry, poller.health.snapshot, port=settings.site.metrics_port
             )
             ops.append(server.start())
-            log.info("serving /metrics and /healthz on port %d", server.port)
+            log.info("serving /metrics, /readyz and /livez on port %d", server.port)
 
     # Signals are handled from the start: a stop during the restore still exits 0.
     with stop_on_signals(stop.set), fewer_collections():

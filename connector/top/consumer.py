@@ -84,6 +84,8 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
+        # Exported so a dashboard can draw rows/s against the limit.
+        metrics.max_rate.set(limiter.max_rate or 0)
         self._batch = Batch()
         self._committed: dict[Partition, int] = {}
         #: offsets applied whose commit failed; retried with the next commit

@@ -90,5 +90,10 @@ class ConsumerMetrics:
             "The most records released to the sink within any one second so far.",
             registry=registry,
         )
+        self.max_rate = Gauge(
+            "cascade_consumer_max_rate",
+            "The rate limit (consumer.max_rate): changes per second to the sink at most; 0: none.",
+            registry=registry,
+        )
         self.heartbeats = _HeartbeatAges()
         registry.register(self.heartbeats)
