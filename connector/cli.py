@@ -701,6 +701,14 @@ def produce(
     help="Share of notifications dropped at random.",
 )
 @click.option(
+    "--clock-skew",
+    default=0.0,
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="Run the site's clock this far ahead of this machine's (negative: behind).",
+)
+@click.option(
     "--write-clouds-yaml",
     "clouds_yaml",
     type=click.Path(dir_okay=False, path_type=Path),

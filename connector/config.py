@@ -104,6 +104,12 @@ class SiteSettings(_Section):
     #: (the lease group's session timeout; brokers refuse less than `group.min.session.timeout.ms`,
     #: 6 s by default).
     lease_timeout: float = Field(default=10.0, ge=1, le=300)
+    #: Where a service lists no deleted objects and has no cheap count (Neutron accepting
+    #: `changed_since`): a listing of ids every this many incremental polls finds deletions.
+    deletion_sweep_every: int = Field(default=2, ge=1, le=1000)
+    #: Share of a kind's known objects that may vanish from one listing; above it the
+    #: tombstones wait until the next listing agrees (a Nova cell down hides its servers).
+    vanish_guard: float = Field(default=0.2, gt=0, le=1.0)
 
     @field_validator("kinds", mode="before")
     @classmethod

@@ -46,9 +46,14 @@ METADATA_TIMEOUT = 30.0
 #: Messages asked of librdkafka per call.
 BATCH = 5000
 
+#: What a broker answers about a topic created a moment ago, while leaders move, or while it is
+#: out of reach for a moment.
 _NOT_YET = {
     confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
     confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+    confluent_kafka.KafkaError._TIMED_OUT,
+    confluent_kafka.KafkaError._TRANSPORT,
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
 }
 
 

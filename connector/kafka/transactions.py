@@ -74,10 +74,12 @@ class TransactionalProducer(Producer):
         transactional_id: str,
         headers: Mapping[str, bytes],
         on_failure: Callable[[TransactionFailed], None],
+        on_error: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
         super().__init__(
             settings,
+            on_error,
             **{
                 "transactional.id": transactional_id,
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,

@@ -9,6 +9,7 @@ sim needs no web framework. `start_sim` runs a site on a background thread (test
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import gc
 import logging
@@ -150,6 +151,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("sim %s: " + format, self.server.app.site.name, *args)
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header, on the site's clock (`--clock-skew`)."""
+        when = self.server.app.site.now() if timestamp is None else timestamp
+        return email.utils.formatdate(when, usegmt=True)
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -256,6 +262,7 @@ def start_sim(
     password: str = "password",
     notify: str | None = None,
     notify_loss: float = 0.0,
+    clock_skew: float = 0.0,
 ) -> RunningSim:
     """Populate a site and serve it on a background thread; returns once it answers.
 
@@ -265,7 +272,9 @@ def start_sim(
     `neutron_changed_since` is "reject" (400, as deployments with filter validation answer) or
     "accept" (honoured as `updated_at >= changed_since`). `notify` is a RabbitMQ transport URL
     the site sends the services' notifications to (connector.sim.notify), dropping the share
-    `notify_loss` of them. Raises SimError if the address is taken or the arguments are wrong.
+    `notify_loss` of them. `clock_skew` puts the site's clock that many seconds ahead of the
+    machine's (negative: behind): its timestamps and its `Date` headers. Raises SimError if the
+    address is taken or the arguments are wrong.
     """
     if neutron_changed_since not in ("accept", "reject"):
         raise SimError(
@@ -279,7 +288,7 @@ def start_sim(
             counts[kind] = given
     if any(n < 0 for n in counts.values()):
         raise SimError(f"object counts must not be negative, got {counts}")
-    state = Site(site, seed)
+    state = Site(site, seed, clock_skew)
     started = time.monotonic()
     state.populate(counts)
     log.info("sim %s: %d objects in %.1f s", site, sum(counts.values()), time.monotonic() - started)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -29,14 +30,16 @@ from prometheus_client import CollectorRegistry
 
 from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
-from connector.errors import ConfigError, ConnectorError
+from connector.errors import ConfigError, ConnectorError, KafkaAccessError, KafkaError
 from connector.kafka.lease import Lease
 from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.records.model import INSTANCE_HEADER, DetailValue
 from connector.site.heartbeat import Health
 from connector.site.metrics import SiteMetrics
+from connector.site.poller import backoff_delay
 from connector.site.restore import Restored, TopicFollower
+from connector.site.startup import until_kafka_answers
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,9 @@ def instance_id(site: SiteSettings) -> str:
 
 
 def open_site_producer(
-    settings: Settings, on_failure: Callable[[TransactionFailed], None]
+    settings: Settings,
+    on_failure: Callable[[TransactionFailed], None],
+    on_error: Callable[[str], None] | None = None,
 ) -> TransactionalProducer:
     """The site's transactional producer (id: the site topic's name), every message headed
     with this instance's id. Opening it fences the site's previous producer."""
@@ -74,6 +79,7 @@ def open_site_producer(
         site_topic(settings.kafka.topic_prefix, site),
         {INSTANCE_HEADER: instance_id(settings.site).encode()},
         on_failure,
+        on_error=on_error,
     )
 
 
@@ -91,10 +97,6 @@ class Election:
         self._active: Active | None = None
         self._error: ConnectorError | None = None
         self.metrics.active.labels(self.site).set(0)
-        for line in ensure_lease_topic(settings.kafka, self.site).lines():
-            log.info("%s", line)
-        # The standby follows the site topic from the start: it must exist.
-        ensure_site_topic(settings.kafka, self.site)
 
     def __repr__(self) -> str:
         role = "active" if self._active is not None else "standby"
@@ -116,8 +118,60 @@ class Election:
     ) -> None:
         """Stand by until this instance holds the lease, be active until it loses it, again,
         until `stop`. With `once`: one active term (LeaseUnavailable if the lease does not come
-        within three lease timeouts), then return."""
+        within three lease timeouts), then return. Transient Kafka trouble is retried with
+        backoff (`startup.py`), never an exit; refused credentials end the run."""
+        self._start_up(stop)
+        failures = 0
         while not stop.is_set():
+            try:
+                self._term(stop, once, make_active)
+                failures = 0
+            except (KafkaAccessError, LeaseUnavailable):
+                raise
+            except KafkaError as exc:
+                if once:
+                    raise
+                failures += 1
+                self._kafka_trouble(str(exc))
+                delay = backoff_delay(self.settings.site, failures, random.random())
+                log.warning("%s: %s; standing by again in %.1fs", self.instance, exc, delay)
+                stop.wait(delay)
+                continue
+            if once:
+                return
+
+    def _start_up(self, stop: threading.Event) -> None:
+        """The lease topic, and the site topic the standby follows from the start."""
+        site = self.settings.site
+        kafka = self.settings.kafka
+        report = until_kafka_answers(
+            "ensure the lease topic",
+            lambda: ensure_lease_topic(kafka, self.site),
+            stop,
+            site,
+            self._kafka_trouble,
+        )
+        for line in report.lines():
+            log.info("%s", line)
+        until_kafka_answers(
+            "ensure the site topic",
+            lambda: ensure_site_topic(kafka, self.site),
+            stop,
+            site,
+            self._kafka_trouble,
+        )
+
+    def _kafka_trouble(self, error: str) -> None:
+        self.metrics.kafka_errors.labels(self.site).inc()
+
+    def _term(
+        self,
+        stop: threading.Event,
+        once: bool,
+        make_active: Callable[[TransactionalProducer, Restored], Active],
+    ) -> None:
+        """One turn: stand by until the lease comes, then one active term."""
+        if not stop.is_set():
             with ExitStack() as cleanup:
                 lease = Lease(
                     self.settings.kafka,
@@ -137,8 +191,6 @@ class Election:
                 follower.follow(FOLLOW_INTERVAL)
                 if self._stand_by(lease, stop, once):
                     self._be_active(lease, follower, stop, once, make_active)
-            if once:
-                return
 
     def _stand_by(self, lease: Lease, stop: threading.Event, once: bool) -> bool:
         """Poll the lease until it is held (True) or `stop` is set (False)."""
