@@ -22,7 +22,8 @@ REQUIRED = {
     "cascade_consumer_rows_applied_total",
     "cascade_consumer_max_rate",
     "cascade_consumer_dead_letters_total",
-    # Since issue 14: windows (issues 10, 18), HA pollers (12), notifications (17).
+    # Since issue 14: windows (issues 10, 18), HA pollers (12), notifications (17),
+    # unparseable objects (13).
     "cascade_consumer_window_keys",
     "cascade_consumer_window_age_seconds",
     "cascade_consumer_skipped_unchanged_total",
@@ -32,6 +33,7 @@ REQUIRED = {
     "cascade_site_notifications_received_total",
     "cascade_site_notification_polls_total",
     "cascade_site_notifications_up",
+    "cascade_site_unparseable_objects_total",
 }
 
 
