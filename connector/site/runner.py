@@ -102,7 +102,7 @@ class SitePoller:
         self.topic = site_topic(settings.kafka.topic_prefix, site)
         _check_cloud(settings.site)
         self.registry = registry or CollectorRegistry()
-        self.metrics = SiteMetrics(self.registry, site)
+        self.metrics = metrics or SiteMetrics(self.registry, site)
         self.health = Health([k.name for k in kinds], self.metrics)
         if on_health is not None:
             on_health(self)
