@@ -167,7 +167,12 @@ class TransactionalProducer(Producer):
                     self._open = False
                 except confluent_kafka.KafkaException as exc:
                     self._fail(exc.args[0])
-        self._producer.poll(0)
+        try:
+            self._producer.poll(0)
+        except confluent_kafka.KafkaException as exc:
+            # Fenced meanwhile, say: the purge's reports are the failure's, as in poll().
+            with self._lock:
+                self._fail(exc.args[0])
         self._dispatch()
 
     def _commit(self, timeout: float = COMMIT_TIMEOUT) -> None:
