@@ -152,6 +152,10 @@ class Site:
         self.counters = Counters()
         self.changes_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._serial = 0
+        #: Called under the lock after every counted change: (action, object, old status, now),
+        #: action being create, update or delete. The notifier (connector.sim.notify) and the
+        #: freshness benchmark listen here; an observer must be quick and must not raise.
+        self.observers: list[Callable[[str, SimObject, str | None, float], None]] = []
 
     # -- ids -------------------------------------------------------------------------------
 
@@ -197,14 +201,17 @@ class Site:
             if count:
                 self._count(cls.kind, status_changed=True)
                 self.counters.created += 1
+                self._observe("create", obj, None, now)
             return obj
 
     def update(self, obj: SimObject, now: float, **fields: Any) -> bool:
         """Set fields on a live object; False (and no change recorded) if nothing differs."""
         with self.lock:
+            old_status = obj.status
             changed, status_changed = self._apply(obj, now, fields)
             if changed:
                 self._count(obj.kind, status_changed=status_changed)
+                self._observe("update", obj, old_status, now)
             return changed
 
     def _apply(self, obj: SimObject, now: float, fields: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -254,6 +261,7 @@ class Site:
             table.live -= 1
             self._count(obj.kind, status_changed=True)
             self.counters.deleted += 1
+            self._observe("delete", obj, obj.status, now)
 
     def archive(self) -> int:
         """Purge soft-deleted servers (nova-manage db archive_deleted_rows); returns how many."""
@@ -275,6 +283,10 @@ class Site:
         if status_changed:
             self.counters.status_changes += 1
             self.changes_by_kind[kind] += 1
+
+    def _observe(self, action: str, obj: SimObject, old_status: str | None, now: float) -> None:
+        for observer in self.observers:
+            observer(action, obj, old_status, now)
 
     def reset_counters(self) -> None:
         with self.lock:
