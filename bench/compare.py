@@ -483,13 +483,13 @@ def converge(
         behind = {}
         for name in names:
             result = compare(expected, top.ledgers[name].statuses())
-            if result.equal and idle[name]:
-                if name not in streaks:
-                    streaks[name] = Converged(now - start, *top.ledgers[name].counts())
-            else:
+            if not (result.equal and idle[name]):
                 streaks.pop(name, None)
                 behind[name] = result.behind if not result.equal else "equal, still sending"
-            elif now - start - streaks[name].seconds < SETTLE:
+                continue
+            if name not in streaks:
+                streaks[name] = Converged(now - start, *top.ledgers[name].counts())
+            if now - start - streaks[name].seconds < SETTLE:
                 behind[name] = "equal, settling"
         settled = [n for n in names if n in streaks and now - start - streaks[n].seconds >= SETTLE]
         if len(settled) == len(names) or now > deadline:
