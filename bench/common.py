@@ -131,10 +131,17 @@ def ensure_topics(bootstrap: str, prefix: str, sites: list[str], timeout: float 
         ensure_site_topic(kafka, site)
     deadline = time.monotonic() + timeout
     for site in sites:
-        while not all(p.leader is not None for p in describe_site_topic(kafka, site).partitions):
+        while not _has_leaders(kafka, site):
             if time.monotonic() > deadline:
                 raise DemoError(f"the topic of {site} has no leader after {timeout:.0f} s")
             time.sleep(0.2)
+
+
+def _has_leaders(kafka: KafkaSettings, site: str) -> bool:
+    try:
+        return all(p.leader is not None for p in describe_site_topic(kafka, site).partitions)
+    except KafkaError:
+        return False  # not in the metadata yet
 
 
 def start_pollers(
