@@ -11,6 +11,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -97,7 +99,7 @@ def start_sims(
     """One `cascade-connector sim` per site; returns site -> URL once each answers."""
     sims: dict[str, str] = {}
     for i, site in enumerate(names):
-        port = free_port()
+        port = quiet_port()
         sims[site] = f"http://127.0.0.1:{port}"
         procs.start(
             f"sim-{site}",
@@ -144,13 +146,30 @@ def _has_leaders(kafka: KafkaSettings, site: str) -> bool:
         return False  # not in the metadata yet
 
 
+def quiet_port() -> int:
+    """A free port below the ephemeral range: a port from `free_port` may be taken by some
+    process's outgoing connection before the child binds it, which on a machine with dozens of
+    clients happens."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def start_pollers(
     procs: Processes, workdir: Path, sites: list[str], **options: object
 ) -> list[str]:
     """A `cascade-connector produce` per site; returns their metrics URLs."""
     urls = []
     for site in sites:
-        port = free_port()
+        port = quiet_port()
         urls.append(f"http://127.0.0.1:{port}/metrics")
         procs.env["OS_CLIENT_CONFIG_FILE"] = str(workdir / f"clouds-{site}.yaml")
         procs.start(f"poller-{site}", "produce", *flags(site=site, metrics_port=port, **options))
@@ -159,7 +178,7 @@ def start_pollers(
 
 def start_consumer(procs: Processes, name: str, **options: object) -> str:
     """A `cascade-connector consume`; returns its metrics URL."""
-    port = free_port()
+    port = quiet_port()
     procs.start(name, "consume", *flags(metrics_port=port, **options))
     return f"http://127.0.0.1:{port}/metrics"
 
