@@ -4,7 +4,7 @@
 - `GET /_sim/stats`: API requests per endpoint, bytes sent (also per client), status changes;
   `DELETE` resets.
 - `POST /_sim/changes`: `{"record": true}` starts keeping a log of every status change (false
-  stops and drops it); answers `{"recording": ...}`; `GET /_sim/changes?after=N&limit=M` reads it from position N
+  stops and drops it); `GET /_sim/changes?after=N&limit=M` reads it from position N
   (`{"next", "length", "changes": [[time, kind, id, status or null], ...]}`).
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
 - `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
