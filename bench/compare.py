@@ -311,7 +311,7 @@ def parse() -> Options:
         storm_seconds=a.storm_seconds,
         changed=a.changed,
         slow_rate=a.slow_rate,
-        converge_timeout=a.converge_timeout or (120.0 if quick else 600.0),
+        converge_timeout=a.converge_timeout or (180.0 if quick else 600.0),
         bootstrap=a.bootstrap,
         kafka_port=a.kafka_port,
         plot=a.plot,
@@ -667,7 +667,7 @@ def plot(
     ax.set_ylabel("top-layer calls per second")
     ax.set_yscale("symlog", linthresh=10)
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
