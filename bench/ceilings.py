@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from connector.demo.processes import Processes, child_env
 from connector.kafka.producer import PRODUCER_DEFAULTS, Producer
 from connector.kafka.settings import KafkaSettings
 from connector.ops.local_postgres import LocalPostgres
+from connector.ops.signals import interrupt, stop_on_signals
 from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
 from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
 from connector.records.schemas import current_schema
@@ -379,4 +379,6 @@ def poll_pair(bootstrap: str, prefix: str, counts: dict[str, int], rounds: int) 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process this started.
+    with stop_on_signals(interrupt):
+        main()

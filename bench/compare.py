@@ -57,7 +57,7 @@ from common import (
 
 from connector.demo.observe import StatusMap, compare, login, next_link, scrape_total, truth
 from connector.demo.processes import DemoError, Processes, child_env, http_json
-from connector.ops.signals import stop_on_signals
+from connector.ops.signals import interrupt, stop_on_signals
 
 KINDS = ("server", "volume", "port")
 #: The User-Agent product names the sims file requests under.
@@ -674,4 +674,6 @@ def plot(
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process this started.
+    with stop_on_signals(interrupt):
+        main()

@@ -43,6 +43,7 @@ from connector.demo.observe import SinkReader, SiteCounters, compare, scrape_tot
 from connector.demo.processes import DemoError, Processes, child_env, http_json
 from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_postgres import LocalPostgres
+from connector.ops.signals import interrupt, stop_on_signals
 from connector.sinks.sql import sqlalchemy_url
 
 KINDS = ("server", "volume", "port")
@@ -275,4 +276,6 @@ def report(
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process this started.
+    with stop_on_signals(interrupt):
+        main()
