@@ -330,7 +330,7 @@ def producer_pair(bootstrap: str, prefix: str, n: int, rounds: int) -> Figure:
 
 
 def sql_pair(rows: int, rounds: int) -> Figure:
-    print(f"[2/3] SQL apply into PostgreSQL: {rows:,} rows; {load()}")
+    print(f"[3/3] SQL apply into PostgreSQL: {rows:,} rows; {load()}")
     batches = make_batches(rows, rows // 5, 2000)
     n = sum(len(b) for b in batches)
     with LocalPostgres(durable=True) as pg:
@@ -345,7 +345,7 @@ def sql_pair(rows: int, rounds: int) -> Figure:
 
 def poll_pair(bootstrap: str, prefix: str, counts: dict[str, int], rounds: int) -> Figure:
     objects = sum(counts.values())
-    print(f"[3/3] poll cycle: a resync of {objects:,} objects; {load()}")
+    print(f"[2/3] poll cycle: a resync of {objects:,} objects; {load()}")
     workdir = Path(tempfile.mkdtemp(prefix="cascade-ceilings-"))
     procs = Processes(workdir, child_env({}))
     try:
