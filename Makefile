@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres deploy-tools schema-registry clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ unit: $(BIN)/.installed
 postgres:
 	bash scripts/ensure-postgres.sh
 
-test: lint typecheck kafka-up postgres
+# The validators of deploy/ (promtool, systemd-analyze, compose-go, kustomize, a CRD schema).
+deploy-tools:
+	bash scripts/ensure-deploy-tools.sh >/dev/null
+
+# A real Schema Registry (Apicurio, from Maven Central) for the registry framing test.
+schema-registry:
+	bash scripts/ensure-schema-registry.sh >/dev/null
+
+test: lint typecheck kafka-up postgres deploy-tools schema-registry
 	$(BIN)/pytest -q -ra
 
 demo: kafka-up

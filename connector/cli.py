@@ -2,11 +2,14 @@
 
 Every command's work lives elsewhere; a command here only turns flags into settings and a return
 value into output and an exit code. Exit codes: 0 done, 1 failure, 2 bad usage or settings,
-3 local broker trouble, 4 Kafka trouble.
+3 local broker trouble, 4 Kafka trouble; `status` has its own (0 fresh, 1 stale, 2 bad settings,
+3 the sink cannot be read). No output names a password: everything printed goes through
+connector.redact.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -20,8 +23,12 @@ from connector import __version__
 from connector.config import Settings, load_settings
 from connector.errors import ConnectorError
 from connector.ops.logging import setup_logging
+from connector.redact import redact, redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: `status` exit code when the sink cannot be read (as a monitoring probe's "unknown").
+STATUS_UNREADABLE = 3
 
 
 class _Cli(click.Group):
@@ -31,7 +38,7 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except ConnectorError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(redact_text(f"error: {exc}"), err=True)
             sys.exit(exc.exit_code)
 
 
@@ -107,9 +114,10 @@ def cli(ctx: click.Context, config_file: Path | None, log_level: str, log_format
 @kafka_options
 @click.pass_obj
 def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]) -> None:
-    """Print the effective settings (file, environment and flags merged) as JSON."""
+    """Print the effective settings (file, environment and flags merged) as JSON, with every
+    password and secret replaced by ***."""
     settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka)})
-    click.echo(settings.model_dump_json(indent=2))
+    click.echo(json.dumps(redact(settings.model_dump(mode="json")), indent=2))
 
 
 @cli.command("status")
@@ -124,13 +132,38 @@ def show_config(obj: _Context, bootstrap: str | None, librdkafka: dict[str, str]
     type=click.FloatRange(min=0),
     help="Heartbeat age in seconds from which a site is stale.",
 )
+@click.option(
+    "--consumer",
+    "consumers",
+    multiple=True,
+    metavar="URL",
+    help="A top consumer's /metrics URL (repeat for every member): adds the changes pending "
+    "per site and the age of the oldest.",
+)
 @click.pass_obj
-def status(obj: _Context, sink_url: str | None, site: str | None, stale_after: float) -> None:
-    """Objects per site, kind and status, and each site's heartbeat age; exit 1 if one is stale."""
+def status(
+    obj: _Context,
+    sink_url: str | None,
+    site: str | None,
+    stale_after: float,
+    consumers: tuple[str, ...],
+) -> None:
+    """Objects per site, kind and status, and each site's heartbeat age (and, with --consumer,
+    what waits for it).
+
+    Exit 0 when every site is fresh, 1 when one is stale, 2 for bad settings, 3 when the sink
+    cannot be read (unreachable, no such database): a probe can tell "stale" from "broken"."""
+    from connector.sinks import SinkBackpressureError, SinkError
     from connector.sinks.status import read_status
+    from connector.top.metrics import read_pending
 
     settings = obj.settings({"sink": {"url": sink_url}})
-    report = read_status(settings.sink.url, site=site, stale_after=stale_after)
+    pending = read_pending(consumers) if consumers else None
+    try:
+        report = read_status(settings.sink.url, site=site, stale_after=stale_after, pending=pending)
+    except (SinkError, SinkBackpressureError) as exc:
+        click.echo(redact_text(f"error: {exc}"), err=True)
+        sys.exit(STATUS_UNREADABLE)
     click.echo(report.render())
     sys.exit(1 if report.stale_sites else 0)
 
@@ -159,7 +192,18 @@ def topics() -> None:
 @click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
 @click.option("--fix", is_flag=True, help="Set the expected config on an existing topic.")
 @click.option("--partitions", type=int, default=None, help="Partitions of a new topic.")
-@click.option("--replication-factor", type=int, default=None, help="Replicas of a new topic.")
+@click.option(
+    "--replication-factor",
+    type=int,
+    default=None,
+    help="Replicas of a new topic [min(3, brokers)].",
+)
+@click.option(
+    "--min-insync-replicas",
+    type=int,
+    default=None,
+    help="min.insync.replicas [2 from 3 replicas on, else 1].",
+)
 @click.pass_obj
 def topics_ensure(
     obj: _Context,
@@ -170,6 +214,7 @@ def topics_ensure(
     fix: bool,
     partitions: int | None,
     replication_factor: int | None,
+    min_insync_replicas: int | None,
 ) -> None:
     """Create the site topic, or check its config: exit 1 naming every setting that differs."""
     from connector.kafka.topics import ensure_site_topic
@@ -180,6 +225,7 @@ def topics_ensure(
         prefix,
         partitions=partitions,
         replication_factor=replication_factor,
+        min_insync_replicas=min_insync_replicas,
     )
     for line in ensure_site_topic(obj.settings(flags).kafka, site, fix=fix).lines():
         click.echo(line)
@@ -276,7 +322,7 @@ def tail(
     default=9092,
     show_default=True,
     type=click.IntRange(1024, 65534),
-    help="Client port; the controller listens on port+1.",
+    help="Client port of node 1; node K listens on port+2(K-1), its controller on the next.",
 )
 @click.option(
     "--state-dir",
@@ -294,7 +340,8 @@ def tail(
 def local_kafka(
     ctx: click.Context, port: int, state_dir: Path | None, cache_dir: Path | None
 ) -> None:
-    """A real single-node Apache Kafka (KRaft) on loopback, for development and tests."""
+    """A real Apache Kafka (KRaft) on loopback, one node or a cluster, for development and
+    tests."""
     from connector.ops.local_kafka import LocalKafka
 
     overrides: dict[str, Any] = {"port": port}
@@ -305,32 +352,155 @@ def local_kafka(
     ctx.obj = LocalKafka(**overrides)
 
 
+_node_option = click.option(
+    "--node", type=click.IntRange(min=1), default=None, help="Only this node (1..N)."
+)
+
+
 @local_kafka.command("start")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the broker.")
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the nodes.")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Nodes of a new cluster (combined broker+controller; default 1).",
+)
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="A new cluster with SASL_SSL (SCRAM-SHA-512), TLS and ACLs; prints the admin's "
+    "settings file on a second line.",
+)
+@_node_option
 @click.pass_obj
-def local_kafka_start(broker: Any, timeout: float) -> None:
-    """Fetch the jars once, format storage once, start the broker, wait until it answers."""
-    click.echo(broker.start(timeout=timeout))
+def local_kafka_start(
+    broker: Any, timeout: float, brokers: int | None, secure: bool, node: int | None
+) -> None:
+    """Fetch the jars once, format storage once, start the nodes, wait until they answer."""
+    from dataclasses import replace
+
+    from connector.ops.local_kafka import ADMIN_USER
+
+    cluster = replace(broker, nodes=brokers, secure=secure)
+    click.echo(cluster.start(timeout=timeout, node=node))
+    if cluster.shape.secure:
+        click.echo(cluster.settings_file(ADMIN_USER))
 
 
 @local_kafka.command("stop")
+@_node_option
 @click.pass_obj
-def local_kafka_stop(broker: Any) -> None:
-    """Stop the broker and wait for its process to end."""
-    click.echo("stopped" if broker.stop() else "not running")
+def local_kafka_stop(broker: Any, node: int | None) -> None:
+    """Stop the nodes (or one) and wait for their processes to end."""
+    click.echo("stopped" if broker.stop(node=node) else "not running")
 
 
 @local_kafka.command("status")
 @click.pass_obj
 def local_kafka_status(broker: Any) -> None:
-    """Say whether the broker runs and where; exit 1 when it is not running or not answering."""
+    """Say which nodes run and answer; exit 1 when one is not running or not answering."""
     st = broker.status()
     if not st.running:
         click.echo(f"not running (state in {st.home})")
         sys.exit(1)
-    health = "answering" if st.answering else "NOT answering"
-    click.echo(f"running pid {st.pid}, {health} on {st.bootstrap} (state in {st.home})")
+    for node in st.nodes:
+        if not node.running:
+            click.echo(f"node {node.node}: not running ({node.address})")
+            continue
+        health = "answering" if node.answering else "NOT answering"
+        click.echo(f"node {node.node}: running pid {node.pid}, {health} on {node.address}")
+    if st.under_replicated:
+        click.echo(f"under-replicated partitions: {', '.join(st.under_replicated)}")
+    kind = "secure (SASL_SSL)" if st.secure else "plaintext"
+    click.echo(f"{kind}, bootstrap {st.bootstrap} (state in {st.home})")
     sys.exit(0 if st.answering else 1)
+
+
+@local_kafka.group("user")
+def local_kafka_user() -> None:
+    """SCRAM users of a secure local cluster."""
+
+
+@local_kafka_user.command("add")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Give an existing user a new password.")
+@click.pass_obj
+def local_kafka_user_add(broker: Any, name: str, rotate: bool) -> None:
+    """Create SCRAM user NAME with a random password; print the path of its settings file
+    (usable with --config)."""
+    click.echo(broker.add_user(name, rotate=rotate))
+
+
+@cli.group("acls")
+def acls() -> None:
+    """Grant and check the ACLs each role needs (run with an administrator's settings)."""
+
+
+_principal_option = click.option(
+    "--principal", required=True, metavar="User:NAME", help="Who the ACLs are for."
+)
+
+
+@acls.command("ensure")
+@kafka_options
+@_prefix_option
+@_principal_option
+@click.option("--site", default=None, help="A site poller's ACLs, for this site.")
+@click.option("--consumer", is_flag=True, help="The top consumer's ACLs.")
+@click.option("--group", default=None, help="--consumer: its group [default consumer.group].")
+@click.option(
+    "--dead-letter-topic", default=None, help="--consumer: [default consumer.dead_letter_topic]"
+)
+@click.option("--fix", is_flag=True, help="Add missing and remove extra ACLs.")
+@click.pass_obj
+def acls_ensure(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    prefix: str | None,
+    principal: str,
+    site: str | None,
+    consumer: bool,
+    group: str | None,
+    dead_letter_topic: str | None,
+    fix: bool,
+) -> None:
+    """Grant a role's ACLs to a principal that has none, or report how its ACLs differ (exit 1);
+    --fix applies the role's table."""
+    from connector.kafka.acls import consumer_acls, ensure_acls, site_acls
+
+    if (site is None) == (not consumer):
+        raise click.UsageError("give exactly one of --site NAME and --consumer")
+    settings = obj.settings(
+        {
+            **_topic_flags(bootstrap, librdkafka, prefix),
+            "consumer": {"group": group, "dead_letter_topic": dead_letter_topic},
+        }
+    )
+    if site is not None:
+        expected = site_acls(settings.kafka, principal, site)
+    else:
+        options = settings.consumer
+        expected = consumer_acls(
+            settings.kafka, principal, options.group, options.dead_letter_topic
+        )
+    for line in ensure_acls(settings.kafka, expected, fix=fix).lines():
+        click.echo(line)
+
+
+@acls.command("describe")
+@kafka_options
+@click.option("--principal", default=None, metavar="User:NAME", help="Only this principal's.")
+@click.pass_obj
+def acls_describe(
+    obj: _Context, bootstrap: str | None, librdkafka: dict[str, str], principal: str | None
+) -> None:
+    """List the ALLOW ACLs, one per line."""
+    from connector.kafka.acls import describe_acls
+
+    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka)})
+    for acl in describe_acls(settings.kafka, principal):
+        click.echo(str(acl))
 
 
 @cli.command("consume")
@@ -356,17 +526,31 @@ def local_kafka_status(broker: Any) -> None:
     default=None,
     help="Batches (sink calls) per second at most.",
 )
-@click.option("--batch-size", type=int, default=None, help="Records per batch at most.")
+@click.option("--batch-size", type=int, default=None, help="Changes per sink call at most.")
 @click.option(
     "--batch-wait",
     "batch_wait_ms",
     type=int,
     default=None,
     metavar="MS",
-    help="Milliseconds a batch waits for more records.",
+    help="Milliseconds a site's window stays open at least [default 500].",
+)
+@click.option(
+    "--max-window-wait",
+    "max_window_wait_ms",
+    type=int,
+    default=None,
+    metavar="MS",
+    help="Milliseconds a storming site's window stays open at most [default 30000].",
+)
+@click.option(
+    "--max-pending-keys",
+    type=int,
+    default=None,
+    help="Keys waiting in memory before reading pauses [default 200000].",
 )
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
 @click.option(
     "--until-idle",
     is_flag=True,
@@ -384,11 +568,13 @@ def consume(
     max_batches_per_second: float | None,
     batch_size: int | None,
     batch_wait_ms: int | None,
+    max_window_wait_ms: int | None,
+    max_pending_keys: int | None,
     dead_letter_topic: str | None,
     metrics_port: int | None,
     until_idle: bool,
 ) -> None:
-    """Apply every site topic to the sink in batches, at a controlled rate."""
+    """Apply every site topic to the sink, coalesced per site, at a controlled rate."""
     from connector.top.service import run_consumer
 
     settings = obj.settings(
@@ -401,6 +587,8 @@ def consume(
                 "max_batches_per_second": max_batches_per_second,
                 "batch_size": batch_size,
                 "batch_wait_ms": batch_wait_ms,
+                "max_window_wait_ms": max_window_wait_ms,
+                "max_pending_keys": max_pending_keys,
                 "dead_letter_topic": dead_letter_topic,
                 "metrics_port": metrics_port,
             },
@@ -416,7 +604,7 @@ def consume(
 @click.option("--interval", type=float, default=None, help="Seconds between incremental polls.")
 @click.option("--resync-interval", type=float, default=None, help="Seconds between resyncs.")
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /healthz.")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
 @click.pass_obj
 def produce(
@@ -491,6 +679,14 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
 )
 @click.option("--storm-seconds", type=click.FloatRange(1, 300), default=10.0, show_default=True)
 @click.option(
+    "--storm-changed",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    metavar="FRACTION",
+    help="Fraction of the storm's objects that end in another status than they started in.",
+)
+@click.option(
     "--max-rate",
     type=click.FloatRange(1),
     default=10_000.0,
@@ -523,6 +719,7 @@ def demo(
     ports: int,
     storm_flaps: int,
     storm_seconds: float,
+    storm_changed: float,
     max_rate: float,
     interval: float,
     bootstrap: str | None,
@@ -540,6 +737,7 @@ def demo(
         ports=ports,
         storm_flaps=storm_flaps,
         storm_seconds=storm_seconds,
+        storm_changed=storm_changed,
         max_rate=max_rate,
         interval=interval,
         bootstrap=bootstrap,

@@ -19,6 +19,7 @@ from connector.errors import ConfigError
 
 # Each layer owns the settings of its own client; the app's settings assemble them.
 from connector.kafka.settings import KafkaSettings
+from connector.redact import redact_text
 
 __all__ = ["KafkaSettings", "Settings", "load_settings"]
 
@@ -47,6 +48,14 @@ class SinkSettings(_Section):
     #: Seconds the consumer waits before retrying a batch after a transient sink error, when the
     #: sink was not told how long (no Retry-After).
     retry_after: float = Field(default=5.0, gt=0, le=3600)
+    #: Seconds one sink call may take in all (SQL statements and bisection, HTTP attempts and
+    #: their backoff); past it the batch is retried later, as backpressure. Must stay below
+    #: librdkafka's `max.poll.interval.ms` (default 300 s): the consumer does not poll meanwhile.
+    apply_timeout: float = Field(default=120.0, gt=0, le=3600)
+    #: PostgreSQL: seconds one statement may run (`statement_timeout`, set per transaction).
+    statement_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: PostgreSQL: seconds a statement may wait for a row lock (`lock_timeout`).
+    lock_timeout: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("url")
     @classmethod
@@ -80,7 +89,7 @@ class SiteSettings(_Section):
     clock_skew: float = Field(default=3.0, ge=0)
     #: Seconds between site heartbeats.
     heartbeat_interval: float = Field(default=5.0, gt=0)
-    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: Seconds of the first retry delay after a failed poll; doubles per failure, with jitter.
     backoff_initial: float = Field(default=1.0, gt=0)
@@ -113,14 +122,42 @@ class ConsumerSettings(_Section):
     max_rate: float | None = Field(default=None, gt=0)
     #: Batches (sink calls) per second at most (unset: no limit).
     max_batches_per_second: float | None = Field(default=None, gt=0)
-    #: Records consumed into one batch at most.
+    #: Changes per sink call at most (the rate limit may allow fewer), and records per poll.
     batch_size: int = Field(default=2000, ge=1, le=100_000)
-    #: Milliseconds a batch waits for more records once it has its first.
+    #: Milliseconds a site's window stays open at least once it has a record: the freshness
+    #: price when the top layer keeps up.
     batch_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    #: Milliseconds a site's window stays open at most while the site storms faster than the
+    #: rate limit (the window closes sooner once the top layer could have taken what it holds).
+    max_window_wait_ms: int = Field(default=30_000, ge=0, le=600_000)
+    #: Keys waiting in memory over all sites (about 1.5 KB each) before the partitions of the
+    #: sites holding the most are paused until they drain.
+    max_pending_keys: int = Field(default=200_000, ge=1, le=10_000_000)
+    #: Share of each sink call per site, relative to the others (sites not listed: 1).
+    site_weights: dict[str, float] = Field(default_factory=dict)
+    #: Kinds applied first within a site's share, in this order; kinds not listed follow in
+    #: the order read. Heartbeats always go first.
+    kind_priority: list[str] = Field(default_factory=list)
     #: Where records that cannot be decoded or applied go, with headers saying why.
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
-    #: Port for /metrics and /healthz; 0 picks a free one; unset: no server.
+    #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("site_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for site, weight in value.items():
+            if not weight > 0:
+                raise ValueError(f"expected a weight > 0 for site {site!r}, got {weight!r}")
+        return value
+
+    @field_validator("kind_priority", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        # From the environment: a comma-separated string.
+        return (
+            [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+        )
 
 
 class Settings(_Section):
@@ -171,9 +208,35 @@ def load_settings(
             origin[(section, name)] = f"--{name.replace('_', '-')}"
 
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
+    _check_apply_budget(settings, origin)
+    return settings
+
+
+#: librdkafka's default `max.poll.interval.ms`.
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+#: Seconds of the poll interval kept free for what else a batch does (dead letters, commit).
+POLL_MARGIN_SECONDS = 30.0
+
+
+def _check_apply_budget(settings: Settings, origin: Mapping[tuple[str, str], str]) -> None:
+    """The consumer does not poll while a sink call runs: the call's budget, plus a margin for the
+    dead letters and the commit, must end before the group would evict this member."""
+    raw = settings.kafka.librdkafka.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS)
+    try:
+        max_poll = float(raw) / 1000.0
+    except ValueError:
+        return  # librdkafka itself names the bad value when the client is made
+    budget = settings.sink.apply_timeout
+    if budget + POLL_MARGIN_SECONDS > max_poll:
+        where = origin.get(("sink", "apply_timeout"))
+        source = f" (from {where})" if where else ""
+        raise ConfigError(
+            f"invalid settings: sink.apply_timeout: {budget:g} s plus {POLL_MARGIN_SECONDS:g} s "
+            f"must stay below kafka.librdkafka max.poll.interval.ms ({max_poll:g} s){source}"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -184,6 +247,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason}") from exc
 
 
 def _env_fields() -> list[tuple[str, str, str]]:
@@ -212,4 +277,4 @@ def _describe(exc: ValidationError, origin: Mapping[tuple[str, str], str]) -> st
         got = "" if err["type"] in ("missing", "value_error") else f", got {err['input']!r}"
         source = f" (from {where})" if where else ""
         lines.append(f"{field}: {msg[0].lower()}{msg[1:]}{got}{source}")
-    return "invalid settings: " + "; ".join(lines)
+    return redact_text("invalid settings: " + "; ".join(lines))

@@ -2,7 +2,8 @@
 
 Phases: (1) a local broker, N simulated sites, a poller per site and one top consumer into a
 SQLite file; wait until the sink equals every site's truth. (2) A restart storm in the first site
-(every object flapping several times); live progress; wait until the sink equals the truth again.
+(every object flapping several times, a known fraction ending in another status); live progress;
+wait until the sink equals the truth again.
 (3) The table: what happened at the sites, what crossed Kafka, what reached the top layer, and
 what a push-every-change and a proxy-polling design would have cost in the same run.
 """
@@ -52,6 +53,7 @@ class DemoOptions:
     ports: int = 10000
     storm_flaps: int = 3
     storm_seconds: float = 10.0
+    storm_changed: float = 0.05  #: fraction of the storm's objects that end in another status
     max_rate: float = 10_000.0
     interval: float = 10.0
     converge_timeout: float = 300.0
@@ -70,6 +72,7 @@ class Snapshot:
     consumed: float
     coalesced: float
     rows: float
+    heartbeat_rows: float
     batches: float
     max_per_second: float
 
@@ -167,13 +170,13 @@ class Demo:
         self.echo(
             "pollers:   "
             + ", ".join(
-                u.removesuffix("/metrics") + "/{metrics,healthz}" for u in self.poller_metrics
+                u.removesuffix("/metrics") + "/{metrics,readyz,livez}" for u in self.poller_metrics
             )
         )
         self.echo(
             "consumer:  "
             + self.consumer_metrics.removesuffix("/metrics")
-            + "/{metrics,healthz}, sink "
+            + "/{metrics,readyz,livez}, sink "
             + self.sink_url
         )
 
@@ -189,6 +192,7 @@ class Demo:
             listing = full_listing_cost(
                 self.sims["site-a"], self.workdir / "clouds-site-a.yaml", "site-a"
             )
+            before = truth(self.sims, KINDS)
             after_sync = self._snapshot()
             self.timeline.append(("sync", after_sync))
             self.echo(
@@ -201,11 +205,18 @@ class Demo:
                     "flaps": self.o.storm_flaps,
                     "seconds": self.o.storm_seconds,
                     "kinds": list(KINDS),
+                    "changed": self.o.storm_changed,
                 },
             )
             final = self._converge(procs, sink, after_sync, "storm", settle=self.o.storm_seconds)
             end = self._snapshot()
-            self._report(after_sync, end, listing, final)
+            after = truth(self.sims, KINDS)
+            changed = sum(
+                1
+                for key in before.keys() | after.keys()
+                if before.get(key, "") != after.get(key, "")
+            )
+            self._report(after_sync, end, listing, final, changed)
             return final.equal
         finally:
             sink.close()
@@ -272,6 +283,7 @@ class Demo:
             consumed=scrape_total(consumer, "cascade_consumer_records_total"),
             coalesced=scrape_total(consumer, "cascade_consumer_coalesced_records_total"),
             rows=scrape_total(consumer, "cascade_consumer_rows_applied_total"),
+            heartbeat_rows=scrape_total(consumer, "cascade_consumer_heartbeats_applied_total"),
             batches=scrape_total(consumer, "cascade_consumer_batches_total", outcome="applied"),
             max_per_second=scrape_total(consumer, "cascade_consumer_records_max_per_second"),
         )
@@ -280,21 +292,32 @@ class Demo:
         return self.o.sites * (self.o.servers + self.o.volumes + self.o.ports)
 
     def _report(
-        self, before: Snapshot, after: Snapshot, listing: SiteCounters, final: Comparison
+        self,
+        before: Snapshot,
+        after: Snapshot,
+        listing: SiteCounters,
+        final: Comparison,
+        changed: int,
     ) -> None:
         o = self.o
         d = after.site - before.site
         seconds = after.at - before.at
         listings = o.sites * max(1, math.ceil(seconds / o.interval))
-        rows = [
+        rows = after.rows - before.rows
+        beats = after.heartbeat_rows - before.heartbeat_rows
+        per_object = f"{(rows - beats) / changed:.2f}" if changed else "-"
+        ratio = f"1 : {d.status_changes / rows:,.0f}" if rows else "-"
+        lines = [
             ("status changes at the sites", f"{d.status_changes:,}"),
+            ("objects whose status changed", f"{changed:,}"),
             ("records published (incl. heartbeats)", f"{after.published - before.published:,.0f}"),
             ("records committed at the top", f"{after.consumed - before.consumed:,.0f}"),
             (
-                "records left after per-batch coalescing",
+                "records left after coalescing in windows",
                 f"{(after.consumed - before.consumed) - (after.coalesced - before.coalesced):,.0f}",
             ),
-            ("rows written to the top layer", f"{after.rows - before.rows:,.0f}"),
+            ("rows written to the top layer", f"{rows:,.0f} ({beats:,.0f} of them heartbeats)"),
+            ("rows per changed object (heartbeats aside)", per_object),
             ("top-layer calls (batches)", f"{after.batches - before.batches:,.0f}"),
             (
                 "rate limit / most records applied in 1 s",
@@ -305,17 +328,18 @@ class Demo:
             ("sink vs the sites' truth", str(final)),
             ("", ""),
             ("push every change: top-layer calls", f"{d.status_changes:,}"),
+            ("rows written : push every change", ratio),
             (
                 f"proxy polling every {o.interval:g} s: site API load",
                 f"{listing.requests * listings:,} req, {_mb(listing.bytes_sent * listings)}",
             ),
         ]
-        width = max(len(k) for k, _ in rows)
+        width = max(len(k) for k, _ in lines)
         self.echo(
             f"\nThe storm, accounted ({seconds:.1f} s from storm to convergence; "
             f"{o.sites} sites of {self._objects() // o.sites:,} objects):"
         )
-        for key, value in rows:
+        for key, value in lines:
             self.echo(f"  {key:<{width}}  {value}" if key else "")
 
     def _delete_topics(self) -> None:

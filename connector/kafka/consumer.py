@@ -3,14 +3,18 @@
 Owns librdkafka's consumer: manual commits only (auto commit and auto offset store off),
 cooperative-sticky assignment, a bounded prefetch so that a backlog waits in Kafka rather than in
 memory, a short metadata refresh so a regex subscription sees a new site's topic within seconds,
-and synchronous commits whose every partition error is raised.
+and synchronous commits whose every partition error is raised. It also owns pausing: partitions
+held back on request (`hold`), and partitions rewound and paused for a while
+(`trigger_backpressure`, as quix-streams names it), resumed by `consume` when their time is up.
+Callers name partitions as (topic, partition) pairs and never see librdkafka's types.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -18,11 +22,15 @@ from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import log_client_error, new_client
+from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-PartitionsCallback = Callable[[list[TopicPartition]], None]
+#: A partition: (topic, partition number).
+Partition = tuple[str, int]
+
+PartitionsCallback = Callable[[list[Partition]], None]
 
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
@@ -36,6 +44,13 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "queued.min.messages": 2000,
     # When that small queue is full, look again soon rather than after librdkafka's default 1 s.
     "fetch.queue.backoff.ms": 50,
+    # A broker outage longer than the session makes this member's session lapse; it rejoins as
+    # a new member, and the group waits for the old one to time out before it assigns anything.
+    # librdkafka's 45 s made recovery after an outage take 40-50 s; 10 s bounds that wait
+    # (heartbeats come from librdkafka's own thread, so a long apply does not end the session:
+    # max.poll.interval.ms governs that).
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 2_000,
 }
 
 
@@ -46,7 +61,14 @@ class Consumer:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
         config["group.id"] = group
         config.setdefault("error_cb", log_client_error)
+        self._settings = settings
+        self._group = group
         self._consumer = new_client(confluent_kafka.Consumer, config)
+        #: partitions held back by the caller (`hold`), until it releases them
+        self._held: set[Partition] = set()
+        #: partitions rewound and paused by `trigger_backpressure`, with when to resume them
+        self._backoff: dict[Partition, float] = {}
+        self._paused: set[Partition] = set()
 
     def subscribe(
         self,
@@ -56,15 +78,29 @@ class Consumer:
         on_lost: PartitionsCallback,
     ) -> None:
         """Subscribe to every topic matching `pattern` (a regex starting with ^)."""
+
+        def assigned(_c: object, parts: list[TopicPartition]) -> None:
+            on_assign(_pairs(parts))
+
+        def gone(callback: PartitionsCallback) -> Callable[[object, list[TopicPartition]], None]:
+            def forget(_c: object, parts: list[TopicPartition]) -> None:
+                pairs = _pairs(parts)
+                for tp in pairs:
+                    self._held.discard(tp)
+                    self._backoff.pop(tp, None)
+                    self._paused.discard(tp)
+                callback(pairs)
+
+            return forget
+
         self._consumer.subscribe(
-            [pattern],
-            on_assign=lambda _c, parts: on_assign(parts),
-            on_revoke=lambda _c, parts: on_revoke(parts),
-            on_lost=lambda _c, parts: on_lost(parts),
+            [pattern], on_assign=assigned, on_revoke=gone(on_revoke), on_lost=gone(on_lost)
         )
 
     def consume(self, max_messages: int, timeout: float) -> list[confluent_kafka.Message]:
-        """Up to `max_messages` messages; also serves rebalance callbacks. Raises fatal errors."""
+        """Up to `max_messages` messages; also serves rebalance callbacks and resumes partitions
+        whose backpressure time is up. Raises fatal errors."""
+        self._resume_due()
         messages = self._consumer.consume(num_messages=max(1, max_messages), timeout=timeout)
         out = []
         for msg in messages:
@@ -73,14 +109,21 @@ class Consumer:
                 out.append(msg)
             elif err.fatal():
                 raise KafkaError(f"fatal consumer error: {err}")
+            elif refused := not_authorized(self._settings, self._action(msg), err):
+                raise refused
             else:
                 log.warning("consumer error on %s[%s]: %s", msg.topic(), msg.partition(), err)
         return out
 
-    def commit(self, offsets: Sequence[TopicPartition]) -> None:
+    def _action(self, msg: confluent_kafka.Message) -> str:
+        topic = msg.topic()
+        return f"read topic {topic}" if topic else f"read with consumer group {self._group}"
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit exactly `offsets` (next offsets to read), synchronously; raise on any error."""
+        listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            result = self._consumer.commit(offsets=list(offsets), asynchronous=False)
+            result = self._consumer.commit(offsets=listed, asynchronous=False)
         except confluent_kafka.KafkaException as exc:
             raise KafkaError(f"commit failed: {exc.args[0]}") from exc
         failed = [tp for tp in result or [] if tp.error is not None]
@@ -91,17 +134,17 @@ class Consumer:
             raise KafkaError(f"commit failed for {detail}")
 
     def committed(
-        self, partitions: Sequence[TopicPartition], timeout: float = 30.0
-    ) -> list[TopicPartition]:
-        """The group's committed offsets of `partitions` (assigned to this member or not)."""
-        return list(
-            _call(
-                "read committed offsets",
-                self._consumer.committed,
-                list(partitions),
-                timeout=timeout,
-            )
+        self, partitions: Collection[Partition], timeout: float = 30.0
+    ) -> dict[Partition, int]:
+        """The group's committed offsets of `partitions` (assigned to this member or not); a
+        partition with no committed offset is left out."""
+        found = _call(
+            "read committed offsets",
+            self._consumer.committed,
+            [TopicPartition(t, p) for t, p in partitions],
+            timeout=timeout,
         )
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def watermarks(self, topic: str, partition: int, cached: bool = False) -> tuple[int, int]:
         """(low, high) offsets of a partition: asked of the broker, or (`cached`) as last
@@ -115,35 +158,72 @@ class Consumer:
         )
         return int(low), int(high)
 
-    def partitions_matching(self, pattern: str) -> list[TopicPartition]:
+    def partitions_matching(self, pattern: str) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""
         metadata = _call("list topics", self._consumer.list_topics, timeout=10.0)
         regex = re.compile(pattern)
         return [
-            TopicPartition(name, p)
+            (name, p)
             for name, topic in metadata.topics.items()
             if regex.match(name) and topic.error is None
             for p in topic.partitions
         ]
 
-    def assignment(self) -> list[TopicPartition]:
-        return list(self._consumer.assignment())
+    def assignment(self) -> list[Partition]:
+        return _pairs(self._consumer.assignment())
 
-    def pause(self, partitions: Sequence[TopicPartition]) -> None:
-        if partitions:
-            _call("pause partitions", self._consumer.pause, list(partitions))
+    def hold(self, partitions: Collection[Partition]) -> None:
+        """Keep exactly `partitions` paused (of those assigned) until a later `hold` leaves
+        them out. Polling goes on, so the group keeps this member."""
+        self._held = set(partitions)
+        self._sync_pauses()
 
-    def resume(self, partitions: Sequence[TopicPartition]) -> None:
-        if partitions:
-            _call("resume partitions", self._consumer.resume, list(partitions))
+    def trigger_backpressure(self, seek_to: Mapping[Partition, int], resume_after: float) -> None:
+        """Pause the partitions of `seek_to`, rewind each to its offset (read from there again),
+        and resume them after `resume_after` seconds, from `consume`."""
+        until = time.monotonic() + resume_after
+        for tp in seek_to:
+            self._backoff[tp] = max(until, self._backoff.get(tp, until))
+        self._sync_pauses()
+        for (topic, partition), offset in seek_to.items():
+            # Seeking a paused partition moves its position; the records after it, fetched
+            # before the pause, are discarded by librdkafka and read again on resume.
+            _call(
+                f"seek {topic}[{partition}]",
+                self._consumer.seek,
+                TopicPartition(topic, partition, offset),
+            )
 
-    def seek(self, partition: TopicPartition) -> None:
-        """Read `partition` from its offset on; raises rather than skip silently."""
-        _call(f"seek {partition.topic}[{partition.partition}]", self._consumer.seek, partition)
+    @property
+    def paused(self) -> frozenset[Partition]:
+        return frozenset(self._paused)
+
+    def _resume_due(self) -> None:
+        if self._backoff:
+            now = time.monotonic()
+            self._backoff = {tp: t for tp, t in self._backoff.items() if t > now}
+            self._sync_pauses()
+
+    def _sync_pauses(self) -> None:
+        wanted = (self._held | self._backoff.keys()) & set(self.assignment())
+        pause, resume = wanted - self._paused, self._paused - wanted
+        if pause:
+            _call("pause partitions", self._consumer.pause, [TopicPartition(*tp) for tp in pause])
+        if resume:
+            _call(
+                "resume partitions",
+                self._consumer.resume,
+                [TopicPartition(*tp) for tp in resume],
+            )
+        self._paused = wanted
 
     def close(self) -> None:
         """Leave the group (revoking our partitions through the callbacks) and close."""
         self._consumer.close()
+
+
+def _pairs(partitions: Sequence[TopicPartition]) -> list[Partition]:
+    return [(tp.topic, tp.partition) for tp in partitions]
 
 
 def _call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ import confluent_kafka
 
 from connector.errors import KafkaError
 from connector.kafka.client import log_client_error, new_client
+from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
 #: (key, error or None, partition, offset) for every message, once librdkafka is done with it;
@@ -32,12 +33,20 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 
 
 class Producer:
-    """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`."""
+    """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`.
+
+    A delivery refused for lack of an ACL is not retried: once its report is served, `produce`,
+    `poll` and `flush` raise KafkaError naming the topic, so a misconfigured principal stops
+    within seconds instead of resending for ever.
+    """
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
         config.setdefault("error_cb", log_client_error)
+        self._settings = settings
         self._producer = new_client(confluent_kafka.Producer, config)
+        #: the first authorization refusal, raised by every later call
+        self.refused: KafkaError | None = None
 
     def produce(
         self,
@@ -52,6 +61,8 @@ class Producer:
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
+            if err is not None and self.refused is None:
+                self.refused = not_authorized(self._settings, f"write topic {topic}", err)
             # Offset 0 is the first message of a partition, not a missing offset: only None and
             # librdkafka's negative "no offset" values become -1.
             partition, offset = msg.partition(), msg.offset()
@@ -61,6 +72,8 @@ class Producer:
                 -1 if partition is None else partition,
                 -1 if offset is None or offset < 0 else offset,
             )
+
+        self._raise_refused()
 
         while True:
             try:
@@ -74,15 +87,17 @@ class Producer:
                 break
             except BufferError:
                 self._producer.poll(0.1)
-        self._producer.poll(0)
+        self.poll(0)
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""
         self._producer.poll(timeout)
+        self._raise_refused()
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every queued message was delivered or failed; raise if any is still queued."""
         remaining = self._producer.flush(timeout)
+        self._raise_refused()
         if remaining:
             raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
 
@@ -90,6 +105,10 @@ class Producer:
         """Drop every message not yet delivered; their delivery reports say so (purged)."""
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
+
+    def _raise_refused(self) -> None:
+        if self.refused is not None:
+            raise self.refused
 
     def __len__(self) -> int:
         return len(self._producer)

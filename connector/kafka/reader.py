@@ -22,15 +22,19 @@ from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import new_client
+from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: librdkafka wants a group id even for assign(); nothing is ever committed under it, but
+#: librdkafka still looks up its coordinator, which takes DESCRIBE on the group.
+READER_GROUP = "cascade-connector-reader"
+
 READER_DEFAULTS: dict[str, Any] = {
-    # librdkafka wants a group id even for assign(); nothing is ever committed under it.
-    "group.id": "cascade-connector-reader",
+    "group.id": READER_GROUP,
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "enable.partition.eof": True,
@@ -55,6 +59,7 @@ class TopicReader:
         self, settings: KafkaSettings, topic: str, from_beginning: bool, **overrides: Any
     ) -> None:
         self.topic = topic
+        self._settings = settings
         self._consumer = new_client(
             confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
         )
@@ -123,6 +128,8 @@ class TopicReader:
                     self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
                     if stop_at_end and partition in ends:
                         self._done(ends, partition)
+                elif refused := not_authorized(self._settings, self._action(err), err):
+                    raise refused
                 elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise KafkaError(f"reading {self.topic}: {err.str()}")
                 else:
@@ -130,6 +137,11 @@ class TopicReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+    def _action(self, err: confluent_kafka.KafkaError) -> str:
+        if err.code() == confluent_kafka.KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return f"describe consumer group {READER_GROUP} (to read {self.topic})"
+        return f"read topic {self.topic}"
 
     def _done(self, ends: dict[int, int], partition: int) -> None:
         """The partition is read to its end: stop fetching it."""
@@ -159,6 +171,9 @@ class TopicReader:
             if found is None:
                 raise KafkaError(f"cannot read topic {self.topic}: not found")
             if found.error is not None:
+                refused = not_authorized(self._settings, f"read topic {self.topic}", found.error)
+                if refused:
+                    raise refused
                 raise confluent_kafka.KafkaException(found.error)
             return sorted(found.partitions)
 

@@ -9,6 +9,7 @@ A topic that exists with another config is reported, setting by setting, and not
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from connector.errors import ConfigError, ConnectorError, KafkaError
-from connector.kafka.client import new_client
+from connector.kafka.errors import connected_admin, not_authorized
 from connector.kafka.settings import KafkaSettings
 
 #: Characters Kafka allows in a topic name; a site name becomes the suffix of its topic.
@@ -132,15 +133,35 @@ def site_topic_pattern(prefix: str) -> str:
     return "^" + re.escape(prefix) + r"\..+"
 
 
-def expected_topic_config(kafka: KafkaSettings) -> dict[str, str]:
-    """The topic-level config every site topic should have."""
+def expected_topic_config(kafka: KafkaSettings, in_sync: int) -> dict[str, str]:
+    """The topic-level config every site topic should have (`in_sync`: its min.insync.replicas,
+    from `replication`)."""
     return {
         "cleanup.policy": "compact",
         "segment.ms": str(kafka.segment_ms),
         "min.cleanable.dirty.ratio": str(kafka.min_cleanable_dirty_ratio),
         "min.compaction.lag.ms": str(kafka.min_compaction_lag_ms),
         "delete.retention.ms": str(kafka.delete_retention_ms),
+        "min.insync.replicas": str(in_sync),
     }
+
+
+#: The settings `describe` always shows, default or not: the ones the connector checks.
+CHECKED = tuple(expected_topic_config(KafkaSettings(), 1))
+
+
+def replication(kafka: KafkaSettings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a new topic on a cluster of `brokers`: the
+    settings, or when unset min(3, brokers) replicas and 2 in sync from 3 replicas on (else 1),
+    so one broker may be down while every acknowledged write (acks=all) is on two."""
+    replicas = kafka.replication_factor or max(1, min(3, brokers))
+    in_sync = kafka.min_insync_replicas or (2 if replicas >= 3 else 1)
+    if in_sync > replicas:
+        raise ConfigError(
+            f"kafka.min_insync_replicas: {in_sync} is more than the replication factor "
+            f"{replicas}; no write could ever be acknowledged"
+        )
+    return replicas, in_sync
 
 
 def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> TopicReport:
@@ -150,32 +171,40 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     Partition count and replication are only reported: changing them would move keys or data.
     """
     topic = site_topic(kafka.topic_prefix, site)
-    expected = expected_topic_config(kafka)
     admin = _admin(kafka)
+    brokers = _broker_count(admin)
+    replicas, in_sync = replication(kafka, brokers)
+    expected = expected_topic_config(kafka, in_sync)
     report = TopicReport(topic)
     new = NewTopic(
-        topic,
-        num_partitions=kafka.partitions,
-        replication_factor=kafka.replication_factor,
-        config=expected,
+        topic, num_partitions=kafka.partitions, replication_factor=replicas, config=expected
     )
     try:
-        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        _wait(
+            kafka,
+            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            f"create {topic}",
+        )
+        _wait_until_visible(admin, topic)
         report.created = True
         return report
     except _AlreadyExistsError:
         pass
-    description = _describe(admin, topic)
+    description = _describe(kafka, admin, topic)
+    # The topic's own replication decides what min.insync.replicas it can have.
+    actual = min((len(p.replicas) for p in description.partitions), default=replicas)
+    _, in_sync = replication(kafka.model_copy(update={"replication_factor": actual}), brokers)
+    expected = expected_topic_config(kafka, in_sync)
     report.differences = [
         ConfigDifference(name, description.config.get(name), value)
         for name, value in expected.items()
         if not _same(name, description.config.get(name), value)
     ]
-    report.notes = _layout_notes(kafka, description)
+    report.notes = _layout_notes(kafka, description, replicas)
     if report.differences and not fix:
         raise TopicConfigError(report)
     if report.differences:
-        _set_config(admin, topic, {d.setting: d.expected for d in report.differences})
+        _set_config(kafka, admin, topic, {d.setting: d.expected for d in report.differences})
         report.fixed = True
     return report
 
@@ -187,18 +216,23 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
     broker's retention. An existing compacted one would lose them, so that is a TopicConfigError.
     """
     admin = _admin(kafka)
+    replicas, in_sync = replication(kafka, _broker_count(admin))
     new = NewTopic(
         topic,
         num_partitions=kafka.partitions,
-        replication_factor=kafka.replication_factor,
-        config={"cleanup.policy": "delete"},
+        replication_factor=replicas,
+        config={"cleanup.policy": "delete", "min.insync.replicas": str(in_sync)},
     )
     try:
-        _wait(admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic], f"create {topic}")
+        _wait(
+            kafka,
+            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            f"create {topic}",
+        )
         return True
     except _AlreadyExistsError:
         pass
-    policy = _describe(admin, topic).config.get("cleanup.policy")
+    policy = _describe(kafka, admin, topic).config.get("cleanup.policy")
     if not _same("cleanup.policy", policy, "delete"):
         difference = ConfigDifference("cleanup.policy", policy, "delete")
         remedy = "set it on the broker, or name another consumer.dead_letter_topic"
@@ -208,7 +242,7 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
 
 def describe_site_topic(kafka: KafkaSettings, site: str) -> TopicDescription:
     """The site topic's partitions and config; KafkaError when it does not exist."""
-    return _describe(_admin(kafka), site_topic(kafka.topic_prefix, site))
+    return _describe(kafka, _admin(kafka), site_topic(kafka.topic_prefix, site))
 
 
 class _AlreadyExistsError(Exception):
@@ -216,10 +250,33 @@ class _AlreadyExistsError(Exception):
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
-    return new_client(AdminClient, kafka.client_config())
+    return connected_admin(kafka, ADMIN_TIMEOUT)
 
 
-def _wait(future: Future[Any], what: str) -> Any:
+def _broker_count(admin: AdminClient) -> int:
+    try:
+        return len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
+    except confluent_kafka.KafkaException as exc:
+        raise KafkaError(f"cannot count the brokers: {exc.args[0].str()}") from exc
+
+
+def _wait_until_visible(admin: AdminClient, topic: str) -> None:
+    """Return once the broker's metadata lists every partition of a topic just created with a
+    leader: until then a reader of it (the poller's restore) gets "unknown topic or partition"."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT
+    delay = 0.02
+    while True:
+        found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
+        partitions = found.partitions.values() if found is not None and found.error is None else []
+        if partitions and all(p.leader >= 0 for p in partitions):
+            return
+        if time.monotonic() + delay > deadline:
+            raise KafkaError(f"create {topic}: not visible in the metadata after {ADMIN_TIMEOUT} s")
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
+
+
+def _wait(kafka: KafkaSettings, future: Future[Any], what: str) -> Any:
     try:
         return future.result(timeout=ADMIN_TIMEOUT)
     except confluent_kafka.KafkaException as exc:
@@ -228,22 +285,21 @@ def _wait(future: Future[Any], what: str) -> Any:
             raise _AlreadyExistsError() from exc
         if err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise KafkaError(f"cannot {what}: the topic does not exist") from exc
-        raise KafkaError(f"cannot {what}: {err.str()}") from exc
+        raise not_authorized(kafka, what, err) or KafkaError(f"cannot {what}: {err.str()}") from exc
     except TimeoutError as exc:
         raise KafkaError(f"cannot {what}: no answer within {ADMIN_TIMEOUT:.0f} s") from exc
 
 
-def _describe(admin: AdminClient, topic: str) -> TopicDescription:
+def _describe(kafka: KafkaSettings, admin: AdminClient, topic: str) -> TopicDescription:
     topics = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT)
-    found = _wait(topics[topic], f"describe {topic}")
+    found = _wait(kafka, topics[topic], f"describe {topic}")
     resource = ConfigResource(ResourceType.TOPIC, topic)
     configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)
-    entries = _wait(next(iter(configs.values())), f"describe the config of {topic}")
-    checked = set(expected_topic_config(KafkaSettings()))
+    entries = _wait(kafka, next(iter(configs.values())), f"describe the config of {topic}")
     config = {
         name: str(entry.value)
         for name, entry in sorted(entries.items())
-        if name in checked or not entry.is_default
+        if name in CHECKED or not entry.is_default
     }
     partitions = [
         PartitionInfo(
@@ -257,14 +313,16 @@ def _describe(admin: AdminClient, topic: str) -> TopicDescription:
     return TopicDescription(topic, partitions, config)
 
 
-def _set_config(admin: AdminClient, topic: str, values: dict[str, str]) -> None:
+def _set_config(
+    kafka: KafkaSettings, admin: AdminClient, topic: str, values: dict[str, str]
+) -> None:
     entries = [
         ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
         for name, value in values.items()
     ]
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
     futures = admin.incremental_alter_configs([resource], request_timeout=ADMIN_TIMEOUT)
-    _wait(next(iter(futures.values())), f"set the config of {topic}")
+    _wait(kafka, next(iter(futures.values())), f"set the config of {topic}")
 
 
 def _same(setting: str, actual: str | None, expected: str) -> bool:
@@ -278,7 +336,7 @@ def _same(setting: str, actual: str | None, expected: str) -> bool:
         return actual == expected
 
 
-def _layout_notes(kafka: KafkaSettings, description: TopicDescription) -> list[str]:
+def _layout_notes(kafka: KafkaSettings, description: TopicDescription, replicas: int) -> list[str]:
     notes = []
     count = len(description.partitions)
     if count != kafka.partitions:
@@ -287,9 +345,10 @@ def _layout_notes(kafka: KafkaSettings, description: TopicDescription) -> list[s
             "changing the count would move keys between partitions)"
         )
     replication = min((len(p.replicas) for p in description.partitions), default=0)
-    if replication != kafka.replication_factor:
+    if replication != replicas:
+        source = "settings say" if kafka.replication_factor else "the cluster's default is"
         notes.append(
-            f"replication factor {replication}, settings say {kafka.replication_factor} "
-            "(only used for a new topic)"
+            f"replication factor {replication}, {source} {replicas} (only used for a new topic; "
+            "kafka-reassign-partitions changes it)"
         )
     return notes

@@ -1,4 +1,5 @@
-"""Log setup for every command: plain text for people, JSON lines for log shippers."""
+"""Log setup for every command: plain text for people, JSON lines for log shippers; both with
+secrets redacted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Literal
+
+from connector.redact import redact_text
 
 LogFormat = Literal["text", "json"]
 
@@ -28,7 +31,14 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return redact_text(json.dumps(doc, default=str))
+
+
+class RedactingFormatter(logging.Formatter):
+    """Plain text, with every password and secret replaced (see connector.redact)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
@@ -37,7 +47,9 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,8 +1,11 @@
-"""Serving /metrics (Prometheus text format) and /healthz for one process.
+"""Serving /metrics (Prometheus text format) and the health probes for one process.
 
-The registry is injected, so tests and several components in one process use their own. The
-health check is a callable returning (healthy, details); /healthz answers 200 or 503 with the
-details as JSON, which maps onto a container probe.
+The registry is injected, so tests and several components in one process use their own. A check
+is a callable returning (ok, details); a probe answers 200 or 503 with the details as JSON:
+
+- `/readyz` (and `/healthz`, its older name): the readiness check, e.g. a poller is not degraded;
+- `/livez`: the liveness check, by default 200 as long as the process serves. It must not fail
+  for what a restart cannot mend (an unreachable site), or an orchestrator restarts in a loop.
 """
 
 from __future__ import annotations
@@ -21,13 +24,24 @@ from connector.errors import ConfigError
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+def always_live() -> tuple[bool, dict[str, Any]]:
+    """The default liveness check: answering at all is alive."""
+    return True, {}
+
+
 class OpsServer:
-    """A background HTTP server for /metrics and /healthz; `port=0` picks a free port."""
+    """A background HTTP server for /metrics, /readyz, /healthz and /livez; `port=0` picks a
+    free port. `health` is the readiness check, `live` the liveness check."""
 
     def __init__(
-        self, registry: CollectorRegistry, health: HealthCheck, host: str = "0.0.0.0", port: int = 0
+        self,
+        registry: CollectorRegistry,
+        health: HealthCheck,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        live: HealthCheck = always_live,
     ) -> None:
-        handler = _handler(registry, health)
+        handler = _handler(registry, {"/readyz": health, "/healthz": health, "/livez": live})
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -52,18 +66,20 @@ class OpsServer:
         self._server.server_close()
 
 
-def _handler(registry: CollectorRegistry, health: HealthCheck) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    registry: CollectorRegistry, probes: dict[str, HealthCheck]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-            elif path == "/healthz":
-                healthy, details = health()
+            elif path in probes:
+                healthy, details = probes[path]()
                 body = json.dumps({"healthy": healthy, **details}, default=str).encode()
                 self._send(200 if healthy else 503, "application/json", body)
             else:
-                self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+                self._send(404, "text/plain", b"not found: try /metrics, /readyz or /livez\n")
 
         def _send(self, status: int, content_type: str, body: bytes) -> None:
             self.send_response(status)

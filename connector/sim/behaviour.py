@@ -2,9 +2,11 @@
 
 Churn moves random objects along `TRANSITIONS` (a status change each), creates and deletes.
 A storm replays what a site restart does: every object of the chosen kinds in a working state
-goes through `FLAPS` (transitional states, ending where it started) K times within T seconds.
-Objects at rest that a restart leaves alone (an available volume, an unbound DOWN port, a
-server in ERROR) stay as they are. Background jobs run on daemon threads and stop with the site.
+goes through `FLAPS` (transitional states, ending where it started) K times within T seconds;
+a chosen fraction of them ends somewhere else instead (`ENDINGS`: a server in ERROR or SHUTOFF,
+a volume in error, a port DOWN), so the storm's outcome is known. Objects at rest that a restart
+leaves alone (an available volume, an unbound DOWN port, a server in ERROR) stay as they are.
+Background jobs run on daemon threads and stop with the site.
 """
 
 from __future__ import annotations
@@ -103,6 +105,22 @@ FLAPS: dict[str, dict[str, list[dict[str, Any]]]] = {
     FLOATINGIP: {"ACTIVE": [{"status": "DOWN"}, {"status": "ACTIVE"}]},
 }
 
+#: Per kind and resting status: where an object the storm changes ends instead (one is drawn).
+ENDINGS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    SERVER: {
+        "ACTIVE": [_server_step("ERROR", None), _server_step("SHUTOFF", None)],
+        "SHUTOFF": [_server_step("ERROR", None)],
+    },
+    VOLUME: {"in-use": [{"status": "error", "attachments": None}]},
+    PORT: {"ACTIVE": [{"status": "DOWN"}]},
+    NETWORK: {"ACTIVE": [{"status": "DOWN"}]},
+    ROUTER: {"ACTIVE": [{"status": "DOWN"}]},
+    FLOATINGIP: {"ACTIVE": [{"status": "DOWN"}]},
+}
+
+#: A storm's plan: per step of one flap, the objects that take it and the fields they get.
+StormPlan = list[list[tuple[SimObject, dict[str, Any]]]]
+
 #: Objects changed per lock acquisition in a storm, so API requests interleave.
 _CHUNK = 2000
 
@@ -133,7 +151,7 @@ def churn(site: Site, changes: int) -> dict[str, int]:
     return done
 
 
-def storm_plan(site: Site, kinds: Iterable[str]) -> list[list[tuple[SimObject, dict[str, Any]]]]:
+def storm_plan(site: Site, kinds: Iterable[str]) -> StormPlan:
     """One flap of a storm: per step, the objects that take it and the fields they get."""
     steps: list[list[tuple[SimObject, dict[str, Any]]]] = []
     with site.lock:
@@ -152,15 +170,41 @@ def storm_plan(site: Site, kinds: Iterable[str]) -> list[list[tuple[SimObject, d
     return steps
 
 
+def storm_endings(site: Site, plan: StormPlan, fraction: float) -> dict[int, dict[str, Any]]:
+    """For `fraction` of the storm's objects (drawn with the site's seeded generator), the
+    fields of the state they end in instead of their resting one; keyed by `id(obj)`."""
+    if not plan or fraction <= 0:
+        return {}
+    objects = [obj for obj, _fields in plan[0]]
+    endings: dict[int, dict[str, Any]] = {}
+    with site.lock:
+        for obj in site.rng.sample(objects, round(fraction * len(objects))):
+            fields = dict(site.rng.choice(ENDINGS[obj.kind][obj.status]))
+            if isinstance(obj, Volume) and fields.get("attachments", ()) is None:
+                fields["attachments"] = obj.attachments
+            endings[id(obj)] = fields
+    return endings
+
+
 def run_storm(
     site: Site,
-    plan: list[list[tuple[SimObject, dict[str, Any]]]],
+    plan: StormPlan,
     flaps: int,
     seconds: float,
     stop: threading.Event,
+    endings: Mapping[int, dict[str, Any]] | None = None,
 ) -> None:
-    """Apply `plan` `flaps` times, its steps spread evenly over `seconds`."""
-    phases = [step for _ in range(flaps) for step in plan]
+    """Apply `plan` `flaps` times, its steps spread evenly over `seconds`; an object in
+    `endings` takes those fields instead of its last step of the last flap."""
+    last_flap = [list(step) for step in plan]
+    if endings:
+        last_step = {id(obj): i for i, step in enumerate(plan) for obj, _fields in step}
+        for i, step in enumerate(last_flap):
+            last_flap[i] = [
+                (obj, endings[id(obj)] if last_step[id(obj)] == i and id(obj) in endings else f)
+                for obj, f in step
+            ]
+    phases = [step for _ in range(flaps - 1) for step in plan] + last_flap
     start = time.monotonic()
     for n, step in enumerate(phases):
         for i in range(0, len(step), _CHUNK):

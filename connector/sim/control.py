@@ -7,9 +7,13 @@
   stops and drops it); `GET /_sim/changes?after=N&limit=M` reads it from position N
   (`{"next", "length", "changes": [[time, kind, id, status or null], ...]}`).
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
-- `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...]}`, a site restart.
-- `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes]}` makes
-  API requests fail (status) or hang (delay) for S seconds; `DELETE` clears them.
+- `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...], "changed": F}`, a site
+  restart; a fraction F of its objects ends in another status than it started in.
+- `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes],
+  "ratio": R}` makes API requests fail (status) or hang (delay) for S seconds, a share R of them
+  (default all); `DELETE` clears them.
+- `DELETE /_sim/tokens`: revoke every token now, as a token expiring early (the next request
+  with one gets 401 and keystoneauth authenticates again).
 - `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
 - `GET /_sim/info`: site name, seed, URLs, projects.
 """
@@ -17,10 +21,12 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +124,8 @@ class Fault:
     status: int | None
     delay: float
     paths: tuple[str, ...]
+    #: the share of matching requests it hits (1.0: every one)
+    ratio: float = 1.0
 
 
 class Faults:
@@ -140,7 +148,8 @@ class Faults:
         with self._lock:
             self._faults = [f for f in self._faults if f.until > now]
             for fault in self._faults:
-                if not fault.paths or any(path.startswith(p) for p in fault.paths):
+                hits_path = not fault.paths or any(path.startswith(p) for p in fault.paths)
+                if hits_path and (fault.ratio >= 1.0 or random.random() < fault.ratio):
                     return fault
         return None
 
@@ -149,8 +158,15 @@ class Control:
     """Serves `/_sim/`."""
 
     def __init__(
-        self, site: Site, stats: Stats, faults: Faults, jobs: behaviour.Jobs, info: dict[str, Any]
+        self,
+        site: Site,
+        stats: Stats,
+        faults: Faults,
+        jobs: behaviour.Jobs,
+        info: dict[str, Any],
+        revoke_tokens: Callable[[], int],
     ) -> None:
+        self.revoke_tokens = revoke_tokens
         self.site = site
         self.stats = stats
         self.faults = faults
@@ -193,6 +209,8 @@ class Control:
             if route == ("DELETE", "/_sim/faults"):
                 self.faults.clear()
                 return Response(204, b"")
+            if route == ("DELETE", "/_sim/tokens"):
+                return json_response(200, {"revoked": self.revoke_tokens()})
             if route == ("POST", "/_sim/archive"):
                 return json_response(200, {"archived": self.site.archive()})
             if route == ("GET", "/_sim/info"):
@@ -236,15 +254,24 @@ class Control:
         kinds = body.get("kinds") or list(KINDS)
         if not isinstance(kinds, list) or set(kinds) - set(KINDS):
             raise BadControl(f"kinds must be a list of {list(KINDS)}, got {kinds!r}")
+        changed = _number({"changed": 0.0, **body}, "changed", float, 0.0, 1.0)
         plan = behaviour.storm_plan(self.site, kinds)
+        endings = behaviour.storm_endings(self.site, plan, changed)
         self.jobs.start(
             "sim-storm",
-            lambda stop: behaviour.run_storm(self.site, plan, flaps, seconds, stop),
+            lambda stop: behaviour.run_storm(self.site, plan, flaps, seconds, stop, endings),
         )
         objects = len(plan[0]) if plan else 0
         changes = flaps * sum(len(step) for step in plan)
         return json_response(
-            202, {"started": "storm", "objects": objects, "changes": changes, "kinds": kinds}
+            202,
+            {
+                "started": "storm",
+                "objects": objects,
+                "changed": len(endings),
+                "changes": changes,
+                "kinds": kinds,
+            },
         )
 
     def _fault(self, body: dict[str, Any]) -> Response:
@@ -258,9 +285,11 @@ class Control:
         paths = body.get("paths") or []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadControl(f"paths must be a list of path prefixes, got {paths!r}")
-        self.faults.add(Fault(time.monotonic() + seconds, status, delay, tuple(paths)))
+        ratio = _number({"ratio": 1.0, **body}, "ratio", float, 0.0, 1.0)
+        self.faults.add(Fault(time.monotonic() + seconds, status, delay, tuple(paths), ratio))
         return json_response(
-            200, {"status": status, "delay": delay, "seconds": seconds, "paths": paths}
+            200,
+            {"status": status, "delay": delay, "seconds": seconds, "paths": paths, "ratio": ratio},
         )
 
 

@@ -99,6 +99,13 @@ class Keystone:
             )
         return token
 
+    def revoke_all(self) -> int:
+        """Forget every token (as if each expired now); return how many there were."""
+        with self._lock:
+            count = len(self._tokens)
+            self._tokens.clear()
+        return count
+
     def _issue(self, request: Request) -> Response:
         body = request.json()
         try:

@@ -74,7 +74,9 @@ class App:
             "neutron_changed_since": neutron_changed_since,
             "token_ttl": token_ttl,
         }
-        self.control = Control(site, self.stats, self.faults, self.jobs, info)
+        self.control = Control(
+            site, self.stats, self.faults, self.jobs, info, self.keystone.revoke_all
+        )
         self._routes: list[tuple[str, Callable[[Request, str], Response]]] = [
             ("/identity", self.keystone.handle),
             ("/compute", self.nova.handle),

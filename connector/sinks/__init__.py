@@ -37,7 +37,15 @@ def open_sink(settings: SinkSettings | str) -> Sink:
             timeout=settings.timeout,
             retries=settings.retries,
             retry_after=settings.retry_after,
+            apply_timeout=settings.apply_timeout,
         )
     from connector.sinks.sql import SqlSink
 
-    return SqlSink(settings.url, on_delete=settings.on_delete, retry_after=settings.retry_after)
+    return SqlSink(
+        settings.url,
+        on_delete=settings.on_delete,
+        retry_after=settings.retry_after,
+        apply_timeout=settings.apply_timeout,
+        statement_timeout=settings.statement_timeout,
+        lock_timeout=settings.lock_timeout,
+    )

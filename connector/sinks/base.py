@@ -3,6 +3,8 @@
 A sink applies a batch (at most one change per key) in one transaction and returns what it wrote.
 It never commits Kafka offsets; the consumer does that after `apply` returns. It says "slow down"
 by raising SinkBackpressureError; the consumer pauses, seeks back and retries, committing nothing.
+Every call keeps within a time budget below the group's poll interval, and gives up early when
+interrupted: both end as SinkBackpressureError, never as a hang.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class Sink(Protocol):
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """Apply all `changes` (distinct keys) in one transaction; never regress a newer row."""
+        ...
+
+    def interrupt(self) -> None:
+        """The consumer is stopping: make a running (or the next) `apply` give up soon, raising
+        SinkBackpressureError, so nothing is committed. Safe from a signal handler."""
         ...
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ It owns the wire contract with that service (docs/sinks.md has it in full):
   how many objects changed and which changes were refused for good.
 - 429 or 503: the service is busy; SinkBackpressureError with its Retry-After (seconds or an HTTP
   date), so the consumer pauses. Connection errors, timeouts and other 5xx are retried here with
-  exponential backoff and jitter, then become SinkBackpressureError too.
+  exponential backoff and jitter, then become SinkBackpressureError too. All attempts and their
+  backoff keep within `apply_timeout`, and a stopping consumer interrupts the backoff.
 - Any other status: SinkError naming the status and the start of the body.
 """
 
@@ -20,6 +21,7 @@ import hashlib
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,6 +30,7 @@ from typing import Any
 import requests
 
 from connector.records.model import Change, Deletion
+from connector.redact import redact_text, redact_url
 from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 
 #: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
@@ -107,15 +110,19 @@ class HttpSink:
         retries: int = 3,
         retry_after: float = 5.0,
         backoff: float = 0.5,
+        apply_timeout: float = 120.0,
     ) -> None:
         self.url = url
         #: the URL without user:password, for messages and logs
-        self.safe_url = _without_credentials(url)
+        self.safe_url = redact_url(url)
         self.timeout = timeout
         self.retries = retries
         self.retry_after = retry_after
         #: first backoff in seconds; doubles per attempt, with full jitter
         self.backoff = backoff
+        #: seconds one `apply` may take, attempts and backoff included
+        self.apply_timeout = apply_timeout
+        self._interrupted = threading.Event()
         self._session = requests.Session()
 
     def __repr__(self) -> str:
@@ -140,9 +147,10 @@ class HttpSink:
         key = idempotency_key(body)
         payload = json.dumps({"batch_id": key, "changes": body}, allow_nan=False)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        deadline = time.monotonic() + self.apply_timeout
         attempt = 0
         while True:
-            failure = self._post(payload, headers)
+            failure = self._post(payload, headers, timeout=min(self.timeout, self._left(deadline)))
             if isinstance(failure, requests.Response):
                 result = self._result(failure, sendable)
                 result.rejected[:0] = rejected
@@ -153,21 +161,42 @@ class HttpSink:
                     f"last: {failure}",
                     self.retry_after,
                 )
-            time.sleep(random.uniform(0, self.backoff * 2**attempt))
+            # The backoff ends early when the consumer stops; the next attempt then gives up.
+            pause = random.uniform(0, self.backoff * 2**attempt)
+            self._interrupted.wait(min(pause, max(0.0, deadline - time.monotonic())))
             attempt += 1
+
+    def interrupt(self) -> None:
+        """Stop retrying: the running (or next) apply raises backpressure before its next try."""
+        self._interrupted.set()
+
+    def _left(self, deadline: float) -> float:
+        """Seconds left for the next attempt; backpressure when none are, or when interrupted."""
+        if self._interrupted.is_set():
+            raise SinkBackpressureError("HTTP sink apply interrupted: stopping", self.retry_after)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SinkBackpressureError(
+                f"top-layer service at {self.safe_url} did not take the batch within the "
+                f"budget of {self.apply_timeout:g} s",
+                self.retry_after,
+            )
+        return left
 
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
 
-    def _post(self, payload: str, headers: dict[str, str]) -> requests.Response | str:
+    def _post(
+        self, payload: str, headers: dict[str, str], timeout: float
+    ) -> requests.Response | str:
         """The response to act on, or why this attempt is worth retrying."""
         try:
             response = self._session.post(
                 self.url,
                 data=payload.encode(),
                 headers=headers,
-                timeout=self.timeout,
+                timeout=timeout,
                 allow_redirects=False,
             )
         except (
@@ -176,10 +205,12 @@ class HttpSink:
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
         ) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return redact_text(f"{type(exc).__name__}: {exc}")
         except requests.RequestException as exc:
-            # A URL requests cannot use (no host, a bad port): no retry fixes it.
-            raise SinkError(f"cannot POST to {self.safe_url}: {type(exc).__name__}: {exc}") from exc
+            # A URL requests cannot use (no host, a bad port): no retry fixes it. Its message
+            # may quote the URL, password and all.
+            reason = redact_text(f"{type(exc).__name__}: {exc}")
+            raise SinkError(f"cannot POST to {self.safe_url}: {reason}") from exc
         if response.status_code >= 500 and response.status_code not in BACKPRESSURE_STATUSES:
             return f"HTTP {response.status_code}"
         return response
@@ -195,10 +226,6 @@ class HttpSink:
                 f"top-layer service at {self.safe_url} answered HTTP {status}: {excerpt}"
             )
         return _parse_answer(response, changes)
-
-
-def _without_credentials(url: str) -> str:
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
 
 
 def _parse_answer(response: requests.Response, changes: Sequence[Change]) -> ApplyResult:

@@ -3,16 +3,24 @@
 It owns the two tables (created if missing): `resource_status`, one row per object keyed by
 (site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
 upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
-psycopg 3 pipelines it), all in one transaction. A row changes only when the change carries a
-higher site sequence than the row, so a replay after a crash writes nothing. Changes that can
-never be stored (too long, NUL characters, non-JSON details) are rejected up front with a reason;
-transient database trouble becomes SinkBackpressureError.
+psycopg 3 pipelines it), all in one transaction, each statement bounded in time (PostgreSQL's
+statement_timeout and lock_timeout, within the apply's whole budget). A row changes only when
+the change carries a higher site sequence than the row and shows different content (status,
+name, project, details, deleted), so a replay after a crash, or a change back to what the row
+holds, writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON
+details) are rejected up front with a reason;
+changes the database refuses anyway (a constraint, a trigger) are isolated by bisecting the batch
+and rejected with the database's reason; transient database trouble, and an apply over its time
+budget, become SinkBackpressureError.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,9 +40,12 @@ from connector.records.model import (
     DetailValue,
     StatusRecord,
 )
+from connector.redact import redact_text
 from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
 
 OnDelete = Literal["delete", "mark"]
+
+log = logging.getLogger(__name__)
 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 _UTC_TIME = sa.DateTime(timezone=True)
@@ -110,7 +121,7 @@ def create_engine(url: str) -> sa.Engine:
     try:
         engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
-        raise SinkError(f"unusable SQL sink URL {url!r}: {exc}") from exc
+        raise SinkError(redact_text(f"unusable SQL sink URL {url!r}: {exc}")) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     elif engine.dialect.name != "postgresql":
@@ -170,10 +181,32 @@ def _is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
     return False
 
 
+#: SET LOCAL for both timeouts, with bound values (SET itself takes no parameters).
+_SET_TIMEOUTS = sa.text(
+    "SELECT set_config('statement_timeout', :statement, true), "
+    "set_config('lock_timeout', :lock, true)"
+)
+
+
+class _RowsRefused(Exception):
+    """The database refused a transaction for what some of its rows hold (bisect to find them)."""
+
+
+def _refuses_rows(exc: BaseException | None) -> bool:
+    """True for errors about a row's content rather than the database: integrity (constraints,
+    a trigger's RAISE(ABORT) on SQLite), data exceptions (SQLSTATE 22, 23) and PL/pgSQL errors
+    a trigger raises (P0)."""
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(("22", "23", "P0"))
+
+
 @dataclass
 class _Plan:
     """A batch sorted by statement, with the changes refused up front."""
 
+    storable: list[Change] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     deletions: list[dict[str, Any]] = field(default_factory=list)
@@ -184,10 +217,25 @@ class _Plan:
 class SqlSink:
     """A Sink over SQLite or PostgreSQL. See the module docstring for the rules it keeps."""
 
-    def __init__(self, url: str, *, on_delete: OnDelete = "mark", retry_after: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_delete: OnDelete = "mark",
+        retry_after: float = 5.0,
+        apply_timeout: float = 120.0,
+        statement_timeout: float = 30.0,
+        lock_timeout: float = 5.0,
+    ) -> None:
         self.url = url
         self.on_delete = on_delete
         self.retry_after = retry_after
+        #: seconds one `apply` may take in all, bisection included (then: backpressure)
+        self.apply_timeout = apply_timeout
+        #: PostgreSQL: seconds one statement may run, and wait for a lock
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self._interrupted = threading.Event()
         self.engine = create_engine(url)
         try:
             with translate_errors("cannot create the sink tables", retry_after):
@@ -204,28 +252,99 @@ class SqlSink:
         )
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        """Apply `changes` (distinct keys) in one transaction; return the rows actually changed."""
+        """Apply `changes` (distinct keys) in one transaction; return the rows actually changed.
+
+        When the database refuses the transaction for what some rows hold (a constraint or a
+        trigger the up-front checks do not know), the batch is bisected, each half in its own
+        transaction, until the refused changes are isolated: they come back as rejected, with
+        the database's reason, and the rest is applied. The whole call, bisection included,
+        keeps within `apply_timeout`; past it, or when interrupted, it raises backpressure.
+        """
         _require_distinct_keys(changes)
-        plan = _plan(changes, applied_at=datetime.now(UTC))
+        applied_at = datetime.now(UTC)
+        plan = _plan(changes, applied_at)
+        deadline = time.monotonic() + self.apply_timeout
+        try:
+            written = self._transaction(plan, deadline)
+            refused: list[tuple[Change, str]] = []
+        except _RowsRefused as exc:
+            log.warning(
+                "the database refused a batch of %d changes (%s); bisecting to isolate them",
+                len(plan.storable),
+                exc,
+            )
+            written, refused = self._bisect(plan.storable, applied_at, deadline)
+        return ApplyResult(written=written, rejected=plan.rejected + refused)
+
+    def interrupt(self) -> None:
+        """Make the running (or next) apply give up at its next statement: the consumer stops."""
+        self._interrupted.set()
+
+    def _bisect(
+        self, changes: Sequence[Change], applied_at: datetime, deadline: float
+    ) -> tuple[int, list[tuple[Change, str]]]:
+        """Apply `changes` in halves until each refused change stands alone."""
+        if len(changes) == 1:
+            try:
+                return self._transaction(_plan(changes, applied_at), deadline), []
+            except _RowsRefused as exc:
+                return 0, [(changes[0], f"refused by the database: {exc}")]
+        written, refused = 0, []
+        middle = len(changes) // 2
+        for half in (changes[:middle], changes[middle:]):
+            try:
+                written += self._transaction(_plan(half, applied_at), deadline)
+            except _RowsRefused:
+                more, why = self._bisect(half, applied_at, deadline)
+                written += more
+                refused += why
+        return written, refused
+
+    def _transaction(self, plan: _Plan, deadline: float) -> int:
+        """Apply `plan` in one transaction; return the rows changed. Raises _RowsRefused when the
+        database refuses what a row holds, SinkBackpressureError when over budget or transient."""
         written = 0
         st = self._statements
-        with (
-            translate_errors("SQL sink apply failed", self.retry_after),
-            self.engine.begin() as conn,
-        ):
-            # SQLAlchemy keeps an INSERT's rowcount only when asked; it is our `written`.
-            conn.execution_options(preserve_rowcount=True)
-            if plan.statuses:
-                written += _rowcount(conn.execute(st.upsert_status, plan.statuses))
-            if plan.heartbeats:
-                written += _rowcount(conn.execute(st.upsert_heartbeat, plan.heartbeats))
-            if plan.deletions and self.on_delete == "mark":
-                written += _rowcount(conn.execute(st.mark_deleted, plan.deletions))
-            if plan.deletions and self.on_delete == "delete":
-                written += _rowcount(conn.execute(st.delete_status, plan.deletions))
-            if plan.heartbeat_deletions:
-                written += _rowcount(conn.execute(st.delete_heartbeat, plan.heartbeat_deletions))
-        return ApplyResult(written=written, rejected=plan.rejected)
+        steps = [
+            (st.upsert_status, plan.statuses),
+            (st.upsert_heartbeat, plan.heartbeats),
+            (st.mark_deleted if self.on_delete == "mark" else st.delete_status, plan.deletions),
+            (st.delete_heartbeat, plan.heartbeat_deletions),
+        ]
+        try:
+            with (
+                translate_errors("SQL sink apply failed", self.retry_after),
+                self.engine.begin() as conn,
+            ):
+                # SQLAlchemy keeps an INSERT's rowcount only when asked; it is our `written`.
+                conn.execution_options(preserve_rowcount=True)
+                for statement, rows in steps:
+                    if rows:
+                        self._limit_time(conn, deadline)
+                        written += _rowcount(conn.execute(statement, rows))
+        except SinkBackpressureError:
+            raise
+        except SinkError as exc:
+            if _refuses_rows(exc.__cause__):
+                raise _RowsRefused(str(exc).removeprefix("SQL sink apply failed: ")) from exc
+            raise
+        return written
+
+    def _limit_time(self, conn: sa.Connection, deadline: float) -> None:
+        """Stop here when interrupted or over budget; else bound the next statement by what is
+        left of the budget (PostgreSQL: SET LOCAL statement_timeout and lock_timeout)."""
+        if self._interrupted.is_set():
+            raise SinkBackpressureError("SQL sink apply interrupted: stopping", self.retry_after)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SinkBackpressureError(
+                f"SQL sink apply took more than its budget of {self.apply_timeout:g} s",
+                self.retry_after,
+            )
+        if self.engine.dialect.name == "postgresql":
+            statement_ms = max(1, int(min(self.statement_timeout, left) * 1000))
+            lock_ms = max(1, int(min(self.lock_timeout, left) * 1000))
+            conn.execute(_SET_TIMEOUTS, {"statement": f"{statement_ms}ms", "lock": f"{lock_ms}ms"})
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -247,11 +366,25 @@ class _Statements:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         rs = resource_status
 
+        # A newer change is written only if it shows something the row does not: a storm that
+        # ends where it began (or a consumer replaying after a restart) costs no write. The row
+        # then keeps its older sequence, which is harmless: any older record of the key that
+        # could still be replayed comes before the newer one in its partition.
         ins = insert(rs)
+        shown = ("status", "name", "project_id", "details")
         self.upsert_status = ins.on_conflict_do_update(
             index_elements=[rs.c[k] for k in _KEY],
             set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
-            where=sa.or_(rs.c.sequence.is_(None), ins.excluded.sequence > rs.c.sequence),
+            where=sa.or_(
+                rs.c.sequence.is_(None),
+                sa.and_(
+                    ins.excluded.sequence > rs.c.sequence,
+                    sa.or_(
+                        rs.c.deleted,
+                        *(ins.excluded[name].is_distinct_from(rs.c[name]) for name in shown),
+                    ),
+                ),
+            ),
         )
 
         # An already deleted row is touched again only to raise its sequence; a live row yields to
@@ -315,7 +448,9 @@ def _plan(changes: Sequence[Change], applied_at: datetime) -> _Plan:
         reason = _unstorable(change)
         if reason is not None:
             plan.rejected.append((change, reason))
-        elif isinstance(change, Deletion):
+            continue
+        plan.storable.append(change)
+        if isinstance(change, Deletion):
             if change.kind == HEARTBEAT_KIND:
                 plan.heartbeat_deletions.append({"site": change.site, "sequence": change.sequence})
             else:

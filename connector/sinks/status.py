@@ -1,5 +1,5 @@
-"""The `status` report: what an SQL sink holds, per site, kind and status, and how fresh each
-site's heartbeat is.
+"""The `status` report: what an SQL sink holds, per site, kind and status, how fresh each
+site's heartbeat is, and (when the consumers' metrics are given) what waits for each site.
 
 A site whose last heartbeat is older than `stale_after` seconds, or that has objects but never sent
 a heartbeat, is stale: its poller is down or cannot reach Kafka, so "no changes" from it means
@@ -49,6 +49,8 @@ class StatusReport:
     counts: list[ObjectCount]
     sites: list[SiteHealth]
     stale_after: float
+    #: per site, (changes pending in the consumers, seconds the oldest has waited); None: unknown
+    pending: dict[str, tuple[int, float]] | None = None
 
     @property
     def stale_sites(self) -> list[str]:
@@ -63,19 +65,26 @@ class StatusReport:
             [(c.site, c.kind, c.status, str(c.count)) for c in self.counts],
         )
         lines.append("")
-        lines += _table(
-            ("SITE", "HEARTBEAT", "AGE", "STATE"),
-            [
-                (
-                    s.site,
-                    s.status or "-",
-                    f"{s.age_seconds:.1f} s" if s.age_seconds is not None else "-",
-                    _state(s, self.stale_after),
-                )
-                for s in self.sites
-            ],
-        )
+        header: tuple[str, ...] = ("SITE", "HEARTBEAT", "AGE", "STATE")
+        rows: list[tuple[str, ...]] = [
+            (
+                s.site,
+                s.status or "-",
+                f"{s.age_seconds:.1f} s" if s.age_seconds is not None else "-",
+                _state(s, self.stale_after),
+            )
+            for s in self.sites
+        ]
+        if self.pending is not None:
+            header += ("PENDING", "OLDEST PENDING")
+            rows = [(*row, *_pending(self.pending.get(row[0]))) for row in rows]
+        lines += _table(header, rows)
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _pending(pending: tuple[int, float] | None) -> tuple[str, str]:
+    count, age = pending or (0, 0.0)
+    return f"{count:,}", f"{age:.1f} s" if count else "-"
 
 
 def _state(site: SiteHealth, stale_after: float) -> str:
@@ -93,9 +102,14 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def read_status(
-    url: str, site: str | None = None, stale_after: float = 30.0, now: datetime | None = None
+    url: str,
+    site: str | None = None,
+    stale_after: float = 30.0,
+    now: datetime | None = None,
+    pending: dict[str, tuple[int, float]] | None = None,
 ) -> StatusReport:
-    """Read the report from the SQL sink at `url`, for one `site` or all of them.
+    """Read the report from the SQL sink at `url`, for one `site` or all of them; `pending`
+    (from the consumers' metrics) adds what waits for each site.
 
     Raises SinkError for an HTTP sink (the top-layer service holds that data), a missing SQLite
     file, or a database that cannot be read.
@@ -116,14 +130,16 @@ def read_status(
             beats = _heartbeats(conn, site) if site_heartbeat.name in tables else {}
     finally:
         engine.dispose()
-    sites = sorted({c.site for c in counts} | set(beats))
+    sites = sorted({c.site for c in counts} | set(beats) | set(pending or {}))
+    if site is not None:
+        sites = [s for s in sites if s == site]
     health = []
     for name in sites:
         status, observed_at = beats.get(name, (None, None))
         age = (now - observed_at).total_seconds() if observed_at is not None else None
         stale = age is None or age > stale_after
         health.append(SiteHealth(name, status, observed_at, age, stale))
-    return StatusReport(counts=counts, sites=health, stale_after=stale_after)
+    return StatusReport(counts=counts, sites=health, stale_after=stale_after, pending=pending)
 
 
 def _counts(conn: sa.Connection, site: str | None) -> list[ObjectCount]:

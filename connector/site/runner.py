@@ -2,9 +2,10 @@
 
 Ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
-the others), publishes a heartbeat every few seconds, and serves /metrics and /healthz. SIGTERM
-and SIGINT stop the pollers, flush the producer and return normally (exit 0). With `once`, every
-kind is resynced once, a heartbeat is published, the producer flushed, and the call returns.
+the others), publishes a heartbeat every few seconds, and serves /metrics, /readyz and /livez.
+SIGTERM and SIGINT stop the pollers, flush the producer and return normally (exit 0). With
+`once`, every kind is resynced once, a heartbeat is published, the producer flushed, and the call
+returns.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def run_site(
             health = poller.health.snapshot
             ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
             ops.start()
-            log.info("serving /metrics and /healthz on port %d", ops.port)
+            log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
         with cleanup_after(*([] if ops is None else [ops.stop])):
             poller.run(stop, once)
 

@@ -1,12 +1,19 @@
-"""The top consumer loop: read site topics, coalesce by key, apply in batches, then commit.
+"""The top consumer loop: read every site topic, coalesce per site, apply fairly, then commit.
 
-One thread drives everything. A batch fills to its size or its wait and keeps the last change
-per key; the sink applies those changes, in as many calls as the rate limit needs (each call one
-transaction); dead letters are delivered; and only then are exactly the offsets read committed. Two
-things can hold the loop: the rate limit and a sink (or schema registry) asking to slow down.
-While held, the partitions are paused and the loop keeps polling, so the group never evicts this
-member and the backlog stays in Kafka. A "slow down" rolls the batch back (seek to its first
-offsets) and commits nothing.
+One thread drives everything, and it never stops polling. What it reads goes into its site's
+filling window (the last change per key). A window closes once the window before it is applied,
+it is `--batch-wait` old, its partitions are read to their ends, and the changes it absorbed
+could have been applied by now at the rate limit (or it is `--max-window-wait` old): while a
+site storms faster than the top layer takes changes, its window keeps absorbing, so the slower
+the top layer the stronger the collapse. A closed window drops what the top layer already holds
+(see `window.Applied`), then goes out in sink calls the rate limit allows, each call's room
+shared between sites by `FairShare`. Once all of a window is applied and its dead letters
+delivered, exactly its offsets are committed.
+
+Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
+paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
+down holds the calls, never the reading; a schema registry that does not answer rewinds and
+pauses the partition it was needed for.
 """
 
 from __future__ import annotations
@@ -16,48 +23,60 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from prometheus_client import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from connector.errors import KafkaError
-from connector.kafka import KafkaException, Message, TopicPartition
+from connector.kafka import Message
 from connector.kafka.consumer import Consumer
-from connector.kafka.producer import Producer
 from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
-from connector.top.batch import Batch, DeadLetter, Partition
+from connector.top.dead_letters import DeadLetter, DeadLetterQueue
+from connector.top.fair import FairShare
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
+from connector.top.window import Applied, Partition, Pending, SiteQueue, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: Turns one Kafka message into a Change; raises DecodeError for bad bytes.
+#: Turns one consumed Kafka message into a Change; raises DecodeError for bad bytes.
 Decoder = Callable[[Message], Change]
 
-#: Rate-limit waits up to this many seconds are slept through; longer ones pause the partitions.
-SHORT_WAIT = 1.0
-
-#: How long to back off when dead letters could not be delivered or the registry is away.
+#: How long to wait before reading again what needed an unanswering schema registry, and before
+#: retrying dead letters that could not be delivered.
 RETRY_SECONDS = 5.0
-
-#: Batches in a row whose dead letters could not be delivered before the consumer gives up.
-DEAD_LETTER_ATTEMPTS = 5
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
 
+#: The longest one poll waits, so stops, window closes and metrics are never late by more.
+MAX_POLL_SECONDS = 0.5
+
+#: The least share of the thread reading gets while sink calls are also due.
+READ_SHARE = 0.25
+
+#: Records decoded between two looks at whether a sink call is due.
+CALL_CHECK_EVERY = 64
+
+#: Once over the pending-keys cap, partitions stay paused until pending keys fall this far
+#: below it, so they are not paused and resumed on every poll.
+RESUME_FRACTION = 0.9
+
 
 @dataclass(frozen=True)
-class BatchPolicy:
-    """When a batch is ready, and where dead letters go."""
+class WindowPolicy:
+    """When a window closes, how it goes out, and how much may wait in memory."""
 
-    size: int  #: records consumed per batch at most
-    wait: float  #: seconds a batch may wait for more records once it has one
-    dead_letter_topic: str
+    call_size: int  #: changes per sink call at most (the rate limit may allow fewer)
+    wait: float  #: seconds a window stays open at least, once it has a record
+    max_wait: float  #: seconds a window stays open at most while its site storms
+    max_pending_keys: int  #: keys waiting over all sites before reading is paused
+    #: kinds applied first within a site's share, in this order (heartbeats always go first)
+    kind_priority: tuple[str, ...] = ()
+    #: a site's share of each call relative to the others (default 1)
+    site_weights: Mapping[str, float] = field(default_factory=dict)
 
 
 class TopConsumer:
@@ -70,9 +89,9 @@ class TopConsumer:
         topic_prefix: str,
         decode: Decoder,
         sink: Sink,
-        dead_letters: Producer,
+        dead_letters: DeadLetterQueue,
         limiter: RateLimiter,
-        policy: BatchPolicy,
+        policy: WindowPolicy,
         metrics: ConsumerMetrics,
     ) -> None:
         self._consumer = consumer
@@ -84,17 +103,28 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
-        self._batch = Batch()
+        # Exported so a dashboard can draw rows/s against the limit.
+        metrics.max_rate.set(limiter.max_rate or 0)
+        self._priority = {kind: i for i, kind in enumerate(policy.kind_priority)}
+        self._fair = FairShare(policy.site_weights)
+        self._sites: dict[str, SiteQueue] = {}  #: by topic
+        self._applied = Applied()
+        self._assigned: set[Partition] = set()
         self._committed: dict[Partition, int] = {}
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
+        #: topic -> when to retry delivering the dead letters of its applied window
+        self._letters_retry: dict[str, float] = {}
         self._released: deque[tuple[float, int]] = deque()
-        self._dlq_failures = 0
-        self.max_per_second = 0  #: the most records released within any one second
+        self.max_per_second = 0  #: the most changes released within any one second
+        self.max_pending = 0  #: the most keys pending at once (over all sites)
         self.assign_events = 0  #: rebalances that gave this member partitions
-        self._held = False
-        self._backoff_until = 0.0
+        self._sink_backoff_until = 0.0
+        self._last_call_end = 0.0
+        self._last_call_took = 0.0
+        self._over_cap = False
         self._next_idle_check = 0.0
+        self._next_snapshot = 0.0
         self._stop = threading.Event()
         self.last_poll = time.monotonic()
 
@@ -106,7 +136,7 @@ class TopConsumer:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
         # A failing close or flush must not hide why the loop ended.
-        with cleanup_after(self._consumer.close, lambda: self._dlq.flush(10.0)):
+        with cleanup_after(self._consumer.close, self._dlq.close):
             self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
                 if self._step() and until_idle and self._group_caught_up():
@@ -116,97 +146,202 @@ class TopConsumer:
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""
         now = time.monotonic()
-        if now < self._backoff_until:
-            self._hold(self._backoff_until, self._metrics.backpressure_seconds)
-            return False
-        batch = self._batch
-        ready = len(batch) >= self._policy.size or (
-            batch.started is not None and now - batch.started >= self._policy.wait
-        )
-        if not ready:
-            self._release_hold()
-            timeout = 0.5 if batch.started is None else batch.started + self._policy.wait - now
-            messages = self._consumer.consume(self._policy.size - len(batch), max(0.0, timeout))
-            self.last_poll = time.monotonic()
-            self._take(messages)
-            idle = not messages and not len(self._batch)
-            if idle and self._uncommitted:
-                self._commit({})
-            return idle
-        self._flush()
+        self._close_windows(now)
+        ready = self._ready()
+        hold = max(self._limiter.delay(), self._sink_backoff_until - now) if ready else 0.0
+        timeout = hold if ready else self._until_a_window_closes(now)
+        started = time.monotonic()
+        messages = self._consumer.consume(self._policy.call_size, max(0.0, timeout))
+        self.last_poll = time.monotonic()
+        if ready and hold > 0:
+            waited = self.last_poll - started
+            if now < self._sink_backoff_until:
+                self._metrics.backpressure_seconds.inc(waited)
+            else:
+                self._metrics.rate_limited_seconds.inc(waited)
+        self._take(messages)
+        if self._ready() and self._may_call(reading=bool(messages)):
+            self._call()
+        self._finish_windows()
+        self._enforce_cap()
+        self._snapshot()
+        idle = not messages and not any(q.busy for q in self._sites.values())
+        if idle and self._uncommitted:
+            self._commit({})
+        return idle
+
+    def _until_a_window_closes(self, now: float) -> float:
+        times = [MAX_POLL_SECONDS]
+        for q in self._sites.values():
+            at = self._closes_at(q)
+            if q.closed is None and at is not None:
+                times.append(at - now)
+        return min(times)
+
+    def _closes_at(self, q: SiteQueue) -> float | None:
+        """When `q`'s filling window may close: `wait` after its first record; but while its
+        site changes faster than the rate limit (churn over the time the site took for it),
+        not before the top layer could have taken that churn, up to `max_wait`. Waiting that
+        long at most doubles the delay pushing every change would have caused, and a burst
+        shorter than that costs one write per key that really changed."""
+        window = q.filling
+        if window.opened is None:
+            return None
+        hold = self._policy.wait
+        rate = self._limiter.max_rate
+        if rate is not None and not q.held:
+            needed = window.churn / rate
+            if needed > window.span:
+                hold = max(hold, min(self._policy.max_wait, needed))
+        return window.opened + hold
+
+    def _close_windows(self, now: float) -> None:
+        for q in self._sites.values():
+            at = self._closes_at(q)
+            if q.closed is not None or at is None or at > now:
+                continue
+            opened = q.filling.opened
+            young = opened is not None and now - opened < self._policy.max_wait
+            if young and not q.held and self._behind(q):
+                # A backlog is read to its end before its window closes, so it collapses
+                # whole (memory stays within --max-pending-keys).
+                continue
+            merged = q.filling.merged
+            closed = q.close(self._applied, self._priority)
+            self._metrics.windows.inc()
+            self._metrics.skipped.inc(closed.skipped)
+            self._metrics.coalesced.inc(merged)
+
+    def _behind(self, q: SiteQueue) -> bool:
+        """True while more records are known to wait in Kafka for a partition of `q`'s window
+        (from the high watermarks of the last fetches)."""
+        for (topic, partition), last in q.filling.last.items():
+            _low, high = self._consumer.watermarks(topic, partition, cached=True)
+            if high > last + 1:
+                return True
         return False
 
-    def _wait_for_rate(self) -> bool:
-        """Wait until the rate limit lets the next sink call go; False if asked to stop."""
-        delay = self._limiter.delay()
-        if delay > SHORT_WAIT:
-            self._hold(time.monotonic() + delay, self._metrics.rate_limited_seconds)
-        elif delay > 0:
-            # Too short to be worth a pause: pausing drops librdkafka's prefetched records, and
-            # fetching them again costs more than the wait. The group is heartbeated meanwhile.
-            self._metrics.rate_limited_seconds.inc(delay)
-            self._stop.wait(delay)
-        return not self._stop.is_set()
+    def _ready(self) -> bool:
+        return any(q.closed is not None and q.closed.remaining for q in self._sites.values())
+
+    def _may_call(self, reading: bool) -> bool:
+        """Whether the next sink call may go now. While there is also reading to do, reading
+        gets at least READ_SHARE of the thread, so windows keep filling while a slow sink
+        applies (and the top layer, the scarce one, gets the rest)."""
+        now = time.monotonic()
+        reading_due = self._last_call_took * READ_SHARE / (1 - READ_SHARE)
+        if reading and now - self._last_call_end < reading_due:
+            return False
+        return now >= self._sink_backoff_until and self._limiter.delay() <= 0
 
     def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
+        rewound: set[Partition] = set()
         for i, msg in enumerate(messages):
-            topic, partition, offset = _coordinates(msg)
-            self._batch.add(topic, partition, offset, now)
+            if i % CALL_CHECK_EVERY == 0 and i and self._ready() and self._may_call(reading=True):
+                # Decoding a large poll takes a while: the calls due meanwhile go on time.
+                self._call()
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            tp = (topic, partition)
+            if tp in rewound:
+                continue
+            window = self._queue(topic).filling
             try:
-                self._batch.put(self._decode(msg), topic, partition, offset, msg.value())
+                change = self._decode(msg)
             except DecodeError as exc:
-                self._batch.undecodable_record(
+                window.read(tp, offset, now)
+                window.dead(
                     DeadLetter(topic, partition, offset, msg.key(), msg.value(), "decode", str(exc))
                 )
+                continue
             except RegistryError as exc:
-                # The bytes may be fine; the registry is not. Read this and every later record
-                # of the batch again once it answers.
-                for later in messages[i + 1 :]:
-                    self._batch.add(*_coordinates(later), now)
+                # The bytes may be fine; the registry is not. Read this partition again from
+                # this record once it answers; the other partitions go on.
                 log.warning(
-                    "schema registry unavailable (%s); retrying in %.0fs", exc, RETRY_SECONDS
+                    "schema registry unavailable (%s); reading %s[%d] again in %.0fs",
+                    exc,
+                    topic,
+                    partition,
+                    RETRY_SECONDS,
                 )
-                self._roll_back(self._batch, RETRY_SECONDS)
-                return
+                self._consumer.trigger_backpressure({tp: offset}, RETRY_SECONDS)
+                rewound.add(tp)
+                continue
+            window.read(tp, offset, now)
+            entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
+            window.put(entry, self._applied.get(tp, change.key))
 
-    def _flush(self) -> None:
-        """Apply the batch's changes in sink calls the rate limit allows, then commit."""
-        batch, self._batch = self._batch, Batch()
-        changes = batch.changes
-        applied = 0
-        step = self._limiter.max_release(len(changes))
-        for start in range(0, len(changes), step):
-            part = changes[start : start + step]
-            if not self._wait_for_rate():
-                # Stopping: nothing is committed; whoever reads next applies the batch again,
-                # which the sink's sequence check makes harmless for the part already applied.
-                return
-            started = time.monotonic()
-            try:
-                result = self._sink.apply(part)
-            except SinkBackpressureError as exc:
-                log.warning("sink asked to slow down (%s); retrying in %.1fs", exc, exc.retry_after)
-                self._roll_back(batch, exc.retry_after)
-                return
-            self._metrics.apply_seconds.observe(time.monotonic() - started)
-            self._metrics.batches.labels("applied").inc()
-            self._limiter.release(len(part))
-            self._count_release(len(part))
-            applied += result.written
-            for change, reason in result.rejected:
-                batch.dead(batch.rejected(change, reason))
-        if batch.dead_letters and not self._deliver_dead_letters(batch.dead_letters):
-            self._roll_back(batch, RETRY_SECONDS)
+    def _queue(self, topic: str) -> SiteQueue:
+        q = self._sites.get(topic)
+        if q is None:
+            q = self._sites[topic] = SiteQueue(topic.removeprefix(self._prefix))
+        return q
+
+    def _call(self) -> None:
+        """One sink call: each site with changes ready gets its fair share of the room."""
+        ready = {
+            topic: q.closed.remaining
+            for topic, q in self._sites.items()
+            if q.closed is not None and q.closed.remaining
+        }
+        room = self._limiter.max_release(self._policy.call_size)
+        shares = self._fair.split(ready, room)
+        taken: list[tuple[SiteQueue, list[Pending]]] = []
+        for topic, n in shares.items():
+            q = self._sites[topic]
+            assert q.closed is not None
+            taken.append((q, q.closed.take(n)))
+        entries = [e for _q, part in taken for e in part]
+        started = time.monotonic()
+        try:
+            result = self._sink.apply([e.change for e in entries])
+        except SinkBackpressureError as exc:
+            log.warning("sink asked to slow down (%s); retrying in %.1fs", exc, exc.retry_after)
+            self._metrics.batches.labels("backpressure").inc()
+            self._sink_backoff_until = time.monotonic() + exc.retry_after
             return
-        self._commit({(tp.topic, tp.partition): tp.offset for tp in batch.commit_offsets()})
-        for topic, n in batch.records_by_topic().items():
-            self._metrics.records.labels(topic.removeprefix(self._prefix)).inc(n)
-        self._metrics.rows_applied.inc(applied)
-        self._metrics.coalesced.inc(batch.coalesced)
-        for change in changes:
+        self._last_call_end = time.monotonic()
+        self._last_call_took = self._last_call_end - started
+        self._metrics.apply_seconds.observe(self._last_call_took)
+        self._metrics.batches.labels("applied").inc()
+        self._metrics.rows_applied.inc(result.written)
+        self._limiter.release(len(entries))
+        self._count_release(len(entries))
+        refused = {change.key: reason for change, reason in result.rejected}
+        for q, part in taken:
+            assert q.closed is not None
+            q.closed.advance(len(part))
+            for e in part:
+                reason = refused.get(e.change.key)
+                if reason is not None:
+                    q.closed.window.dead(_rejected(e, reason))
+        self._applied.remember(e for e in entries if e.change.key not in refused)
+        for e in entries:
+            change = e.change
             if isinstance(change, StatusRecord) and change.is_heartbeat:
                 self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self._metrics.heartbeats_applied.inc()
+
+    def _finish_windows(self) -> None:
+        """Commit every closed window applied in full, once its dead letters are delivered."""
+        now = time.monotonic()
+        for topic, q in self._sites.items():
+            closed = q.closed
+            if closed is None or closed.remaining:
+                continue
+            window = closed.window
+            if window.dead_letters:
+                if now < self._letters_retry.get(topic, 0.0):
+                    continue
+                if not self._dlq.deliver(window.dead_letters):
+                    self._letters_retry[topic] = now + RETRY_SECONDS
+                    continue
+                self._letters_retry.pop(topic, None)
+            self._commit({tp: last + 1 for tp, last in window.last.items()})
+            records = window.record_count
+            if records:
+                self._metrics.records.labels(q.site).inc(records)
+            q.closed = None
 
     def _commit(self, offsets: dict[Partition, int]) -> None:
         """Commit `offsets` and any earlier ones whose commit failed."""
@@ -219,12 +354,14 @@ class TopConsumer:
         pending = {**self._uncommitted}
         for tp, offset in offsets.items():
             pending[tp] = max(offset, pending.get(tp, -1))
+        if not pending:
+            return
         try:
-            self._consumer.commit([TopicPartition(t, p, o) for (t, p), o in pending.items()])
+            self._consumer.commit(pending)
         except KafkaError as exc:
-            # The batch is applied; the commit is retried with the next one (or when idle), and
-            # whoever reads these partitions meanwhile re-applies it, which the sink's sequence
-            # check makes harmless.
+            # The window is applied; the commit is retried with the next one (or when idle),
+            # and whoever reads these partitions meanwhile re-applies it, which the sink's
+            # sequence check makes harmless.
             self._metrics.commit_errors.inc()
             self._uncommitted = pending
             log.error("%s (will retry)", exc)
@@ -236,6 +373,44 @@ class TopConsumer:
             if high >= 0:
                 self._metrics.lag.labels(topic, str(partition)).set(max(0, high - offset))
 
+    def _enforce_cap(self) -> None:
+        """Past `max_pending_keys`, pause the sites holding at least an even share of what is
+        pending (a quiet site is read on); resume once pending keys fell below the cap again."""
+        cap = self._policy.max_pending_keys
+        pending = {topic: q.pending for topic, q in self._sites.items()}
+        total = sum(pending.values())
+        self.max_pending = max(self.max_pending, total)
+        if total >= cap:
+            busy = [n for n in pending.values() if n]
+            share = total / len(busy)
+            for topic, n in pending.items():
+                self._sites[topic].held |= n >= share
+        elif total <= cap * RESUME_FRACTION:
+            for q in self._sites.values():
+                q.held = False
+        held = {topic for topic, q in self._sites.items() if q.held}
+        if held or self._over_cap:
+            self._consumer.hold({tp for tp in self._assigned if tp[0] in held})
+        self._over_cap = bool(held)
+
+    def _snapshot(self) -> None:
+        """Publish the windows' state to the metrics, about once a second."""
+        now = time.monotonic()
+        if now < self._next_snapshot:
+            return
+        self._next_snapshot = now + 1.0
+        wall = time.time()
+        sites: dict[str, tuple[int, float | None]] = {}
+        opened: list[float] = []
+        for q in self._sites.values():
+            oldest = q.oldest()
+            sites[q.site] = (q.pending, None if oldest is None else wall - (now - oldest))
+            if q.filling.opened is not None:
+                opened.append(q.filling.opened)
+        self._metrics.pending.sites = sites
+        self._metrics.window_keys.set(sum(len(q.filling.entries) for q in self._sites.values()))
+        self._metrics.window_age.set(now - min(opened) if opened else 0.0)
+
     def _count_release(self, records: int) -> None:
         now = time.monotonic()
         self._released.append((now, records))
@@ -246,133 +421,52 @@ class TopConsumer:
             self.max_per_second = in_window
             self._metrics.max_per_second.set(in_window)
 
-    def _roll_back(self, batch: Batch, retry_after: float) -> None:
-        self._metrics.batches.labels("backpressure").inc()
-        self._consumer.pause(self._consumer.assignment())
-        self._held = True
-        for tp in batch.seek_offsets():
-            self._consumer.seek(tp)
-        self._batch = Batch()
-        self._backoff_until = time.monotonic() + retry_after
-
-    def _deliver_dead_letters(self, letters: list[DeadLetter]) -> bool:
-        failures: list[str] = []
-
-        def on_delivery(key: str, err: object, _partition: int, _offset: int) -> None:
-            if err is not None:
-                failures.append(f"{key}: {err}")
-
-        try:
-            for letter in letters:
-                self._dlq.produce(
-                    self._policy.dead_letter_topic,
-                    key=letter.key,
-                    value=letter.value,
-                    on_delivery=on_delivery,
-                    headers={
-                        "reason": letter.reason.encode(),
-                        "error": letter.detail.encode(),
-                        "original.topic": letter.topic.encode(),
-                        "original.partition": str(letter.partition).encode(),
-                        "original.offset": str(letter.offset).encode(),
-                    },
-                )
-            self._dlq.flush(30.0)
-        except (KafkaError, KafkaException) as exc:
-            failures.append(str(exc))
-        if failures:
-            # Drop what is still queued, so the retry does not deliver it twice.
-            self._dlq.purge()
-            self._dlq_failures += 1
-            detail = "; ".join(failures[:5])
-            if self._dlq_failures >= DEAD_LETTER_ATTEMPTS:
-                raise KafkaError(
-                    f"dead letters could not be delivered to {self._policy.dead_letter_topic} "
-                    f"{self._dlq_failures} times in a row: {detail}"
-                )
-            log.error("dead letters not delivered, will retry the batch: %s", detail)
-            return False
-        self._dlq_failures = 0
-        for letter in letters:
-            self._metrics.dead_letters.labels(letter.reason).inc()
-            log.warning(
-                "dead letter %s[%d]@%d (%s): %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                letter.reason,
-                letter.detail,
-            )
-        return True
-
-    def _hold(self, until: float, counter: Counter) -> None:
-        """Pause every assigned partition and keep polling until `until` (or stop)."""
-        started = time.monotonic()
-        self._consumer.pause(self._consumer.assignment())
-        self._held = True
-        while not self._stop.is_set():
-            left = until - time.monotonic()
-            if left <= 0:
-                break
-            for msg in self._consumer.consume(1, min(0.1, left)):
-                # A partition assigned during the hold is not paused yet: put its record back
-                # and pause it too.
-                topic, partition, offset = _coordinates(msg)
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-                self._consumer.pause(self._consumer.assignment())
-            self.last_poll = time.monotonic()
-        counter.inc(time.monotonic() - started)
-
-    def _release_hold(self) -> None:
-        if self._held:
-            self._consumer.resume(self._consumer.assignment())
-            self._held = False
-
-    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[Partition]) -> None:
         self.assign_events += 1
-        for tp in self._consumer.committed(partitions):
-            if tp.offset >= 0:
-                self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._assigned |= set(partitions)
+        self._committed.update(self._consumer.committed(partitions))
         log.info("assigned %s", _names(partitions))
 
-    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        # Everything applied is committed right after its apply (a failed commit is retried
-        # here, once more); what is buffered for these partitions was not applied, and the next
-        # owner reads it again.
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        if gone & self._uncommitted.keys():
+    def _on_revoke(self, partitions: list[Partition]) -> None:
+        # Every applied window is committed right after it (a failed commit is retried here,
+        # once more); what is still pending for these partitions was not committed, and the
+        # next owner reads it again.
+        if set(partitions) & self._uncommitted.keys():
             self._commit({})
         self._forget(partitions)
         log.info("revoked %s", _names(partitions))
 
-    def _on_lost(self, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, partitions: list[Partition]) -> None:
         self._forget(partitions)
-        log.warning("lost %s (dropped their buffered records)", _names(partitions))
+        log.warning("lost %s (dropped their pending changes)", _names(partitions))
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
-        self._batch.drop_partitions(partitions)
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._committed.pop(key, None)
-            self._uncommitted.pop(key, None)
+    def _forget(self, partitions: list[Partition]) -> None:
+        gone = set(partitions)
+        for q in self._sites.values():
+            q.drop(gone)
+        self._applied.forget(gone)
+        self._assigned -= gone
+        for tp in gone:
+            self._committed.pop(tp, None)
+            self._uncommitted.pop(tp, None)
             with contextlib.suppress(KeyError):
-                self._metrics.lag.remove(tp.topic, str(tp.partition))
+                self._metrics.lag.remove(tp[0], str(tp[1]))
 
     def _group_caught_up(self) -> bool:
         """True when the group has committed every site partition to its end (checked at most
         once a second: it asks the broker)."""
         now = time.monotonic()
-        if now < self._next_idle_check or len(self._batch) or self._uncommitted:
+        if now < self._next_idle_check or self._uncommitted:
+            return False
+        if any(q.busy for q in self._sites.values()):
             return False
         self._next_idle_check = now + IDLE_CHECK_SECONDS
         try:
             partitions = self._consumer.partitions_matching(self._pattern)
-            committed = {
-                (tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(partitions)
-            }
-            for tp in partitions:
-                low, high = self._consumer.watermarks(tp.topic, tp.partition)
-                if high > low and committed.get((tp.topic, tp.partition), -1) < high:
+            committed = self._consumer.committed(partitions)
+            for topic, partition in partitions:
+                low, high = self._consumer.watermarks(topic, partition)
+                if high > low and committed.get((topic, partition), -1) < high:
                     return False
         except KafkaError as exc:
             log.warning("cannot tell whether the group is idle yet: %s", exc)
@@ -380,15 +474,26 @@ class TopConsumer:
         return True
 
     def __repr__(self) -> str:
+        pending = {q.site: q.pending for q in self._sites.values() if q.pending}
         return (
-            f"TopConsumer(pattern={self._pattern!r}, batch={len(self._batch)}, "
-            f"held={self._held}, limiter={self._limiter!r})"
+            f"TopConsumer(pattern={self._pattern!r}, pending={pending}, "
+            f"paused={len(self._consumer.paused)}, limiter={self._limiter!r})"
         )
 
 
-def _coordinates(msg: Message) -> tuple[str, int, int]:
-    return msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+def _rejected(entry: Pending, reason: str) -> DeadLetter:
+    """The dead letter for a change the sink refused: its original record, and why."""
+    topic, partition = entry.partition
+    return DeadLetter(
+        topic,
+        partition,
+        entry.offset,
+        entry.change.key.encode(),
+        entry.value,
+        "rejected",
+        reason,
+    )
 
 
-def _names(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+def _names(partitions: list[Partition]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in partitions) or "nothing"

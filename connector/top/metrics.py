@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from urllib.error import URLError
+from urllib.request import urlopen
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from connector.errors import ConnectorError
+
+PENDING = "cascade_consumer_site_pending_changes"
+OLDEST_PENDING = "cascade_consumer_site_oldest_pending_seconds"
 
 
 class _HeartbeatAges(Collector):
@@ -28,6 +36,33 @@ class _HeartbeatAges(Collector):
         yield family
 
 
+class _Pending(Collector):
+    """Per site: changes waiting (read, not yet applied) and the age of the oldest, from the
+    loop's last snapshot (taken about once a second)."""
+
+    def __init__(self) -> None:
+        #: site -> (changes pending, wall-clock time the oldest was read, or None)
+        self.sites: dict[str, tuple[int, float | None]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pending = GaugeMetricFamily(
+            PENDING,
+            "Changes read from the site and not yet applied (one per key).",
+            labels=["site"],
+        )
+        oldest = GaugeMetricFamily(
+            OLDEST_PENDING,
+            "Seconds the site's oldest pending change has waited since it was read (0: none).",
+            labels=["site"],
+        )
+        now = time.time()
+        for site, (count, since) in sorted(self.sites.items()):
+            pending.add_metric([site], count)
+            oldest.add_metric([site], 0.0 if since is None else max(0.0, now - since))
+        yield pending
+        yield oldest
+
+
 class ConsumerMetrics:
     """Counters and gauges of the top consumer."""
 
@@ -40,7 +75,7 @@ class ConsumerMetrics:
         )
         self.coalesced = Counter(
             "cascade_consumer_coalesced_records",
-            "Records superseded by a later record of the same key within a batch.",
+            "Records superseded by a later record of the same key within a window.",
             registry=registry,
         )
         self.rows_applied = Counter(
@@ -48,26 +83,31 @@ class ConsumerMetrics:
             "Rows (objects) changed in the sink.",
             registry=registry,
         )
+        self.heartbeats_applied = Counter(
+            "cascade_consumer_heartbeats_applied",
+            "Site heartbeats handed to the sink (each one a row of site_heartbeat).",
+            registry=registry,
+        )
         self.batches = Counter(
             "cascade_consumer_batches",
-            "Batches by outcome: applied, or backpressure (rolled back to retry).",
+            "Sink calls by outcome: applied, or backpressure (the sink asked to slow down).",
             ["outcome"],
             registry=registry,
         )
         self.apply_seconds = Histogram(
             "cascade_consumer_batch_apply_seconds",
-            "Time the sink took to apply one batch.",
+            "Time the sink took to apply one call.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
         self.rate_limited_seconds = Counter(
             "cascade_consumer_rate_limited_seconds",
-            "Seconds the partitions were paused by the rate limit.",
+            "Seconds changes were ready but the rate limit held the next sink call.",
             registry=registry,
         )
         self.backpressure_seconds = Counter(
             "cascade_consumer_backpressure_seconds",
-            "Seconds the partitions were paused because the sink asked to slow down.",
+            "Seconds changes were ready but the sink had asked to slow down.",
             registry=registry,
         )
         self.commit_errors = Counter(
@@ -90,5 +130,55 @@ class ConsumerMetrics:
             "The most records released to the sink within any one second so far.",
             registry=registry,
         )
+        self.window_keys = Gauge(
+            "cascade_consumer_window_keys",
+            "Keys in the windows filling now, over all sites.",
+            registry=registry,
+        )
+        self.window_age = Gauge(
+            "cascade_consumer_window_age_seconds",
+            "Age of the oldest window filling now (0: none).",
+            registry=registry,
+        )
+        self.windows = Counter(
+            "cascade_consumer_windows",
+            "Windows closed and applied.",
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "cascade_consumer_skipped_unchanged",
+            "Changes not written because the top layer already holds their content.",
+            registry=registry,
+        )
+        self.max_rate = Gauge(
+            "cascade_consumer_max_rate",
+            "The rate limit (consumer.max_rate): changes per second to the sink at most; 0: none.",
+            registry=registry,
+        )
         self.heartbeats = _HeartbeatAges()
         registry.register(self.heartbeats)
+        self.pending = _Pending()
+        registry.register(self.pending)
+
+
+def read_pending(urls: Iterable[str], timeout: float = 5.0) -> dict[str, tuple[int, float]]:
+    """Per site, (changes pending, seconds the oldest has waited) as the consumers serving
+    these /metrics URLs report it, summed over members (the oldest: the oldest of any)."""
+    out: dict[str, tuple[int, float]] = {}
+    for url in urls:
+        try:
+            with urlopen(url, timeout=timeout) as response:
+                text = response.read().decode()
+        except (URLError, OSError, ValueError) as exc:
+            raise ConnectorError(f"cannot read the consumer's metrics at {url}: {exc}") from exc
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                site = sample.labels.get("site")
+                if site is None or sample.name not in (PENDING, OLDEST_PENDING):
+                    continue
+                count, age = out.get(site, (0, 0.0))
+                if sample.name == PENDING:
+                    out[site] = (count + int(sample.value), age)
+                else:
+                    out[site] = (count, max(age, sample.value))
+    return out

@@ -17,18 +17,22 @@ from connector.errors import ConfigError
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
-from connector.ops.metrics import OpsServer
+from connector.ops.metrics import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
-from connector.top.consumer import BatchPolicy, Decoder, TopConsumer
+from connector.top.consumer import Decoder, TopConsumer, WindowPolicy
+from connector.top.dead_letters import DeadLetterQueue
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 
 log = logging.getLogger(__name__)
 
-#: /healthz fails when the loop has not polled for this long (the group would evict us too).
+#: /readyz fails when the loop has not polled for this long.
 STALL_SECONDS = 60.0
+#: /livez fails when the loop has not polled for this long: librdkafka's default
+#: max.poll.interval.ms, after which the group has evicted this member, so a restart loses nothing.
+STUCK_SECONDS = 300.0
 
 
 def build_consumer(
@@ -45,18 +49,24 @@ def build_consumer(
         )
     ensure_dead_letter_topic(kafka, options.dead_letter_topic)
     codec = codec_from_settings(kafka)
+    metrics = ConsumerMetrics(registry)
     return TopConsumer(
         consumer=Consumer(kafka, options.group),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
         decode=decode or (lambda msg: change_from_message(msg, codec)),
         sink=sink,
-        dead_letters=Producer(kafka),
+        dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
-        policy=BatchPolicy(
-            options.batch_size, options.batch_wait_ms / 1000.0, options.dead_letter_topic
+        policy=WindowPolicy(
+            call_size=options.batch_size,
+            wait=options.batch_wait_ms / 1000.0,
+            max_wait=options.max_window_wait_ms / 1000.0,
+            max_pending_keys=options.max_pending_keys,
+            kind_priority=tuple(options.kind_priority),
+            site_weights=options.site_weights,
         ),
-        metrics=ConsumerMetrics(registry),
+        metrics=metrics,
     )
 
 
@@ -69,13 +79,25 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
         loop = build_consumer(settings, sink, registry)
         if settings.consumer.metrics_port is not None:
 
-            def health() -> tuple[bool, dict[str, Any]]:
-                since = time.monotonic() - loop.last_poll
-                return since < STALL_SECONDS, {"seconds_since_poll": round(since, 3)}
+            def polled_within(seconds: float) -> HealthCheck:
+                def check() -> tuple[bool, dict[str, Any]]:
+                    since = time.monotonic() - loop.last_poll
+                    return since < seconds, {"seconds_since_poll": round(since, 3)}
 
-            server = OpsServer(registry, health, port=settings.consumer.metrics_port).start()
+                return check
+
+            server = OpsServer(
+                registry,
+                polled_within(STALL_SECONDS),
+                port=settings.consumer.metrics_port,
+                live=polled_within(STUCK_SECONDS),
+            ).start()
             cleanup.callback(server.stop)
-            log.info("serving /metrics and /healthz on port %d", server.port)
+            log.info("serving /metrics, /readyz and /livez on port %d", server.port)
 
-        with stop_on_signals(loop.stop):
+        def stop() -> None:
+            loop.stop()
+            sink.interrupt()  # a sink call in its retry backoff gives up (backpressure) at once
+
+        with stop_on_signals(stop):
             loop.run(until_idle=until_idle)

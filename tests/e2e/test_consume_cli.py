@@ -91,7 +91,7 @@ def test_sigkill_and_restart_converge_without_regressions(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # the first window reads the whole backlog first
         while rows(engine) < keys // 2:
             assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
             assert time.monotonic() < deadline, "the first consumer applied nothing"
@@ -106,11 +106,13 @@ def test_sigkill_and_restart_converge_without_regressions(
     ), "killed too late: the first run had already finished"
 
     assert health["healthy"] is True
-    assert sample(metrics, 'cascade_consumer_records_total{site="east"}') >= keys // 2
+    # Killed in the middle of a window: applied in part, nothing of it committed (records are
+    # counted once their window is committed).
+    assert sample(metrics, "cascade_consumer_windows_total") >= 1
     assert sample(metrics, "cascade_consumer_rows_applied_total") >= keys // 2
     assert sample(metrics, 'cascade_consumer_batches_total{outcome="applied"}') >= 1
     assert sample(metrics, "cascade_consumer_batch_apply_seconds_count") >= 1
-    assert "cascade_consumer_lag_records{" in metrics
+    assert sample(metrics, 'cascade_consumer_site_pending_changes{site="east"}') > 0
 
     second = subprocess.run(
         [*CLI, "consume", *session, "--batch-size", "700", "--until-idle"],

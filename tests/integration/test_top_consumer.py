@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -335,3 +336,189 @@ def test_a_backlog_is_coalesced_and_written_at_the_rate(
     assert {k: v[1] for k, v in sink_state(db).items()} == {
         ("storm", "server", f"vm-{k}"): 19_500 + k + 1 for k in range(500)
     }
+
+
+def storm(
+    site: str, keys: int, rounds: int, seq: int, last: Callable[[int], str]
+) -> Iterator[Change]:
+    """`rounds` records per key from sequence `seq` on, flapping between SHUTOFF and ERROR, the
+    last round's status from `last(key)`; all observed within a second or two of the site's
+    time, as in a restart storm."""
+    for r in range(1, rounds + 1):
+        for obj in range(keys):
+            status = last(obj) if r == rounds else ("SHUTOFF", "ERROR")[r % 2]
+            at = T0 + timedelta(microseconds=50 * seq)
+            yield replace(record(site, obj, seq, status), observed_at=at)
+            seq += 1
+
+
+def test_a_storm_backlog_costs_one_write_per_changed_key(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], sql_url: str
+) -> None:
+    """Issue 10's must-show, scaled down (bench/collapse.py runs the full size, 200,000 records
+    at 1,000/s): a backlog of 10,000 records over 1,000 keys, 100 of them ending different from
+    what the sink holds: at most 110 rows written, the sink equal to the last record per key.
+    The window holds the storm for churn / rate = 4.5 s, time enough to read all of it."""
+    keys, rounds, changed = 1000, 10, 100
+    settings = settings_for(
+        kafka_bootstrap, unique_name, sql_url, max_rate=2000.0, max_window_wait_ms=15_000
+    )
+    topic = f"{settings.kafka.topic_prefix}.east"
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    held = open_sink(settings.sink)
+    held.apply([record("east", k, k + 1, "ACTIVE") for k in range(keys)])
+    held.close()
+
+    def ends(key: int) -> str:
+        return "ERROR" if key < changed else "ACTIVE"
+
+    backlog = storm("east", keys, rounds, keys + 1, ends)
+    assert publish(kafka_bootstrap, topic, backlog) == keys * rounds
+
+    sink = Recording(open_sink(settings.sink))
+    run_until_idle(build_consumer(settings, sink, CollectorRegistry()), timeout=120)
+
+    written = sum(w for _t, _n, _k, w in sink.calls)
+    assert written <= changed * 1.1, f"{written} rows for {changed} keys that changed"
+    assert {k[2]: v[0] for k, v in sink_state(sql_url).items()} == {
+        f"vm-{k}": ends(k) for k in range(keys)
+    }
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )
+
+
+def test_a_live_storm_ending_where_it_began_is_not_handed_to_the_sink(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The consumer remembers what it applied: a storm whose objects end as they were costs
+    the sink nothing, not even a call, except for the objects that really changed."""
+    keys, rounds, changed = 1000, 5, 100
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(
+        kafka_bootstrap, unique_name, db, max_rate=1000.0, max_window_wait_ms=6000
+    )
+    topic = f"{settings.kafka.topic_prefix}.west"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    sink = Recording(open_sink(settings.sink))
+    registry = CollectorRegistry()
+    loop = build_consumer(settings, sink, registry)
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        publish(kafka_bootstrap, topic, (record("west", k, k + 1, "ACTIVE") for k in range(keys)))
+        wait_for(lambda: len(sink_state(db)) == keys, 60)
+        calls_before = len(sink.calls)
+
+        def ends(key: int) -> str:
+            return "ERROR" if key < changed else "ACTIVE"
+
+        publish(kafka_bootstrap, topic, storm("west", keys, rounds, keys + 1, ends))
+        wait_for(
+            lambda: (
+                committed_offsets(kafka_bootstrap, settings.consumer.group, topic)
+                == end_offsets(kafka_bootstrap, topic)
+            ),
+            60,
+        )
+    finally:
+        loop.stop()
+        runner.join(30)
+    handed = sum(n for _t, n, _k, _w in sink.calls[calls_before:])
+    assert changed <= handed <= changed * 1.1, f"{handed} changes handed for {changed}"
+    skipped = registry.get_sample_value("cascade_consumer_skipped_unchanged_total")
+    assert skipped is not None and skipped >= keys - changed - changed // 10
+    assert {k[2]: v[0] for k, v in sink_state(db).items()} == {
+        f"vm-{k}": ends(k) for k in range(keys)
+    }
+
+
+def test_a_quiet_site_is_served_while_another_storms(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Issue 18, small: a storming site's backlog waits at the rate limit while a quiet site's
+    few changes reach the top layer within a second or two; the limit is never exceeded."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db, max_rate=500.0)
+    loud, quiet = (f"{settings.kafka.topic_prefix}.{s}" for s in ("loud", "quiet"))
+    create_topic(kafka_bootstrap, loud, partitions=2)
+    create_topic(kafka_bootstrap, quiet, partitions=1)
+    publish(kafka_bootstrap, loud, (record("loud", k, k + 1) for k in range(4000)))
+    loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+
+    def rows(site: str) -> int:
+        return sum(1 for k in sink_state(db) if k[0] == site)
+
+    try:
+        wait_for(lambda: rows("loud") >= 500, 60)
+        sent = time.monotonic()
+        publish(kafka_bootstrap, quiet, (record("quiet", k, k + 1) for k in range(20)))
+        wait_for(lambda: rows("quiet") == 20, 30)
+        delay = time.monotonic() - sent
+        loud_rows = rows("loud")
+    finally:
+        loop.stop()
+        runner.join(30)
+    assert delay < 3.0, f"the quiet site's changes took {delay:.1f} s"
+    assert loud_rows < 4000 - 500, "the storm's backlog was not waiting: nothing to be fair about"
+    assert loop.max_per_second <= 525
+
+
+def test_a_second_member_joining_mid_window_converges(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db, max_rate=2000.0)
+    topic = f"{settings.kafka.topic_prefix}.join"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    keys = 4000
+    publish(kafka_bootstrap, topic, (record("join", i % keys, i + 1) for i in range(2 * keys)))
+    sinks = [Recording(open_sink(settings.sink)) for _ in range(2)]
+    loops = [build_consumer(settings, s, CollectorRegistry()) for s in sinks]
+    runners = [threading.Thread(target=lp.run, kwargs={"until_idle": True}) for lp in loops]
+    runners[0].start()
+    try:
+        wait_for(lambda: len(sink_state(db)) >= 500, 60)
+        assert len(sink_state(db)) < keys, "the first member finished before the second came"
+        runners[1].start()
+        for r in runners:
+            r.join(120)
+    finally:
+        for lp in loops:
+            lp.stop()
+    assert not any(r.is_alive() for r in runners), "a member did not become idle"
+    assert loops[0].assign_events >= 1 and all(s.calls for s in sinks), "no rebalance happened"
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )
+    expected = {
+        ("join", "server", f"vm-{k}"): (f"S{keys + k + 1}", keys + k + 1, False)
+        for k in range(keys)
+    }
+    assert sink_state(db) == expected
+
+
+def test_pending_keys_stay_near_the_cap_and_the_member_stays(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Past --max-pending-keys the busiest site's partitions are paused, polling goes on (no
+    eviction), and a quiet site is read on."""
+    db = tmp_path / "top.sqlite"
+    cap, poll = 300, 100
+    settings = settings_for(
+        kafka_bootstrap, unique_name, db, max_rate=2000.0, max_pending_keys=cap, batch_size=poll
+    )
+    loud, quiet = (f"{settings.kafka.topic_prefix}.{s}" for s in ("loud", "quiet"))
+    create_topic(kafka_bootstrap, loud, partitions=2)
+    create_topic(kafka_bootstrap, quiet, partitions=1)
+    publish(kafka_bootstrap, loud, (record("loud", k, k + 1) for k in range(1500)))
+    publish(kafka_bootstrap, quiet, (record("quiet", k, k + 1) for k in range(50)))
+    loop = run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()))
+    # One poll may land after the cap was reached, before the pause.
+    assert cap <= loop.max_pending <= cap + 2 * poll
+    assert loop.assign_events == 1, "the member was evicted or rebalanced while paused"
+    state = sink_state(db)
+    assert sum(1 for k in state if k[0] == "loud") == 1500
+    assert sum(1 for k in state if k[0] == "quiet") == 50

@@ -1,8 +1,9 @@
 """Schema Registry framing, against a small local HTTP server speaking the two registry endpoints
 the codec uses (register a schema under a subject, fetch a schema by id).
 
-No real Confluent Schema Registry runs here; this pins the wire layout (magic byte, big-endian
-id), the caching, and the error mapping through the real confluent_kafka client.
+This pins the wire layout (magic byte, big-endian id), the caching, and the error mapping
+through the real confluent_kafka client, with failures a real registry will not stage on
+request; tests/integration/test_schema_registry.py runs the framing against a real registry.
 """
 
 from __future__ import annotations

@@ -58,3 +58,13 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[kafka\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad)
+
+
+def test_the_apply_budget_must_end_before_the_poll_interval() -> None:
+    load_settings(env={"CASCADE_SINK_APPLY_TIMEOUT": "260"})
+    with pytest.raises(ConfigError, match=r"sink\.apply_timeout") as info:
+        load_settings(env={"CASCADE_SINK_APPLY_TIMEOUT": "280"})
+    assert "max.poll.interval.ms" in str(info.value)
+    assert "CASCADE_SINK_APPLY_TIMEOUT" in str(info.value)
+    longer = {"kafka": {"librdkafka": {"max.poll.interval.ms": "900000"}}}
+    assert load_settings(env={"CASCADE_SINK_APPLY_TIMEOUT": "600"}, flags=longer)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from connector.errors import KafkaError
 from connector.ops.cleanup import cleanup_after
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
-from connector.top.consumer import BatchPolicy, TopConsumer
+from connector.top.consumer import TopConsumer, WindowPolicy
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
@@ -102,7 +102,7 @@ class DeadLetters:
     def __init__(self) -> None:
         self.flushed = False
 
-    def flush(self, _timeout: float) -> None:
+    def close(self) -> None:
         self.flushed = True
 
 
@@ -116,7 +116,7 @@ def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after
         sink=None,  # type: ignore[arg-type]
         dead_letters=dead_letters,  # type: ignore[arg-type]
         limiter=RateLimiter(None, None),
-        policy=BatchPolicy(10, 0.1, "dead"),
+        policy=WindowPolicy(call_size=10, wait=0.1, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(CollectorRegistry()),
     )
     with pytest.raises(KafkaError, match="the broker is gone"):

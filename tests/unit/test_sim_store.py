@@ -189,3 +189,24 @@ def test_handlers_in_process_paging_filters_and_errors() -> None:
         accepting, "/networking/v2.0/ports", auth2, changed_since=["2999-01-01T00:00:00Z"]
     )
     assert status == 200 and doc["ports"] == []
+
+
+def test_a_storm_with_changed_ends_that_fraction_elsewhere() -> None:
+    site = _site()
+    before = {(o["kind"], o["id"]): o for o in site.truth()}
+    plan = behaviour.storm_plan(site, [SERVER, PORT, VOLUME])
+    endings = behaviour.storm_endings(site, plan, 0.1)
+    flapping = len(plan[0])
+    assert len(endings) == round(0.1 * flapping)
+    behaviour.run_storm(site, plan, flaps=3, seconds=0.0, stop=threading.Event(), endings=endings)
+    assert site.counters.updates == 3 * sum(len(step) for step in plan), "no extra change"
+    after = {(o["kind"], o["id"]): o for o in site.truth()}
+    moved = {key for key, obj in before.items() if after[key]["status"] != obj["status"]}
+    assert len(moved) == len(endings)
+    allowed = {SERVER: {"ERROR", "SHUTOFF"}, VOLUME: {"error"}, PORT: {"DOWN"}}
+    for kind, object_id in moved:
+        assert after[(kind, object_id)]["status"] in allowed[kind]
+        if kind == VOLUME:
+            assert (
+                after[(kind, object_id)]["attachments"] == before[(kind, object_id)]["attachments"]
+            )

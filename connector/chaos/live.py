@@ -1,0 +1,331 @@
+"""Chaos with the whole data path live: a simulated site, its poller and the top consumer.
+
+- `broker_restarts`: a private broker stopped and started (or frozen and thawed) `rounds` times
+  while the site churns (creations, transitions, deletions) during each outage. Must hold: the
+  sink equals the site's truth after each round, within 15 s of the broker answering again; then
+  SIGTERM during an outage ends the poller and the consumer within 10 s each.
+- `site_faults`: for `duration` seconds the site answers a share of requests with 500, hangs
+  every request for `spike` seconds now and then, and revokes every token each `token_every`
+  seconds, while it churns. Must hold: no process exits, the heartbeat reports degraded, and
+  once the faults stop the sink equals the truth within one resync interval.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+from connector.chaos import Outcome
+from connector.chaos.harness import ChaosError, Children, SinkRows, wait_for
+from connector.config import KafkaSettings
+from connector.demo.observe import compare, metric_total, truth
+from connector.demo.processes import http_json, http_text
+from connector.kafka.reader import TopicReader
+from connector.kafka.topics import ensure_site_topic
+from connector.ops import free_port
+from connector.ops.local_kafka import LocalKafka
+from connector.sim import start_sim
+from connector.sim.server import RunningSim
+
+SITE = "chaos"
+KINDS = ("server", "volume", "port")
+#: Seconds within which the sink must converge once the broker answers again.
+RECOVERY_LIMIT = 15.0
+#: Seconds within which SIGTERM must end a process, whatever it is doing.
+SHUTDOWN_LIMIT = 10.0
+
+
+@dataclass(frozen=True)
+class SiteSize:
+    servers: int = 300
+    volumes: int = 300
+    ports: int = 600
+
+
+class Live:
+    """A running sim, poller and consumer; `converged()` compares the sink with the truth."""
+
+    def __init__(self, sim: RunningSim, children: Children, sink_url: str) -> None:
+        self.sim = sim
+        self.children = children
+        self.rows = SinkRows(sink_url)
+        self.poller_metrics = ""
+
+    def converged(self) -> bool:
+        return compare(truth({SITE: self.sim.url}, KINDS), self.rows.statuses()).equal
+
+    def difference(self) -> str:
+        return str(compare(truth({SITE: self.sim.url}, KINDS), self.rows.statuses()))
+
+    def check_alive(self) -> None:
+        for name in ("poller", "consumer"):
+            if not self.children.alive(name):
+                raise ChaosError(
+                    f"{name} exited with {self.children.exit_code(name)}: "
+                    + self.children.log_tail(name)
+                )
+
+    def control(self, path: str, body: object = None, method: str | None = None) -> object:
+        """Call the sim's control API (`/_sim/<path>`)."""
+        if method == "DELETE":
+            with urlopen(Request(f"{self.sim.url}/_sim/{path}", method="DELETE"), timeout=30):
+                return None
+        return http_json(f"{self.sim.url}/_sim/{path}", body)
+
+
+@contextmanager
+def live_site(
+    bootstrap: str,
+    workdir: Path,
+    size: SiteSize,
+    interval: float,
+    resync_interval: float,
+    sink_url: str | None = None,
+) -> Iterator[Live]:
+    """Start a sim, its poller and the consumer (into `sink_url`, default a SQLite file); stop
+    them all on the way out."""
+    run = uuid.uuid4().hex[:8]
+    sink_url = sink_url or f"sqlite:///{workdir / f'top-{run}.sqlite'}"
+    clouds = workdir / f"clouds-{run}.yaml"
+    with start_sim(
+        SITE, servers=size.servers, volumes=size.volumes, ports=size.ports, seed=5
+    ) as sim:
+        sim.write_clouds_yaml(clouds)
+        children = Children(
+            workdir,
+            {
+                "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
+                "CASCADE_KAFKA_TOPIC_PREFIX": f"chaos.{run}.status",
+                "CASCADE_CONSUMER_GROUP": f"chaos-{run}",
+                "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": f"chaos.{run}.deadletter",
+                "CASCADE_SINK_URL": sink_url,
+                "OS_CLIENT_CONFIG_FILE": str(clouds),
+            },
+        )
+        live = Live(sim, children, sink_url)
+        # The topic is made (and its leaders waited for) before the poller starts, as a
+        # deployment would with `topics ensure`: a poller reading a topic created a moment ago
+        # could exit (issue 13, the site side's), and this suite is about what comes after.
+        kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=f"chaos.{run}.status")
+        ensure_site_topic(kafka, SITE)
+        TopicReader(kafka, f"chaos.{run}.status.{SITE}", from_beginning=True).close()
+        try:
+            metrics_port = free_port()
+            live.poller_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+            children.start(
+                "poller",
+                "produce",
+                "--site",
+                SITE,
+                "--interval",
+                str(interval),
+                "--resync-interval",
+                str(resync_interval),
+                "--kinds",
+                ",".join(KINDS),
+                "--metrics-port",
+                str(metrics_port),
+            )
+            children.start("consumer", "consume", "--batch-wait", "100")
+            if wait_for(live.converged, 180, live.check_alive) is None:
+                raise ChaosError(f"the first sync did not converge: {live.difference()}")
+            yield live
+        finally:
+            children.stop_all()
+            live.rows.close()
+
+
+def broker_restarts(
+    workdir: Path,
+    *,
+    rounds: int = 5,
+    outage: float = 5.0,
+    churn: int = 200,
+    size: SiteSize = SiteSize(),
+    interval: float = 2.0,
+    resync_interval: float = 600.0,
+    freeze: bool = False,
+    stop: tuple[str, ...] = ("consumer", "poller"),
+    echo: Callable[[str], None] = print,
+) -> Outcome:
+    """Run the scenario; see the module docstring. It starts its own broker (on free ports).
+
+    With `freeze` the broker is not stopped but frozen (SIGSTOP, then SIGCONT): clients see it
+    hang rather than refuse, and no JVM has to start again (seconds instead of tens of them on
+    a loaded machine). `stop` names the processes whose SIGTERM is timed at the end.
+    """
+    outcome = Outcome("broker frozen and thawed" if freeze else "broker stopped and started")
+    broker = LocalKafka(port=_free_pair(), state_dir=workdir / "kafka")
+    try:
+        started = time.monotonic()
+        bootstrap = broker.start(echo=False, timeout=180)
+        echo(f"  private broker at {bootstrap} after {time.monotonic() - started:.1f} s")
+        with live_site(bootstrap, workdir, size, interval, resync_interval) as live:
+            echo(f"  first sync done {time.monotonic() - started:.1f} s after the start")
+            for n in range(1, rounds + 1):
+                _outage_begins(broker, freeze)
+                down = time.monotonic()
+                made = live.control("churn", {"changes": churn})
+                time.sleep(max(0.0, outage - (time.monotonic() - down)))
+                _outage_ends(broker, freeze)
+                answering = time.monotonic()
+                recovery = wait_for(live.converged, 120, live.check_alive)
+                row: dict[str, float | int | str] = {
+                    "outage s": answering - down,
+                    "recovery s": -1.0 if recovery is None else recovery,
+                }
+                if isinstance(made, dict):
+                    row |= {k: int(v) for k, v in made.items()}
+                outcome.rounds.append(row)
+                echo(f"  round {n}/{rounds}: {row}")
+                if recovery is None:
+                    outcome.problems.append(f"round {n}: no convergence: {live.difference()}")
+                elif recovery > RECOVERY_LIMIT:
+                    outcome.problems.append(
+                        f"round {n}: converged {recovery:.1f} s after the broker answered "
+                        f"(limit {RECOVERY_LIMIT:g} s)"
+                    )
+            # The last state: the broker is down, and each process is told to stop.
+            _outage_begins(broker, freeze)
+            for name in stop:
+                took = live.children.terminate(name, 30)
+                outcome.figures[f"{name} exit after SIGTERM, broker down (s)"] = (
+                    -1.0 if took is None else took
+                )
+                if took is None or took > SHUTDOWN_LIMIT:
+                    outcome.problems.append(
+                        f"{name} took {'over 30' if took is None else f'{took:.1f}'} s to exit "
+                        f"on SIGTERM with the broker down (limit {SHUTDOWN_LIMIT:g} s)"
+                    )
+    finally:
+        # A throwaway broker (its state is in `workdir`): killed, not shut down cleanly, which
+        # takes tens of seconds on a loaded machine and proves nothing here.
+        pid = broker.status().pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        broker.stop()
+    recoveries = [float(r["recovery s"]) for r in outcome.rounds if float(r["recovery s"]) >= 0]
+    outcome.figures.update(
+        {
+            "rounds": rounds,
+            "objects": size.servers + size.volumes + size.ports,
+            "changes per outage": churn,
+            "poll interval (s)": interval,
+            "resync interval (s)": resync_interval,
+            "worst recovery (s)": max(recoveries, default=-1.0),
+        }
+    )
+    return outcome
+
+
+def site_faults(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    duration: float = 300.0,
+    error_ratio: float = 0.3,
+    spike: float = 10.0,
+    spike_every: float = 30.0,
+    token_every: float = 60.0,
+    churn_rate: float = 5.0,
+    size: SiteSize = SiteSize(),
+    interval: float = 2.0,
+    resync_interval: float = 60.0,
+    echo: Callable[[str], None] = print,
+) -> Outcome:
+    """Run the scenario; see the module docstring."""
+    outcome = Outcome("site faults")
+    with live_site(bootstrap, workdir, size, interval, resync_interval) as live:
+        live.control("faults", {"status": 500, "ratio": error_ratio, "seconds": duration})
+        live.control("churn", {"rate": churn_rate, "seconds": duration})
+        started = time.monotonic()
+        next_spike, next_revoke = started + spike_every, started + token_every
+        beats: dict[str, int] = {}
+        spikes = revocations = 0
+        while (now := time.monotonic()) < started + duration:
+            live.check_alive()
+            if now >= next_spike:
+                # Every request arriving in the next second hangs `spike` seconds.
+                live.control("faults", {"delay": spike, "seconds": 1.0})
+                spikes += 1
+                next_spike += spike_every
+            if now >= next_revoke:
+                live.control("tokens", method="DELETE")
+                revocations += 1
+                next_revoke += token_every
+            beat = live.rows.heartbeat(SITE) or "none"
+            beats[beat] = beats.get(beat, 0) + 1
+            time.sleep(1.0)
+        live.control("faults", method="DELETE")
+        echo(f"  faults over after {time.monotonic() - started:.0f} s; heartbeats seen {beats}")
+        errors = metric_total(http_text(live.poller_metrics), "cascade_site_api_errors_total")
+        limit = resync_interval + 2 * interval + spike
+        converged = wait_for(live.converged, limit + 60, live.check_alive)
+        live.check_alive()
+        if not beats.get("degraded"):
+            outcome.problems.append(f"the heartbeat never said degraded: {beats}")
+        if converged is None or converged > limit:
+            outcome.problems.append(
+                f"not converged within one resync ({limit:g} s) after the faults: "
+                + ("never" if converged is None else f"{converged:.1f} s")
+            )
+        outcome.figures.update(
+            {
+                "seconds of faults": duration,
+                "share of requests answered 500": error_ratio,
+                f"latency spikes of {spike:g} s": spikes,
+                "token revocations": revocations,
+                "poller API errors counted": int(errors),
+                "heartbeat samples degraded": beats.get("degraded", 0),
+                "heartbeat samples ok": beats.get("ok", 0),
+                "seconds to converge after": -1.0 if converged is None else converged,
+                "resync interval (s)": resync_interval,
+            }
+        )
+    return outcome
+
+
+def _outage_begins(broker: LocalKafka, freeze: bool) -> None:
+    if not freeze:
+        broker.stop()
+        return
+    pid = broker.status().pid
+    if pid is None:
+        raise ChaosError("the chaos broker is not running")
+    os.kill(pid, signal.SIGSTOP)
+
+
+def _outage_ends(broker: LocalKafka, freeze: bool) -> None:
+    if not freeze:
+        broker.start(echo=False, timeout=180)
+        return
+    pid = broker.status().pid
+    if pid is None:
+        raise ChaosError("the chaos broker is not running")
+    os.kill(pid, signal.SIGCONT)
+
+
+def _free_pair() -> int:
+    """A port whose next one is free too (the local broker's controller takes port+1)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65534 and _bindable(port + 1):
+            return port
+    raise ChaosError("no two adjacent free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

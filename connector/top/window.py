@@ -1,0 +1,234 @@
+"""A site's coalescing window: the last change per key, and what the top layer already holds.
+
+Every site topic has one `SiteQueue`: a window filling with what is read (one entry per key; the
+highest site sequence wins, tombstones included) and the window closed before it, being applied
+(double buffering). A closed window's offsets are committed once all of it is applied. The
+`Applied` index remembers, per partition and key, a fingerprint of the content last applied, so a
+change that would write what the top layer already holds is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from connector.records.model import HEARTBEAT_KIND, Change, Deletion, DetailValue, StatusRecord
+from connector.top.dead_letters import DeadLetter
+
+#: A partition: (topic, partition number).
+Partition = tuple[str, int]
+
+
+def fingerprint(change: Change) -> int:
+    """What the top layer shows of `change`: status, name, project, details and whether it is
+    deleted; not the sequence or the times, which change on every poll."""
+    if isinstance(change, Deletion):
+        return hash((change.kind, True))
+    return hash((change.status, change.name, change.project_id, _frozen(change.details), False))
+
+
+def _frozen(details: Mapping[str, DetailValue]) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in details.items()))
+
+
+def _is_heartbeat(change: Change) -> bool:
+    return isinstance(change, StatusRecord) and change.kind == HEARTBEAT_KIND
+
+
+@dataclass(slots=True)
+class Pending:
+    """One key's latest change in a window, the record it came from, and since when it waits."""
+
+    change: Change
+    partition: Partition
+    offset: int
+    value: bytes | None  #: the record's bytes, for a dead letter if the sink refuses it
+    fingerprint: int
+    since: float  #: monotonic time its first record in this window was read
+
+
+class Applied:
+    """Per partition and key, the fingerprint of the change last applied. A partition revoked or
+    lost is forgotten, so its next owner (or this member, assigned it again) writes its first
+    change for every key."""
+
+    def __init__(self) -> None:
+        self._by_partition: dict[Partition, dict[str, int]] = {}
+
+    def get(self, partition: Partition, key: str) -> int | None:
+        known = self._by_partition.get(partition)
+        return None if known is None else known.get(key)
+
+    def remember(self, entries: Iterable[Pending]) -> None:
+        for entry in entries:
+            self._by_partition.setdefault(entry.partition, {})[entry.change.key] = entry.fingerprint
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        for tp in partitions:
+            self._by_partition.pop(tp, None)
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_partition.values())
+
+
+@dataclass
+class Window:
+    """Records read from one site since the window opened, coalesced by key."""
+
+    entries: dict[str, Pending] = field(default_factory=dict)
+    #: the last offset read per partition: what is committed (+1) once the window is applied
+    last: dict[Partition, int] = field(default_factory=dict)
+    #: records read per partition
+    records: dict[Partition, int] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    opened: float | None = None  #: monotonic time of its first record
+    #: records that changed what their key shows (against the window's entry, or what was
+    #: applied): writes that pushing every change would have made and a wider window saves
+    churn: int = 0
+    merged: int = 0  #: records superseded by a later record of the same key in this window
+    #: the earliest and latest time a site observed one of its status records
+    observed: tuple[float, float] | None = None
+
+    def read(self, partition: Partition, offset: int, now: float) -> None:
+        """Account for one record read; then `put` its change or `dead` its letter."""
+        self.last[partition] = offset
+        self.records[partition] = self.records.get(partition, 0) + 1
+        if self.opened is None:
+            self.opened = now
+
+    def put(self, entry: Pending, applied: int | None) -> None:
+        """Keep `entry` as its key's latest unless the entry held carries a higher sequence (a
+        key's records are ordered within one partition only; after a repartition a key can come
+        from two). `applied` is the fingerprint the top layer holds for the key, if known."""
+        key = entry.change.key
+        if isinstance(entry.change, StatusRecord):
+            at = entry.change.observed_at.timestamp()
+            first, last = self.observed or (at, at)
+            self.observed = (min(first, at), max(last, at))
+        old = self.entries.get(key)
+        if old is None:
+            # A key the top layer holds nothing known of (new, or first seen since this member
+            # was assigned it) is no churn: waiting would not save its write.
+            if applied is not None and entry.fingerprint != applied:
+                self.churn += 1
+            self.entries[key] = entry
+            return
+        self.merged += 1
+        if _newer(old.change, entry.change):
+            return
+        if entry.fingerprint != old.fingerprint:
+            self.churn += 1
+        entry.since = old.since
+        self.entries[key] = entry
+
+    def dead(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
+
+    @property
+    def span(self) -> float:
+        """Seconds of the site's own time its records cover (from their observed times)."""
+        return 0.0 if self.observed is None else self.observed[1] - self.observed[0]
+
+    @property
+    def record_count(self) -> int:
+        return sum(self.records.values())
+
+    def drop(self, partitions: set[Partition]) -> None:
+        """Forget what was read from `partitions` (revoked or lost)."""
+        self.entries = {k: e for k, e in self.entries.items() if e.partition not in partitions}
+        self.dead_letters = [d for d in self.dead_letters if d.partition_key not in partitions]
+        for tp in partitions:
+            self.last.pop(tp, None)
+            self.records.pop(tp, None)
+        if not self.records:
+            self.opened = None
+
+
+@dataclass
+class Closed:
+    """A closed window being applied: its changes in the order they go out, and a cursor."""
+
+    window: Window
+    changes: list[Pending]
+    skipped: int  #: changes left out because the top layer already holds their content
+    done: int = 0  #: changes applied so far
+
+    @property
+    def remaining(self) -> int:
+        return len(self.changes) - self.done
+
+    def take(self, n: int) -> list[Pending]:
+        """The next `n` changes at most; `advance` once they are applied."""
+        return self.changes[self.done : self.done + n]
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def oldest(self) -> float | None:
+        return min((e.since for e in self.changes[self.done :]), default=None)
+
+    def drop(self, partitions: set[Partition]) -> None:
+        self.window.drop(partitions)
+        left = [e for e in self.changes[self.done :] if e.partition not in partitions]
+        self.changes, self.done = left, 0
+
+
+class SiteQueue:
+    """One site's double buffer: a window filling while the one closed before it is applied."""
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self.filling = Window()
+        self.closed: Closed | None = None
+        self.held = False  #: its partitions are paused because pending keys reached the cap
+
+    @property
+    def pending(self) -> int:
+        """Keys waiting: in the filling window and not yet applied from the closed one."""
+        return len(self.filling.entries) + (self.closed.remaining if self.closed else 0)
+
+    @property
+    def busy(self) -> bool:
+        """Something read is not yet committed: a window filling, or one being applied."""
+        return self.filling.opened is not None or self.closed is not None
+
+    def oldest(self) -> float | None:
+        """Monotonic time the oldest pending change was read, or None."""
+        first = next(iter(self.filling.entries.values()), None)
+        times = [] if first is None else [first.since]
+        if self.closed is not None:
+            oldest = self.closed.oldest()
+            if oldest is not None:
+                times.append(oldest)
+        return min(times, default=None)
+
+    def close(self, applied: Applied, priority: Mapping[str, int]) -> Closed:
+        """Close the filling window: what it holds that the top layer does not is applied
+        next, heartbeats first, then kinds in `priority` order, else in the order read."""
+        window, self.filling = self.filling, Window()
+        changes = [
+            e
+            for e in window.entries.values()
+            if _is_heartbeat(e.change) or e.fingerprint != applied.get(e.partition, e.change.key)
+        ]
+        skipped = len(window.entries) - len(changes)
+        last = len(priority)
+        changes.sort(
+            key=lambda e: -1 if _is_heartbeat(e.change) else priority.get(e.change.kind, last)
+        )
+        self.closed = Closed(window, changes, skipped)
+        return self.closed
+
+    def drop(self, partitions: set[Partition]) -> None:
+        self.filling.drop(partitions)
+        if self.closed is not None:
+            self.closed.drop(partitions)
+
+
+def _newer(a: Change, b: Change) -> bool:
+    """True when `a` carries a higher site sequence than `b` (unknown sequences never win)."""
+    return a.sequence is not None and b.sequence is not None and a.sequence > b.sequence
+
+
+def changes_of(entries: Sequence[Pending]) -> list[Change]:
+    return [e.change for e in entries]

@@ -1,0 +1,135 @@
+"""A site's window: last change per key (highest sequence wins, tombstones too), churn, what the
+top layer already holds is skipped, kind priority, revoked partitions dropped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from connector.records.model import Change, Deletion, StatusRecord
+from connector.top.dead_letters import DeadLetter
+from connector.top.window import Applied, Pending, SiteQueue, fingerprint
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+P0, P1 = ("t", 0), ("t", 1)
+
+
+def rec(obj: str, status: str, seq: int, kind: str = "server", **kw: object) -> StatusRecord:
+    return StatusRecord(
+        site="a",
+        kind=kind,
+        id=obj,
+        status=status,
+        sequence=seq,
+        observed_at=NOW + timedelta(seconds=seq),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def put(q: SiteQueue, applied: Applied, change: Change, tp: tuple[str, int], offset: int) -> None:
+    q.filling.read(tp, offset, now=float(offset))
+    entry = Pending(change, tp, offset, b"raw", fingerprint(change), since=float(offset))
+    q.filling.put(entry, applied.get(tp, change.key))
+
+
+def test_fingerprint_is_the_content_not_the_sequence_or_times() -> None:
+    a = rec("1", "ACTIVE", 1, details={"vm_state": "active", "volumes": ["v1"]})
+    assert fingerprint(a) == fingerprint(
+        rec("1", "ACTIVE", 9, details={"volumes": ["v1"], "vm_state": "active"})
+    )
+    assert fingerprint(a) != fingerprint(rec("1", "SHUTOFF", 1, details=dict(a.details)))
+    assert fingerprint(a) != fingerprint(rec("1", "ACTIVE", 1, details={"vm_state": "stopped"}))
+    assert fingerprint(a) != fingerprint(rec("1", "ACTIVE", 1, name="web", details=dict(a.details)))
+    assert fingerprint(Deletion("a", "server", "1", 3)) == fingerprint(
+        Deletion("a", "server", "1", 4)
+    )
+    assert fingerprint(Deletion("a", "server", "1", 3)) != fingerprint(a)
+
+
+def test_last_change_per_key_wins_and_a_higher_sequence_is_never_replaced() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "BUILD", 1), P0, 10)
+    put(q, applied, rec("2", "ACTIVE", 2), P0, 11)
+    put(q, applied, rec("1", "ACTIVE", 3), P0, 12)
+    put(q, applied, Deletion("a", "server", "2", 4), P0, 13)
+    # After a repartition a key can come from two partitions: the higher sequence wins.
+    put(q, applied, rec("1", "ERROR", 2), P1, 5)
+    window = q.filling
+    assert {k: getattr(e.change, "status", "deleted") for k, e in window.entries.items()} == {
+        "a/server/1": "ACTIVE",
+        "a/server/2": "deleted",
+    }
+    assert window.merged == 3
+    assert window.last == {P0: 13, P1: 5}
+    assert window.entries["a/server/1"].since == 10.0, "waits since its first record"
+    assert window.span == 2.0  # observed times of sequences 1 to 3 (a tombstone has none)
+
+
+def test_churn_counts_what_pushing_every_change_would_write() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "ACTIVE", 1), P0, 0)  # nothing known of it yet: no churn
+    put(q, applied, rec("1", "SHUTOFF", 2), P0, 1)  # changed: churn
+    put(q, applied, rec("1", "SHUTOFF", 3), P0, 2)  # same content again: none
+    closed = q.close(applied, {})
+    applied.remember(closed.take(closed.remaining))
+    assert q.filling.churn == 0 and closed.window.churn == 1
+    put(q, applied, rec("1", "ACTIVE", 4), P0, 3)  # differs from what was applied: churn
+    put(q, applied, rec("2", "ACTIVE", 5), P0, 4)  # new key: none
+    assert q.filling.churn == 1
+
+
+def test_closing_skips_what_the_top_layer_holds_but_never_a_heartbeat() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    beat = rec("a", "ok", 1, kind="site")
+    for i, change in enumerate([rec("1", "ACTIVE", 2), rec("2", "ACTIVE", 3), beat]):
+        put(q, applied, change, P0, i)
+    first = q.close(applied, {})
+    applied.remember(first.take(first.remaining))
+    first.advance(first.remaining)
+    q.closed = None
+    # A storm that ends where it began, one real change, and the same heartbeat again.
+    for i, change in enumerate(
+        [
+            rec("1", "SHUTOFF", 4),
+            rec("1", "ACTIVE", 5),
+            rec("2", "ERROR", 6),
+            rec("a", "ok", 7, kind="site"),
+        ]
+    ):
+        put(q, applied, change, P0, 10 + i)
+    second = q.close(applied, {})
+    assert [e.change.key for e in second.changes] == ["a/site/a", "a/server/2"]
+    assert second.skipped == 1
+
+
+def test_kinds_go_out_in_priority_order_heartbeats_first() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    changes = [
+        rec("p1", "ACTIVE", 1, kind="port"),
+        rec("v1", "in-use", 2, kind="volume"),
+        rec("s1", "ACTIVE", 3),
+        rec("a", "ok", 4, kind="site"),
+        rec("p2", "ACTIVE", 5, kind="port"),
+    ]
+    for i, change in enumerate(changes):
+        put(q, applied, change, P0, i)
+    closed = q.close(applied, {"server": 0, "port": 1})
+    assert [e.change.id for e in closed.changes] == ["a", "s1", "p1", "p2", "v1"]
+
+
+def test_a_revoked_partition_is_dropped_from_both_windows_and_forgotten() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "ACTIVE", 1), P0, 0)
+    put(q, applied, rec("2", "ACTIVE", 2), P1, 0)
+    closed = q.close(applied, {})
+    applied.remember(closed.take(1))
+    closed.advance(1)
+    put(q, applied, rec("3", "ACTIVE", 3), P1, 1)
+    q.filling.read(P1, 2, now=2.0)
+    q.filling.dead(DeadLetter("t", 1, 2, b"k", b"junk", "decode", "bad"))
+    assert q.pending == 2
+    q.drop({P1})
+    applied.forget({P1})
+    assert q.pending == 0 and not q.filling.entries and not q.filling.dead_letters
+    assert q.filling.opened is None
+    assert closed.window.last == {P0: 0}
+    assert applied.get(P0, "a/server/1") is not None and len(applied) == 1
