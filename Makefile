@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres deploy-tools schema-registry clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,notifications]'
 	touch $@
 
 kafka-up: $(BIN)/.installed
@@ -34,6 +34,10 @@ unit: $(BIN)/.installed
 postgres:
 	bash scripts/ensure-postgres.sh
 
+# The notification tests start throwaway nodes from Debian's rabbitmq-server.
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
 # The validators of deploy/ (promtool, systemd-analyze, compose-go, kustomize, a CRD schema).
 deploy-tools:
 	bash scripts/ensure-deploy-tools.sh >/dev/null
@@ -42,7 +46,7 @@ deploy-tools:
 schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
-test: lint typecheck kafka-up postgres deploy-tools schema-registry
+test: lint typecheck kafka-up postgres rabbitmq deploy-tools schema-registry
 	$(BIN)/pytest -q -ra
 
 demo: kafka-up

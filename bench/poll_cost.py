@@ -7,13 +7,18 @@ incremental cycle, 1% churn, a measured incremental cycle, and a measured resync
 bytes come from the sim's own counters (`/_sim/stats`), so they are what the site really served;
 the poller's CPU time (all its threads) says how much of a cycle is the poller's own work.
 
-Usage: `python bench/poll_cost.py [--servers N --volumes N --ports N]
+It also measures what finding deletions costs where the incremental filter cannot show them:
+an incremental cycle with nothing changed (Cinder's volume summary count is asked on every one),
+and each kind's id sweep and count on their own.
+
+Usage: `python bench/poll_cost.py [--quick] [--servers N --volumes N --ports N]
 [--neutron-changed-since accept|reject] [--bootstrap HOST:PORT]`
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -103,7 +108,10 @@ def _main() -> None:
     parser.add_argument("--churn", type=float, default=0.01, help="fraction of objects changed")
     parser.add_argument("--neutron-changed-since", choices=["accept", "reject"], default="reject")
     parser.add_argument("--bootstrap", default=os.environ.get("CASCADE_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--quick", action="store_true", help="a tenth of the default site")
     args = parser.parse_args()
+    if args.quick:
+        args.servers, args.volumes, args.ports = 4_000, 3_000, 3_000
 
     site = f"bench-{uuid.uuid4().hex[:8]}"
     port = _free_port()
@@ -153,6 +161,15 @@ def _main() -> None:
         _measured(url, "first resync (publishes all)", lambda: poller.cycle(resync=True))
         poller.flush()
         poller.cycle(resync=False)
+        idle = _measured(url, "incremental, nothing changed", lambda: poller.cycle(resync=False))
+        for kind_poller in poller.pollers:
+            kind, proxy = kind_poller.kind, kind_poller.proxy
+            if kind.sweep is None:
+                continue
+            sweep = functools.partial(kind.listed_ids, proxy)
+            _measured(url, f"id sweep of {kind.name}s", lambda sweep=sweep: len(sweep()))
+            if kind.sweep.count is not None:
+                _measured(url, f"count of {kind.name}s", functools.partial(kind.total, proxy))
         changes = int(objects * args.churn)
         made = _control(url, "/_sim/churn", {"changes": changes})
         print(f"churn: {changes} changes at the site: {made}")
@@ -172,6 +189,10 @@ def _main() -> None:
             f"time {inc['seconds']:.2f} s / {full['seconds']:.2f} s"
         )
         print(f"incremental endpoints: {inc['endpoints']}")
+        print(
+            f"nothing changed / full: requests {idle['requests']}/{full['requests']}, bytes "
+            f"{idle['bytes'] / 1e3:.1f} kB; endpoints {idle['endpoints']}"
+        )
     finally:
         sim.terminate()
         sim.wait(30)

@@ -216,8 +216,9 @@ def topics_ensure(
     replication_factor: int | None,
     min_insync_replicas: int | None,
 ) -> None:
-    """Create the site topic, or check its config: exit 1 naming every setting that differs."""
-    from connector.kafka.topics import ensure_site_topic
+    """Create the site topic, or check its config: exit 1 naming every setting that differs.
+    Also creates the site's lease topic (<prefix>-lease.<site>), which its pollers elect through."""
+    from connector.kafka.topics import ensure_lease_topic, ensure_site_topic
 
     flags = _topic_flags(
         bootstrap,
@@ -227,7 +228,10 @@ def topics_ensure(
         replication_factor=replication_factor,
         min_insync_replicas=min_insync_replicas,
     )
-    for line in ensure_site_topic(obj.settings(flags).kafka, site, fix=fix).lines():
+    kafka = obj.settings(flags).kafka
+    for line in ensure_site_topic(kafka, site, fix=fix).lines():
+        click.echo(line)
+    for line in ensure_lease_topic(kafka, site).lines():
         click.echo(line)
 
 
@@ -606,6 +610,24 @@ def consume(
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
+@click.option(
+    "--instance-id",
+    default=None,
+    help="This poller's name among the site's pollers [default <host>:<pid>].",
+)
+@click.option(
+    "--lease-timeout",
+    type=float,
+    default=None,
+    help="Seconds before a silent active poller's lease passes to a standby [default 10].",
+)
+@click.option(
+    "--notifications",
+    "notifications_url",
+    metavar="URL",
+    default=None,
+    help="Listen to the site's message bus (rabbit://...) and poll a kind early when notified.",
+)
 @click.pass_obj
 def produce(
     obj: _Context,
@@ -618,8 +640,14 @@ def produce(
     kinds: str | None,
     metrics_port: int | None,
     once: bool,
+    instance_id: str | None,
+    lease_timeout: float | None,
+    notifications_url: str | None,
 ) -> None:
-    """Poll one site's APIs and publish its status changes to the site topic."""
+    """Poll one site's APIs and publish its status changes to the site topic.
+
+    Several processes may run for one site: the one holding the site's lease publishes, the
+    others stand by and take over when it stops or goes silent."""
     from connector.site.runner import run_site
 
     site_flags = {
@@ -629,8 +657,16 @@ def produce(
         "resync_interval": resync_interval,
         "kinds": kinds,
         "metrics_port": metrics_port,
+        "instance_id": instance_id,
+        "lease_timeout": lease_timeout,
     }
-    settings = obj.settings({"kafka": kafka_flags(bootstrap, librdkafka), "site": site_flags})
+    settings = obj.settings(
+        {
+            "kafka": kafka_flags(bootstrap, librdkafka),
+            "site": site_flags,
+            "notifications": {"url": notifications_url},
+        }
+    )
     run_site(settings, once=once)
 
 
@@ -651,6 +687,26 @@ def produce(
     default="reject",
     show_default=True,
     help="Honour Neutron's changed_since, or reject it with 400 (filter validation).",
+)
+@click.option(
+    "--notify",
+    metavar="URL",
+    help="Send the services' notifications to this RabbitMQ (rabbit://USER:PASS@HOST:PORT/).",
+)
+@click.option(
+    "--notify-loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of notifications dropped at random.",
+)
+@click.option(
+    "--clock-skew",
+    default=0.0,
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="Run the site's clock this far ahead of this machine's (negative: behind).",
 )
 @click.option(
     "--write-clouds-yaml",

@@ -97,6 +97,19 @@ class SiteSettings(_Section):
     backoff_max: float = Field(default=60.0, gt=0)
     #: Seconds an API request may take before it counts as failed.
     api_timeout: float = Field(default=30.0, gt=0)
+    #: This poller's name among the site's pollers: the `cascade.instance` header of every record
+    #: it publishes, the heartbeat's `instance` detail, its lease client id; default `<host>:<pid>`.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+    #: Seconds after which the broker gives an unresponsive active poller's lease to a standby
+    #: (the lease group's session timeout; brokers refuse less than `group.min.session.timeout.ms`,
+    #: 6 s by default).
+    lease_timeout: float = Field(default=10.0, ge=1, le=300)
+    #: Where a service lists no deleted objects and has no cheap count (Neutron accepting
+    #: `changed_since`): a listing of ids every this many incremental polls finds deletions.
+    deletion_sweep_every: int = Field(default=2, ge=1, le=1000)
+    #: Share of a kind's known objects that may vanish from one listing; above it the
+    #: tombstones wait until the next listing agrees (a Nova cell down hides its servers).
+    vanish_guard: float = Field(default=0.2, gt=0, le=1.0)
 
     @field_validator("kinds", mode="before")
     @classmethod
@@ -111,6 +124,24 @@ class SiteSettings(_Section):
         from connector.site.kinds import resolve_kind_names
 
         return resolve_kind_names(value)
+
+
+class NotificationSettings(_Section):
+    """The site's message bus, listened to as a hint to poll a kind early (docs/site.md)."""
+
+    #: oslo.messaging transport URL of the site's bus (`rabbit://USER:PASS@HOST:PORT/`); unset:
+    #: polling alone. Needs the `notifications` extra.
+    url: str | None = Field(default=None, pattern=r"^[a-z0-9+]+://")
+    #: Seconds from a kind's first notification to the poll it triggers; notifications until
+    #: then ride on that poll.
+    debounce: float = Field(default=0.2, ge=0, le=60)
+    #: oslo.messaging listener pool (its own queue): default `cascade-connector-<site>`. Pollers
+    #: of one site share a pool; other consumers (Ceilometer) keep their own messages.
+    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    #: Changes per second (objects a triggered poll listed, over the seconds its listing
+    #: covered) above which a kind is storming: its triggers pause for one interval, so a storm
+    #: costs about what polling alone costs.
+    storm_rate: float = Field(default=2000.0, gt=0)
 
 
 class ConsumerSettings(_Section):
@@ -165,6 +196,7 @@ class Settings(_Section):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     site: SiteSettings = Field(default_factory=SiteSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
 

@@ -29,3 +29,8 @@ class KafkaError(ConnectorError):
     """Kafka refused or failed an operation (admin, produce, commit)."""
 
     exit_code = 4
+
+
+class KafkaAccessError(KafkaError):
+    """Kafka refused these credentials: authentication, TLS trust or authorization. Retrying
+    cannot mend it, so a process that retries transient Kafka trouble ends on this one."""

@@ -1,8 +1,9 @@
 """The `tail` command: a site topic as JSON lines, one per Kafka record, decoded through the codec.
 
-A line has key, partition, offset and value (null for a tombstone, whose sequence header is shown
-as `sequence`). A record that cannot be decoded becomes a line with `error` instead of `value`,
-and the tail goes on: a bad record is what an operator most wants to see.
+A line has key, partition, offset, the publishing poller's `instance` (from its header, when
+there is one) and value (null for a tombstone, whose sequence header is shown as `sequence`).
+A record that cannot be decoded becomes a line with `error` instead of `value`, and the tail
+goes on: a bad record is what an operator most wants to see.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import site_topic
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
-from connector.records.messages import change_from_message
+from connector.records.messages import change_from_message, instance_of
 from connector.records.model import Deletion
 
 
@@ -59,6 +60,9 @@ def message_line(message: Message, codec: Codec) -> str:
         "partition": message.partition(),
         "offset": message.offset(),
     }
+    instance = instance_of(message)
+    if instance is not None:
+        line["instance"] = instance
     try:
         change = change_from_message(message, codec)
     except DecodeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.error import URLError
+from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
+
+import yaml
 
 from connector.errors import ConnectorError
 
@@ -122,6 +126,26 @@ def wait_until(
         if time.monotonic() > deadline:
             raise DemoError(f"{what} not ready within {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def logged_port(log_file: Path) -> int | None:
+    """The port a child serves /metrics on, from its log line (it asked the kernel for one)."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return None
+    found = _SERVING.search(text)
+    return int(found.group(1)) if found else None
+
+
+_SERVING = re.compile(r"serving /metrics[^\n]* on port (\d+)")
+
+
+def sim_url(clouds_yaml: Path, site: str) -> str:
+    """The base URL of a simulated site, from the clouds.yaml entry it wrote."""
+    doc = yaml.safe_load(clouds_yaml.read_text())
+    parts = urlsplit(doc["clouds"][site]["auth"]["auth_url"])
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -34,11 +34,12 @@ from connector.demo.processes import (
     child_env,
     http_json,
     http_text,
+    logged_port,
+    sim_url,
     wait_until,
 )
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
-from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
 from connector.ops.signals import interrupt, stop_on_signals
 
@@ -115,16 +116,17 @@ class Demo:
     def _start(self, procs: Processes) -> None:
         o = self.o
         names = [f"site-{chr(ord('a') + i)}" for i in range(o.sites)]
+        # Every listener takes a port of the kernel's choosing and says which (a sim in its
+        # clouds.yaml, the others in their log): a port picked free here can be taken by
+        # another program before a slow-starting child binds it.
         for i, site in enumerate(names):
-            port = free_port()
-            self.sims[site] = f"http://127.0.0.1:{port}"
             clouds = self.workdir / f"clouds-{site}.yaml"
             procs.start(
                 f"sim-{site}",
                 "sim",
                 *flags(
                     site=site,
-                    listen=f"127.0.0.1:{port}",
+                    listen="127.0.0.1:0",
                     servers=o.servers,
                     volumes=o.volumes,
                     ports=o.ports,
@@ -132,27 +134,21 @@ class Demo:
                     write_clouds_yaml=clouds,
                 ),
             )
-        for site, url in self.sims.items():
+        for site in names:
+            clouds = self.workdir / f"clouds-{site}.yaml"
+            wait_until(f"clouds.yaml of {site}", clouds.exists, 120, procs.check_alive)
+            url = sim_url(clouds, site)
+            self.sims[site] = url
             wait_until(
                 f"simulated {site}", partial(http_json, f"{url}/_sim/info"), 120, procs.check_alive
             )
-            wait_until(
-                f"clouds.yaml of {site}",
-                (self.workdir / f"clouds-{site}.yaml").exists,
-                30,
-                procs.check_alive,
-            )
         for site in names:
-            port = free_port()
-            self.poller_metrics.append(f"http://127.0.0.1:{port}/metrics")
             procs.env["OS_CLIENT_CONFIG_FILE"] = str(self.workdir / f"clouds-{site}.yaml")
             procs.start(
                 f"poller-{site}",
                 "produce",
-                *flags(site=site, interval=o.interval, kinds=",".join(KINDS), metrics_port=port),
+                *flags(site=site, interval=o.interval, kinds=",".join(KINDS), metrics_port=0),
             )
-        port = free_port()
-        self.consumer_metrics = f"http://127.0.0.1:{port}/metrics"
         procs.start(
             "consumer",
             "consume",
@@ -161,11 +157,26 @@ class Demo:
                 group=f"demo-{self.run_id}",
                 dead_letter_topic=f"demo.{self.run_id}.deadletter",
                 max_rate=o.max_rate,
-                metrics_port=port,
+                metrics_port=0,
             ),
         )
-        for url in [*self.poller_metrics, self.consumer_metrics]:
-            wait_until(url, partial(http_text, url), 60, procs.check_alive)
+        # Every process imports openstacksdk and librdkafka at once (about 2 s of CPU each): on
+        # two busy cores twenty pollers take minutes to all serve their metrics.
+        ready = 60.0 + 10.0 * len(names)
+        for name in [*(f"poller-{site}" for site in names), "consumer"]:
+            log_file = self.workdir / f"{name}.log"
+            wait_until(
+                f"the metrics port of {name}",
+                partial(logged_port, log_file),
+                ready,
+                procs.check_alive,
+            )
+            url = f"http://127.0.0.1:{logged_port(log_file)}/metrics"
+            wait_until(url, partial(http_text, url), ready, procs.check_alive)
+            if name == "consumer":
+                self.consumer_metrics = url
+            else:
+                self.poller_metrics.append(url)
         self.echo("sites:     " + ", ".join(f"{s} {u}" for s, u in self.sims.items()))
         self.echo(
             "pollers:   "

@@ -1,10 +1,11 @@
 """The ACLs each role needs, as declared tables, and the admin work that grants and checks them.
 
 A role's table lists (resource type, name, pattern, operations, why); names are templates filled
-from the deployment (`{site_topic}`, `{topic_prefix}`, `{site}`, `{group}`, `{dead_letter_topic}`),
-so a new need is one more row. `ensure_acls` grants a table to a principal that has no ACLs yet;
-for one that has, it reports every missing and every extra ACL (the principal's ACLs outside its
-table), and with `fix` adds and removes them, as `topics ensure` does for a topic's config.
+from the deployment (`{site_topic}`, `{lease_topic}`, `{topic_prefix}`, `{site}`, `{group}`,
+`{dead_letter_topic}`), so a new need is one more row. `ensure_acls` grants a table to a
+principal that has no ACLs yet; for one that has, it reports every missing and every extra ACL
+(the principal's ACLs outside its table), and with `fix` adds and removes them, as
+`topics ensure` does for a topic's config.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.errors import connected_admin, not_authorized
 from connector.kafka.reader import READER_GROUP
 from connector.kafka.settings import KafkaSettings
-from connector.kafka.topics import site_topic
+from connector.kafka.topics import lease_topic, site_topic
 
 #: Seconds an ACL request may take before it counts as Kafka trouble.
 ACL_TIMEOUT = 30.0
@@ -72,6 +73,27 @@ SITE_ACLS: tuple[Grant, ...] = (
         "literal",
         ("IDEMPOTENT_WRITE",),
         "idempotent producer (required by brokers before 2.8)",
+    ),
+    Grant(
+        "topic",
+        "{lease_topic}",
+        "literal",
+        ("READ", "DESCRIBE", "CREATE"),
+        "join the site's election (docs/ha.md); create the lease topic if missing",
+    ),
+    Grant(
+        "group",
+        "{lease_topic}",
+        "literal",
+        ("READ", "DESCRIBE"),
+        "the lease group: one publishing poller per site",
+    ),
+    Grant(
+        "transactional_id",
+        "{site_topic}",
+        "literal",
+        ("WRITE", "DESCRIBE"),
+        "publish in transactions; a take-over fences the old producer",
     ),
 )
 
@@ -156,7 +178,11 @@ class AclReport:
 
 def site_acls(kafka: KafkaSettings, principal: str, site: str) -> list[Acl]:
     """The ACLs of one site's poller."""
-    names = {"site": site, "site_topic": site_topic(kafka.topic_prefix, site)}
+    names = {
+        "site": site,
+        "site_topic": site_topic(kafka.topic_prefix, site),
+        "lease_topic": lease_topic(kafka.topic_prefix, site),
+    }
     return expand(SITE_ACLS, principal, names)
 
 

@@ -14,6 +14,11 @@ log = logging.getLogger(__name__)
 
 Client = TypeVar("Client")
 
+#: Every reader of site topics reads committed records only, whatever `-X` says: the site's
+#: pollers publish in transactions, and a fenced poller's unfinished transaction is aborted.
+#: (librdkafka's default already, pinned so that no passthrough setting turns fencing off.)
+READ_COMMITTED = {"isolation.level": "read_committed"}
+
 
 def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, Any]) -> Client:
     """A librdkafka client; a setting librdkafka refuses becomes a ConfigError naming it."""

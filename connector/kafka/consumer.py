@@ -21,7 +21,7 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
-from connector.kafka.client import log_client_error, new_client
+from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
 from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
@@ -58,7 +58,7 @@ class Consumer:
     """A subscribed group member; rebalance events reach the callbacks given to `subscribe`."""
 
     def __init__(self, settings: KafkaSettings, group: str, **overrides: Any) -> None:
-        config = {**CONSUMER_DEFAULTS, **settings.client_config(**overrides)}
+        config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
         config["group.id"] = group
         config.setdefault("error_cb", log_client_error)
         self._settings = settings

@@ -16,7 +16,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka.admin import AdminClient
 
-from connector.errors import KafkaError
+from connector.errors import KafkaAccessError, KafkaError
 from connector.kafka.client import new_client
 from connector.kafka.settings import KafkaSettings
 
@@ -62,12 +62,13 @@ def access_problem(kafka: KafkaSettings, err: confluent_kafka.KafkaError) -> str
 
 def not_authorized(
     kafka: KafkaSettings, action: str, err: confluent_kafka.KafkaError
-) -> KafkaError | None:
-    """KafkaError "<user> is not authorized to <action>" for an authorization error, else None."""
+) -> KafkaAccessError | None:
+    """KafkaAccessError "<user> is not authorized to <action>" for an authorization error, else
+    None."""
     kind = AUTHORIZATION.get(err.code())
     if kind is None:
         return None
-    return KafkaError(
+    return KafkaAccessError(
         f"{who(kafka)} is not authorized to {action} ({kind} authorization failed); an "
         "administrator grants it with `cascade-connector acls ensure`"
     )
@@ -101,7 +102,7 @@ def connected_admin(kafka: KafkaSettings, timeout: float = CONNECT_TIMEOUT) -> A
             pass
         admin.poll(0)  # serves the error callback
         if errors.problem:
-            raise KafkaError(errors.problem)
+            raise KafkaAccessError(errors.problem)
         if time.monotonic() >= deadline:
             raise KafkaError(
                 f"cannot reach Kafka at {kafka.bootstrap} within {timeout:.0f} s"

@@ -7,6 +7,7 @@ caller, so a failed delivery is surfaced and never dropped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,19 +33,40 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+#: What the delivery reports of purged messages say.
+_PURGED = {confluent_kafka.KafkaError._PURGE_QUEUE, confluent_kafka.KafkaError._PURGE_INFLIGHT}
+
+
+class ProduceInterrupted(KafkaError):
+    """`interrupt()` was called while `produce` waited for room in a full local queue."""
+
+
 class Producer:
     """Publishes keyed values; every delivery outcome reaches the callback passed to `produce`.
 
     A delivery refused for lack of an ACL is not retried: once its report is served, `produce`,
     `poll` and `flush` raise KafkaError naming the topic, so a misconfigured principal stops
-    within seconds instead of resending for ever.
+    within seconds instead of resending for ever. `on_error` hears librdkafka's client-level
+    errors (all brokers down, timeouts), besides the log, so the caller can report them.
     """
 
-    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        on_error: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
-        config.setdefault("error_cb", log_client_error)
+
+        def client_error(err: confluent_kafka.KafkaError) -> None:
+            log_client_error(err)
+            if on_error is not None:
+                on_error(str(err.str()))
+
+        config.setdefault("error_cb", client_error)
         self._settings = settings
         self._producer = new_client(confluent_kafka.Producer, config)
+        self._interrupted = threading.Event()
         #: the first authorization refusal, raised by every later call
         self.refused: KafkaError | None = None
 
@@ -56,11 +78,14 @@ class Producer:
         on_delivery: DeliveryCallback,
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Queue one message; waits (serving delivery reports) while the local queue is full."""
+        """Queue one message; waits (serving delivery reports) while the local queue is full,
+        until `interrupt()` (then ProduceInterrupted: the message is not queued)."""
 
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
         def report(err: confluent_kafka.KafkaError | None, msg: confluent_kafka.Message) -> None:
+            if err is not None and self._interrupted.is_set() and err.code() in _PURGED:
+                return  # dropped on purpose at a stop, reported there once for all
             if err is not None and self.refused is None:
                 self.refused = not_authorized(self._settings, f"write topic {topic}", err)
             # Offset 0 is the first message of a partition, not a missing offset: only None and
@@ -86,8 +111,17 @@ class Producer:
                 )
                 break
             except BufferError:
+                # A full queue means the broker is out of reach; a stop must not wait for it.
+                if self._interrupted.is_set():
+                    raise ProduceInterrupted(
+                        f"stopped while the local queue was full ({len(self._producer)} queued)"
+                    ) from None
                 self._producer.poll(0.1)
         self.poll(0)
+
+    def interrupt(self) -> None:
+        """Make a `produce` waiting on a full queue (now or later) give up: the process stops."""
+        self._interrupted.set()
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""
@@ -102,7 +136,8 @@ class Producer:
             raise KafkaError(f"{remaining} message(s) still undelivered after {timeout:.0f}s")
 
     def purge(self) -> None:
-        """Drop every message not yet delivered; their delivery reports say so (purged)."""
+        """Drop every message not yet delivered; their delivery reports say so (purged), unless
+        `interrupt()` was called: then the caller reports the purge and the reports are quiet."""
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
 

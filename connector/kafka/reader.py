@@ -14,14 +14,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
-from connector.kafka.client import new_client
+from connector.kafka.client import READ_COMMITTED, new_client
 from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
@@ -46,9 +46,14 @@ METADATA_TIMEOUT = 30.0
 #: Messages asked of librdkafka per call.
 BATCH = 5000
 
+#: What a broker answers about a topic created a moment ago, while leaders move, or while it is
+#: out of reach for a moment.
 _NOT_YET = {
     confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
     confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+    confluent_kafka.KafkaError._TIMED_OUT,
+    confluent_kafka.KafkaError._TRANSPORT,
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
 }
 
 
@@ -61,7 +66,8 @@ class TopicReader:
         self.topic = topic
         self._settings = settings
         self._consumer = new_client(
-            confluent_kafka.Consumer, {**READER_DEFAULTS, **settings.client_config(**overrides)}
+            confluent_kafka.Consumer,
+            {**READER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})},
         )
         try:
             self._partitions = self._metadata_partitions()
@@ -86,11 +92,12 @@ class TopicReader:
 
     def messages(
         self, stop_at_end: bool = False, poll: float = 0.5, timeout: float | None = None
-    ) -> Iterator[confluent_kafka.Message]:
+    ) -> Generator[confluent_kafka.Message, None, None]:
         """Yield confluent_kafka.Message objects in per-partition order. With `stop_at_end`, stop
         once every partition has been read up to the high watermark it had when this call
-        started (later messages are not yielded). KafkaError on a broker error, or when
-        `timeout` seconds pass before the end."""
+        started (later messages are not yielded); a caller may also stop early (close the
+        generator), and the next call goes on from the message after the last one yielded.
+        KafkaError on a broker error, or when `timeout` seconds pass before the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
         #: partition -> the offset to read up to (exclusive); empty when following for ever
         ends: dict[int, int] = {}
@@ -101,39 +108,55 @@ class TopicReader:
             # ends with its end event, on the first fetch.
             for p in [p for p, end in ends.items() if self._next.get(p, 0) >= end]:
                 self._done(ends, p)
-        while not stop_at_end or ends:
-            if deadline is not None and time.monotonic() > deadline:
-                raise KafkaError(f"reading {self.topic} to its end took longer than {timeout:g}s")
-            try:
-                batch = self._consumer.consume(num_messages=BATCH, timeout=poll)
-            except confluent_kafka.KafkaException as exc:
-                raise KafkaError(f"reading {self.topic}: {exc}") from exc
-            for msg in batch:
-                err = msg.error()
-                partition = msg.partition() or 0  # a message or an end event always has one
-                if err is None:
-                    offset = msg.offset() or 0
-                    if stop_at_end and partition not in ends:
-                        continue  # fetched before the partition was paused at its end
-                    if stop_at_end and offset >= ends[partition]:
-                        # The messages up to the end were compacted away; later ones came in.
-                        self._done(ends, partition)
-                        continue
-                    self._next[partition] = offset + 1
-                    yield msg
-                    if stop_at_end and offset + 1 >= ends[partition]:
-                        self._done(ends, partition)
-                elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                    # The event's offset is where the partition ends now.
-                    self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
-                    if stop_at_end and partition in ends:
-                        self._done(ends, partition)
-                elif refused := not_authorized(self._settings, self._action(err), err):
-                    raise refused
-                elif err.fatal() or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise KafkaError(f"reading {self.topic}: {err.str()}")
-                else:
-                    log.warning("reading %s[%s]: %s", self.topic, msg.partition(), err.str())
+        try:
+            while not stop_at_end or ends:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise KafkaError(
+                        f"reading {self.topic} to its end took longer than {timeout:g}s"
+                    )
+                try:
+                    batch = self._consumer.consume(num_messages=BATCH, timeout=poll)
+                except confluent_kafka.KafkaException as exc:
+                    raise KafkaError(f"reading {self.topic}: {exc}") from exc
+                for msg in batch:
+                    err = msg.error()
+                    partition = msg.partition() or 0  # a message or an end event always has one
+                    if err is None:
+                        offset = msg.offset() or 0
+                        if stop_at_end and partition not in ends:
+                            continue  # fetched before the partition was paused at its end
+                        if stop_at_end and offset >= ends[partition]:
+                            # The messages up to the end were compacted away; later ones came in.
+                            self._done(ends, partition)
+                            continue
+                        self._next[partition] = offset + 1
+                        yield msg
+                        if stop_at_end and offset + 1 >= ends[partition]:
+                            self._done(ends, partition)
+                    elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        if stop_at_end and partition not in ends:
+                            # Fetched after the partition was paused, past messages dropped
+                            # above: taking its offset would skip them in the next read.
+                            continue
+                        # The event's offset is where the partition ends now.
+                        self._next[partition] = max(self._next.get(partition, 0), msg.offset() or 0)
+                        if stop_at_end:
+                            self._done(ends, partition)
+                    elif refused := not_authorized(self._settings, self._action(err), err):
+                        raise refused
+                    elif (
+                        err.fatal()
+                        or err.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART
+                    ):
+                        raise KafkaError(f"reading {self.topic}: {err.str()}")
+                    else:
+                        log.warning("reading %s[%s]: %s", self.topic, msg.partition(), err.str())
+        finally:
+            # Left early (the caller stopped reading, or an error): what was fetched beyond the
+            # last message yielded is dropped with the batch, so the next read of these
+            # partitions starts again right after that message (see _unpause).
+            for partition in list(ends):
+                self._done(ends, partition)
 
     def close(self) -> None:
         self._consumer.close()

@@ -127,6 +127,17 @@ def site_topic(prefix: str, site: str) -> str:
     return topic
 
 
+def lease_topic(prefix: str, site: str) -> str:
+    """The one-partition topic, and the group, through which the pollers of `site` elect the
+    one that publishes: `<prefix>-lease.<site>`. The `-` right after the prefix keeps it out of
+    the consumer's subscription (`site_topic_pattern` wants a `.` there)."""
+    site_topic(prefix, site)  # the same checks of the site name
+    topic = f"{prefix}-lease.{site}"
+    if len(topic) > MAX_TOPIC_NAME:
+        raise ConfigError(f"topic name {topic!r} is longer than Kafka's {MAX_TOPIC_NAME} chars")
+    return topic
+
+
 def site_topic_pattern(prefix: str) -> str:
     """The consumer's subscription regex for every site topic under `prefix`."""
     # A prefix holds only [A-Za-z0-9._-]; '.' is the one regex metacharacter among them.
@@ -206,6 +217,35 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     if report.differences:
         _set_config(kafka, admin, topic, {d.setting: d.expected for d in report.differences})
         report.fixed = True
+    return report
+
+
+def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
+    """Create the site's lease topic (one partition) if it is missing.
+
+    Nothing is ever written to it: the pollers only join its group, and the member given its
+    partition 0 publishes. More partitions would not elect more publishers (only partition 0
+    counts), so a different count is only noted.
+    """
+    topic = lease_topic(kafka.topic_prefix, site)
+    admin = _admin(kafka)
+    report = TopicReport(topic)
+    replicas, _in_sync = replication(kafka, _broker_count(admin))
+    new = NewTopic(topic, num_partitions=1, replication_factor=replicas)
+    try:
+        _wait(
+            kafka,
+            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            f"create {topic}",
+        )
+        _wait_until_visible(admin, topic)
+        report.created = True
+        return report
+    except _AlreadyExistsError:
+        pass
+    count = len(_describe(kafka, admin, topic).partitions)
+    if count != 1:
+        report.notes.append(f"{count} partitions, expected 1 (only partition 0 elects)")
     return report
 
 

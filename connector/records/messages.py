@@ -15,7 +15,14 @@ from typing import Protocol
 
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
-from connector.records.model import SEQUENCE_HEADER, Change, Deletion, StatusRecord, parse_key
+from connector.records.model import (
+    INSTANCE_HEADER,
+    SEQUENCE_HEADER,
+    Change,
+    Deletion,
+    StatusRecord,
+    parse_key,
+)
 
 
 class ReadMessage(Protocol):
@@ -73,13 +80,24 @@ def change_from_message(message: ReadMessage, codec: Codec) -> Change:
     return record
 
 
-def _sequence(message: ReadMessage) -> int | None:
+def instance_of(message: ReadMessage) -> str | None:
+    """The INSTANCE_HEADER of a message: which poller published it (None: not said)."""
+    raw = _header(message, INSTANCE_HEADER)
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+
+
+def _header(message: ReadMessage, wanted: str) -> str | bytes | None:
     raw: str | bytes | None = None
     headers = message.headers() or []
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if name == SEQUENCE_HEADER:
+        if name == wanted:
             raw = value  # the last one wins, as with any repeated Kafka header
+    return raw
+
+
+def _sequence(message: ReadMessage) -> int | None:
+    raw = _header(message, SEQUENCE_HEADER)
     if raw is None:
         return None
     text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw

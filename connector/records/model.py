@@ -20,6 +20,10 @@ HEARTBEAT_KIND = "site"
 #: deletions can still order them against updates.
 SEQUENCE_HEADER = "cascade.sequence"
 
+#: Header naming the poller instance that published a message (its `site.instance_id`), on every
+#: record, tombstone and heartbeat, so an operator can tell which of a site's pollers wrote what.
+INSTANCE_HEADER = "cascade.instance"
+
 
 def record_key(site: str, kind: str, object_id: str) -> str:
     """The Kafka key of an object: `<site>/<kind>/<id>`, one key per object."""

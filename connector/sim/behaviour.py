@@ -132,7 +132,7 @@ def churn(site: Site, changes: int) -> dict[str, int]:
     rng = site.rng
     with site.lock:
         for _ in range(changes):
-            now = time.time()
+            now = site.now()
             draw = rng.random()
             if draw < 0.1:
                 _create(site, _pick_kind(site), now)
@@ -209,7 +209,7 @@ def run_storm(
     for n, step in enumerate(phases):
         for i in range(0, len(step), _CHUNK):
             with site.lock:
-                now = time.time()
+                now = site.now()
                 for obj, fields in step[i : i + _CHUNK]:
                     if _alive(site, obj):
                         site.update(obj, now, **fields)

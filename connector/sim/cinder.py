@@ -3,7 +3,9 @@
 Listing follows Cinder: newest first, pages of at most 1000 with a `volumes_links` next link,
 `all_tenants` for other projects, deleted volumes gone from lists. The time filter
 `updated_at=<op>:<time>` (gt, gte, lt, lte, eq) is honoured only from microversion 3.60; below
-it the parameter is ignored without an error, as Cinder does.
+it the parameter is ignored without an error, as Cinder does. `GET /volumes/summary` (3.12 and
+later; below, "summary" is taken for a volume id and answers 404) gives the count and total size
+of the volumes a listing would show, with `all_tenants` for every project.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ MAX_VERSION = "3.71"
 MAX_LIMIT = 1000
 #: The first microversion whose volume list honours the created_at/updated_at filters.
 TIME_FILTER_VERSION = (3, 60)
+#: `GET /volumes/summary` exists from 3.12 (below it, "summary" is a volume id: 404); its
+#: answer gains `metadata` at 3.36.
+SUMMARY_VERSION = (3, 12)
+SUMMARY_METADATA_VERSION = (3, 36)
 
 
 class Cinder:
@@ -87,7 +93,9 @@ class Cinder:
             raise ApiError(405, compute_fault(405, "The method is not allowed."), headers)
         project_id, which = match.groups()
         try:
-            if which is None or which == "detail":
+            if which == "summary" and version >= SUMMARY_VERSION:
+                doc = self._summary(request, project_id, token.project_id, version)
+            elif which is None or which == "detail":
                 doc = self._list(request, project_id, token.project_id, version, which == "detail")
             else:
                 doc = self._show(project_id, which)
@@ -101,7 +109,11 @@ class Cinder:
             obj = self.site.tables[VOLUME].by_id.get(volume_id)
             if not isinstance(obj, Volume):
                 raise ApiError(404, compute_fault(404, f"Volume {volume_id} could not be found."))
-            return {"volume": self.render(obj, project_id)}
+            return {
+                "volume": self.site.spoil(
+                    VOLUME, obj.id, self.render(obj, project_id), "updated_at"
+                )
+            }
 
     def _list(
         self,
@@ -140,7 +152,9 @@ class Cinder:
                 after = marker_obj.key
             page = table.scan(after=after, span=span, match=wanted, limit=limit)
             volumes = [
-                self.render(obj, path_project) if detail else self._brief(obj, path_project)
+                self.site.spoil(VOLUME, obj.id, self.render(obj, path_project), "updated_at")
+                if detail
+                else self._brief(obj, path_project)
                 for obj in page
                 if isinstance(obj, Volume)
             ]
@@ -151,6 +165,34 @@ class Cinder:
                 {"rel": "next", "href": next_link(request, path, limit, volumes[-1]["id"])}
             ]
         return doc
+
+    def _summary(
+        self,
+        request: Request,
+        path_project: str,
+        token_project: str | None,
+        version: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Count and size of the volumes a listing would show: every project's with
+        `all_tenants` (the sim's user is an admin), else the token's. Cinder ignores the
+        listing filters here."""
+        arg = request.arg
+        all_tenants = arg("all_tenants") is not None and truthy(
+            arg("all_tenants") or "", "all_tenants", compute_fault
+        )
+        owner = None if all_tenants else (token_project or path_project)
+        with self.site.lock:
+            listed = self.site.tables[VOLUME].scan(
+                after=None,
+                span=None,
+                match=lambda obj: owner is None or obj.project_id == owner,
+                limit=None,
+            )
+            sizes = [obj.size for obj in listed if isinstance(obj, Volume)]
+        summary: dict[str, Any] = {"total_size": sum(sizes), "total_count": len(sizes)}
+        if version >= SUMMARY_METADATA_VERSION:
+            summary["metadata"] = {}
+        return {"volume-summary": summary}
 
     def _span(self, raw: str | None) -> TimeRange | None:
         if raw is None:

@@ -11,7 +11,10 @@
   restart; a fraction F of its objects ends in another status than it started in.
 - `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes],
   "ratio": R}` makes API requests fail (status) or hang (delay) for S seconds, a share R of them
-  (default all); `DELETE` clears them.
+  (default all); `{"seconds": S, "hide": {"kind": K, "share": F}}` leaves that share of the
+  kind's objects out of every listing for S seconds (a Nova cell down); `DELETE` clears them.
+- `POST /_sim/corrupt`: `{"kind": K, "count": N}` serves N objects of kind K malformed (no id,
+  a time that does not parse, a status that is not a string, in turn); `"count": 0` undoes it.
 - `DELETE /_sim/tokens`: revoke every token now, as a token expiring early (the next request
   with one gets 401 and keystoneauth authenticates again).
 - `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
@@ -208,7 +211,11 @@ class Control:
                 return self._fault(_body(request))
             if route == ("DELETE", "/_sim/faults"):
                 self.faults.clear()
+                for kind in KINDS:
+                    self.site.hide(kind, 0.0, 0.0)
                 return Response(204, b"")
+            if route == ("POST", "/_sim/corrupt"):
+                return self._corrupt(_body(request))
             if route == ("DELETE", "/_sim/tokens"):
                 return json_response(200, {"revoked": self.revoke_tokens()})
             if route == ("POST", "/_sim/archive"):
@@ -274,8 +281,26 @@ class Control:
             },
         )
 
+    def _corrupt(self, body: dict[str, Any]) -> Response:
+        kind = body.get("kind")
+        if kind not in KINDS:
+            raise BadControl(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        count = _number(body, "count", int, 0, 10_000_000)
+        ids = self.site.set_corrupt(kind, count)
+        corrupt = self.site.corrupt[kind]
+        return json_response(200, {"kind": kind, "corrupt": {i: corrupt[i] for i in ids}})
+
     def _fault(self, body: dict[str, Any]) -> Response:
         seconds = _number(body, "seconds", float, 0.0, 86400.0)
+        if "hide" in body:
+            hide = body["hide"]
+            if not isinstance(hide, dict) or hide.get("kind") not in KINDS:
+                raise BadControl(f'hide must be {{"kind": one of {list(KINDS)}, "share": F}}')
+            share = _number(hide, "share", float, 0.0, 1.0)
+            self.site.hide(hide["kind"], share, seconds)
+            return json_response(
+                200, {"hide": {"kind": hide["kind"], "share": share}, "seconds": seconds}
+            )
         status = body.get("status")
         if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
             raise BadControl(f"status must be an HTTP error status (400-599), got {status!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,7 +87,7 @@ class Keystone:
     def _lookup(self, token_id: str) -> Token:
         with self._lock:
             token = self._tokens.get(token_id)
-            if token is not None and token.expires_at <= time.time():
+            if token is not None and token.expires_at <= self.site.now():
                 del self._tokens[token_id]
                 token = None
         if token is None:
@@ -121,7 +120,7 @@ class Keystone:
                 401, identity_fault(401, "The request you have made requires authentication.")
             )
         project_id = self._scope(body["auth"].get("scope"))
-        now = time.time()
+        now = self.site.now()
         token = Token(secrets.token_hex(16), project_id, now, now + self.ttl)
         with self._lock:
             # Drop expired tokens here, so a long-running sim does not accumulate them.

@@ -168,7 +168,8 @@ class Neutron:
             obj = self.site.tables[kind].by_id.get(object_id)
             if obj is None:
                 raise ApiError(404, neutron_fault(404, f"{label} {object_id} could not be found."))
-            return {kind: self._project(self.render(obj), fields)}
+            doc = self.site.spoil(kind, obj.id, self.render(obj), "updated_at")
+            return {kind: self._project(doc, fields)}
 
     def _list(self, request: Request, collection: str) -> dict[str, Any]:
         kind, label = COLLECTIONS[collection]
@@ -202,7 +203,10 @@ class Neutron:
                     raise ApiError(400, neutron_fault(400, f"{label} {marker} could not be found."))
                 after = marker_obj.key
             page = table.scan(after=after, span=span, match=wanted, limit=limit or None)
-            items = [self._project(self.render(obj), fields) for obj in page]
+            items = [
+                self._project(self.site.spoil(kind, obj.id, self.render(obj), "updated_at"), fields)
+                for obj in page
+            ]
         doc: dict[str, Any] = {collection: items}
         if limit and len(page) == limit:
             path = f"/networking/v2.0/{collection}"

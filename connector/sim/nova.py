@@ -117,7 +117,7 @@ class Nova:
             obj = self.site.tables[SERVER].by_id.get(server_id)
             if not isinstance(obj, Server) or obj.deleted:
                 raise ApiError(404, compute_fault(404, f"Instance {server_id} could not be found."))
-            return {"server": self.render(obj, version)}
+            return {"server": self.site.spoil(SERVER, obj.id, self.render(obj, version), "updated")}
 
     def _list(
         self, request: Request, project_id: str | None, version: tuple[int, int], *, detail: bool
@@ -167,7 +167,9 @@ class Nova:
                 after = marker_obj.key
             page = table.scan(after=after, span=span, match=wanted, limit=limit)
             servers = [
-                self.render(obj, version) if detail else self._brief(obj)
+                self.site.spoil(SERVER, obj.id, self.render(obj, version), "updated")
+                if detail
+                else self._brief(obj)
                 for obj in page
                 if isinstance(obj, Server)
             ]

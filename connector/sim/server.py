@@ -9,6 +9,7 @@ sim needs no web framework. `start_sim` runs a site on a background thread (test
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import gc
 import logging
@@ -35,6 +36,7 @@ from connector.sim.errors import SimError
 from connector.sim.keystone import DOMAIN, REGION, USERNAME, Keystone
 from connector.sim.model import FLOATINGIP, NETWORK, PORT, ROUTER, SERVER, VOLUME
 from connector.sim.neutron import Neutron
+from connector.sim.notify import SiteNotifier
 from connector.sim.nova import Nova
 from connector.sim.store import Site
 
@@ -149,6 +151,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("sim %s: " + format, self.server.app.site.name, *args)
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header, on the site's clock (`--clock-skew`)."""
+        when = self.server.app.site.now() if timestamp is None else timestamp
+        return email.utils.formatdate(when, usegmt=True)
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -167,8 +174,12 @@ class RunningSim:
     (`http://host:port`), `auth_url` (Keystone, for clouds.yaml), `cloud` (the cloud name).
     """
 
-    def __init__(self, server: _Server, thread: threading.Thread) -> None:
+    def __init__(
+        self, server: _Server, thread: threading.Thread, notifier: SiteNotifier | None = None
+    ) -> None:
         self._server = server
+        #: publishes the site's changes to a message bus (`start_sim(notify=...)`), or None
+        self.notifier = notifier
         self._thread = thread
         self.app = server.app
         self.site = server.app.site
@@ -203,6 +214,8 @@ class RunningSim:
         """Stop background churn and storms, then the server; waits for both."""
         self.app.stopping.set()
         self.app.jobs.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
@@ -247,6 +260,9 @@ def start_sim(
     token_ttl: float = 3600.0,
     neutron_changed_since: ChangedSince = "reject",
     password: str = "password",
+    notify: str | None = None,
+    notify_loss: float = 0.0,
+    clock_skew: float = 0.0,
 ) -> RunningSim:
     """Populate a site and serve it on a background thread; returns once it answers.
 
@@ -254,8 +270,11 @@ def start_sim(
     ids, names, statuses and relations. `networks`, `routers` and `floatingips` default to
     `default_counts`. `token_ttl` is the Keystone token lifetime in seconds.
     `neutron_changed_since` is "reject" (400, as deployments with filter validation answer) or
-    "accept" (honoured as `updated_at >= changed_since`). Raises SimError if the address is
-    taken or the arguments are wrong.
+    "accept" (honoured as `updated_at >= changed_since`). `notify` is a RabbitMQ transport URL
+    the site sends the services' notifications to (connector.sim.notify), dropping the share
+    `notify_loss` of them. `clock_skew` puts the site's clock that many seconds ahead of the
+    machine's (negative: behind): its timestamps and its `Date` headers. Raises SimError if the
+    address is taken or the arguments are wrong.
     """
     if neutron_changed_since not in ("accept", "reject"):
         raise SimError(
@@ -269,7 +288,7 @@ def start_sim(
             counts[kind] = given
     if any(n < 0 for n in counts.values()):
         raise SimError(f"object counts must not be negative, got {counts}")
-    state = Site(site, seed)
+    state = Site(site, seed, clock_skew)
     started = time.monotonic()
     state.populate(counts)
     log.info("sim %s: %d objects in %.1f s", site, sum(counts.values()), time.monotonic() - started)
@@ -288,11 +307,15 @@ def start_sim(
     except OSError as exc:
         hint = " (address in use)" if exc.errno == errno.EADDRINUSE else ""
         raise SimError(f"cannot listen on {host}:{port}{hint}: {exc.strerror}") from exc
+    notifier = None
+    if notify is not None:
+        notifier = SiteNotifier(state, notify, notify_loss, seed)
+        notifier.start()
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"sim-{site}", daemon=True
     )
     thread.start()
-    return RunningSim(server, thread)
+    return RunningSim(server, thread, notifier)
 
 
 def run_sim(

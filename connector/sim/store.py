@@ -64,6 +64,9 @@ class Table:
 
     def __init__(self, kind: str, newest_first: bool) -> None:
         self.kind = kind
+        #: (share, until on the monotonic clock): that share of the objects is left out of
+        #: listings, as a Nova cell that is down leaves its servers out
+        self.hidden: tuple[float, float] = (0.0, 0.0)
         self.newest_first = newest_first
         self.by_id: dict[str, SimObject] = {}
         self.by_key: dict[int, SimObject] = {}
@@ -117,8 +120,12 @@ class Table:
             keys = sorted(key for _, key in self.changes[lo:hi])
         start = 0 if after is None else bisect_right(keys, after)
         out: list[SimObject] = []
+        share, until = self.hidden
+        hiding = share > 0 and time.monotonic() < until
         for key in islice(keys, start, None):
             obj = self.by_key[key]
+            if hiding and hidden(obj.id, share):
+                continue
             if match(obj):
                 out.append(obj)
                 if limit is not None and len(out) >= limit:
@@ -138,12 +145,26 @@ class Counters:
     deleted: int = 0
 
 
+def hidden(object_id: str, share: float) -> bool:
+    """Whether a hide of `share` covers the object: the same objects for the same share."""
+    return uuid.UUID(object_id).int % 10_000 < share * 10_000
+
+
+#: How `Site.spoil` serves a corrupt object, in turn: no id, a time that does not parse, a status
+#: that is not a string.
+CORRUPTIONS = ("no-id", "bad-time", "bad-status")
+
+
 class Site:
     """All objects of one site, their indexes and counters, guarded by one lock."""
 
-    def __init__(self, name: str, seed: int) -> None:
+    def __init__(self, name: str, seed: int, clock_skew: float = 0.0) -> None:
         self.name = name
         self.seed = seed
+        #: seconds the site's clock is ahead of the machine's (negative: behind)
+        self.clock_skew = clock_skew
+        #: kind -> id -> corruption, for objects served malformed (`/_sim/corrupt`)
+        self.corrupt: dict[str, dict[str, str]] = {}
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
         self.tables = {kind: Table(kind, newest_first=kind in (SERVER, VOLUME)) for kind in KINDS}
@@ -156,6 +177,43 @@ class Site:
         #: action being create, update or delete. The notifier (connector.sim.notify) and the
         #: freshness benchmark listen here; an observer must be quick and must not raise.
         self.observers: list[Callable[[str, SimObject, str | None, float], None]] = []
+
+    def now(self) -> float:
+        """The site's clock: the machine's, moved by `clock_skew`."""
+        return time.time() + self.clock_skew
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def set_corrupt(self, kind: str, count: int) -> list[str]:
+        """Serve `count` live objects of `kind` (the first created) malformed, in listing order
+        each in the next of CORRUPTIONS; 0 serves them all well again. Returns the ids."""
+        with self.lock:
+            chosen = [obj.id for obj in islice(self.live(kind), count)]
+            ordered = sorted(chosen, key=lambda i: self.tables[kind].by_id[i].key)
+            self.corrupt[kind] = {
+                object_id: CORRUPTIONS[n % len(CORRUPTIONS)] for n, object_id in enumerate(ordered)
+            }
+            return ordered
+
+    def spoil(self, kind: str, object_id: str, doc: dict[str, Any], updated: str) -> dict[str, Any]:
+        """`doc` as served: malformed when the object is set corrupt (`updated`: the service's
+        wire name of the update time)."""
+        how = self.corrupt.get(kind, {}).get(object_id)
+        if how is None:
+            return doc
+        doc = dict(doc)
+        if how == "no-id":
+            del doc["id"]
+        elif how == "bad-time":
+            doc[updated] = "not-a-time"
+        else:
+            doc["status"] = {"value": doc.get("status")}
+        return doc
+
+    def hide(self, kind: str, share: float, seconds: float) -> None:
+        """Leave `share` of the kind's objects out of every listing for `seconds`."""
+        with self.lock:
+            self.tables[kind].hidden = (share, time.monotonic() + seconds)
 
     # -- ids -------------------------------------------------------------------------------
 
@@ -315,7 +373,7 @@ class Site:
     def populate(self, counts: Mapping[str, int], now: float | None = None) -> None:
         """Create the seeded objects: the same seed and counts give the same ids, names,
         statuses and relations (times are relative to `now`)."""
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         rng = self.rng
         hosts = [f"compute-{i:03d}" for i in range(1, max(1, counts.get(SERVER, 0) // 40) + 2)]
 

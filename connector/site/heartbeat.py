@@ -1,8 +1,10 @@
 """The poller's health per kind, and the site heartbeat record made from it.
 
-Pollers report each poll's outcome here; the runner turns the state into a heartbeat (kind
-`site`, id = the site name, status `ok` or `degraded`) every few seconds and serves it on
-/healthz, so the top layer can tell "no changes" from "site unreachable".
+Pollers report each poll's outcome here (and objects they skipped as unreadable, tombstones the
+mass vanish guard holds back), the runner and the producer report Kafka trouble; the runner
+turns the state into a heartbeat (kind `site`, id = the site name, status `ok` or `degraded`)
+every few seconds and serves it on /healthz, so the top layer can tell "no changes" from
+"site unreachable".
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class KindHealth:
     error: str | None = None
     objects: int = 0
     failures: int = 0  #: consecutive failed polls
+    #: listed objects the poller could not read (skipped), as of the latest listings
+    unparseable: int = 0
+    #: tombstones a resync held back (mass vanish guard) until the next resync agrees
+    held_back: int = 0
 
 
 class Health:
@@ -36,6 +42,8 @@ class Health:
         self._produce_errors = 0
         self._produce_error: str | None = None
         self._produce_errors_seen = 0
+        #: the last transient Kafka error (start-up, broker down), until Kafka answers again
+        self._kafka_error: str | None = None
 
     def poll_ok(self, kind: str, started: datetime, objects: int) -> None:
         with self._lock:
@@ -68,6 +76,34 @@ class Health:
         self._metrics.produce_errors.labels(self._metrics.site).inc()
         self._update_gauge()
 
+    def set_unparseable(self, kind: str, count: int) -> None:
+        """How many of the kind's listed objects the poller cannot read now."""
+        with self._lock:
+            self._kinds[kind].unparseable = count
+        self._update_gauge()
+
+    def set_held_back(self, kind: str, count: int) -> None:
+        """How many tombstones the mass vanish guard holds back for the kind."""
+        with self._lock:
+            self._kinds[kind].held_back = count
+        self._update_gauge()
+
+    def kafka_failed(self, error: str) -> None:
+        """A transient Kafka error: degraded until `kafka_ok`."""
+        with self._lock:
+            self._kafka_error = error
+        self._metrics.kafka_errors.labels(self._metrics.site).inc()
+        self._update_gauge()
+
+    def kafka_ok(self) -> None:
+        """Kafka answered (a topic step succeeded, a message was delivered)."""
+        # Read without the lock first: this runs for every delivered message.
+        if self._kafka_error is None:
+            return
+        with self._lock:
+            self._kafka_error = None
+        self._update_gauge()
+
     @property
     def produce_errors(self) -> int:
         with self._lock:
@@ -80,8 +116,9 @@ class Health:
 
     def _degraded(self) -> bool:
         return (
-            any(s.error is not None for s in self._kinds.values())
+            any(s.error is not None or s.unparseable or s.held_back for s in self._kinds.values())
             or self._produce_errors > self._produce_errors_seen
+            or self._kafka_error is not None
         )
 
     def _update_gauge(self) -> None:
@@ -108,6 +145,9 @@ class Health:
             details[f"{kind}.last_good_poll"] = None if good is None else good.isoformat()
             details[f"{kind}.error"] = state.error
             details[f"{kind}.objects"] = state.objects
+            details[f"{kind}.unparseable"] = state.unparseable
+            details[f"{kind}.held_back"] = state.held_back
         details["produce.errors"] = self._produce_errors
         details["produce.error"] = self._produce_error
+        details["kafka.error"] = self._kafka_error
         return details

@@ -13,10 +13,13 @@ SDK-typed or raw gets past it. Query keys are wire names, sent as written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import openstack.exceptions
 
 from connector.errors import ConfigError
 from connector.records.model import DetailValue
@@ -64,6 +67,47 @@ class Since:
 
 
 @dataclass(frozen=True, slots=True)
+class Count:
+    """A service's cheap total of the kind's objects (one tiny answer): `GET path` with the
+    row's fixed query, the number at `keys` in the JSON."""
+
+    path: str
+    #: where the number is: keys from the top of the document
+    keys: Sequence[str]
+    #: the lowest microversion that serves it (below: 404)
+    min_microversion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """A cheap listing of every id, to find deletions an incremental listing cannot show
+    (deleted objects are not listed at all). With a `count`, the sweep runs only when the
+    service's total differs from the objects the poller knows; without one, every
+    `deletion_sweep_every` incremental polls."""
+
+    path: str
+    collection: str
+    #: fixed query, wire names (all projects, `fields=id`, page size)
+    query: Mapping[str, QueryValue]
+    count: Count | None = None
+
+
+class Unreadable(ValueError):
+    """A listed object the poller cannot convert: it is skipped, counted and reported."""
+
+    def __init__(self, kind: str, object_id: str | None, reason: str) -> None:
+        super().__init__(f"{kind} {object_id or '(no id)'}: {reason}")
+        self.kind = kind
+        #: None when the id itself is what is missing
+        self.object_id = object_id
+        self.reason = reason
+
+
+#: Called with each listed object that cannot be converted; the listing goes on.
+SkipBad = Callable[[Unreadable], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Wire:
     """Where a listed object keeps the fields every status has (wire names)."""
 
@@ -106,6 +150,8 @@ class Kind:
     wire: Wire = Wire()
     #: kind-specific status details: detail name -> wire name or extractor
     details: Mapping[str, str | Extractor] = field(default_factory=dict)
+    #: where deleted objects are not listed by `since`: how to find them without a full listing
+    sweep: Sweep | None = None
 
     def fields(self) -> list[str]:
         """The wire names this row reads, for a `fields=` projection."""
@@ -117,46 +163,121 @@ class Kind:
         return sorted(names)
 
     def observe(self, raw: Mapping[str, Any]) -> Observation:
-        """Convert one listed object (parsed JSON) into an Observation."""
+        """Convert one listed object (parsed JSON) into an Observation; Unreadable when a field
+        the poller relies on is missing or malformed (no id, a status that is not a string, a
+        time that does not parse, a revision that is not a number)."""
         wire = self.wire
+        object_id = self.object_id(raw)
         status = raw.get(wire.status)
+        if status is not None and not isinstance(status, str):
+            raise Unreadable(self.name, object_id, f"{wire.status} is not a string: {status!r}")
+        try:
+            updated = _parse_time(raw.get(wire.updated_at))
+        except (ValueError, TypeError) as exc:
+            raise Unreadable(self.name, object_id, f"{wire.updated_at}: {exc}") from exc
+        try:
+            revision = None if wire.revision is None else _int_or_none(raw.get(wire.revision))
+        except (ValueError, TypeError) as exc:
+            raise Unreadable(self.name, object_id, f"{wire.revision}: {exc}") from exc
         return Observation(
-            id=str(raw[wire.id]),
-            status=None if status is None else str(status),
+            id=object_id,
+            status=status,
             name=_str_or_none(raw.get(wire.name)),
             project_id=_str_or_none(raw.get(wire.project_id)),
             details={
                 name: (_detail(raw.get(how)) if isinstance(how, str) else how(raw))
                 for name, how in self.details.items()
             },
-            source_updated_at=_parse_time(raw.get(wire.updated_at)),
-            revision=None if wire.revision is None else _int_or_none(raw.get(wire.revision)),
+            source_updated_at=updated,
+            revision=revision,
             deleted=status in self.deleted_statuses,
         )
+
+    def object_id(self, raw: Mapping[str, Any]) -> str:
+        """The listed object's id; Unreadable when there is none."""
+        object_id = raw.get(self.wire.id) if isinstance(raw, Mapping) else None
+        if object_id is None or isinstance(object_id, dict | list | bool) or object_id == "":
+            name = raw.get(self.wire.name) if isinstance(raw, Mapping) else None
+            raise Unreadable(self.name, None, f"no {self.wire.id} (name {name!r})")
+        return str(object_id)
 
     def observations(
         self,
         proxy: Any,
         query: Mapping[str, QueryValue] | None = None,
         microversion: str | None = None,
+        skip: SkipBad | None = None,
     ) -> Iterator[Observation]:
         """Every object of the kind's listing with `query` added to the row's fixed query, the
-        next page fetched while this one is converted."""
+        next page fetched while this one is converted. Objects that cannot be converted go to
+        `skip` (without one, Unreadable is raised)."""
         full = self._query(query or {})
         for page in self._pages(proxy, full, microversion):
             for raw in page:
-                yield self.observe(raw)
+                try:
+                    yield self.observe(raw)
+                except Unreadable as exc:
+                    if skip is None:
+                        raise
+                    skip(exc)
 
-    def revisions(self, proxy: Any) -> dict[str, int | None]:
-        """id -> revision of every object, from the cheap `revision_projection` listing."""
-        id_key, revision_key = self.wire.id, self.wire.revision or "revision_number"
+    def revisions(self, proxy: Any, skip: SkipBad | None = None) -> dict[str, int | None]:
+        """id -> revision of every object, from the cheap `revision_projection` listing (an
+        unreadable revision is None: the object is then listed in full)."""
+        revision_key = self.wire.revision or "revision_number"
         query = self._query({"fields": list(self.revision_projection)})
         out: dict[str, int | None] = {}
         for page in self._pages(proxy, query, None):
             for raw in page:
-                revision = raw.get(revision_key)
-                out[str(raw[id_key])] = None if revision is None else int(revision)
+                try:
+                    object_id = self.object_id(raw)
+                except Unreadable as exc:
+                    if skip is None:
+                        raise
+                    skip(exc)
+                    continue
+                try:
+                    out[object_id] = _int_or_none(raw.get(revision_key))
+                except (ValueError, TypeError):
+                    out[object_id] = None
         return out
+
+    def listed_ids(self, proxy: Any, skip: SkipBad | None = None) -> set[str]:
+        """Every id, from the row's `sweep` listing."""
+        sweep = self.sweep
+        assert sweep is not None, f"{self.name} has no sweep listing"
+        out: set[str] = set()
+        listed = pages(proxy, sweep.path, sweep.collection, sweep.query, None)
+        for page in prefetched(listed, self.name, PREFETCH_PAGES):
+            for raw in page:
+                try:
+                    out.add(self.object_id(raw))
+                except Unreadable as exc:
+                    if skip is None:
+                        raise
+                    skip(exc)
+        return out
+
+    def total(self, proxy: Any) -> int:
+        """The service's total count of the kind's objects (the sweep's `count`)."""
+        count = self.sweep.count if self.sweep is not None else None
+        assert count is not None, f"{self.name} has no count"
+        response = proxy.get(
+            count.path,
+            params=dict(self.query),
+            headers={"Accept": "application/json"},
+            microversion=count.min_microversion,
+        )
+        openstack.exceptions.raise_from_response(response)
+        try:
+            doc: Any = json.loads(response.content)
+            for key in count.keys:
+                doc = doc[key]
+            return int(doc)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise openstack.exceptions.SDKException(
+                f"GET {response.url}: no count at {'.'.join(count.keys)}: {exc}"
+            ) from exc
 
     def _query(self, extra: Mapping[str, QueryValue]) -> dict[str, QueryValue]:
         base: dict[str, QueryValue] = dict(self.query)
@@ -184,6 +305,12 @@ _NEUTRON_PAGE: Mapping[str, QueryValue] = {"limit": "1000"}
 _NEUTRON_SINCE = Since("changed_since", may_be_rejected=True)
 _NEUTRON_WIRE = Wire(revision="revision_number")
 _REVISIONS = ("id", "revision_number")
+
+
+def _neutron_sweep(collection: str) -> Sweep:
+    """Neutron has no count: `fields=id` listings (about 45 bytes an object) on a schedule."""
+    return Sweep(f"/{collection}", collection, {**_NEUTRON_PAGE, "fields": ["id"]})
+
 
 #: The kinds table. A row per kind; the poller has no per-kind code.
 KINDS: Mapping[str, Kind] = {
@@ -218,6 +345,14 @@ KINDS: Mapping[str, Kind] = {
             since=Since("updated_at", template="gte:{}", min_microversion="3.60"),
             #: `updated_at` has microseconds and no zone (UTC)
             wire=Wire(project_id="os-vol-tenant-attr:tenant_id"),
+            #: deleted volumes vanish from lists: the summary's count (3.12+) tells when, and the
+            #: plain listing (id, name, links) names them
+            sweep=Sweep(
+                "/volumes",
+                "volumes",
+                {"all_tenants": "True"},
+                Count("/volumes/summary", ("volume-summary", "total_count"), "3.12"),
+            ),
             details={
                 "attachments": _attached_servers,
                 "migration_status": "os-vol-mig-status-attr:migstat",
@@ -233,6 +368,7 @@ KINDS: Mapping[str, Kind] = {
             collection="ports",
             projected=True,
             since=_NEUTRON_SINCE,
+            sweep=_neutron_sweep("ports"),
             revision_projection=_REVISIONS,
             wire=_NEUTRON_WIRE,
             details={
@@ -250,6 +386,7 @@ KINDS: Mapping[str, Kind] = {
             collection="floatingips",
             projected=True,
             since=_NEUTRON_SINCE,
+            sweep=_neutron_sweep("floatingips"),
             revision_projection=_REVISIONS,
             #: a floating IP has no name: its address names it
             wire=Wire(name="floating_ip_address", revision="revision_number"),
@@ -267,6 +404,7 @@ KINDS: Mapping[str, Kind] = {
             collection="networks",
             projected=True,
             since=_NEUTRON_SINCE,
+            sweep=_neutron_sweep("networks"),
             revision_projection=_REVISIONS,
             wire=_NEUTRON_WIRE,
             details={"admin_state_up": "admin_state_up"},
@@ -279,6 +417,7 @@ KINDS: Mapping[str, Kind] = {
             collection="routers",
             projected=True,
             since=_NEUTRON_SINCE,
+            sweep=_neutron_sweep("routers"),
             revision_projection=_REVISIONS,
             wire=_NEUTRON_WIRE,
             details={"admin_state_up": "admin_state_up"},
@@ -314,6 +453,8 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool | dict | list):
+        raise TypeError(f"not a number: {value!r}")
     return None if value is None else int(value)
 
 

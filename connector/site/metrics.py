@@ -15,6 +15,7 @@ class SiteMetrics:
 
     def __init__(self, registry: CollectorRegistry, site: str) -> None:
         self.site = site
+        self.registry = registry
         per_kind = ["site", "kind"]
         self.poll_seconds = Histogram(
             "cascade_site_poll_duration_seconds",
@@ -77,6 +78,36 @@ class SiteMetrics:
             ["site"],
             registry=registry,
         )
+        self.kafka_errors = Counter(
+            "cascade_site_kafka_errors_total",
+            "Transient Kafka errors (unknown topic, no leader, timeouts, brokers down), retried.",
+            ["site"],
+            registry=registry,
+        )
+        self.unparseable = Counter(
+            "cascade_site_unparseable_objects_total",
+            "Listed objects skipped because a field could not be read (no id, a bad time, ...).",
+            per_kind,
+            registry=registry,
+        )
+        self.held_back = Gauge(
+            "cascade_site_tombstones_held_back",
+            "Tombstones a resync held back because too many objects vanished at once.",
+            per_kind,
+            registry=registry,
+        )
+        self.deletion_sweeps = Counter(
+            "cascade_site_deletion_sweeps_total",
+            "Id listings made to find deleted objects (reason: count mismatch or schedule).",
+            [*per_kind, "reason"],
+            registry=registry,
+        )
+        self.clock_offset = Gauge(
+            "cascade_site_clock_offset_seconds",
+            "The site's clock minus the poller's, from the Date header of the site's answers.",
+            per_kind,
+            registry=registry,
+        )
         self.heartbeats = Counter(
             "cascade_site_heartbeats_total",
             "Site heartbeat records published.",
@@ -85,7 +116,14 @@ class SiteMetrics:
         )
         self.degraded = Gauge(
             "cascade_site_degraded",
-            "1 while a kind's last poll failed or Kafka deliveries fail, else 0.",
+            "1 while a kind's last poll failed, objects are unreadable, tombstones are held back, "
+            "or Kafka fails, else 0.",
+            ["site"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            "cascade_site_active",
+            "1 while this instance holds the site's lease and publishes, 0 while it stands by.",
             ["site"],
             registry=registry,
         )

@@ -8,9 +8,16 @@ full listing. The watermark is the start of the last good poll minus the clock-s
 the overlap this causes is absorbed by the fingerprints. A resync lists everything and turns
 vanished objects into tombstones.
 
+Deleted objects that the incremental filter cannot show (Cinder and Neutron do not list them)
+are found by a sweep of ids: on every incremental poll where the service has a cheap count that
+no longer matches (Cinder's volume summary), else every `deletion_sweep_every` polls. A listed
+object that cannot be read (no id, a bad time) is skipped, counted and reported, never fatal.
+A listing that would tombstone more than `vanish_guard` of the kind's objects at once (a Nova
+cell down) is held back until the next one agrees.
+
 Site faults (timeouts, 5xx, refused connections, auth failures) fail one poll of one kind; the
 loop retries it with exponential backoff and jitter while the other kinds go on in their own
-threads.
+threads. The service proxy is made inside the poll, so a site down at start-up is such a fault.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import openstack.exceptions
 import openstack.utils
 
 from connector.config import SiteSettings
+from connector.kafka.producer import ProduceInterrupted
+from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
-from connector.site.kinds import Kind, Observation, Since
+from connector.site.kinds import Kind, Observation, Since, Unreadable
 from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
 
@@ -48,6 +57,16 @@ IDS_PER_REQUEST = 100
 #: When more than this share of the objects changed (a site restart), one full listing costs
 #: the site less than listing them `IDS_PER_REQUEST` at a time.
 FULL_LISTING_SHARE = 0.25
+#: The mass vanish guard holds back no fewer than this many tombstones: on a small site a few
+#: deletions are a large share without meaning anything.
+VANISH_GUARD_FLOOR = 10
+
+
+def backoff_delay(settings: SiteSettings, failures: int, jitter: float) -> float:
+    """Seconds to wait after `failures` consecutive failures: doubling from the initial delay up
+    to the maximum, then jittered (`jitter` in [0, 1)) into its upper half so pollers spread."""
+    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(failures - 1, 30))
+    return float(ceiling * (0.5 + 0.5 * jitter))
 
 
 class KindPoller:
@@ -63,9 +82,16 @@ class KindPoller:
         settings: SiteSettings,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        connect: Callable[[], Any] | None = None,
+        site_clock: SiteClock | None = None,
     ) -> None:
+        """`proxy` is the service proxy, or None to make it with `connect()` in the first poll
+        (then a site down at start-up is a failed poll, retried, not a failed start)."""
         self.kind = kind
         self._proxy = proxy
+        self._connect = connect
+        #: the site's clock offset (from the Date headers of its answers), for the watermark
+        self._site_clock = site_clock or SiteClock()
         self._publisher = publisher
         self._health = health
         self._metrics = metrics
@@ -78,11 +104,16 @@ class KindPoller:
         self._since_rejected = False
         #: id -> revision_number from the last listing, for the revision diff
         self._revisions: dict[str, int] = {}
-
-    @property
-    def proxy(self) -> Any:
-        """The service proxy this poller lists through (its session carries the request hooks)."""
-        return self._proxy
+        #: objects listed but unreadable: id (or a description when the id is missing) -> why
+        self._unreadable: dict[str, str] = {}
+        #: the same keys, once logged: each is logged once for as long as it stays unreadable
+        self._logged: set[str] = set()
+        #: incremental polls since the last sweep of ids
+        self._since_sweep = 0
+        #: tombstones the mass vanish guard held back at the last listing
+        self._held: set[str] = set()
+        #: the wait between polls; a PollTrigger's (connector.site.trigger) ends it early
+        self.pause: Callable[[threading.Event, float], object] = threading.Event.wait
 
     def __repr__(self) -> str:
         return (
@@ -90,11 +121,20 @@ class KindPoller:
             f"since_rejected={self._since_rejected}, revisions={len(self._revisions)})"
         )
 
+    @property
+    def proxy(self) -> Any:
+        """The service proxy this poller lists through (its session carries the request hooks),
+        once the first poll made it (None before)."""
+        return self._proxy
+
     # -- one poll ---------------------------------------------------------------------------
 
     def poll(self, resync: bool) -> str:
         """One poll (a resync when asked or before the first one); returns the mode used.
         Raises one of SITE_FAULTS when the site fails."""
+        if self._proxy is None:
+            assert self._connect is not None, "a KindPoller needs a proxy or a connect()"
+            self._proxy = self._connect()
         started = self._clock()
         begun = time.monotonic()
         if resync or self._watermark is None:
@@ -105,7 +145,10 @@ class KindPoller:
         self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
             time.monotonic() - begun
         )
-        self._watermark = started
+        # The watermark is the start on the site's clock: its timestamps are what it is compared
+        # with. The offset is read after the poll, whose answers measured it. (Health and
+        # metrics keep our clock.)
+        self._watermark = started + self._site_clock.offset
         self._health.poll_ok(
             self.kind.name,
             datetime.fromtimestamp(started, UTC),
@@ -118,8 +161,10 @@ class KindPoller:
         if since is not None and not self._since_rejected and self._honoured(since):
             query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
             try:
-                self._publish(self.kind.observations(self._proxy, query, since.min_microversion))
-                return "incremental"
+                listed = self.kind.observations(
+                    self._proxy, query, since.min_microversion, self._skip
+                )
+                self._publish(listed)
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
                     raise
@@ -130,6 +175,10 @@ class KindPoller:
                     exc,
                 )
                 self._since_rejected = True
+            else:
+                # Outside the `try`: a 400 from the sweep is not the site rejecting `since`.
+                self._sweep_deletions()
+                return "incremental"
         if self.kind.revision_projection:
             self._revision_diff()
             return "revisions"
@@ -137,9 +186,26 @@ class KindPoller:
         return "resync"
 
     def _honoured(self, since: Since) -> bool:
-        if since.min_microversion is None:
+        return self._supports(since.min_microversion)
+
+    def _supports(self, microversion: str | None) -> bool:
+        if microversion is None:
             return True
-        return bool(openstack.utils.supports_microversion(self._proxy, since.min_microversion))
+        return bool(openstack.utils.supports_microversion(self._proxy, microversion))
+
+    def _skip(self, bad: Unreadable) -> None:
+        """A listed object that cannot be read: counted every time, logged once per object."""
+        key = bad.object_id or bad.reason
+        self._metrics.unparseable.labels(self._metrics.site, self.kind.name).inc()
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("%s: skipping an object the poller cannot read: %s", self.kind.name, bad)
+        self._unreadable[key] = bad.reason
+        self._health.set_unparseable(self.kind.name, len(self._unreadable))
+
+    def _unreadable_ids(self) -> set[str]:
+        """Ids of objects that are listed but unreadable: they exist, so no tombstone."""
+        return set(self._unreadable) & self._publisher.known_ids(self.kind.name)
 
     def _publish(self, observations: Iterable[Observation]) -> set[str]:
         """Publish every listed object; returns the ids of those that exist."""
@@ -147,6 +213,10 @@ class KindPoller:
         count = 0
         for obs in observations:
             count += 1
+            if self._unreadable.pop(obs.id, None) is not None or obs.id in self._logged:
+                self._logged.discard(obs.id)
+                log.info("%s %s: readable again", self.kind.name, obs.id)
+                self._health.set_unparseable(self.kind.name, len(self._unreadable))
             self._publisher.observe(self.kind.name, obs)
             if obs.deleted:
                 self._revisions.pop(obs.id, None)
@@ -159,11 +229,38 @@ class KindPoller:
 
     def _resync(self) -> None:
         self._revisions = {}
-        seen = self._publish(self.kind.observations(self._proxy))
+        # A full listing says which objects are unreadable now; earlier ones may be mended.
+        self._unreadable = {}
+        seen = self._publish(self.kind.observations(self._proxy, skip=self._skip))
+        self._logged &= set(self._unreadable)
+        self._health.set_unparseable(self.kind.name, len(self._unreadable))
         self._tombstone_vanished(seen)
 
+    def _sweep_deletions(self) -> None:
+        """After an incremental listing that does not show deletions: find them by a listing
+        of ids, when the service's count says some are missing, or on schedule."""
+        sweep = self.kind.sweep
+        if sweep is None:
+            return
+        self._since_sweep += 1
+        reason = None
+        if sweep.count is not None and self._supports(sweep.count.min_microversion):
+            known = self._publisher.known_ids(self.kind.name) | set(self._unreadable)
+            if self.kind.total(self._proxy) != len(known):
+                reason = "count"
+        elif self._since_sweep >= self._settings.deletion_sweep_every:
+            reason = "schedule"
+        if reason is None:
+            return
+        self._since_sweep = 0
+        self._metrics.deletion_sweeps.labels(self._metrics.site, self.kind.name, reason).inc()
+        listed = self.kind.listed_ids(self._proxy, skip=self._skip)
+        # Objects created since the incremental listing are in `listed` and not known yet: the
+        # next incremental poll publishes them. Only known ids that are gone matter here.
+        self._tombstone_vanished(listed)
+
     def _revision_diff(self) -> None:
-        listed = self.kind.revisions(self._proxy)
+        listed = self.kind.revisions(self._proxy, skip=self._skip)
         self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(len(listed))
         dirty = self._publisher.dirty_ids(self.kind.name)
         changed = [
@@ -178,11 +275,38 @@ class KindPoller:
         self._metrics.unchanged.labels(self._metrics.site, self.kind.name).inc(unchanged)
         for start in range(0, len(changed), IDS_PER_REQUEST):
             chunk = changed[start : start + IDS_PER_REQUEST]
-            self._publish(self.kind.observations(self._proxy, {"id": chunk}))
+            self._publish(self.kind.observations(self._proxy, {"id": chunk}, skip=self._skip))
         self._tombstone_vanished(set(listed))
 
     def _tombstone_vanished(self, present: set[str]) -> None:
-        for object_id in self._publisher.known_ids(self.kind.name) - present:
+        """Tombstones for known objects the listing did not show, unless too many vanished at
+        once: those wait until the next listing agrees (the mass vanish guard)."""
+        known = self._publisher.known_ids(self.kind.name)
+        vanished = known - present - self._unreadable_ids()
+        # Held back last time and still gone: confirmed. The rest is judged on its own.
+        confirmed = vanished & self._held
+        fresh = vanished - confirmed
+        limit = max(VANISH_GUARD_FLOOR, self._settings.vanish_guard * len(known))
+        held = fresh if len(fresh) > limit else set()
+        if held:
+            log.warning(
+                "%s: %d of %d objects vanished from one listing (more than %.0f%%); holding their "
+                "tombstones back until the next listing agrees",
+                self.kind.name,
+                len(held),
+                len(known),
+                100 * self._settings.vanish_guard,
+            )
+        elif self._held - vanished:
+            log.info(
+                "%s: %d held-back object(s) are listed again; no tombstones for them",
+                self.kind.name,
+                len(self._held - vanished),
+            )
+        self._held = held
+        self._metrics.held_back.labels(self._metrics.site, self.kind.name).set(len(held))
+        self._health.set_held_back(self.kind.name, len(held))
+        for object_id in vanished - held:
             self._publisher.delete(self.kind.name, object_id)
             self._revisions.pop(object_id, None)
 
@@ -202,7 +326,7 @@ class KindPoller:
                 continue
             if resync:
                 next_resync = begun + self._settings.resync_interval
-            stop.wait(max(0.0, self._settings.interval - (time.monotonic() - begun)))
+            self.pause(stop, max(0.0, self._settings.interval - (time.monotonic() - begun)))
 
     def wants_resync(self, due: bool, last_resync_failed: bool) -> bool:
         """Whether the next poll is a resync: when one is due, or when keys whose delivery failed
@@ -222,10 +346,14 @@ class KindPoller:
         return False
 
     def _attempt(self, resync: bool, stop: threading.Event) -> bool:
-        """One poll; on a site fault, record it and wait the backoff delay. True on success."""
+        """One poll; on a site fault, record it and wait the backoff delay. True on success.
+        False without a wait when the producer was interrupted (the process is stopping)."""
         try:
             self.poll(resync)
             return True
+        except ProduceInterrupted:
+            stop.set()
+            return False
         except SITE_FAULTS as exc:
             failures = self._health.poll_failed(self.kind.name, _describe(exc))
             delay = self.backoff(failures)
@@ -240,11 +368,8 @@ class KindPoller:
             return False
 
     def backoff(self, failures: int) -> float:
-        """Seconds to wait after `failures` consecutive failures: doubling from the initial
-        delay up to the maximum, then jittered into its upper half so pollers spread out."""
-        settings = self._settings
-        ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(failures - 1, 30))
-        return float(ceiling * (0.5 + 0.5 * self._jitter()))
+        """Seconds to wait after `failures` consecutive failures (see `backoff_delay`)."""
+        return backoff_delay(self._settings, failures, self._jitter())
 
 
 def _describe(exc: BaseException) -> str:

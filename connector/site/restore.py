@@ -1,20 +1,23 @@
 """Rebuilding the publisher's state from the site's own compacted topic on start.
 
-Reads every partition from its beginning to the end it had when the read began, through the
-shared whole-topic reader (`connector.kafka.reader`: no consumer group, nothing committed),
-decodes each message, and keeps per key the fingerprint of its last record; a tombstone removes
-the key. The highest sequence seen, in records, heartbeats and tombstone headers, becomes the
-publisher's starting point. Messages that do not decode are skipped and counted: the resync that
-follows republishes whatever they held.
+Reads every partition from its beginning to the end it had when the read began (at once, or
+again and again while a standby poller follows the topic), through the shared whole-topic
+reader (`connector.kafka.reader`: no consumer group, nothing committed), decodes each message,
+and keeps per key the fingerprint of its last record; a tombstone removes the key. The highest
+sequence seen, in records, heartbeats and tombstone headers, becomes the publisher's starting
+point. Messages that do not decode are skipped and counted: the resync that follows republishes
+whatever they held.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from connector.config import KafkaSettings
+from connector.errors import ConnectorError
 from connector.kafka import Message
 from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
@@ -43,19 +46,74 @@ def restore_from_topic(
     kafka: KafkaSettings, topic: str, codec: Codec, kinds: Iterable[str]
 ) -> Restored:
     """Read `topic` from its beginning to its end and rebuild the state of `kinds`."""
-    wanted = set(kinds)
-    out = Restored(fingerprints={kind: {} for kind in wanted})
-    reader = TopicReader(kafka, topic, from_beginning=True)
+    follower = TopicFollower(kafka, topic, codec, kinds)
     try:
-        for msg in reader.messages(stop_at_end=True, timeout=RESTORE_TIMEOUT):
-            _apply(out, msg, codec, wanted)
+        follower.catch_up()
     finally:
-        reader.close()
-    if out.undecodable:
-        log.warning(
-            "%d message(s) in %s did not decode; the resync resends them", out.undecodable, topic
-        )
-    return out
+        follower.close()
+    return follower.restored
+
+
+class TopicFollower:
+    """The state a restore would rebuild, kept up to date: a standby poller follows its site
+    topic (on a thread of its own, `follow`) so that a take-over reads only what is new."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, codec: Codec, kinds: Iterable[str]):
+        self.topic = topic
+        self._codec = codec
+        self._wanted = set(kinds)
+        self.restored = Restored(fingerprints={kind: {} for kind in self._wanted})
+        self._reader = TopicReader(kafka, topic, from_beginning=True)
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"TopicFollower({self.topic}, {self.restored.messages} message(s) read)"
+
+    def catch_up(self) -> None:
+        """Read on into `restored` up to the end the topic has now (KafkaError when that takes
+        longer than RESTORE_TIMEOUT). Not while `follow` runs."""
+        undecodable = self.restored.undecodable
+        messages = self._reader.messages(stop_at_end=True, timeout=RESTORE_TIMEOUT)
+        try:
+            for msg in messages:
+                _apply(self.restored, msg, self._codec, self._wanted)
+                if self._halt.is_set():
+                    break
+        finally:
+            messages.close()  # a read left midway goes on from the next message next time
+        if self.restored.undecodable > undecodable:
+            skipped = self.restored.undecodable - undecodable
+            log.warning(
+                "%d message(s) in %s did not decode; the resync resends them", skipped, self.topic
+            )
+
+    def follow(self, interval: float) -> None:
+        """Catch up now, then every `interval` seconds, on a thread, until `stop_following`."""
+
+        def run() -> None:
+            while not self._halt.is_set():
+                try:
+                    self.catch_up()
+                except ConnectorError as exc:
+                    # The take-over reads to the end anyway, and fails there if this persists.
+                    log.warning("following %s: %s", self.topic, exc)
+                self._halt.wait(interval)
+
+        self._thread = threading.Thread(target=run, name="follow", daemon=True)
+        self._thread.start()
+
+    def stop_following(self) -> None:
+        """Stop the thread of `follow` (within a message or a fetch) and wait for it."""
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._halt.clear()
+
+    def close(self) -> None:
+        self.stop_following()
+        self._reader.close()
 
 
 def _apply(out: Restored, msg: Message, codec: Codec, wanted: set[str]) -> None:

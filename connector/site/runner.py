@@ -1,11 +1,18 @@
 """`cascade-connector produce`: one site's poller process, from settings to a clean exit.
 
-Ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
+Stands by until this process holds the site's lease (`lease.py`: one publishing poller per site),
+then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
-the others), publishes a heartbeat every few seconds, and serves /metrics, /readyz and /livez.
-SIGTERM and SIGINT stop the pollers, flush the producer and return normally (exit 0). With
-`once`, every kind is resynced once, a heartbeat is published, the producer flushed, and the call
-returns.
+the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
+/readyz and /livez (a standby too, ready). SIGTERM and SIGINT stop the pollers, flush the
+producer and return normally (exit 0). With `once`, every kind is resynced once, a heartbeat is
+published, the producer flushed, and the call returns.
+
+Nothing transient ends the process: Kafka trouble at start-up (no leader yet, brokers down,
+timeouts) is retried with backoff while /readyz and the metrics say degraded (`startup.py`), and
+the service proxies are made inside each kind's polls, under that kind's backoff. A stop ends the
+process within 10 s in every state (STOP_JOIN, then STOP_FLUSH); what could not be delivered by
+then is reported, and republished from the site by the next start (its restore does not hold it).
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import openstack
+import openstack.config
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
@@ -26,24 +34,34 @@ from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
-from connector.kafka.topics import ensure_site_topic
+from connector.kafka.topics import TopicReport, ensure_site_topic, site_topic
 from connector.ops.cleanup import cleanup_after
 from connector.ops.metrics import OpsServer
 from connector.ops.signals import stop_on_signals
+from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
+from connector.site.lease import Election, instance_id, open_site_producer
 from connector.site.metrics import SiteMetrics
+from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
-from connector.site.restore import restore_from_topic
+from connector.site.restore import Restored, restore_from_topic
+from connector.site.startup import Stopped, until_kafka_answers
 
 log = logging.getLogger(__name__)
 
 #: Attempts per kind in `--once` mode before the run counts as failed.
 ONCE_ATTEMPTS = 5
-#: Seconds to wait for the poller threads after a stop, and for the final flush.
-SHUTDOWN_JOIN = 10.0
+#: Seconds from a stop (SIGTERM) to the end of the process stay under 10: the poller threads
+#: get STOP_JOIN (a request in flight is abandoned), the final flush STOP_FLUSH.
+STOP_JOIN = 3.0
+STOP_FLUSH = 5.0
+#: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
 #: Allocations between runs of the collector's youngest generation (Python's default: 700).
 #: A listing page is tens of thousands of small dicts and strings, none in a cycle; at the
 #: default the collector runs dozens of times per page and rescans what is still alive, about a
@@ -59,22 +77,56 @@ class SitePoller:
     """One site's poller, assembled: topic ensured, state restored, a KindPoller per kind.
 
     `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
+    Kafka trouble while starting is retried with backoff until it passes or `stop` is set
+    (then Stopped); /healthz and the metrics can be served from `on_health` on, before it.
     """
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        metrics: SiteMetrics | None = None,
+        producer: Producer | None = None,
+        restored: Restored | None = None,
+        stop: threading.Event | None = None,
+        on_health: Callable[[SitePoller], None] | None = None,
+    ) -> None:
         site = settings.site.name
         if not site:
             raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
         self.settings = settings
+        self.instance = instance_id(settings.site)
+        self._stop = stop or threading.Event()
         kinds = kinds_for(settings.site.kinds)
         codec = codec_from_settings(settings.kafka)
-        report = ensure_site_topic(settings.kafka, site)
+        self.topic = site_topic(settings.kafka.topic_prefix, site)
+        _check_cloud(settings.site)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SiteMetrics(self.registry, site)
+        self.health = Health([k.name for k in kinds], self.metrics)
+        if on_health is not None:
+            on_health(self)
+        report: TopicReport = self._until_kafka_answers(
+            "ensure the topic",
+            lambda: ensure_site_topic(settings.kafka, site),
+        )
         for line in report.lines():
             log.info("%s", line)
-        self.topic = report.topic
-        self.restored = restore_from_topic(
-            settings.kafka, self.topic, codec, [k.name for k in kinds]
+        # Opened before the restore: it fences the previous producer and ends its transaction,
+        # so the restore reads everything that producer will ever have published.
+        self.producer = producer or self._until_kafka_answers(
+            "open the producer",
+            lambda: open_site_producer(
+                settings, on_failure=lambda _failure: None, on_error=self._kafka_trouble
+            ),
         )
+        if restored is None:
+            names = [k.name for k in kinds]
+            restored = self._until_kafka_answers(
+                "restore", lambda: restore_from_topic(settings.kafka, self.topic, codec, names)
+            )
+        self.restored = restored
+        self.health.kafka_ok()
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
             sum(len(fps) for fps in self.restored.fingerprints.values()),
@@ -82,10 +134,6 @@ class SitePoller:
             self.restored.messages,
             self.topic,
         )
-        self.registry = registry or CollectorRegistry()
-        self.metrics = SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics)
-        self.producer = Producer(settings.kafka)
         self.publisher = Publisher(
             site,
             self.topic,
@@ -96,17 +144,36 @@ class SitePoller:
             self.restored.fingerprints,
             self.restored.last_sequence,
         )
-        self.pollers = [
-            KindPoller(
-                kind,
-                _proxy(settings.site, kind, self.metrics),
-                self.publisher,
-                self.health,
-                self.metrics,
-                settings.site,
-            )
-            for kind in kinds
-        ]
+        self.pollers = [self._kind_poller(kind) for kind in kinds]
+        self.notifications = _notifications(settings, self.pollers, self.registry)
+
+    def _kind_poller(self, kind: Kind) -> KindPoller:
+        site_clock = SiteClock()
+        offset = self.metrics.clock_offset.labels(self.metrics.site, kind.name)
+
+        def connect() -> Any:
+            proxy = _proxy(self.settings.site, kind, self.metrics, site_clock)
+            offset.set(site_clock.offset)
+            return proxy
+
+        # The clouds.yaml entry was checked at the start (exit 2 when unusable); the service
+        # proxy (Keystone, the catalog) is made in the first poll, under the kind's backoff.
+        return KindPoller(
+            kind,
+            None,
+            self.publisher,
+            self.health,
+            self.metrics,
+            self.settings.site,
+            connect=connect,
+            site_clock=site_clock,
+        )
+
+    def _until_kafka_answers(self, what: str, call: Callable[[], T]) -> T:
+        return until_kafka_answers(what, call, self._stop, self.settings.site, self._kafka_trouble)
+
+    def _kafka_trouble(self, error: str) -> None:
+        self.health.kafka_failed(error)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -123,7 +190,9 @@ class SitePoller:
         if unsent:
             status = "degraded"
             details = {**details, "unsent": unsent}
-        self.publisher.heartbeat(status, details)
+        if self.notifications is not None:
+            details = {**details, **self.notifications.details()}
+        self.publisher.heartbeat(status, {**details, "instance": self.instance})
 
     def flush(self, check_delivered: bool = True) -> None:
         """Wait for every delivery: KafkaError if a message is still queued or (with
@@ -134,12 +203,46 @@ class SitePoller:
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
         """Poll until `stop` (or one resync of every kind with `once`), then flush. A `once`
-        run fails when a delivery failed; a long run leaves those keys to the next resync."""
-        with cleanup_after(lambda: self.flush(check_delivered=once)):
+        run fails when a delivery failed; a long run leaves those keys to the next resync.
+        After a stop the flush is bounded (STOP_FLUSH), and what is left is reported."""
+
+        def interrupt_on_stop() -> None:
+            # A poller waiting for room in a full producer queue gives up at once on a stop.
+            stop.wait()
+            self.producer.interrupt()
+
+        threading.Thread(target=interrupt_on_stop, name="stop-producer", daemon=True).start()
+
+        def final_flush() -> None:
+            if stop.is_set():
+                self._flush_at_stop()
+            else:
+                self.flush(check_delivered=once)
+
+        listening = self.notifications if not once else None
+        if listening is not None:
+            listening.start()
+        stop_listening = [] if listening is None else [listening.stop]
+        with cleanup_after(*stop_listening, final_flush):
             if once:
                 _run_once(self.pollers, self, stop)
             else:
                 _run_forever(self.pollers, self, stop, self.settings.site)
+
+    def _flush_at_stop(self) -> None:
+        """Deliver what can be within STOP_FLUSH; report the rest, which the next start
+        republishes from the site (its restore does not hold it), and drop it."""
+        try:
+            self.producer.flush(STOP_FLUSH)
+        except KafkaError:
+            undelivered = len(self.producer)
+            log.error(
+                "stopping with %d message(s) undelivered (Kafka out of reach for %.0f s); the "
+                "next start republishes them from the site",
+                undelivered,
+                STOP_FLUSH,
+            )
+            self.producer.purge()
 
 
 def run_site(
@@ -152,21 +255,62 @@ def run_site(
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
     stop = stop or threading.Event()
-    # Signals are handled from the start: a stop during the restore still flushes and exits 0.
+    registry = registry or CollectorRegistry()
+    # Signals are handled from the start: a stop during the start-up still exits 0.
     with stop_on_signals(stop.set), fewer_collections():
-        poller = SitePoller(settings, registry)
+        election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
-            health = poller.health.snapshot
-            ops = OpsServer(poller.registry, health, port=settings.site.metrics_port)
+            ops = OpsServer(registry, election.ready, port=settings.site.metrics_port)
             ops.start()
             log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
-        with cleanup_after(*([] if ops is None else [ops.stop])):
-            poller.run(stop, once)
+        try:
+            with cleanup_after(*([] if ops is None else [ops.stop])):
+                # Only the instance holding the site's lease polls and publishes (site/lease.py).
+                metrics = election.metrics
+                election.run(
+                    stop,
+                    once,
+                    lambda producer, restored: SitePoller(
+                        settings, registry, metrics, producer, restored, stop
+                    ),
+                )
+        except Stopped as exc:
+            log.info("%s", exc)
 
 
-def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
-    """The service proxy of a fresh connection for `kind`, its requests counted."""
+def _notifications(
+    settings: Settings, pollers: list[KindPoller], registry: CollectorRegistry
+) -> Notifications | None:
+    """The bus listener, its triggers set as the pollers' waits; None without a bus URL."""
+    if not settings.notifications.url:
+        return None
+    notifications = Notifications(
+        settings.notifications, settings.site, [p.kind.name for p in pollers], registry
+    )
+    for poller in pollers:
+        poller.pause = notifications.triggers[poller.kind.name].wait
+    return notifications
+
+
+def _stop_all(servers: list[OpsServer]) -> None:
+    for server in servers:
+        server.stop()
+
+
+def _check_cloud(site: SiteSettings) -> None:
+    """ConfigError when the clouds.yaml entry cannot be used (no network involved)."""
+    cloud = site.cloud or site.name
+    try:
+        openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    except openstack.exceptions.ConfigException as exc:
+        raise ConfigError(f"site.cloud: cannot use clouds.yaml entry {cloud!r}: {exc}") from exc
+
+
+def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: SiteClock) -> Any:
+    """The service proxy of a fresh connection for `kind`, its requests counted and the site's
+    clock read from their Date headers. Making it asks Keystone for the catalog: a site fault
+    when Keystone is down, raised in the kind's poll."""
     cloud = site.cloud or site.name
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
@@ -178,6 +322,7 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics) -> Any:
     def count(response: Any, *_args: Any, **_kwargs: Any) -> None:
         requests.inc()
         received.inc(len(response.content))
+        site_clock.observe(response.headers.get("Date"))
 
     conn.session.session.hooks["response"].append(count)
     return getattr(conn, kind.service)
@@ -249,9 +394,12 @@ def _join(started: tuple[list[threading.Thread], _Crash], stop: threading.Event)
     for thread in threads:
         while thread.is_alive() and not stop.is_set():
             thread.join(0.2)
-        # Once stopped, wait a bounded time for a request in flight: whatever it would have
-        # published is published after the restart, by the resync against the restored state.
-        thread.join(SHUTDOWN_JOIN)
+    # Once stopped, wait a bounded time, for all threads together, for a request in flight:
+    # whatever it would have published is published after the restart, by the resync against
+    # the restored state.
+    deadline = time.monotonic() + STOP_JOIN
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
     if crash.error is not None:
         raise crash.error
 

@@ -208,23 +208,31 @@ def assert_incremental_filters_sent(
     sent: list[tuple[str, str, dict[str, list[str]], str | None]], neutron_changed_since: str
 ) -> None:
     """The incremental filters on the wire: Nova changes-since; Cinder updated_at=gte: with
-    microversion 3.60; Neutron changed_since, or (rejected) the id and revision projection and
-    the changed ids."""
+    microversion 3.60, then the volume summary (3.12) and, when its count differs, the plain id
+    listing; Neutron changed_since (every second cycle an id listing), or (rejected) the id and
+    revision projection and the changed ids."""
     by_kind: dict[str, list[tuple[str, dict[str, list[str]], str | None]]] = {}
     for kind, path, query, version in sent:
         by_kind.setdefault(kind, []).append((path, query, version))
     [(path, query, _)] = by_kind["server"]
     assert path.endswith("/servers/detail 200")
     assert set(query) == {"all_tenants", "changes-since"}
-    [(path, query, version)] = by_kind["volume"]
+    [(path, query, version), summary, *swept] = by_kind["volume"]
     assert path.endswith("/volumes/detail 200") and version == "volume 3.60"
     assert set(query) == {"all_tenants", "updated_at"} and query["updated_at"][0].startswith("gte:")
+    assert summary[0].endswith("/volumes/summary 200") and summary[2] == "volume 3.12"
+    assert summary[1] == {"all_tenants": ["True"]}
+    assert all(p.endswith("/volumes 200") and q == {"all_tenants": ["True"]} for p, q, _ in swept)
     ports = by_kind["port"]
     if neutron_changed_since == "accept":
-        [(path, query, _)] = ports
+        [(path, query, _), *swept] = ports
         assert path.endswith("/ports 200")
         assert set(query) == {"fields", "changed_since", "limit"}
         assert "revision_number" in query["fields"]
+        # The second incremental cycle: the id listing that finds deletions, page by page.
+        assert swept and all(
+            p.endswith("/ports 200") and q["fields"] == ["id"] for p, q, _ in swept
+        )
     else:
         # changed_since was rejected (400) in the first cycle, and is not asked again.
         assert all("changed_since" not in query for _, query, _ in ports)

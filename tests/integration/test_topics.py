@@ -49,12 +49,12 @@ def test_ensure_creates_a_compacted_topic_then_reports_drift_and_fixes_it(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
     prefix = unique_name("p")
-    topic = f"{prefix}.site-a"
+    topic, lease = f"{prefix}.site-a", f"{prefix}-lease.site-a"
     ensure = ["topics", "ensure", "--site", "site-a", "--prefix", prefix, "--partitions", "2"]
 
     created = _run(kafka_bootstrap, *ensure)
     assert created.exit_code == 0, created.output
-    assert created.output == f"created {topic}\n"
+    assert created.output == f"created {topic}\ncreated {lease}\n"
     config = _topic_config(kafka_bootstrap, topic)
     defaults = KafkaSettings()
     assert config["cleanup.policy"] == "compact"
@@ -64,7 +64,9 @@ def test_ensure_creates_a_compacted_topic_then_reports_drift_and_fixes_it(
 
     again = _run(kafka_bootstrap, *ensure)
     assert again.exit_code == 0, again.output
-    assert again.output == f"{topic} exists with the expected config\n"
+    assert again.output == (
+        f"{topic} exists with the expected config\n{lease} exists with the expected config\n"
+    )
 
     _set_config(
         kafka_bootstrap, topic, {"cleanup.policy": "compact,delete", "segment.ms": "604800000"}

@@ -13,18 +13,31 @@ from connector.kafka.topics import replication
 def test_a_site_gets_its_own_topic_and_nothing_of_another_site() -> None:
     acls = site_acls(KafkaSettings(), "User:east", "east")
     topics = {a.name for a in acls if a.resource == "topic"}
-    assert topics == {"cascade.status.east"}
-    assert {a.operation for a in acls if a.resource == "topic"} == {
+    assert topics == {"cascade.status.east", "cascade.status-lease.east"}
+    assert {a.operation for a in acls if a.name == "cascade.status.east"} == {
         "WRITE",
         "DESCRIBE",
         "READ",
         "CREATE",
         "DESCRIBE_CONFIGS",
     }
+    # The election reads its lease topic and joins its group; nothing is written there.
+    assert {a.operation for a in acls if a.name == "cascade.status-lease.east"} == {
+        "READ",
+        "DESCRIBE",
+        "CREATE",
+    }
     assert all(a.pattern == "literal" and a.principal == "User:east" for a in acls)
     assert Acl("User:east", "cluster", "kafka-cluster", "literal", "IDEMPOTENT_WRITE") in acls
-    assert {(a.resource, a.operation) for a in acls if a.resource == "group"} == {
-        ("group", "DESCRIBE")
+    assert {(a.name, a.operation) for a in acls if a.resource == "group"} == {
+        ("cascade-connector-reader", "DESCRIBE"),
+        ("cascade.status-lease.east", "READ"),
+        ("cascade.status-lease.east", "DESCRIBE"),
+    }
+    # Fencing: the site's transactional id, and no other site's.
+    assert {(a.name, a.operation) for a in acls if a.resource == "transactional_id"} == {
+        ("cascade.status.east", "WRITE"),
+        ("cascade.status.east", "DESCRIBE"),
     }
 
 

@@ -3,6 +3,7 @@ fallbacks, the revision diff, the requests really sent, paging, backoff."""
 
 from __future__ import annotations
 
+import email.utils
 import threading
 import time
 from collections.abc import Callable
@@ -10,12 +11,14 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import keystoneauth1.exceptions
 import openstack.exceptions
 import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
+from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
@@ -45,6 +48,9 @@ class FakeProxy:
     ) -> requests.Response:
         query = dict(params or {})
         self.requests.append((url, query, microversion))
+        if url.endswith("/summary"):
+            summary = {"total_count": len(self.objects), "total_size": 0}
+            return response(200, {f"{self.collection[:-1]}-summary": summary})
         rejected = self.reject & set(query)
         if rejected:
             return response(400, {"NeutronError": {"message": f"{rejected} is invalid"}})
@@ -235,8 +241,9 @@ def test_cinder_filter_only_from_microversion_3_60(
     p.poll(resync=True)
     assert volumes.requests == [("/volumes/detail", {"all_tenants": "True"}, None)]
     assert p.poll(resync=False) == mode
-    url, query, microversion = volumes.requests[-1]
-    assert url == "/volumes/detail" and (microversion, query) == sent
+    detail = [r for r in volumes.requests if r[0] == "/volumes/detail"]
+    _url, query, microversion = detail[-1]
+    assert (microversion, query) == sent
 
 
 class FlakyFullListings(FakeProxy):
@@ -299,3 +306,154 @@ def test_a_failed_delivery_makes_the_next_poll_a_resync(ports: FakeProxy) -> Non
     assert p.wants_resync(due=False, last_resync_failed=False)
     # ... unless the last resync failed: then one incremental poll goes first.
     assert not p.wants_resync(due=True, last_resync_failed=True)
+
+
+def test_a_deleted_volume_is_found_by_the_summary_count_then_an_id_sweep() -> None:
+    volumes = FakeProxy("volumes", max_microversion="3.70")
+    for name in ("v1", "v2", "v3"):
+        volumes.objects[name] = {"id": name, "status": "available", "attachments": []}
+    p, producer = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
+    p.poll(resync=True)
+    sent_keys(producer)
+    volumes.requests.clear()
+    assert p.poll(resync=False) == "incremental"
+    summary = ("/volumes/summary", {"all_tenants": "True"}, "3.12")
+    assert summary in volumes.requests, "the count is asked on every incremental poll"
+    assert all(url != "/volumes" for url, _q, _mv in volumes.requests), "counts match: no sweep"
+    assert sent_keys(producer) == []
+
+    del volumes.objects["v2"]
+    volumes.requests.clear()
+    assert p.poll(resync=False) == "incremental"
+    assert ("/volumes", {"all_tenants": "True"}, None) in volumes.requests, "the id sweep"
+    assert sent_keys(producer) == [("s1/volume/v2", True)]
+
+
+def test_neutron_objects_are_swept_every_few_polls_where_changed_since_works() -> None:
+    row = KINDS["port"]
+    proxy = FakeProxy("ports")
+    for name in ("a", "b"):
+        put(proxy, name, "ACTIVE", 1)
+    p, producer = poller(proxy, [1_700_000_000.0], row=row, deletion_sweep_every=2)
+    p.poll(resync=True)
+    sent_keys(producer)
+    del proxy.objects["b"]
+    proxy.requests.clear()
+    assert p.poll(resync=False) == "incremental"
+    assert sent_keys(producer) == [], "no sweep on the first incremental poll"
+    assert p.poll(resync=False) == "incremental"
+    assert ("/ports", {"limit": "1000", "fields": ["id"]}, None) in proxy.requests
+    assert sent_keys(producer) == [("s1/port/b", True)]
+
+
+def test_unreadable_objects_are_skipped_counted_logged_once_and_degrade(
+    ports: FakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("a", "b", "c", "d"):
+        put(ports, name, "ACTIVE", 1)
+    p, producer = poller(ports, [1_700_000_000.0])
+    p.poll(resync=True)
+    sent_keys(producer)
+    ports.objects["b"]["updated_at"] = "yesterday-ish"
+    ports.objects["c"]["status"] = ["ACTIVE"]
+    ports.objects["x"] = {"name": "no id", "status": "ACTIVE", "revision_number": 1}
+    put(ports, "e", "DOWN", 1)
+    for _ in range(2):
+        assert p.poll(resync=True) == "resync"
+    assert sent_keys(producer) == [("s1/port/e", False)], "b and c keep their records"
+    registry = p._metrics.registry
+    labels = {"site": "s1", "kind": "port"}
+    value = registry.get_sample_value("cascade_site_unparseable_objects_total", labels)
+    assert value == 6, "three objects, two listings"
+    skipped = [r for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(skipped) == 3, "logged once per object"
+    healthy, details = p._health.snapshot()
+    assert not healthy and details["port.unparseable"] == 3
+
+    ports.objects["b"]["updated_at"] = "2026-01-01T00:00:00Z"
+    ports.objects["c"]["status"] = "ACTIVE"
+    del ports.objects["x"]
+    p.poll(resync=True)
+    assert p._health.snapshot()[0] and p._health.snapshot()[1]["port.unparseable"] == 0
+
+
+def test_a_mass_vanish_is_held_back_until_the_next_listing_agrees(ports: FakeProxy) -> None:
+    for n in range(100):
+        put(ports, f"p{n:03d}", "ACTIVE", 1)
+    p, producer = poller(ports, [1_700_000_000.0], vanish_guard=0.2)
+    p.poll(resync=True)
+    sent_keys(producer)
+    hidden = {f"p{n:03d}": ports.objects.pop(f"p{n:03d}") for n in range(30)}
+    p.poll(resync=True)
+    assert sent_keys(producer) == [], "30% vanished at once: held back"
+    healthy, details = p._health.snapshot()
+    assert not healthy and details["port.held_back"] == 30
+    ports.objects.update(hidden)
+    p.poll(resync=True)
+    assert sent_keys(producer) == [] and p._health.snapshot()[0], "they came back: nothing lost"
+
+    for n in range(30):
+        del ports.objects[f"p{n:03d}"]
+    p.poll(resync=True)
+    assert sent_keys(producer) == []
+    p.poll(resync=True)
+    assert len(sent_keys(producer)) == 30, "the next listing agreed: tombstones"
+    assert p._health.snapshot()[0]
+    del ports.objects["p099"]
+    p.poll(resync=True)
+    assert sent_keys(producer) == [("s1/port/p099", True)], "a few deletions are not held"
+
+
+def test_the_watermark_is_on_the_sites_clock(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    local = 1_700_000_010.0
+    site_clock = SiteClock(local=lambda: local)
+    ahead = email.utils.formatdate(local + 60, usegmt=True)
+    site_clock.observe(ahead)
+    publisher, _producer, _ = make_publisher()
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    p = KindPoller(
+        ROW,
+        ports,
+        publisher,
+        Health([ROW.name], metrics),
+        metrics,
+        SiteSettings(name="s1", clock_skew=3.0),
+        clock=lambda: local,
+        site_clock=site_clock,
+    )
+    p.poll(resync=True)
+    ports.queries()
+    p.poll(resync=False)
+    # The site's clock read 60 s ahead (+0.5 s for the header's rounding); minus the skew.
+    watermark = datetime.fromtimestamp(local + 60.5 - 3.0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert ports.queries() == [{"fields": FIELDS, "changed_since": watermark}]
+
+
+def test_the_proxy_is_made_in_the_first_poll_and_a_failure_is_a_site_fault(
+    ports: FakeProxy,
+) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    attempts: list[int] = []
+
+    def connect() -> FakeProxy:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise keystoneauth1.exceptions.ConnectFailure("Keystone is down")
+        return ports
+
+    publisher, producer, _ = make_publisher()
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    p = KindPoller(
+        ROW,
+        None,
+        publisher,
+        Health([ROW.name], metrics),
+        metrics,
+        SiteSettings(name="s1", backoff_initial=0.01),
+        connect=connect,
+    )
+    assert not p._attempt(True, threading.Event())
+    assert not p._health.snapshot()[0]
+    assert p._attempt(True, threading.Event())
+    assert [key for key, _v, _cb in producer.sent] == ["s1/port/a"]

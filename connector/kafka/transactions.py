@@ -1,0 +1,217 @@
+"""The transactional producer a site's active poller publishes through, and how it is fenced.
+
+One `transactional.id` per site: creating the producer calls `init_transactions()`, which makes
+the broker abort whatever transaction an earlier producer of that id left open and refuse that
+producer from then on (fenced). Messages go out in transactions committed by `poll()` (the
+runner calls it twice a second) and by `flush()`; readers that read committed records only never
+see what a fenced producer sent after the take-over, nor its unfinished transaction.
+
+Threads produce concurrently while one commits: a lock keeps `produce` out of a commit, and
+delivery reports are handed to their callbacks only after that lock is released, because those
+callbacks take their caller's own locks (the publisher's). Once a transaction fails (fenced,
+or an error that requires an abort), the producer stops: later messages are reported as failed,
+`on_failure` is called once, and `flush()` raises the failure. The caller then drops the
+producer and whatever it believed was published; a successor restores from the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import confluent_kafka
+
+from connector.errors import KafkaError
+from connector.kafka.producer import DeliveryCallback, Producer
+from connector.kafka.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: Seconds `init_transactions` may take (it waits for an earlier producer's transaction to end).
+INIT_TIMEOUT = 60.0
+#: Seconds one commit attempt may take; retriable failures are retried until COMMIT_DEADLINE.
+COMMIT_TIMEOUT = 10.0
+COMMIT_DEADLINE = 60.0
+#: The broker aborts a transaction left open this long, so a paused producer with no successor
+#: holds up read-committed readers of its partitions for at most this long. librdkafka wants a
+#: message's delivery timeout no longer, so it is the delivery timeout too.
+TRANSACTION_TIMEOUT_MS = 60_000
+
+_FENCED = {
+    confluent_kafka.KafkaError._FENCED,
+    confluent_kafka.KafkaError.PRODUCER_FENCED,
+    confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
+}
+#: What `produce` raises once the producer is unusable (fatal, or no transaction can be open).
+_UNUSABLE = {*_FENCED, confluent_kafka.KafkaError._FATAL, confluent_kafka.KafkaError._STATE}
+
+
+class TransactionFailed(KafkaError):
+    """A transaction could not be committed: nothing of it is visible to committed readers."""
+
+    def __init__(self, message: str, kafka_error: confluent_kafka.KafkaError) -> None:
+        super().__init__(message)
+        self.kafka_error = kafka_error
+
+
+class ProducerFenced(TransactionFailed):
+    """A newer producer with the same transactional id took over; this one may not publish."""
+
+
+class TransactionalProducer(Producer):
+    """A Producer whose messages are published in transactions under `transactional_id`.
+
+    `headers` are added to every message. Creating it fences any earlier producer of the id.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        transactional_id: str,
+        headers: Mapping[str, bytes],
+        on_failure: Callable[[TransactionFailed], None],
+        on_error: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(
+            settings,
+            on_error,
+            **{
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                **overrides,
+            },
+        )
+        self.transactional_id = transactional_id
+        self._headers = dict(headers)
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._reports: deque[tuple[DeliveryCallback, tuple[Any, ...]]] = deque()
+        self._open = False
+        self.failure: TransactionFailed | None = None
+        try:
+            self._producer.init_transactions(INIT_TIMEOUT)
+        except confluent_kafka.KafkaException as exc:
+            raise KafkaError(
+                f"cannot start transactions as {transactional_id}: {exc.args[0].str()}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        state = "failed" if self.failure else "open" if self._open else "idle"
+        return f"TransactionalProducer({self.transactional_id}, {state})"
+
+    def produce(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        on_delivery: DeliveryCallback,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Queue one message in the open transaction (beginning one if none is open)."""
+
+        def deferred(*report: Any) -> None:
+            self._reports.append((on_delivery, report))
+
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
+        with self._lock:
+            if self.failure is None:
+                try:
+                    if not self._open:
+                        self._producer.begin_transaction()
+                        self._open = True
+                    every = {**self._headers, **(headers or {})}
+                    super().produce(topic, key, value, deferred, every)
+                except confluent_kafka.KafkaException as exc:
+                    if not _ends_transactions(exc.args[0]):
+                        raise  # about this message (too large, say), not the producer
+                    self._fail(exc.args[0])
+            if self.failure is not None:
+                self._reports.append((on_delivery, (name, self.failure.kafka_error, 0, -1)))
+        self._dispatch()
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports and commit the open transaction; a failure is reported to
+        `on_failure`, not raised."""
+        try:
+            self._producer.poll(timeout)
+        except confluent_kafka.KafkaException as exc:
+            with self._lock:
+                self._fail(exc.args[0])
+        with self._lock:
+            self._commit()
+        self._dispatch()
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Commit the open transaction (which waits for its deliveries); raise the failure if a
+        transaction failed."""
+        with self._lock:
+            self._commit(timeout)
+            if self.failure is None and not self._open:
+                super().flush(timeout)
+        self._dispatch()
+        if self.failure is not None:
+            raise self.failure
+
+    def purge(self) -> None:
+        """Abort the open transaction: its messages are reported as failed."""
+        with self._lock:
+            if self._open and self.failure is None:
+                try:
+                    self._producer.abort_transaction(COMMIT_TIMEOUT)
+                    self._open = False
+                except confluent_kafka.KafkaException as exc:
+                    self._fail(exc.args[0])
+        self._producer.poll(0)
+        self._dispatch()
+
+    def _commit(self, timeout: float = COMMIT_TIMEOUT) -> None:
+        """Commit the open transaction, retrying what librdkafka says may be retried. Holds the
+        lock."""
+        deadline = time.monotonic() + max(timeout, COMMIT_DEADLINE)
+        while self._open and self.failure is None:
+            try:
+                self._producer.commit_transaction(min(timeout, COMMIT_TIMEOUT))
+                self._open = False
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() >= deadline:
+                    self._fail(err)
+                else:
+                    log.warning("commit of %s failed, retrying: %s", self.transactional_id, err)
+
+    def _fail(self, err: confluent_kafka.KafkaError) -> None:
+        """Stop for good after `err`. Holds the lock."""
+        if self.failure is not None:
+            return
+        if err.code() in _FENCED:
+            failure: TransactionFailed = ProducerFenced(
+                f"{self.transactional_id}: fenced by a newer producer of the same id: {err.str()}",
+                err,
+            )
+        else:
+            failure = TransactionFailed(
+                f"{self.transactional_id}: transaction failed: {err.str()}", err
+            )
+        self.failure = failure
+        self._open = False
+        log.error("%s", failure)
+        self._on_failure(failure)
+
+    def _dispatch(self) -> None:
+        """Hand queued delivery reports to their callbacks, outside the lock."""
+        while True:
+            try:
+                callback, report = self._reports.popleft()
+            except IndexError:
+                return
+            callback(*report)
+
+
+def _ends_transactions(err: confluent_kafka.KafkaError) -> bool:
+    return bool(err.fatal() or err.txn_requires_abort() or err.code() in _UNUSABLE)
