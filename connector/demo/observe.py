@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.request import Request, urlopen
 
 import sqlalchemy as sa
@@ -150,9 +151,26 @@ FULL_LISTINGS = (
 )
 
 
-def full_listing_cost(sim_url: str, clouds_file: Path, cloud: str) -> SiteCounters:
-    """What one full listing of servers, volumes and ports (details, all projects, pages of 1000)
-    costs a site, measured on the site's own counters while a plain HTTP client does it."""
+@dataclass(frozen=True)
+class SiteSession:
+    """A plain HTTP client of one site's APIs: a Keystone token, the catalog's public
+    endpoints, and the User-Agent the site's counters file its requests under."""
+
+    token: str
+    endpoints: dict[str, str]
+    user_agent: str
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Any:
+        request = Request(
+            url,
+            headers={"X-Auth-Token": self.token, "User-Agent": self.user_agent, **(headers or {})},
+        )
+        with urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+
+def login(clouds_file: Path, cloud: str, user_agent: str = "cascade-demo/1") -> SiteSession:
+    """A token and the endpoints for `cloud` of `clouds_file`, as a plain client gets them."""
     auth = yaml.safe_load(clouds_file.read_text())["clouds"][cloud]["auth"]
     request = {
         "auth": {
@@ -174,12 +192,11 @@ def full_listing_cost(sim_url: str, clouds_file: Path, cloud: str) -> SiteCounte
             },
         }
     }
-    before = SiteCounters.read([sim_url])
     with urlopen(
         Request(
             f"{auth['auth_url']}/v3/auth/tokens",
             json.dumps(request).encode(),
-            {"Content-Type": "application/json"},
+            {"Content-Type": "application/json", "User-Agent": user_agent},
         ),
         timeout=30,
     ) as response:
@@ -189,17 +206,24 @@ def full_listing_cost(sim_url: str, clouds_file: Path, cloud: str) -> SiteCounte
         service["type"]: next(e["url"] for e in service["endpoints"] if e["interface"] == "public")
         for service in catalog
     }
+    return SiteSession(token, endpoints, user_agent)
+
+
+def next_link(page: dict[str, Any], key: str) -> str | None:
+    """The `next` link of a paged OpenStack listing, if any."""
+    return next(
+        (link["href"] for link in page.get(f"{key}_links", []) if link.get("rel") == "next"),
+        None,
+    )
+
+
+def full_listing_cost(sim_url: str, clouds_file: Path, cloud: str) -> SiteCounters:
+    """What one full listing of servers, volumes and ports (details, all projects, pages of 1000)
+    costs a site, measured on the site's own counters while a plain HTTP client does it."""
+    before = SiteCounters.read([sim_url])
+    session = login(clouds_file, cloud)
     for service, path, key in FULL_LISTINGS:
-        url: str | None = endpoints[service] + path
+        url: str | None = session.endpoints[service] + path
         while url:
-            with urlopen(Request(url, headers={"X-Auth-Token": token}), timeout=60) as response:
-                page = json.loads(response.read())
-            url = next(
-                (
-                    link["href"]
-                    for link in page.get(f"{key}_links", [])
-                    if link.get("rel") == "next"
-                ),
-                None,
-            )
+            url = next_link(session.get(url), key)
     return SiteCounters.read([sim_url]) - before

@@ -37,10 +37,13 @@ class Processes:
         self.env = dict(env)
         self._children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, script: Path | None = None) -> subprocess.Popen[bytes]:
+        """Run `cascade-connector <args>` (or the Python `script` with `args`: the benchmarks'
+        own agents) with its output in `<log_dir>/<name>.log`."""
         log = (self.log_dir / f"{name}.log").open("wb")
+        program = [str(script)] if script is not None else ["-m", "connector"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "connector", *args],
+            [sys.executable, *program, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -58,19 +61,33 @@ class Processes:
                     + log_tail(self.log_dir / f"{name}.log")
                 )
 
+    def children(self, prefix: str) -> list[subprocess.Popen[bytes]]:
+        """The running children whose name starts with `prefix`."""
+        return [proc for name, proc, _log in self._children if name.startswith(prefix)]
+
+    def stop(self, prefix: str, grace: float = 15.0) -> None:
+        """Stop the children whose name starts with `prefix`, as `stop_all` does."""
+        chosen = [child for child in self._children if child[0].startswith(prefix)]
+        self._children = [child for child in self._children if child not in chosen]
+        _stop(chosen, grace)
+
     def stop_all(self, grace: float = 15.0) -> None:
-        for _name, proc, _log in self._children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for _name, proc, log in self._children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        _stop(self._children, grace)
         self._children.clear()
+
+
+def _stop(children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]], grace: float) -> None:
+    for _name, proc, _log in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for _name, proc, log in children:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -1,7 +1,11 @@
 """The sim's own control API under `/_sim/` (not OpenStack), plus request stats and faults.
 
 - `GET /_sim/truth[?kind=K...]`: every live object now, consistent with what the API lists.
-- `GET /_sim/stats`: API requests per endpoint, bytes sent, status changes; `DELETE` resets.
+- `GET /_sim/stats`: API requests per endpoint, bytes sent (also per client), status changes;
+  `DELETE` resets.
+- `POST /_sim/changes`: `{"record": true}` starts keeping a log of every status change (false
+  stops and drops it); `GET /_sim/changes?after=N&limit=M` reads it from position N
+  (`{"next", "length", "changes": [[time, kind, id, status or null], ...]}`).
 - `POST /_sim/churn`: `{"changes": N}` now, or `{"rate": R, "seconds": S}` in the background.
 - `POST /_sim/storm`: `{"flaps": K, "seconds": T, "kinds": [...], "changed": F}`, a site
   restart; a fraction F of its objects ends in another status than it started in.
@@ -31,7 +35,7 @@ from typing import Any
 
 from connector.sim import behaviour
 from connector.sim.api import Request, Response, json_response
-from connector.sim.model import KINDS
+from connector.sim.model import KINDS, SimObject
 from connector.sim.store import Site
 
 _ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[0-9a-fA-F]{32})(?=/|$)")
@@ -42,23 +46,79 @@ class BadControl(Exception):
 
 
 class Stats:
-    """OpenStack API traffic: requests per endpoint (ids folded into `{id}`) and bytes sent."""
+    """OpenStack API traffic: requests per endpoint (ids folded into `{id}`) and bytes sent, in
+    all and per client (the User-Agent's first product name), so that several clients of one
+    site can be told apart."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.bytes_sent = 0
+        self.client_requests: Counter[str] = Counter()
+        self.client_bytes: Counter[str] = Counter()
 
     def record(self, request: Request, response: Response) -> None:
         endpoint = f"{request.method} {_ID_SEGMENT.sub('/{id}', request.path.rstrip('/') or '/')}"
+        client = request.headers.get("user-agent", "").split("/", 1)[0].strip() or "unknown"
         with self._lock:
             self.requests[endpoint] += 1
             self.bytes_sent += len(response.body)
+            self.client_requests[client] += 1
+            self.client_bytes[client] += len(response.body)
+
+    def clients(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                client: {"requests": n, "bytes_sent": self.client_bytes[client]}
+                for client, n in self.client_requests.items()
+            }
 
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.bytes_sent = 0
+            self.client_requests.clear()
+            self.client_bytes.clear()
+
+
+class ChangeLog:
+    """Every status change (creations and deletions too) while recording: what a design that
+    pushes each change upward would send, in order. Entries are `[time, kind, id, status]`,
+    status None for a deletion; a reader pages through them by position."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self._lock = threading.Lock()
+        self._entries: list[tuple[float, str, str, str | None]] = []
+        self._recording = False
+
+    def record(self, on: bool) -> None:
+        with self.site.lock:
+            if on and not self._recording:
+                self.site.observers.append(self._observe)
+            elif not on and self._recording:
+                self.site.observers.remove(self._observe)
+            self._recording = on
+            if not on:
+                with self._lock:
+                    self._entries.clear()
+
+    def read(
+        self, after: int, limit: int
+    ) -> tuple[int, int, list[tuple[float, str, str, str | None]]]:
+        """Entries from position `after` on (at most `limit`), the position after them, and
+        how many entries the log holds."""
+        with self._lock:
+            page = self._entries[after : after + limit]
+            length = len(self._entries)
+        return after + len(page), length, page
+
+    def _observe(self, action: str, obj: SimObject, old_status: str | None, now: float) -> None:
+        if action == "update" and obj.status == old_status:
+            return  # a task state or attachment change: no status change to push
+        status = None if action == "delete" else obj.status
+        with self._lock:
+            self._entries.append((now, obj.kind, obj.id, status))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +175,7 @@ class Control:
         self.faults = faults
         self.jobs = jobs
         self.info = info
+        self.changes = ChangeLog(site)
 
     def handle(self, request: Request) -> Response:
         route = (request.method, request.path.rstrip("/"))
@@ -131,6 +192,17 @@ class Control:
                 self.stats.reset()
                 self.site.reset_counters()
                 return Response(204, b"")
+            if route == ("POST", "/_sim/changes"):
+                record = _body(request).get("record")
+                if not isinstance(record, bool):
+                    raise BadControl(f"record must be true or false, got {record!r}")
+                self.changes.record(record)
+                return json_response(200, {"recording": record})
+            if route == ("GET", "/_sim/changes"):
+                after = _query_int(request, "after", 0)
+                limit = _query_int(request, "limit", 10_000)
+                position, length, page = self.changes.read(after, max(1, min(limit, 100_000)))
+                return json_response(200, {"next": position, "length": length, "changes": page})
             if route == ("POST", "/_sim/churn"):
                 return self._churn(_body(request))
             if route == ("POST", "/_sim/storm"):
@@ -168,6 +240,7 @@ class Control:
             }
         doc["requests"] = dict(self.stats.requests)
         doc["bytes_sent"] = self.stats.bytes_sent
+        doc["clients"] = self.stats.clients()
         doc["background_jobs"] = self.jobs.running()
         return doc
 
@@ -253,6 +326,15 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadControl("body must be a JSON object")
     return body
+
+
+def _query_int(request: Request, name: str, default: int) -> int:
+    text = request.arg(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise BadControl(f"{name} must be a whole number, got {text!r}")
+    return int(text)
 
 
 def _number(body: dict[str, Any], name: str, kind: type[Any], lo: float, hi: float) -> Any:

@@ -86,9 +86,36 @@ def test_storm_flaps_and_settles_where_it_started(sim: RunningSim) -> None:
 def test_api_requests_and_bytes_are_counted(sim: RunningSim) -> None:
     requests.get(f"{sim.url}/compute/", timeout=10)
     requests.get(f"{sim.url}/compute/v2.1/servers/{'1' * 32}", timeout=10)
+    requests.get(f"{sim.url}/compute/", headers={"User-Agent": "poc-proxy/1 x/2"}, timeout=10)
     stats = call(sim, "GET", "stats").json()
-    assert stats["requests"] == {"GET /compute": 1, "GET /compute/v2.1/servers/{id}": 1}
+    assert stats["requests"] == {"GET /compute": 2, "GET /compute/v2.1/servers/{id}": 1}
     assert stats["bytes_sent"] > 0
+    clients = stats["clients"]
+    assert set(clients) == {"python-requests", "poc-proxy"}
+    assert clients["poc-proxy"]["requests"] == 1
+    assert sum(c["bytes_sent"] for c in clients.values()) == stats["bytes_sent"]
+
+
+def test_change_log_has_every_status_change_in_order(sim: RunningSim) -> None:
+    assert call(sim, "GET", "changes").json() == {"next": 0, "length": 0, "changes": []}
+    assert call(sim, "POST", "changes", {"record": True}).json() == {"recording": True}
+    before = call(sim, "GET", "stats").json()["status_changes"]
+    call(sim, "POST", "churn", {"changes": 50})
+    logged = call(sim, "GET", "changes?after=0&limit=100000").json()
+    assert len(logged["changes"]) == logged["length"] == logged["next"]
+    # One entry per counted status change, so a push design's calls are the sim's own counter.
+    assert logged["length"] == call(sim, "GET", "stats").json()["status_changes"] - before
+    latest: dict[tuple[str, str], str | None] = {}
+    for _at, kind, object_id, status in logged["changes"]:
+        latest[(kind, object_id)] = status
+    now = statuses(sim)
+    for key, status in latest.items():
+        assert now.get(key) == status  # None: deleted, gone from the truth
+    page = call(sim, "GET", "changes?after=10&limit=5").json()
+    assert page["next"] == 15 and page["changes"] == logged["changes"][10:15]
+    call(sim, "POST", "changes", {"record": False})
+    assert call(sim, "GET", "changes").json()["length"] == 0
+    assert call(sim, "POST", "changes", {"record": "yes"}).status_code == 400
 
 
 def test_faults_answer_500_or_hang_then_clear(sim: RunningSim) -> None:

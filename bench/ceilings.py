@@ -1,0 +1,384 @@
+"""Our paths against raw ceilings, in one run: how much of what the libraries can do we keep.
+
+1. **Producer path**: `Publisher.observe` (fingerprint, record, Avro single-object encoding,
+   produce) for N server observations, then flush; against raw fastavro `schemaless_writer`
+   plus librdkafka `produce` (confluent-kafka, the same producer settings) of the same records.
+2. **SQL apply**: `SqlSink.apply` of batches (2,000 distinct keys and a heartbeat each) into
+   PostgreSQL; against a raw batched upsert of the same rows through the same driver (psycopg 3
+   `executemany`, one transaction per batch, the same ON CONFLICT ... WHERE sequence guard).
+3. **Poll cycle**: one `SitePoller` resync cycle (servers, volumes, ports through openstacksdk,
+   nothing to publish: every fingerprint known); against a raw `requests` GET of the same pages
+   (the URLs and headers the cycle sent, captured from its sessions), each body parsed as JSON.
+
+Each pair runs `--rounds` times alternately; the best round of each counts. Printed as the raw
+figure, ours, and ours as a percentage of the raw one.
+
+    .venv/bin/python bench/ceilings.py [--quick] [--records N] [--rows N] [--servers N ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import fastavro
+import psycopg
+import requests
+import sqlalchemy as sa
+from common import broker, drop_topics, ensure_topics, load, machine, start_sims
+from prometheus_client import CollectorRegistry
+from psycopg.types.json import Jsonb
+from sink_apply import make_batches
+
+from connector.config import load_settings
+from connector.demo.processes import Processes, child_env
+from connector.kafka.producer import PRODUCER_DEFAULTS, Producer
+from connector.kafka.settings import KafkaSettings
+from connector.ops.local_postgres import LocalPostgres
+from connector.ops.signals import interrupt, stop_on_signals
+from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
+from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
+from connector.records.schemas import current_schema
+from connector.sinks.sql import SqlSink, metadata, sqlalchemy_url
+from connector.site.heartbeat import Health
+from connector.site.kinds import Observation
+from connector.site.metrics import SiteMetrics
+from connector.site.publisher import Publisher
+from connector.site.runner import SitePoller, fewer_collections
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+#: (path, unit, raw figure, our figure)
+Figure = tuple[str, str, float, float]
+
+
+def best(
+    rounds: int, ours: Callable[[int], float], raw: Callable[[int], float]
+) -> tuple[float, float]:
+    """The shortest seconds of each over `rounds` alternating runs."""
+    mine, theirs = [], []
+    for n in range(rounds):
+        theirs.append(raw(n))
+        mine.append(ours(n))
+    return min(mine), min(theirs)
+
+
+# -- 1. the producer path ----------------------------------------------------------------------
+
+
+def observations(n: int) -> list[Observation]:
+    return [
+        Observation(
+            id=f"{i:08d}-7c6e-3b7a-4d6e-9a592f0c5d1e",
+            status="ACTIVE" if i % 7 else "SHUTOFF",
+            name=f"web-frontend-{i}",
+            project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
+            details={
+                "vm_state": "active",
+                "task_state": None,
+                "power_state": 1,
+                "host": f"compute-{i % 50:02d}.site-a",
+            },
+            source_updated_at=T0,
+            revision=None,
+            deleted=False,
+        )
+        for i in range(n)
+    ]
+
+
+def producer_ours(bootstrap: str, topic: str, site: str, obs: list[Observation]) -> float:
+    registry = CollectorRegistry()
+    metrics = SiteMetrics(registry, site)
+    producer = Producer(KafkaSettings(bootstrap=bootstrap))
+    publisher = Publisher(
+        site, topic, producer, Codec(), metrics, Health(["server"], metrics), {}, 0
+    )
+    started = time.perf_counter()
+    for o in obs:
+        publisher.observe("server", o)
+    producer.flush()
+    return time.perf_counter() - started
+
+
+def producer_raw(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> float:
+    schema = current_schema()
+    prefix = SINGLE_OBJECT_MARKER + schema.fingerprint
+    producer = confluent_kafka.Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap})
+    failed = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+
+    started = time.perf_counter()
+    for record in records:
+        out = io.BytesIO()
+        out.write(prefix)
+        fastavro.schemaless_writer(out, schema.parsed, record)
+        key = f"{record['site']}/{record['kind']}/{record['id']}".encode()
+        while True:
+            try:
+                producer.produce(topic, out.getvalue(), key, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    producer.flush(60)
+    seconds = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"raw produce: {len(failed)} deliveries failed, e.g. {failed[0]}")
+    return seconds
+
+
+def avro_dict(site: str, sequence: int, o: Observation) -> dict[str, Any]:
+    return {
+        "site": site,
+        "kind": "server",
+        "id": o.id,
+        "sequence": sequence,
+        "observed_at": datetime.now(UTC),
+        "status": o.status,
+        "name": o.name,
+        "project_id": o.project_id,
+        "details": dict(o.details),
+        "source_updated_at": o.source_updated_at,
+        "revision": o.revision,
+    }
+
+
+# -- 2. the SQL apply --------------------------------------------------------------------------
+
+COLUMNS = (
+    "site, kind, id, name, project_id, status, details, source_updated_at, observed_at, "
+    "revision, sequence, deleted, applied_at"
+)
+UPSERT = (
+    f"INSERT INTO resource_status ({COLUMNS}) VALUES "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (site, kind, id) DO UPDATE SET name = excluded.name, "
+    "project_id = excluded.project_id, status = excluded.status, details = excluded.details, "
+    "source_updated_at = excluded.source_updated_at, observed_at = excluded.observed_at, "
+    "revision = excluded.revision, sequence = excluded.sequence, deleted = excluded.deleted, "
+    "applied_at = excluded.applied_at WHERE resource_status.sequence IS NULL "
+    "OR excluded.sequence > resource_status.sequence"
+)
+HEARTBEAT = (
+    "INSERT INTO site_heartbeat (site, status, details, observed_at, sequence, applied_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (site) DO UPDATE SET status = excluded.status, "
+    "details = excluded.details, observed_at = excluded.observed_at, "
+    "sequence = excluded.sequence, applied_at = excluded.applied_at "
+    "WHERE excluded.sequence > site_heartbeat.sequence"
+)
+
+
+def sql_ours(url: str, batches: list[list[Change]]) -> float:
+    sink = SqlSink(url)
+    try:
+        started = time.perf_counter()
+        for batch in batches:
+            sink.apply(batch)
+        return time.perf_counter() - started
+    finally:
+        sink.close()
+
+
+def sql_raw(url: str, batches: list[list[Change]]) -> float:
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        for batch in batches:
+            now = datetime.now(UTC)
+            rows, beats = [], []
+            for c in batch:
+                assert isinstance(c, StatusRecord)
+                if c.kind == HEARTBEAT_KIND:
+                    beats.append(
+                        (c.site, c.status, Jsonb(dict(c.details)), c.observed_at, c.sequence, now)
+                    )
+                    continue
+                rows.append(
+                    (
+                        c.site,
+                        c.kind,
+                        c.id,
+                        c.name,
+                        c.project_id,
+                        c.status,
+                        Jsonb(dict(c.details)),
+                        c.source_updated_at,
+                        c.observed_at,
+                        c.revision,
+                        c.sequence,
+                        False,
+                        now,
+                    )
+                )
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(UPSERT, rows)
+                if beats:
+                    cur.executemany(HEARTBEAT, beats)
+        return time.perf_counter() - started
+
+
+def fresh_database(pg: LocalPostgres, name: str) -> str:
+    """A new database with the sink's tables; its libpq URL."""
+    admin = sa.create_engine(sqlalchemy_url(pg.url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = pg.url.rsplit("/", 1)[0] + f"/{name}"
+    engine = sa.create_engine(sqlalchemy_url(url))
+    metadata.create_all(engine)
+    engine.dispose()
+    return url
+
+
+# -- 3. the poll cycle -------------------------------------------------------------------------
+
+
+def capture(poller: SitePoller) -> list[tuple[str, dict[str, str]]]:
+    """Start recording every request the site's sessions send: (URL, headers)."""
+    sent: list[tuple[str, dict[str, str]]] = []
+
+    def record(response: Any, *_args: Any, **_kwargs: Any) -> None:
+        sent.append((response.request.url, dict(response.request.headers)))
+
+    for kind_poller in poller.pollers:
+        kind_poller.proxy.session.session.hooks["response"].append(record)
+    return sent
+
+
+def uncapture(poller: SitePoller) -> None:
+    for kind_poller in poller.pollers:
+        kind_poller.proxy.session.session.hooks["response"].pop()
+
+
+def poll_raw(sent: list[tuple[str, dict[str, str]]]) -> float:
+    session = requests.Session()
+    started = time.perf_counter()
+    for url, headers in sent:
+        response = session.get(url, headers=headers, timeout=120)
+        response.raise_for_status()
+        response.json()
+    session.close()
+    return time.perf_counter() - started
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--records", type=int, help="producer records (default 100,000)")
+    parser.add_argument("--rows", type=int, help="SQL rows (default 100,000 over 20,000 keys)")
+    parser.add_argument("--servers", type=int)
+    parser.add_argument("--volumes", type=int)
+    parser.add_argument("--ports", type=int)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bootstrap", default=os.environ.get("CASCADE_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--kafka-port", type=int, default=9092)
+    a = parser.parse_args()
+    records = a.records or (20_000 if a.quick else 100_000)
+    rows = a.rows or (20_000 if a.quick else 100_000)
+    counts = {
+        "servers": a.servers or (3000 if a.quick else 10_000),
+        "volumes": a.volumes or (3000 if a.quick else 10_000),
+        "ports": a.ports or (6000 if a.quick else 20_000),
+    }
+    print(machine())
+    print(
+        f"settings: {records:,} producer records, {rows:,} SQL rows in batches of 2,000 over "
+        f"{rows // 5:,} keys, a site of {counts}, best of {a.rounds} rounds"
+    )
+    results: list[Figure] = []
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    with broker(a.bootstrap, a.kafka_port) as bootstrap:
+        prefix = f"ceilings.{run_id}"
+        try:
+            results.append(producer_pair(bootstrap, prefix, records, a.rounds))
+            results.append(poll_pair(bootstrap, prefix, counts, a.rounds))
+        finally:
+            drop_topics(bootstrap, f"{prefix}.", print)
+    results.insert(1, sql_pair(rows, a.rounds))
+    print(f"\nOurs against the raw ceiling, same machine, same run; {load()}")
+    print(f"  {'path':<14} {'unit':<18} {'raw':>10} {'ours':>10} {'ours/raw':>9}")
+    for path, unit, raw, ours in results:
+        print(f"  {path:<14} {unit:<18} {raw:>10,.0f} {ours:>10,.0f} {ours / raw:>9.0%}")
+
+
+def producer_pair(bootstrap: str, prefix: str, n: int, rounds: int) -> Figure:
+    print(f"[1/3] producer path: {n:,} records; {load()}")
+    sites = [f"ours{i}" for i in range(rounds)] + [f"raw{i}" for i in range(rounds)]
+    ensure_topics(bootstrap, prefix, sites)
+    obs = observations(n)
+    dicts = [avro_dict("raw", i + 1, o) for i, o in enumerate(obs)]
+    ours, raw = best(
+        rounds,
+        lambda r: producer_ours(bootstrap, f"{prefix}.ours{r}", "ours", obs),
+        lambda r: producer_raw(bootstrap, f"{prefix}.raw{r}", dicts),
+    )
+    print(f"  raw {n / raw:,.0f} records/s, ours {n / ours:,.0f} records/s")
+    return ("producer", "records/s", n / raw, n / ours)
+
+
+def sql_pair(rows: int, rounds: int) -> Figure:
+    print(f"[3/3] SQL apply into PostgreSQL: {rows:,} rows; {load()}")
+    batches = make_batches(rows, rows // 5, 2000)
+    n = sum(len(b) for b in batches)
+    with LocalPostgres(durable=True) as pg:
+        ours, raw = best(
+            rounds,
+            lambda r: sql_ours(fresh_database(pg, f"ours{r}"), batches),
+            lambda r: sql_raw(fresh_database(pg, f"raw{r}"), batches),
+        )
+    print(f"  raw {n / raw:,.0f} rows/s, ours {n / ours:,.0f} rows/s")
+    return ("SQL apply", "rows/s", n / raw, n / ours)
+
+
+def poll_pair(bootstrap: str, prefix: str, counts: dict[str, int], rounds: int) -> Figure:
+    objects = sum(counts.values())
+    print(f"[2/3] poll cycle: a resync of {objects:,} objects; {load()}")
+    workdir = Path(tempfile.mkdtemp(prefix="cascade-ceilings-"))
+    procs = Processes(workdir, child_env({}))
+    try:
+        start_sims(procs, workdir, ["site-a"], counts)
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(workdir / "clouds-site-a.yaml")
+        settings = load_settings(
+            flags={
+                "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
+                "site": {"name": "site-a", "kinds": "server,volume,port"},
+            }
+        )
+        with fewer_collections():
+            poller = SitePoller(settings)
+            poller.cycle(resync=True)  # publishes everything: the measured cycles publish nothing
+            poller.flush()
+            replay = capture(poller)
+
+            def ours(_round: int) -> float:
+                started = time.perf_counter()
+                poller.cycle(resync=True)
+                return time.perf_counter() - started
+
+            ours(0)  # the cycle whose requests the raw client repeats
+            uncapture(poller)
+            ours_s, raw_s = best(rounds, ours, lambda _r: poll_raw(replay))
+            poller.flush()
+    finally:
+        procs.stop_all()
+    print(f"  {len(replay)} requests; raw {raw_s:.2f} s, ours {ours_s:.2f} s per cycle")
+    return ("poll cycle", "objects/s", objects / raw_s, objects / ours_s)
+
+
+if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process this started.
+    with stop_on_signals(interrupt):
+        main()

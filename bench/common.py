@@ -1,0 +1,218 @@
+"""What the comparison and scale benches share: the machine line, the broker, and starting
+simulated sites, pollers and consumers through the demo's process helpers.
+
+Every process is a real `cascade-connector` command started by `connector.demo.processes`, so
+it is stopped by its pid in `Processes.stop_all` (the benches call it in a `finally`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from connector.demo.processes import DemoError, Processes, http_json, http_text, wait_until
+from connector.demo.run import flags
+from connector.errors import KafkaError
+from connector.kafka.admin import delete_topics
+from connector.kafka.settings import KafkaSettings
+from connector.kafka.topics import describe_site_topic, ensure_site_topic
+from connector.ops import free_port
+from connector.ops.local_kafka import LocalKafka
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG = ROOT / "docs" / "img"
+
+
+def load() -> str:
+    """The load average, printed beside every figure: the machine is shared."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
+def consumer_version() -> str:
+    """Which top consumer measured: the coalescing window of issue 10, or per-batch only."""
+    if importlib.util.find_spec("connector.top.window") is not None:
+        return "top consumer with the coalescing window (issue 10)"
+    return "top consumer with per-batch coalescing only (main before issue 10)"
+
+
+def machine() -> str:
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("confluent-kafka", "fastavro", "SQLAlchemy", "openstacksdk")
+    )
+    return (
+        f"machine: {platform.node()}, {os.cpu_count()} CPUs, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}, {versions}; commit {commit or '?'}; "
+        f"{consumer_version()}; {load()}"
+    )
+
+
+@contextmanager
+def broker(bootstrap: str | None, port: int) -> Iterator[str]:
+    """The Kafka to use: `bootstrap` when given, else a local broker on `port`, stopped on the
+    way out if this bench started it."""
+    if bootstrap:
+        yield bootstrap
+        return
+    kafka = LocalKafka(port=port)
+    started = not kafka.status().running
+    address = kafka.start()
+    try:
+        yield address
+    finally:
+        if started:
+            kafka.stop()
+
+
+def drop_topics(bootstrap: str, prefix: str, echo: Callable[[str], None]) -> None:
+    try:
+        delete_topics(bootstrap, prefix)
+    except KafkaError as exc:
+        echo(f"warning: could not delete this run's topics: {exc}")
+
+
+def start_sims(
+    procs: Processes,
+    workdir: Path,
+    names: list[str],
+    counts: Mapping[str, int],
+    timeout: float = 300,
+) -> dict[str, str]:
+    """One `cascade-connector sim` per site; returns site -> URL once each answers."""
+    sims: dict[str, str] = {}
+    for i, site in enumerate(names):
+        port = quiet_port()
+        sims[site] = f"http://127.0.0.1:{port}"
+        procs.start(
+            f"sim-{site}",
+            "sim",
+            *flags(
+                site=site,
+                listen=f"127.0.0.1:{port}",
+                seed=i,
+                write_clouds_yaml=workdir / f"clouds-{site}.yaml",
+                **counts,
+            ),
+        )
+    for site, url in sims.items():
+        wait_until(
+            f"simulated {site}", partial(http_json, f"{url}/_sim/info"), timeout, procs.check_alive
+        )
+        wait_until(
+            f"clouds.yaml of {site}",
+            (workdir / f"clouds-{site}.yaml").exists,
+            30,
+            procs.check_alive,
+        )
+    return sims
+
+
+def ensure_topics(bootstrap: str, prefix: str, sites: list[str], timeout: float = 60) -> None:
+    """Create the sites' topics and wait until every partition has a leader: a poller that
+    reads a topic created a moment ago can otherwise get "unknown topic or partition"."""
+    kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
+    for site in sites:
+        ensure_site_topic(kafka, site)
+    deadline = time.monotonic() + timeout
+    for site in sites:
+        while not _has_leaders(kafka, site):
+            if time.monotonic() > deadline:
+                raise DemoError(f"the topic of {site} has no leader after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def _has_leaders(kafka: KafkaSettings, site: str) -> bool:
+    try:
+        return all(p.leader is not None for p in describe_site_topic(kafka, site).partitions)
+    except KafkaError:
+        return False  # not in the metadata yet
+
+
+def quiet_port() -> int:
+    """A free port below the ephemeral range: a port from `free_port` may be taken by some
+    process's outgoing connection before the child binds it, which on a machine with dozens of
+    clients happens."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
+def start_pollers(
+    procs: Processes, workdir: Path, sites: list[str], **options: object
+) -> list[str]:
+    """A `cascade-connector produce` per site; returns their metrics URLs."""
+    urls = []
+    for site in sites:
+        port = quiet_port()
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+        procs.env["OS_CLIENT_CONFIG_FILE"] = str(workdir / f"clouds-{site}.yaml")
+        procs.start(f"poller-{site}", "produce", *flags(site=site, metrics_port=port, **options))
+    return urls
+
+
+def start_consumer(procs: Processes, name: str, **options: object) -> str:
+    """A `cascade-connector consume`; returns its metrics URL."""
+    port = quiet_port()
+    procs.start(name, "consume", *flags(metrics_port=port, **options))
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def wait_answering(procs: Processes, urls: list[str], timeout: float = 120) -> None:
+    for url in urls:
+        wait_until(url, partial(http_text, url), timeout, procs.check_alive)
+
+
+def storm_over(sims: Mapping[str, str]) -> bool:
+    return all(http_json(f"{url}/_sim/stats")["background_jobs"] == 0 for url in sims.values())
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Progress:
+    """Says when a progress line is due: at most every `every` seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self._last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        return True
