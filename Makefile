@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry chaos-live clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry known-failing clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
 test: lint typecheck kafka-up postgres rabbitmq deploy-tools schema-registry
-	$(BIN)/pytest -q -ra -m 'not chaos_live'
+	$(BIN)/pytest -q -ra -m 'not known_failing'
 
 demo: kafka-up
 	$(BIN)/cascade-connector demo
@@ -55,6 +55,7 @@ demo: kafka-up
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# The live chaos scenarios, out of `make test` until they pass again (docs/reliability.md).
-chaos-live: kafka-up
-	$(BIN)/pytest -q -ra -m chaos_live
+# Tests that fail on main since the HA and reliability merges, out of `make test` until they
+# pass again (docs/reliability.md says which and why).
+known-failing: kafka-up
+	$(BIN)/pytest -q -ra -m known_failing

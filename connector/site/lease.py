@@ -141,9 +141,17 @@ class Election:
                 return
 
     def _start_up(self, stop: threading.Event) -> None:
-        """The lease topic, and the site topic the standby follows from the start."""
+        """The site topic (first: it is what the poller is for, so a principal that may not
+        write it is told about that topic), then the lease topic."""
         site = self.settings.site
         kafka = self.settings.kafka
+        until_kafka_answers(
+            "ensure the site topic",
+            lambda: ensure_site_topic(kafka, self.site),
+            stop,
+            site,
+            self._kafka_trouble,
+        )
         report = until_kafka_answers(
             "ensure the lease topic",
             lambda: ensure_lease_topic(kafka, self.site),
@@ -153,13 +161,6 @@ class Election:
         )
         for line in report.lines():
             log.info("%s", line)
-        until_kafka_answers(
-            "ensure the site topic",
-            lambda: ensure_site_topic(kafka, self.site),
-            stop,
-            site,
-            self._kafka_trouble,
-        )
 
     def _kafka_trouble(self, error: str) -> None:
         self.metrics.kafka_errors.labels(self.site).inc()

@@ -464,7 +464,7 @@ def end_offsets(deployment: Deployment, site: str) -> dict[int, int]:
     try:
         topic = f"{PREFIX}.{site}"
         parts = consumer.partitions_matching(f"^{re.escape(topic)}$")
-        return {tp.partition: consumer.watermarks(topic, tp.partition)[1] for tp in parts}
+        return {p: consumer.watermarks(topic, p)[1] for _topic, p in parts}
     finally:
         consumer.close()
 
@@ -473,7 +473,7 @@ def committed(deployment: Deployment) -> dict[int, int]:
     consumer = Consumer(deployment.kafka(), GROUP)
     try:
         parts = consumer.partitions_matching(f"^{re.escape(PREFIX)}\\.site-a$")
-        return {tp.partition: tp.offset for tp in consumer.committed(parts)}
+        return {p: offset for (_topic, p), offset in consumer.committed(parts).items()}
     finally:
         consumer.close()
 
