@@ -190,17 +190,9 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     new = NewTopic(
         topic, num_partitions=kafka.partitions, replication_factor=replicas, config=expected
     )
-    try:
-        _wait(
-            kafka,
-            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
-            f"create {topic}",
-        )
-        _wait_until_visible(admin, topic)
+    if _create(kafka, admin, new):
         report.created = True
         return report
-    except _AlreadyExistsError:
-        pass
     description = _describe(kafka, admin, topic)
     # The topic's own replication decides what min.insync.replicas it can have.
     actual = min((len(p.replicas) for p in description.partitions), default=replicas)
@@ -232,17 +224,9 @@ def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
     report = TopicReport(topic)
     replicas, _in_sync = replication(kafka, _broker_count(admin))
     new = NewTopic(topic, num_partitions=1, replication_factor=replicas)
-    try:
-        _wait(
-            kafka,
-            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
-            f"create {topic}",
-        )
-        _wait_until_visible(admin, topic)
+    if _create(kafka, admin, new):
         report.created = True
         return report
-    except _AlreadyExistsError:
-        pass
     count = len(_describe(kafka, admin, topic).partitions)
     if count != 1:
         report.notes.append(f"{count} partitions, expected 1 (only partition 0 elects)")
@@ -298,6 +282,21 @@ def _broker_count(admin: AdminClient) -> int:
         return len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
     except confluent_kafka.KafkaException as exc:
         raise KafkaError(f"cannot count the brokers: {exc.args[0].str()}") from exc
+
+
+def _create(kafka: KafkaSettings, admin: AdminClient, new: NewTopic) -> bool:
+    """Create `new` and wait until its leaders are visible; False if it already exists."""
+    topic = new.topic
+    try:
+        _wait(
+            kafka,
+            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            f"create {topic}",
+        )
+    except _AlreadyExistsError:
+        return False
+    _wait_until_visible(admin, topic)
+    return True
 
 
 def _wait_until_visible(admin: AdminClient, topic: str) -> None:
