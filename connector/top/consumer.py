@@ -37,7 +37,7 @@ from connector.top.dead_letters import DeadLetter, DeadLetterQueue
 from connector.top.fair import FairShare
 from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
-from connector.top.window import Applied, Partition, Pending, SiteQueue, fingerprint
+from connector.top.window import Applied, Partition, Pending, SiteQueue, Taken, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +286,15 @@ class TopConsumer:
         }
         room = self._limiter.max_release(self._policy.call_size)
         shares = self._fair.split(ready, room)
-        taken: list[tuple[SiteQueue, list[Pending]]] = []
+        taken: list[tuple[SiteQueue, Taken]] = []
         for topic, n in shares.items():
             q = self._sites[topic]
-            assert q.closed is not None
-            taken.append((q, q.closed.take(n)))
-        entries = [e for _q, part in taken for e in part]
+            taken.append((q, q.take(n, self._applied)))
+        entries = [e for _q, part in taken for e in part.entries]
+        if not entries:
+            # All of it was already held by the top layer: nothing to write, nothing to pace.
+            self._settle(taken)
+            return
         started = time.monotonic()
         try:
             result = self._sink.apply([e.change for e in entries])
@@ -308,10 +311,10 @@ class TopConsumer:
         self._limiter.release(len(entries))
         self._count_release(len(entries))
         refused = {change.key: reason for change, reason in result.rejected}
+        self._settle(taken)
         for q, part in taken:
             assert q.closed is not None
-            q.closed.advance(len(part))
-            for e in part:
+            for e in part.entries:
                 reason = refused.get(e.change.key)
                 if reason is not None:
                     q.closed.window.dead(_rejected(e, reason))
@@ -321,6 +324,13 @@ class TopConsumer:
             if isinstance(change, StatusRecord) and change.is_heartbeat:
                 self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
                 self._metrics.heartbeats_applied.inc()
+
+    def _settle(self, taken: list[tuple[SiteQueue, Taken]]) -> None:
+        """Move each closed window's cursor past what a call took (applied, or left out)."""
+        for q, part in taken:
+            q.settle(part)
+            self._metrics.coalesced.inc(len(part.replaced))
+            self._metrics.skipped.inc(part.skipped)
 
     def _finish_windows(self) -> None:
         """Commit every closed window applied in full, once its dead letters are delivered."""

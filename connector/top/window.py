@@ -2,7 +2,10 @@
 
 Every site topic has one `SiteQueue`: a window filling with what is read (one entry per key; the
 highest site sequence wins, tombstones included) and the window closed before it, being applied
-(double buffering). A closed window's offsets are committed once all of it is applied. The
+(double buffering). A closed window's offsets are committed once all of it is applied. A change
+of the closed window goes out as the latest change of its key read so far: if the filling window
+holds a later one, that one is applied in its place and leaves the filling window (late binding),
+so a key is written once per turn, in its newest state, however long its turn took to come. The
 `Applied` index remembers, per partition and key, a fingerprint of the content last applied, so a
 change that would write what the top layer already holds is skipped.
 """
@@ -219,10 +222,56 @@ class SiteQueue:
         self.closed = Closed(window, changes, skipped)
         return self.closed
 
+    def take(self, n: int, applied: Applied) -> Taken:
+        """The closed window's next `n` changes, each as the latest change of its key read so
+        far, without those that would write what the top layer holds; `advance` the closed
+        window by `Taken.count` once they are applied.
+
+        A later change the filling window holds replaces the closed one, and leaves the filling
+        window once applied (`settle`): written now, it spares writing the older state first
+        and this one after. Its offset is committed with the filling window, which is applied
+        after this one, so nothing is committed before it is applied."""
+        assert self.closed is not None
+        part = self.closed.take(n)
+        taken = Taken(len(part))
+        for entry in part:
+            key = entry.change.key
+            later = self.filling.entries.get(key)
+            if later is not None and not _newer(entry.change, later.change):
+                later.since = min(later.since, entry.since)
+                entry = later
+                taken.replaced.append(key)
+            if not _is_heartbeat(entry.change) and entry.fingerprint == applied.get(
+                entry.partition, key
+            ):
+                taken.skipped += 1
+                continue
+            taken.entries.append(entry)
+        return taken
+
+    def settle(self, taken: Taken) -> None:
+        """`taken` was applied (or left out): past it in the closed window, and the later
+        changes it used out of the filling window."""
+        assert self.closed is not None
+        self.closed.advance(taken.count)
+        for key in taken.replaced:
+            self.filling.entries.pop(key, None)
+
     def drop(self, partitions: set[Partition]) -> None:
         self.filling.drop(partitions)
         if self.closed is not None:
             self.closed.drop(partitions)
+
+
+@dataclass
+class Taken:
+    """What one sink call takes from a site's closed window."""
+
+    count: int  #: changes of the closed window it stands for
+    entries: list[Pending] = field(default_factory=list)  #: the changes to apply
+    #: keys whose change was replaced by a later one from the filling window (a write saved)
+    replaced: list[str] = field(default_factory=list)
+    skipped: int = 0  #: changes left out: the top layer holds their content already
 
 
 def _newer(a: Change, b: Change) -> bool:

@@ -133,3 +133,44 @@ def test_a_revoked_partition_is_dropped_from_both_windows_and_forgotten() -> Non
     assert q.filling.opened is None
     assert closed.window.last == {P0: 0}
     assert applied.get(P0, "a/server/1") is not None and len(applied) == 1
+
+
+def test_a_closed_change_goes_out_as_the_latest_of_its_key_read_since() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "ACTIVE", 1), P0, 0)
+    put(q, applied, rec("2", "ACTIVE", 2), P0, 1)
+    put(q, applied, rec("3", "ACTIVE", 3), P0, 2)
+    closed = q.close(applied, {})
+    applied.remember(closed.take(closed.remaining))
+    closed.advance(closed.remaining)
+    q.closed = None
+    # A storm: every key flaps; the first flap is in the closed window when the rest is read.
+    for i, (obj, status) in enumerate([("1", "ERROR"), ("2", "SHUTOFF"), ("3", "ERROR")]):
+        put(q, applied, rec(obj, status, 10 + i), P0, 10 + i)
+    q.close(applied, {})
+    put(q, applied, rec("1", "ACTIVE", 20), P0, 20)  # back where it was: nothing to write
+    put(q, applied, rec("2", "ERROR", 21), P0, 21)  # changed again: written once, as ERROR
+    first = q.take(3, applied)
+    assert first.count == 3 and sorted(first.replaced) == ["a/server/1", "a/server/2"]
+    assert first.skipped == 1
+    assert {e.change.key: getattr(e.change, "status", None) for e in first.entries} == {
+        "a/server/2": "ERROR",
+        "a/server/3": "ERROR",
+    }
+    assert first.entries[0].offset == 21, "the later record, committed with the filling window"
+    # A sink asking to slow down: nothing settled, the same call can be taken again.
+    assert [e.offset for e in q.take(3, applied).entries] == [21, 12]
+    q.settle(first)
+    applied.remember(first.entries)
+    assert q.closed is not None and q.closed.remaining == 0
+    assert q.filling.entries == {}, "what went out early is not written again"
+    assert q.filling.last == {P0: 21}, "yet its offsets are committed with the filling window"
+
+
+def test_late_binding_never_takes_a_lower_sequence() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "ERROR", 5), P0, 0)
+    q.close(applied, {})
+    put(q, applied, rec("1", "ACTIVE", 3), P1, 0)  # from another partition, older
+    taken = q.take(1, applied)
+    assert taken.replaced == [] and taken.entries[0].change.sequence == 5
