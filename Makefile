@@ -47,7 +47,7 @@ schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
 test: lint typecheck kafka-up postgres rabbitmq deploy-tools schema-registry
-	$(BIN)/pytest -q -ra -m 'not known_failing'
+	$(BIN)/pytest -q -ra --durations=25 -m 'not known_failing'
 
 demo: kafka-up
 	$(BIN)/cascade-connector demo
