@@ -32,11 +32,11 @@ unit: $(BIN)/.installed
 
 # The SQL sink's integration tests start throwaway clusters from Debian's PostgreSQL binaries.
 postgres:
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-debian-package.sh postgresql '/usr/lib/postgresql/*/bin/initdb'
 
 # The notification tests start throwaway nodes from Debian's rabbitmq-server.
 rabbitmq:
-	bash scripts/ensure-rabbitmq.sh
+	bash scripts/ensure-debian-package.sh rabbitmq-server /usr/lib/rabbitmq/bin/rabbitmq-server
 
 # The validators of deploy/ (promtool, systemd-analyze, compose-go, kustomize, a CRD schema).
 deploy-tools:

@@ -2,7 +2,7 @@
 loopback port, trust authentication, torn down (data and all) by `stop`.
 
 It runs Debian's server binaries (`/usr/lib/postgresql/<version>/bin`, installed by
-`scripts/ensure-postgres.sh`). initdb and postgres refuse to run as root, so when this process is
+`make postgres`). initdb and postgres refuse to run as root, so when this process is
 root the cluster runs as the `postgres` system user the Debian package creates.
 """
 
@@ -41,7 +41,7 @@ def find_bin_dir() -> Path:
     if on_path:
         return Path(on_path).parent
     raise LocalPostgresError(
-        "PostgreSQL server binaries (initdb) not found; run scripts/ensure-postgres.sh"
+        "PostgreSQL server binaries (initdb) not found; run `make postgres`"
     )
 
 

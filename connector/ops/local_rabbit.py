@@ -5,7 +5,7 @@ stopped with the node, so nothing collides with a system RabbitMQ or another nod
 directory of its own, and a random password for its one user. `stop` ends the node but keeps its
 data, so `start` brings the same node back (a bus outage, for tests); `remove` stops it and
 deletes everything. As root, the node runs as the `rabbitmq` user the Debian package creates,
-and its directories belong to that user. `scripts/ensure-rabbitmq.sh` installs the package.
+and its directories belong to that user. `make rabbitmq` installs the package.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class LocalRabbit:
     def __init__(self, port: int | None = None) -> None:
         if not SERVER.exists():
             raise LocalRabbitError(
-                f"{SERVER} not found: install Debian's rabbitmq-server (scripts/ensure-rabbitmq.sh)"
+                f"{SERVER} not found: install Debian's rabbitmq-server (`make rabbitmq`)"
             )
         self.port = port or free_port()
         self.dist_port = free_port()

@@ -4,7 +4,7 @@ simulated site whose clouds.yaml entry openstacksdk finds; for the registry fram
 Schema Registry (session-scoped).
 
 The cluster comes from `connector.ops.local_postgres` (Debian's binaries, installed by
-scripts/ensure-postgres.sh); the registry is Apicurio Registry from Maven Central
+`make postgres`); the registry is Apicurio Registry from Maven Central
 (scripts/ensure-schema-registry.sh). A service that cannot start fails the tests; it never
 skips them.
 """
