@@ -17,6 +17,7 @@ notifications at the same interval (bench/out/freshness-storm.txt).
     .venv/bin/python bench/freshness.py [--quick] [--interval 5]            # intervals 2, 5, 10
     .venv/bin/python bench/freshness.py --notifications --interval 30 [--notify-loss 0.3]
     .venv/bin/python bench/freshness.py --notifications --storm --interval 30
+    .venv/bin/python bench/freshness.py --quick --intervals 2 --consumer-python OLD/.venv/bin/python
 
 The last line is `p99 freshness S s (interval I s)` for `--interval` (in the mode asked for).
 Plots: docs/img/freshness.png (polling alone), docs/img/freshness-notifications.png.
@@ -279,7 +280,7 @@ class Bench:
         consume = ["consume", "--sink", self.top.url, "--group", f"fresh-{self.run_id}"]
         if a.batch_wait is not None:
             consume += ["--batch-wait", str(a.batch_wait)]
-        self.consumer = self.processes.start("consumer", *consume)
+        self.consumer = self.processes.start("consumer", *consume, python=a.consumer_python)
 
     def stop(self) -> None:
         if self.processes is not None:
@@ -412,6 +413,12 @@ def main() -> None:
     parser.add_argument("--notify-loss", type=float, default=0.0)
     parser.add_argument("--storm", action="store_true", help="a restart storm, not churn")
     parser.add_argument("--batch-wait", type=int, default=None, help="consumer --batch-wait MS")
+    parser.add_argument(
+        "--consumer-python",
+        default=None,
+        help="run the consumer with this interpreter (another checkout's .venv/bin/python: the "
+        "consumer before a change, for a before-and-after)",
+    )
     args = parser.parse_args()
     if args.seconds is None:
         args.seconds = 20.0 if args.quick else 60.0

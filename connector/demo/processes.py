@@ -37,13 +37,16 @@ class Processes:
         self.env = dict(env)
         self._children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(self, name: str, *args: str, script: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, script: Path | None = None, python: str | None = None
+    ) -> subprocess.Popen[bytes]:
         """Run `cascade-connector <args>` (or the Python `script` with `args`: the benchmarks'
-        own agents) with its output in `<log_dir>/<name>.log`."""
+        own agents) with its output in `<log_dir>/<name>.log`; with `python`, that interpreter
+        (another checkout's venv, for a benchmark's before-and-after) instead of this one."""
         log = (self.log_dir / f"{name}.log").open("wb")
         program = [str(script)] if script is not None else ["-m", "connector"]
         proc = subprocess.Popen(
-            [sys.executable, *program, *args],
+            [python or sys.executable, *program, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -40,9 +40,7 @@ def find_bin_dir() -> Path:
     on_path = shutil.which("initdb")
     if on_path:
         return Path(on_path).parent
-    raise LocalPostgresError(
-        "PostgreSQL server binaries (initdb) not found; run `make postgres`"
-    )
+    raise LocalPostgresError("PostgreSQL server binaries (initdb) not found; run `make postgres`")
 
 
 class LocalPostgres:
