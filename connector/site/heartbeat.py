@@ -35,8 +35,13 @@ class KindHealth:
 class Health:
     """Thread-safe health of one site's poller: per-kind poll outcomes and Kafka delivery errors."""
 
-    def __init__(self, kinds: Iterable[str], metrics: SiteMetrics) -> None:
+    def __init__(
+        self, kinds: Iterable[str], metrics: SiteMetrics, poll_interval: float | None = None
+    ) -> None:
         self._lock = threading.Lock()
+        #: seconds between incremental polls, in the heartbeat (`poll.interval`): the top
+        #: consumer tells from it when a storming site went quiet
+        self._poll_interval = poll_interval
         self._kinds = {kind: KindHealth() for kind in kinds}
         self._metrics = metrics
         self._produce_errors = 0
@@ -150,4 +155,6 @@ class Health:
         details["produce.errors"] = self._produce_errors
         details["produce.error"] = self._produce_error
         details["kafka.error"] = self._kafka_error
+        if self._poll_interval is not None:
+            details["poll.interval"] = self._poll_interval
         return details

@@ -103,7 +103,7 @@ class SitePoller:
         _check_cloud(settings.site)
         self.registry = registry or CollectorRegistry()
         self.metrics = metrics or SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics)
+        self.health = Health([k.name for k in kinds], self.metrics, settings.site.interval)
         if on_health is not None:
             on_health(self)
         report: TopicReport = self._until_kafka_answers(

@@ -60,6 +60,10 @@ READ_SHARE = 0.25
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
 
+#: A storming site's window closes once no object changed for this many of its poll intervals:
+#: the storm is over as far as its polls can tell (one interval could fall between two polls).
+QUIET_POLLS = 2
+
 #: Once over the pending-keys cap, partitions stay paused until pending keys fall this far
 #: below it, so they are not paused and resumed on every poll.
 RESUME_FRACTION = 0.9
@@ -183,7 +187,9 @@ class TopConsumer:
         site changes faster than the rate limit (churn over the time the site took for it),
         not before the top layer could have taken that churn, up to `max_wait`. Waiting that
         long at most doubles the delay pushing every change would have caused, and a burst
-        shorter than that costs one write per key that really changed."""
+        shorter than that costs one write per key that really changed. Once the site's polls
+        saw no change for QUIET_POLLS intervals (known from its heartbeats), the storm is over
+        and holding on would only delay its last states."""
         window = q.filling
         if window.opened is None:
             return None
@@ -193,6 +199,9 @@ class TopConsumer:
             needed = window.churn / rate
             if needed > window.span:
                 hold = max(hold, min(self._policy.max_wait, needed))
+                if q.poll_interval is not None and window.last_churn is not None:
+                    quiet = window.last_churn + QUIET_POLLS * q.poll_interval - window.opened
+                    hold = max(self._policy.wait, min(hold, quiet))
         return window.opened + hold
 
     def _close_windows(self, now: float) -> None:
@@ -245,7 +254,8 @@ class TopConsumer:
             tp = (topic, partition)
             if tp in rewound:
                 continue
-            window = self._queue(topic).filling
+            q = self._queue(topic)
+            window = q.filling
             try:
                 change = self._decode(msg)
             except DecodeError as exc:
@@ -268,6 +278,10 @@ class TopConsumer:
                 rewound.add(tp)
                 continue
             window.read(tp, offset, now)
+            if isinstance(change, StatusRecord) and change.is_heartbeat:
+                interval = change.details.get("poll.interval")
+                if isinstance(interval, int | float) and interval > 0:
+                    q.poll_interval = float(interval)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
             window.put(entry, self._applied.get(tp, change.key))
 

@@ -89,6 +89,9 @@ class Window:
     #: applied): writes that pushing every change would have made and a wider window saves
     churn: int = 0
     merged: int = 0  #: records superseded by a later record of the same key in this window
+    #: monotonic time the last record that changed what an object shows was read (heartbeats
+    #: aside): how long the site has been quiet
+    last_churn: float | None = None
     #: the earliest and latest time a site observed one of its status records
     observed: tuple[float, float] | None = None
 
@@ -104,6 +107,7 @@ class Window:
         key's records are ordered within one partition only; after a repartition a key can come
         from two). `applied` is the fingerprint the top layer holds for the key, if known."""
         key = entry.change.key
+        read_at = entry.since
         if isinstance(entry.change, StatusRecord):
             at = entry.change.observed_at.timestamp()
             first, last = self.observed or (at, at)
@@ -113,16 +117,21 @@ class Window:
             # A key the top layer holds nothing known of (new, or first seen since this member
             # was assigned it) is no churn: waiting would not save its write.
             if applied is not None and entry.fingerprint != applied:
-                self.churn += 1
+                self._churned(entry, read_at)
             self.entries[key] = entry
             return
         self.merged += 1
         if _newer(old.change, entry.change):
             return
         if entry.fingerprint != old.fingerprint:
-            self.churn += 1
+            self._churned(entry, read_at)
         entry.since = old.since
         self.entries[key] = entry
+
+    def _churned(self, entry: Pending, read_at: float) -> None:
+        self.churn += 1
+        if not _is_heartbeat(entry.change):
+            self.last_churn = read_at
 
     def dead(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)
@@ -184,6 +193,8 @@ class SiteQueue:
         self.filling = Window()
         self.closed: Closed | None = None
         self.held = False  #: its partitions are paused because pending keys reached the cap
+        #: seconds between the site's polls, from its heartbeats (None until one is read)
+        self.poll_interval: float | None = None
 
     @property
     def pending(self) -> int:

@@ -174,3 +174,17 @@ def test_late_binding_never_takes_a_lower_sequence() -> None:
     put(q, applied, rec("1", "ACTIVE", 3), P1, 0)  # from another partition, older
     taken = q.take(1, applied)
     assert taken.replaced == [] and taken.entries[0].change.sequence == 5
+
+
+def test_the_last_change_of_an_object_is_when_the_site_was_last_seen_changing() -> None:
+    q, applied = SiteQueue("a"), Applied()
+    put(q, applied, rec("1", "ACTIVE", 1), P0, 0)
+    put(q, applied, rec("a", "ok", 2, kind="site", details={"poll.interval": 2.0}), P0, 1)
+    closed = q.close(applied, {})
+    applied.remember(closed.take(2))
+    q.closed = None
+    put(q, applied, rec("1", "ERROR", 3), P0, 5)
+    put(q, applied, rec("1", "ERROR", 4), P0, 6)  # the same content again: no change
+    # A heartbeat whose details differ is churn (a write), but no sign of the site changing.
+    put(q, applied, rec("a", "degraded", 5, kind="site", details={"poll.interval": 2.0}), P0, 7)
+    assert q.filling.churn == 2 and q.filling.last_churn == 5.0
