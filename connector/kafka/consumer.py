@@ -146,6 +146,17 @@ class Consumer:
         )
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
+    def positions(self, partitions: Collection[Partition]) -> dict[Partition, int]:
+        """The next offset this member will read of each of `partitions` (assigned to it); one
+        whose position is not known yet is left out. Past what `consume` returned, librdkafka
+        also moves it over what it never returns: transaction markers and aborted records."""
+        found = _call(
+            "read positions",
+            self._consumer.position,
+            [TopicPartition(t, p) for t, p in partitions],
+        )
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
     def watermarks(self, topic: str, partition: int, cached: bool = False) -> tuple[int, int]:
         """(low, high) offsets of a partition: asked of the broker, or (`cached`) as last
         fetched (-1001 when unknown)."""

@@ -227,7 +227,9 @@ def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
     if _create(kafka, admin, new):
         report.created = True
         return report
-    count = len(_describe(kafka, admin, topic).partitions)
+    # Its partitions only: its config is not checked, and a poller's ACLs (acls.py) do not
+    # let it describe the config of the lease topic.
+    count = len(_describe(kafka, admin, topic, config=False).partitions)
     if count != 1:
         report.notes.append(f"{count} partitions, expected 1 (only partition 0 elects)")
     return report
@@ -329,17 +331,22 @@ def _wait(kafka: KafkaSettings, future: Future[Any], what: str) -> Any:
         raise KafkaError(f"cannot {what}: no answer within {ADMIN_TIMEOUT:.0f} s") from exc
 
 
-def _describe(kafka: KafkaSettings, admin: AdminClient, topic: str) -> TopicDescription:
+def _describe(
+    kafka: KafkaSettings, admin: AdminClient, topic: str, config: bool = True
+) -> TopicDescription:
+    """The topic's partitions, and (with `config`) its checked and non-default settings."""
     topics = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT)
     found = _wait(kafka, topics[topic], f"describe {topic}")
-    resource = ConfigResource(ResourceType.TOPIC, topic)
-    configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)
-    entries = _wait(kafka, next(iter(configs.values())), f"describe the config of {topic}")
-    config = {
-        name: str(entry.value)
-        for name, entry in sorted(entries.items())
-        if name in CHECKED or not entry.is_default
-    }
+    settings: dict[str, str] = {}
+    if config:
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)
+        entries = _wait(kafka, next(iter(configs.values())), f"describe the config of {topic}")
+        settings = {
+            name: str(entry.value)
+            for name, entry in sorted(entries.items())
+            if name in CHECKED or not entry.is_default
+        }
     partitions = [
         PartitionInfo(
             p.id,
@@ -349,7 +356,7 @@ def _describe(kafka: KafkaSettings, admin: AdminClient, topic: str) -> TopicDesc
         )
         for p in sorted(found.partitions, key=lambda p: p.id)
     ]
-    return TopicDescription(topic, partitions, config)
+    return TopicDescription(topic, partitions, settings)
 
 
 def _set_config(

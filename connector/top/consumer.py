@@ -170,9 +170,20 @@ class TopConsumer:
         self._enforce_cap()
         self._snapshot()
         idle = not messages and not any(q.busy for q in self._sites.values())
-        if idle and self._uncommitted:
-            self._commit({})
+        if idle:
+            self._commit(self._past_markers())
         return idle
+
+    def _past_markers(self) -> dict[Partition, int]:
+        """When idle, the positions ahead of what is committed: everything before them was
+        read and applied, or is what read-committed reading skips (a transaction's commit
+        marker takes the offset after its last record; an aborted transaction's records).
+        Committed, they let the group's offsets reach the ends of partitions written in
+        transactions, which `--until-idle` and the lag metric compare them with."""
+        positions = self._consumer.positions(self._assigned)
+        return {
+            tp: offset for tp, offset in positions.items() if offset > self._committed.get(tp, -1)
+        }
 
     def _until_a_window_closes(self, now: float) -> float:
         times = [MAX_POLL_SECONDS]
@@ -223,10 +234,12 @@ class TopConsumer:
 
     def _behind(self, q: SiteQueue) -> bool:
         """True while more records are known to wait in Kafka for a partition of `q`'s window
-        (from the high watermarks of the last fetches)."""
+        (from the high watermarks of the last fetches). Where this member will read next, not
+        the last record + 1: a transaction's commit marker also takes an offset."""
+        positions = self._consumer.positions(q.filling.last.keys())
         for (topic, partition), last in q.filling.last.items():
             _low, high = self._consumer.watermarks(topic, partition, cached=True)
-            if high > last + 1:
+            if high > max(last + 1, positions.get((topic, partition), -1)):
                 return True
         return False
 

@@ -215,6 +215,28 @@ def test_dead_letters_and_good_records_around_them(
     assert b"fingerprint" in dict(letters[1].headers())["error"].lower()
 
 
+def test_until_idle_after_transactions_commits_past_their_markers(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    # Pollers publish in transactions: each commit marker takes the offset after the last
+    # record, so "committed = last record + 1" never reaches the end (the high watermark), and
+    # a window waiting for its partitions to be read to that end would wait its longest.
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db, max_window_wait_ms=120_000)
+    topic = f"{settings.kafka.topic_prefix}.marked"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    for batch in range(2):
+        changes = (record("marked", i, 10 * batch + i + 1) for i in range(10))
+        publish(kafka_bootstrap, topic, changes, transactional_id=topic)
+
+    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()), 60)
+
+    assert len(sink_state(db)) == 10
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )
+
+
 def test_backpressure_rolls_back_and_commits_nothing_early(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:

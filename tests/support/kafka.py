@@ -28,17 +28,24 @@ def publish(
     changes: Iterable[Change],
     codec: Codec | None = None,
     raw: Iterable[tuple[bytes | None, bytes | None]] = (),
+    transactional_id: str | None = None,
 ) -> int:
-    """Produce `changes` (encoded with `codec`) then `raw` (key, value) pairs; return the count."""
+    """Produce `changes` (encoded with `codec`) then `raw` (key, value) pairs; return the count.
+    With `transactional_id`, all of it in one transaction, as an active poller publishes (its
+    commit marker takes an offset after the last record of each partition it wrote)."""
     codec = codec or Codec()
-    producer = RawProducer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            "compression.type": "zstd",
-        }
-    )
+    config: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        "compression.type": "zstd",
+    }
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    producer = RawProducer(config)
+    if transactional_id is not None:
+        producer.init_transactions(30)
+        producer.begin_transaction()
     errors: list[object] = []
 
     def on_delivery(err: object, _msg: object) -> None:
@@ -64,6 +71,8 @@ def publish(
     for key, value in raw:
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         count += 1
+    if transactional_id is not None:
+        producer.commit_transaction(30)
     assert producer.flush(60) == 0
     assert not errors, errors
     return count
