@@ -158,6 +158,12 @@ class Consumer:
         )
         return int(low), int(high)
 
+    def position(self, topic: str, partition: int) -> int:
+        """The offset the next record of the partition is read from (-1001 when unknown). Read
+        committed, librdkafka moves it past transaction markers, which take offsets too."""
+        (found,) = self._consumer.position([TopicPartition(topic, partition)])
+        return int(found.offset)
+
     def partitions_matching(self, pattern: str) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""
         metadata = _call("list topics", self._consumer.list_topics, timeout=10.0)

@@ -214,10 +214,13 @@ class TopConsumer:
 
     def _behind(self, q: SiteQueue) -> bool:
         """True while more records are known to wait in Kafka for a partition of `q`'s window
-        (from the high watermarks of the last fetches)."""
+        (from the high watermarks of the last fetches). Measured from where the consumer
+        stands, not from the window's last record: the pollers publish in transactions, and
+        each commit marker takes the offset after a transaction's last record, so a partition
+        read to its end has its high watermark past that record."""
         for (topic, partition), last in q.filling.last.items():
             _low, high = self._consumer.watermarks(topic, partition, cached=True)
-            if high > last + 1:
+            if high > max(last + 1, self._consumer.position(topic, partition)):
                 return True
         return False
 
