@@ -7,6 +7,10 @@ client choose a short session timeout (the broker-driven protocol of KIP-848 has
 minimum of 45 s); with cooperative-sticky assignment a member that joins later does not take
 the partition from the one that holds it. A holder that stops heartbeating (killed, paused,
 cut off) loses it after the session timeout; one that leaves (close) gives it up at once.
+
+A holder whose own session lapsed without a rebalance telling it (the coordinator out of reach:
+a broker restart, a network cut, a pause) is `in_doubt` until the group answers again: the
+lease may still come back to it, or be given to another member.
 """
 
 from __future__ import annotations
@@ -68,18 +72,26 @@ class Lease:
         config.setdefault("error_cb", log_client_error)
         self._lock = threading.Lock()
         self._held = False
+        self._in_doubt = False
         self._consumer = new_client(confluent_kafka.Consumer, config)
         self._consumer.subscribe(
-            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
     def __repr__(self) -> str:
-        return f"Lease({self.topic}, held={self.held})"
+        return f"Lease({self.topic}, held={self.held}, in_doubt={self.in_doubt})"
 
     @property
     def held(self) -> bool:
         with self._lock:
             return self._held
+
+    @property
+    def in_doubt(self) -> bool:
+        """Held until this member's session lapsed on its side (no heartbeat answered), and
+        neither given back nor taken away by the group since."""
+        with self._lock:
+            return self._in_doubt
 
     def poll(self, timeout: float) -> bool:
         """Serve the group protocol for up to `timeout` seconds; whether the lease is held.
@@ -104,15 +116,20 @@ class Lease:
         """Leave the group: a lease held passes to another member at once."""
         self._consumer.close()
         with self._lock:
-            self._held = False
+            self._held = self._in_doubt = False
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # Cooperative assignment: `partitions` are the ones added, not the whole assignment.
         if any(p.partition == LEASE_PARTITION for p in partitions):
             with self._lock:
-                self._held = True
+                self._held, self._in_doubt = True, False
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if any(p.partition == LEASE_PARTITION for p in partitions):
             with self._lock:
-                self._held = False
+                self._held = self._in_doubt = False
+
+    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if any(p.partition == LEASE_PARTITION for p in partitions):
+            with self._lock:
+                self._held, self._in_doubt = False, True

@@ -325,7 +325,12 @@ class Election:
             log.warning("%s: lost the lease of site %s, standing by", self.instance, self.site)
 
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
-        """End the term when `stop` is set or the lease is lost."""
+        """End the term when `stop` is set or the lease is lost. A lease in doubt (this
+        member's session lapsed with the coordinator out of reach) does not end it: no other
+        member can be given the lease until the coordinator answers, and one that is then
+        fences this producer first, which ends the term; until then the term goes on, so an
+        outage of the broker costs no take-over."""
+        doubted = False
         while not term.is_set():
             if stop.is_set():
                 term.set()
@@ -336,7 +341,21 @@ class Election:
                 self._error = exc
                 term.set()
                 return
-            if not held:
+            if held:
+                if doubted:
+                    log.info("%s: holds the lease of site %s again", self.instance, self.site)
+                doubted = False
+            elif lease.in_doubt:
+                if not doubted:
+                    log.warning(
+                        "%s: the lease of site %s is in doubt (session lapsed, Kafka out of "
+                        "reach): active on until it is given back, or another instance fences "
+                        "this one",
+                        self.instance,
+                        self.site,
+                    )
+                doubted = True
+            else:
                 term.set()
 
 
