@@ -49,6 +49,8 @@ T = TypeVar("T")
 LEASE_POLL = 0.2
 #: Seconds between a standby's reads of the site topic once it has caught up.
 FOLLOW_INTERVAL = 1.0
+#: Lease timeouts an active term goes on with its lease in doubt (see `Election._watch`).
+IN_DOUBT_LEASES = 3
 #: Seconds leaving the lease group may take before it is left to finish on its own thread: with
 #: the broker down librdkafka's close waits for it far longer than a stop may (10 s in all).
 LEASE_CLOSE = 2.0
@@ -326,11 +328,12 @@ class Election:
 
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
         """End the term when `stop` is set or the lease is lost. A lease in doubt (this
-        member's session lapsed with the coordinator out of reach) does not end it: no other
-        member can be given the lease until the coordinator answers, and one that is then
-        fences this producer first, which ends the term; until then the term goes on, so an
-        outage of the broker costs no take-over."""
-        doubted = False
+        member's session lapsed with the coordinator out of reach: a broker restart) ends it
+        only after IN_DOUBT_LEASES lease timeouts: no other member can be given the lease
+        before the coordinator answers, and one that is then fences this producer first; if
+        the lease comes back meanwhile, the outage cost no take-over."""
+        doubted: float | None = None
+        patience = IN_DOUBT_LEASES * self.settings.site.lease_timeout
         while not term.is_set():
             if stop.is_set():
                 term.set()
@@ -342,20 +345,21 @@ class Election:
                 term.set()
                 return
             if held:
-                if doubted:
+                if doubted is not None:
                     log.info("%s: holds the lease of site %s again", self.instance, self.site)
-                doubted = False
-            elif lease.in_doubt:
-                if not doubted:
-                    log.warning(
-                        "%s: the lease of site %s is in doubt (session lapsed, Kafka out of "
-                        "reach): active on until it is given back, or another instance fences "
-                        "this one",
-                        self.instance,
-                        self.site,
-                    )
-                doubted = True
-            else:
+                doubted = None
+            elif not lease.in_doubt:
+                term.set()
+            elif doubted is None:
+                doubted = time.monotonic()
+                log.warning(
+                    "%s: the lease of site %s is in doubt (session lapsed, Kafka out of reach); "
+                    "active on for up to %.0f s while it may come back",
+                    self.instance,
+                    self.site,
+                    patience,
+                )
+            elif time.monotonic() - doubted > patience:
                 term.set()
 
 

@@ -279,8 +279,6 @@ def churn_every_kind(sim: RunningSim) -> None:
     delete_one_of_each(sim)
 
 
-# Still failing: the poller's lease rejoin waits out its own lost session (docs/reliability.md).
-@pytest.mark.known_failing
 # Three broker restarts: seconds each on an idle machine, a minute each on two busy cores.
 @pytest.mark.timeout(600)
 def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_restarts(
