@@ -10,13 +10,15 @@ cut off) loses it after the session timeout; one that leaves (close) gives it up
 
 A holder whose own session lapsed without a rebalance telling it (the coordinator out of reach:
 a broker restart, a network cut, a pause) is `in_doubt` until the group answers again: the
-lease may still come back to it, or be given to another member.
+lease may still come back to it, or be given to another member. `unreachable_at` says when the
+client last found the brokers out of reach.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import confluent_kafka
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 
 #: The partition whose holder holds the lease.
 LEASE_PARTITION = 0
+
+#: Client errors that mean the brokers are out of reach (served by `poll`).
+_UNREACHABLE = {
+    confluent_kafka.KafkaError._TRANSPORT,
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
+    confluent_kafka.KafkaError._TIMED_OUT,
+}
 
 LEASE_DEFAULTS: dict[str, Any] = {
     "group.protocol": "classic",
@@ -69,7 +78,16 @@ class Lease:
             # A holder whose process runs but no longer polls (a stuck thread) leaves the group.
             "max.poll.interval.ms": max(session_ms * 3, 10_000),
         }
-        config.setdefault("error_cb", log_client_error)
+        #: monotonic time of the last error saying the brokers are out of reach (None: never)
+        self.unreachable_at: float | None = None
+        report = config.get("error_cb", log_client_error)
+
+        def client_error(err: confluent_kafka.KafkaError) -> None:
+            if err.code() in _UNREACHABLE:
+                self.unreachable_at = time.monotonic()
+            report(err)
+
+        config["error_cb"] = client_error
         self._lock = threading.Lock()
         self._held = False
         self._in_doubt = False

@@ -329,9 +329,10 @@ class Election:
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
         """End the term when `stop` is set or the lease is lost. A lease in doubt (this
         member's session lapsed with the coordinator out of reach: a broker restart) ends it
-        only after IN_DOUBT_LEASES lease timeouts: no other member can be given the lease
-        before the coordinator answers, and one that is then fences this producer first; if
-        the lease comes back meanwhile, the outage cost no take-over."""
+        only once IN_DOUBT_LEASES lease timeouts passed since the doubt began and since the
+        brokers were last out of reach: no other member can be given the lease before the
+        coordinator answers, and one that is then fences this producer first; if the lease
+        comes back meanwhile, the outage cost no take-over."""
         doubted: float | None = None
         patience = IN_DOUBT_LEASES * self.settings.site.lease_timeout
         while not term.is_set():
@@ -354,12 +355,12 @@ class Election:
                 doubted = time.monotonic()
                 log.warning(
                     "%s: the lease of site %s is in doubt (session lapsed, Kafka out of reach); "
-                    "active on for up to %.0f s while it may come back",
+                    "active on while it may come back (up to %.0f s once Kafka answers)",
                     self.instance,
                     self.site,
                     patience,
                 )
-            elif time.monotonic() - doubted > patience:
+            elif time.monotonic() - max(doubted, lease.unreachable_at or 0.0) > patience:
                 term.set()
 
 
