@@ -7,12 +7,18 @@ client choose a short session timeout (the broker-driven protocol of KIP-848 has
 minimum of 45 s); with cooperative-sticky assignment a member that joins later does not take
 the partition from the one that holds it. A holder that stops heartbeating (killed, paused,
 cut off) loses it after the session timeout; one that leaves (close) gives it up at once.
+
+A holder whose own session lapsed without a rebalance telling it (the coordinator out of reach:
+a broker restart, a network cut, a pause) is `in_doubt` until the group answers again: the
+lease may still come back to it, or be given to another member. `unreachable_at` says when the
+client last found the brokers out of reach.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import confluent_kafka
@@ -26,6 +32,13 @@ log = logging.getLogger(__name__)
 
 #: The partition whose holder holds the lease.
 LEASE_PARTITION = 0
+
+#: Client errors that mean the brokers are out of reach (served by `poll`).
+_UNREACHABLE = {
+    confluent_kafka.KafkaError._TRANSPORT,
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
+    confluent_kafka.KafkaError._TIMED_OUT,
+}
 
 LEASE_DEFAULTS: dict[str, Any] = {
     "group.protocol": "classic",
@@ -65,21 +78,38 @@ class Lease:
             # A holder whose process runs but no longer polls (a stuck thread) leaves the group.
             "max.poll.interval.ms": max(session_ms * 3, 10_000),
         }
-        config.setdefault("error_cb", log_client_error)
+        #: monotonic time of the last error saying the brokers are out of reach (None: never)
+        self.unreachable_at: float | None = None
+        report = config.get("error_cb", log_client_error)
+
+        def client_error(err: confluent_kafka.KafkaError) -> None:
+            if err.code() in _UNREACHABLE:
+                self.unreachable_at = time.monotonic()
+            report(err)
+
+        config["error_cb"] = client_error
         self._lock = threading.Lock()
         self._held = False
+        self._in_doubt = False
         self._consumer = new_client(confluent_kafka.Consumer, config)
         self._consumer.subscribe(
-            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            [topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
     def __repr__(self) -> str:
-        return f"Lease({self.topic}, held={self.held})"
+        return f"Lease({self.topic}, held={self.held}, in_doubt={self.in_doubt})"
 
     @property
     def held(self) -> bool:
         with self._lock:
             return self._held
+
+    @property
+    def in_doubt(self) -> bool:
+        """Held until this member's session lapsed on its side (no heartbeat answered), and
+        neither given back nor taken away by the group since."""
+        with self._lock:
+            return self._in_doubt
 
     def poll(self, timeout: float) -> bool:
         """Serve the group protocol for up to `timeout` seconds; whether the lease is held.
@@ -104,15 +134,20 @@ class Lease:
         """Leave the group: a lease held passes to another member at once."""
         self._consumer.close()
         with self._lock:
-            self._held = False
+            self._held = self._in_doubt = False
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # Cooperative assignment: `partitions` are the ones added, not the whole assignment.
         if any(p.partition == LEASE_PARTITION for p in partitions):
             with self._lock:
-                self._held = True
+                self._held, self._in_doubt = True, False
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if any(p.partition == LEASE_PARTITION for p in partitions):
             with self._lock:
-                self._held = False
+                self._held = self._in_doubt = False
+
+    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if any(p.partition == LEASE_PARTITION for p in partitions):
+            with self._lock:
+                self._held, self._in_doubt = False, True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
@@ -41,8 +42,10 @@ READER_DEFAULTS: dict[str, Any] = {
 }
 
 #: Seconds to wait for topic metadata and watermarks, retrying what the broker says is passing
-#: (a topic created a moment ago may not have a leader yet).
+#: (a topic created a moment ago may not have a leader yet), in attempts of at most
+#: ATTEMPT_TIMEOUT so that a halted read ends within about that long even with the broker down.
 METADATA_TIMEOUT = 30.0
+ATTEMPT_TIMEOUT = 2.0
 #: Messages asked of librdkafka per call.
 BATCH = 5000
 
@@ -91,25 +94,33 @@ class TopicReader:
         return f"TopicReader({self.topic!r}, next={self._next})"
 
     def messages(
-        self, stop_at_end: bool = False, poll: float = 0.5, timeout: float | None = None
+        self,
+        stop_at_end: bool = False,
+        poll: float = 0.5,
+        timeout: float | None = None,
+        halt: threading.Event | None = None,
     ) -> Generator[confluent_kafka.Message, None, None]:
         """Yield confluent_kafka.Message objects in per-partition order. With `stop_at_end`, stop
         once every partition has been read up to the high watermark it had when this call
         started (later messages are not yielded); a caller may also stop early (close the
-        generator), and the next call goes on from the message after the last one yielded.
-        KafkaError on a broker error, or when `timeout` seconds pass before the end."""
+        generator, or set `halt`: seen within about a second, the broker up or not), and the
+        next call goes on from the message after the last one yielded. KafkaError on a broker
+        error, or when `timeout` seconds pass before the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
         #: partition -> the offset to read up to (exclusive); empty when following for ever
         ends: dict[int, int] = {}
         self._unpause()
         if stop_at_end:
-            ends = {p: high for p, (_low, high) in self._watermarks().items()}
+            try:
+                ends = {p: high for p, (_low, high) in self._watermarks(halt).items()}
+            except _Halted:
+                return
             # A partition whose position is unknown and whose low mark is above 0 (retention)
             # ends with its end event, on the first fetch.
             for p in [p for p, end in ends.items() if self._next.get(p, 0) >= end]:
                 self._done(ends, p)
         try:
-            while not stop_at_end or ends:
+            while (not stop_at_end or ends) and not (halt is not None and halt.is_set()):
                 if deadline is not None and time.monotonic() > deadline:
                     raise KafkaError(
                         f"reading {self.topic} to its end took longer than {timeout:g}s"
@@ -187,10 +198,8 @@ class TopicReader:
         self._paused.clear()
 
     def _metadata_partitions(self) -> list[int]:
-        def partitions() -> list[int]:
-            found = self._consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT).topics.get(
-                self.topic
-            )
+        def partitions(timeout: float) -> list[int]:
+            found = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
             if found is None:
                 raise KafkaError(f"cannot read topic {self.topic}: not found")
             if found.error is not None:
@@ -202,33 +211,42 @@ class TopicReader:
 
         return _retrying(partitions, f"cannot read topic {self.topic}")
 
-    def _watermarks(self) -> dict[int, tuple[int, int]]:
-        """partition -> (low, high), asked of the leaders (not cached)."""
+    def _watermarks(self, halt: threading.Event | None = None) -> dict[int, tuple[int, int]]:
+        """partition -> (low, high), asked of the leaders (not cached); _Halted once `halt` is
+        set."""
 
-        def one(p: int) -> tuple[int, int]:
+        def one(p: int, timeout: float) -> tuple[int, int]:
             low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT, cached=False
+                TopicPartition(self.topic, p), timeout=timeout, cached=False
             )
             return int(low), int(high)
 
         return {
-            p: _retrying(functools.partial(one, p), f"watermarks of {self.topic}[{p}]")
+            p: _retrying(functools.partial(one, p), f"watermarks of {self.topic}[{p}]", halt)
             for p in self._partitions
         }
 
 
-def _retrying(call: Callable[[], T], what: str) -> T:
-    """`call()`, again for up to METADATA_TIMEOUT while the broker says the error will pass."""
+class _Halted(Exception):
+    """The caller's `halt` was set while retrying: the read ends, nothing is wrong."""
+
+
+def _retrying(call: Callable[[float], T], what: str, halt: threading.Event | None = None) -> T:
+    """`call(timeout)`, again for up to METADATA_TIMEOUT while the broker says the error will
+    pass, in attempts of at most ATTEMPT_TIMEOUT; _Halted once `halt` is set."""
     deadline = time.monotonic() + METADATA_TIMEOUT
     delay = 0.05
     while True:
         try:
-            return call()
+            return call(max(0.1, min(ATTEMPT_TIMEOUT, deadline - time.monotonic())))
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0] if exc.args else None
             passing = isinstance(err, confluent_kafka.KafkaError) and err.code() in _NOT_YET
             if not passing or time.monotonic() + delay > deadline:
                 reason = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(exc)
                 raise KafkaError(f"{what}: {reason}") from exc
-            time.sleep(delay)
+            if halt is None:
+                time.sleep(delay)
+            elif halt.wait(delay):
+                raise _Halted from exc
             delay = min(1.0, delay * 2)

@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 
 #: Seconds `init_transactions` may take (it waits for an earlier producer's transaction to end).
 INIT_TIMEOUT = 60.0
-#: Seconds one commit attempt may take; retriable failures are retried until COMMIT_DEADLINE.
-COMMIT_TIMEOUT = 10.0
+#: Seconds one commit attempt may take; retriable failures (a timeout too: the next attempt
+#: resumes the same commit) are retried until COMMIT_DEADLINE, or a `flush`'s own timeout. The
+#: attempts are short so that `interrupt()` (a stop) is seen between them within a second.
+COMMIT_TIMEOUT = 1.0
 COMMIT_DEADLINE = 60.0
+#: Seconds the abort of `purge` may take: it runs while the process stops.
+ABORT_TIMEOUT = 2.0
 #: The broker aborts a transaction left open this long, so a paused producer with no successor
 #: holds up read-committed readers of its partitions for at most this long. librdkafka wants a
 #: message's delivery timeout no longer, so it is the delivery timeout too.
@@ -148,10 +152,10 @@ class TransactionalProducer(Producer):
         self._dispatch()
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Commit the open transaction (which waits for its deliveries); raise the failure if a
-        transaction failed."""
+        """Commit the open transaction (which waits for its deliveries) within `timeout`; raise
+        the failure if a transaction failed (or could not be committed in time)."""
         with self._lock:
-            self._commit(timeout)
+            self._commit(timeout, flushing=True)
             if self.failure is None and not self._open:
                 super().flush(timeout)
         self._dispatch()
@@ -163,7 +167,7 @@ class TransactionalProducer(Producer):
         with self._lock:
             if self._open and self.failure is None:
                 try:
-                    self._producer.abort_transaction(COMMIT_TIMEOUT)
+                    self._producer.abort_transaction(ABORT_TIMEOUT)
                     self._open = False
                 except confluent_kafka.KafkaException as exc:
                     self._fail(exc.args[0])
@@ -175,18 +179,23 @@ class TransactionalProducer(Producer):
                 self._fail(exc.args[0])
         self._dispatch()
 
-    def _commit(self, timeout: float = COMMIT_TIMEOUT) -> None:
-        """Commit the open transaction, retrying what librdkafka says may be retried. Holds the
-        lock."""
-        deadline = time.monotonic() + max(timeout, COMMIT_DEADLINE)
+    def _commit(self, timeout: float = COMMIT_DEADLINE, flushing: bool = False) -> None:
+        """Commit the open transaction, retrying what librdkafka says may be retried, for up to
+        `timeout` seconds. Unless `flushing`, give up (the transaction stays open) once
+        `interrupt()` was called: the stop's bounded flush commits it next. Holds the lock."""
+        deadline = time.monotonic() + timeout
         while self._open and self.failure is None:
             try:
-                self._producer.commit_transaction(min(timeout, COMMIT_TIMEOUT))
+                self._producer.commit_transaction(
+                    max(0.1, min(COMMIT_TIMEOUT, deadline - time.monotonic()))
+                )
                 self._open = False
             except confluent_kafka.KafkaException as exc:
                 err = exc.args[0]
                 if not err.retriable() or time.monotonic() >= deadline:
                     self._fail(err)
+                elif self._interrupted.is_set() and not flushing:
+                    return
                 else:
                     log.warning("commit of %s failed, retrying: %s", self.transactional_id, err)
 

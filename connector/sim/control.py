@@ -12,7 +12,9 @@
 - `POST /_sim/faults`: `{"seconds": S, "status": 500, "delay": D, "paths": [prefixes],
   "ratio": R}` makes API requests fail (status) or hang (delay) for S seconds, a share R of them
   (default all); `{"seconds": S, "hide": {"kind": K, "share": F}}` leaves that share of the
-  kind's objects out of every listing for S seconds (a Nova cell down); `DELETE` clears them.
+  kind's objects out of every listing for S seconds (a Nova cell down); `DELETE` clears them,
+  `DELETE /_sim/faults?path=P` only the request faults given path prefix P (a service back up
+  while another stays down).
 - `POST /_sim/corrupt`: `{"kind": K, "count": N}` serves N objects of kind K malformed (no id,
   a time that does not parse, a status that is not a string, in turn); `"count": 0` undoes it.
 - `DELETE /_sim/tokens`: revoke every token now, as a token expiring early (the next request
@@ -142,9 +144,13 @@ class Faults:
         with self._lock:
             self._faults.append(fault)
 
-    def clear(self) -> None:
+    def clear(self, paths: list[str] | None = None) -> int:
+        """Drop every fault, or those given one of `paths` as a prefix; how many."""
         with self._lock:
-            self._faults.clear()
+            kept = [f for f in self._faults if paths is not None and not set(f.paths) & set(paths)]
+            dropped = len(self._faults) - len(kept)
+            self._faults = kept
+            return dropped
 
     def matching(self, path: str) -> Fault | None:
         now = time.monotonic()
@@ -210,6 +216,9 @@ class Control:
             if route == ("POST", "/_sim/faults"):
                 return self._fault(_body(request))
             if route == ("DELETE", "/_sim/faults"):
+                paths = request.query.get("path")
+                if paths:
+                    return json_response(200, {"cleared": self.faults.clear(paths)})
                 self.faults.clear()
                 for kind in KINDS:
                     self.site.hide(kind, 0.0, 0.0)

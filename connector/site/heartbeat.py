@@ -47,6 +47,9 @@ class Health:
         self._produce_errors = 0
         self._produce_error: str | None = None
         self._produce_errors_seen = 0
+        #: failed polls of every kind, and how many of them a heartbeat reported already
+        self._poll_failures = 0
+        self._poll_failures_seen = 0
         #: the last transient Kafka error (start-up, broker down), until Kafka answers again
         self._kafka_error: str | None = None
 
@@ -70,6 +73,7 @@ class Health:
             state.error = error
             state.failures += 1
             failures = state.failures
+            self._poll_failures += 1
         self._metrics.site_errors.labels(self._metrics.site, kind).inc()
         self._update_gauge()
         return failures
@@ -115,7 +119,9 @@ class Health:
             return self._produce_errors
 
     def degraded(self) -> bool:
-        """A kind's last poll failed, or a delivery failed since the last heartbeat."""
+        """A kind's last poll failed, or a poll or a delivery failed since the last heartbeat
+        (a site failing a third of its requests is degraded, even if each kind's last poll
+        happened to succeed when the heartbeat was made)."""
         with self._lock:
             return self._degraded()
 
@@ -123,6 +129,7 @@ class Health:
         return (
             any(s.error is not None or s.unparseable or s.held_back for s in self._kinds.values())
             or self._produce_errors > self._produce_errors_seen
+            or self._poll_failures > self._poll_failures_seen
             or self._kafka_error is not None
         )
 
@@ -134,6 +141,7 @@ class Health:
         with self._lock:
             status = "degraded" if self._degraded() else "ok"
             self._produce_errors_seen = self._produce_errors
+            self._poll_failures_seen = self._poll_failures
             details = self._details()
         self._update_gauge()
         return status, details

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -39,14 +39,21 @@ from connector.site.heartbeat import Health
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import backoff_delay
 from connector.site.restore import Restored, TopicFollower
-from connector.site.startup import until_kafka_answers
+from connector.site.startup import Stopped, until_kafka_answers
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Seconds between polls of the lease (callbacks, loss of the session noticed).
 LEASE_POLL = 0.2
 #: Seconds between a standby's reads of the site topic once it has caught up.
 FOLLOW_INTERVAL = 1.0
+#: Lease timeouts an active term goes on with its lease in doubt (see `Election._watch`).
+IN_DOUBT_LEASES = 3
+#: Seconds leaving the lease group may take before it is left to finish on its own thread: with
+#: the broker down librdkafka's close waits for it far longer than a stop may (10 s in all).
+LEASE_CLOSE = 2.0
 
 
 class LeaseUnavailable(ConnectorError):
@@ -95,18 +102,31 @@ class Election:
         #: the poller's metrics, made once: each active term's poller reports into them
         self.metrics = SiteMetrics(registry, self.site)
         self._active: Active | None = None
+        #: True from getting the lease until the term's poller runs (fencing, reading the topic)
+        self._starting = False
+        #: the last Kafka error of a step outside an active term, until a step succeeds
+        self._kafka_error: str | None = None
         self._error: ConnectorError | None = None
         self.metrics.active.labels(self.site).set(0)
 
     def __repr__(self) -> str:
-        role = "active" if self._active is not None else "standby"
-        return f"Election({self.lease_topic}, {self.instance}, {role})"
+        return f"Election({self.lease_topic}, {self.instance}, {self._role()})"
+
+    def _role(self) -> str:
+        if self._active is not None:
+            return "active"
+        return "starting" if self._starting else "standby"
 
     def ready(self) -> tuple[bool, dict[str, DetailValue]]:
-        """/readyz: a standby is ready (to take over); the active reports its poller."""
+        """/readyz: a standby is ready (to take over) unless Kafka fails it; an active term
+        that is starting is not ready while Kafka fails it; the active reports its poller."""
         active = self._active
         if active is None:
-            return True, {"role": "standby", "instance": self.instance}
+            details: dict[str, DetailValue] = {"role": self._role(), "instance": self.instance}
+            error = self._kafka_error
+            if error is not None:
+                details["kafka.error"] = error
+            return error is None, details
         healthy, details = active.health.snapshot()
         return healthy, {"role": "active", "instance": self.instance, **details}
 
@@ -143,27 +163,42 @@ class Election:
     def _start_up(self, stop: threading.Event) -> None:
         """The site topic (first: it is what the poller is for, so a principal that may not
         write it is told about that topic), then the lease topic."""
-        site = self.settings.site
         kafka = self.settings.kafka
-        until_kafka_answers(
-            "ensure the site topic",
-            lambda: ensure_site_topic(kafka, self.site),
-            stop,
-            site,
-            self._kafka_trouble,
+        self._until_kafka_answers(
+            "ensure the site topic", lambda: ensure_site_topic(kafka, self.site), stop
         )
-        report = until_kafka_answers(
-            "ensure the lease topic",
-            lambda: ensure_lease_topic(kafka, self.site),
-            stop,
-            site,
-            self._kafka_trouble,
+        report = self._until_kafka_answers(
+            "ensure the lease topic", lambda: ensure_lease_topic(kafka, self.site), stop
         )
         for line in report.lines():
             log.info("%s", line)
 
     def _kafka_trouble(self, error: str) -> None:
+        """A step failed for Kafka's sake (retried): counted, and degraded until one succeeds."""
         self.metrics.kafka_errors.labels(self.site).inc()
+        if self._active is None:
+            self._kafka_error = error
+            self.metrics.degraded.labels(self.site).set(1)
+
+    def _kafka_answered(self) -> None:
+        if self._kafka_error is not None:
+            self._kafka_error = None
+            self.metrics.degraded.labels(self.site).set(0)
+
+    def _until_kafka_answers(
+        self,
+        what: str,
+        call: Callable[[], T],
+        stop: threading.Event,
+        discard: Callable[[T], None] | None = None,
+    ) -> T:
+        """A step of the election or of a term's start: retried while Kafka fails it, given up
+        (Stopped) as soon as `stop` is set."""
+        result = until_kafka_answers(
+            what, call, stop, self.settings.site, self._kafka_trouble, discard
+        )
+        self._kafka_answered()
+        return result
 
     def _term(
         self,
@@ -181,12 +216,19 @@ class Election:
                     self.settings.site.lease_timeout,
                     client_id=self.instance,
                 )
-                cleanup.callback(lease.close)
-                follower = TopicFollower(
-                    self.settings.kafka,
-                    self.site_topic,
-                    codec_from_settings(self.settings.kafka),
-                    self.settings.site.kinds,
+                cleanup.callback(close_within, lease.close, LEASE_CLOSE, "leave the lease group")
+                # Reading the topic's partitions and marks waits for the broker: while it is
+                # down, retried with backoff, and abandoned at once on a stop.
+                follower = self._until_kafka_answers(
+                    "read the site topic",
+                    lambda: TopicFollower(
+                        self.settings.kafka,
+                        self.site_topic,
+                        codec_from_settings(self.settings.kafka),
+                        self.settings.site.kinds,
+                    ),
+                    stop,
+                    discard=TopicFollower.close,
                 )
                 cleanup.callback(follower.close)
                 follower.follow(FOLLOW_INTERVAL)
@@ -232,15 +274,23 @@ class Election:
             term.set()
 
         lost = False
+        self._starting = True
         try:
             follower.stop_following()
             followed = follower.restored.messages
-            producer = open_site_producer(self.settings, on_failure)
+            # Fencing waits for the transaction coordinator (loading after a broker restart,
+            # say): retried while Kafka fails it, given up when the term ends (stop, lease lost);
+            # an abandoned producer has nothing queued and is dropped when its call returns.
+            producer = self._until_kafka_answers(
+                "open the producer", lambda: open_site_producer(self.settings, on_failure), term
+            )
             # Only now, with the previous producer fenced and its last transaction ended, is
             # the end of the topic the end of everything it will ever have published.
-            follower.catch_up()
+            if not follower.catch_up(halt=term):
+                raise Stopped("the term ended while reading the site topic")
             active = make_active(producer, follower.restored)
             self._active = active
+            self._starting = False
             self.metrics.active.labels(self.site).set(1)
             log.info(
                 "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
@@ -257,8 +307,15 @@ class Election:
             if once:
                 raise
             log.warning("%s: stepping down to standby: %s", self.instance, exc)
+        except Stopped:
+            if stop.is_set():
+                raise
+            lost = not failed  # the lease went while the term was starting
         finally:
             self._active = None
+            self._starting = False
+            # The term's poller kept the gauge; a standby is degraded only by its own trouble.
+            self.metrics.degraded.labels(self.site).set(1 if self._kafka_error else 0)
             self.metrics.active.labels(self.site).set(0)
             term.set()
             watcher.join()
@@ -270,7 +327,14 @@ class Election:
             log.warning("%s: lost the lease of site %s, standing by", self.instance, self.site)
 
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
-        """End the term when `stop` is set or the lease is lost."""
+        """End the term when `stop` is set or the lease is lost. A lease in doubt (this
+        member's session lapsed with the coordinator out of reach: a broker restart) ends it
+        only once IN_DOUBT_LEASES lease timeouts passed since the doubt began and since the
+        brokers were last out of reach: no other member can be given the lease before the
+        coordinator answers, and one that is then fences this producer first; if the lease
+        comes back meanwhile, the outage cost no take-over."""
+        doubted: float | None = None
+        patience = IN_DOUBT_LEASES * self.settings.site.lease_timeout
         while not term.is_set():
             if stop.is_set():
                 term.set()
@@ -281,8 +345,32 @@ class Election:
                 self._error = exc
                 term.set()
                 return
-            if not held:
+            if held:
+                if doubted is not None:
+                    log.info("%s: holds the lease of site %s again", self.instance, self.site)
+                doubted = None
+            elif not lease.in_doubt:
                 term.set()
+            elif doubted is None:
+                doubted = time.monotonic()
+                log.warning(
+                    "%s: the lease of site %s is in doubt (session lapsed, Kafka out of reach); "
+                    "active on while it may come back (up to %.0f s once Kafka answers)",
+                    self.instance,
+                    self.site,
+                    patience,
+                )
+            elif time.monotonic() - max(doubted, lease.unreachable_at or 0.0) > patience:
+                term.set()
+
+
+def close_within(close: Callable[[], None], seconds: float, what: str) -> None:
+    """`close()`, left to finish on a daemon thread of its own after `seconds`."""
+    thread = threading.Thread(target=close, name=what.replace(" ", "-"), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)
 
 
 def _site_name(settings: Settings) -> str:

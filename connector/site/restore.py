@@ -70,15 +70,18 @@ class TopicFollower:
     def __repr__(self) -> str:
         return f"TopicFollower({self.topic}, {self.restored.messages} message(s) read)"
 
-    def catch_up(self) -> None:
-        """Read on into `restored` up to the end the topic has now (KafkaError when that takes
-        longer than RESTORE_TIMEOUT). Not while `follow` runs."""
+    def catch_up(self, halt: threading.Event | None = None) -> bool:
+        """Read on into `restored` up to the end the topic has now: True once there, False when
+        `halt` (or `stop_following`) ended the read first, within about a second even with the
+        broker down. KafkaError when it takes longer than RESTORE_TIMEOUT. Not while `follow`
+        runs."""
         undecodable = self.restored.undecodable
-        messages = self._reader.messages(stop_at_end=True, timeout=RESTORE_TIMEOUT)
+        halt = halt or self._halt
+        messages = self._reader.messages(stop_at_end=True, timeout=RESTORE_TIMEOUT, halt=halt)
         try:
             for msg in messages:
                 _apply(self.restored, msg, self._codec, self._wanted)
-                if self._halt.is_set():
+                if halt.is_set():
                     break
         finally:
             messages.close()  # a read left midway goes on from the next message next time
@@ -87,6 +90,7 @@ class TopicFollower:
             log.warning(
                 "%d message(s) in %s did not decode; the resync resends them", skipped, self.topic
             )
+        return not halt.is_set()
 
     def follow(self, interval: float) -> None:
         """Catch up now, then every `interval` seconds, on a thread, until `stop_following`."""

@@ -36,13 +36,15 @@ def until_kafka_answers(
     stop: threading.Event,
     site: SiteSettings,
     on_trouble: Callable[[str], None],
+    discard: Callable[[T], None] | None = None,
 ) -> T:
     """`call()`, retried with backoff while it raises a transient KafkaError (each reported to
-    `on_trouble`); Stopped as soon as `stop` is set."""
+    `on_trouble`); Stopped as soon as `stop` is set. A call the stop abandons and that succeeds
+    later has its result handed to `discard` (to close the client it made)."""
     failures = 0
     while True:
         try:
-            return _interruptible(call, stop, what)
+            return _interruptible(call, stop, what, discard)
         except (TopicConfigError, ConfigError, KafkaAccessError, Stopped):
             raise
         except KafkaError as exc:
@@ -56,26 +58,42 @@ def until_kafka_answers(
                 raise Stopped(f"stopped while trying to {what}") from exc
 
 
-def _interruptible(call: Callable[[], T], stop: threading.Event, what: str) -> T:
+def _interruptible(
+    call: Callable[[], T],
+    stop: threading.Event,
+    what: str,
+    discard: Callable[[T], None] | None = None,
+) -> T:
     """`call()` in a daemon thread; its result or exception, or Stopped as soon as `stop` is
     set (the thread is left to finish on its own: Kafka calls time out, they cannot be
-    cancelled)."""
+    cancelled; what it makes then goes to `discard`)."""
     outcome: list[T] = []
     failure: list[BaseException] = []
     done = threading.Event()
+    lock = threading.Lock()
+    abandoned = False
 
     def target() -> None:
         try:
-            outcome.append(call())
+            result = call()
         except BaseException as exc:  # handed to the caller, who raises it
             failure.append(exc)
+        else:
+            with lock:
+                outcome.append(result)
+                late = abandoned
+            if late and discard is not None:
+                discard(result)
         finally:
             done.set()
 
     threading.Thread(target=target, name=f"start-{what.replace(' ', '-')}", daemon=True).start()
     while not done.wait(0.2):
         if stop.is_set():
-            raise Stopped(f"stopped while trying to {what}")
+            with lock:
+                abandoned = not outcome
+            if abandoned:
+                raise Stopped(f"stopped while trying to {what}")
     if failure:
         raise failure[0]
     return outcome[0]

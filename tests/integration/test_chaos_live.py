@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from connector.chaos.live import SiteSize, broker_restarts, site_faults
-
-# Out of `make test` until fixed: both failed on main after the HA poller (lease election,
-# transactions) and the site-side reliability work were merged (issue 13 stays open for it).
-# `make known-failing` runs them.
-pytestmark = pytest.mark.known_failing
 
 SMALL = SiteSize(servers=40, volumes=40, ports=80)
 
@@ -21,8 +14,7 @@ SMALL = SiteSize(servers=40, volumes=40, ports=80)
 def test_broker_restarts_recover_and_sigterm_ends_processes_with_the_broker_down(
     tmp_path: Path,
 ) -> None:
-    # Frozen rather than restarted: a JVM start costs 10-30 s on the shared test machine. The
-    # poller's SIGTERM during an outage is the site side's (issue 13); only the consumer's here.
+    # Frozen rather than restarted: a JVM start costs 10-30 s on the shared test machine.
     outcome = broker_restarts(
         tmp_path,
         rounds=1,
@@ -32,11 +24,12 @@ def test_broker_restarts_recover_and_sigterm_ends_processes_with_the_broker_down
         interval=1.0,
         resync_interval=3.0,
         freeze=True,
-        stop=("consumer",),
+        stop=("consumer", "poller"),
     )
     assert outcome.ok, "\n".join(outcome.lines())
     assert len(outcome.rounds) == 1
-    assert 0 <= float(outcome.figures["consumer exit after SIGTERM, broker down (s)"]) <= 10
+    for name in ("consumer", "poller"):
+        assert 0 <= float(outcome.figures[f"{name} exit after SIGTERM, broker down (s)"]) <= 10
 
 
 def test_site_faults_degrade_then_converge(kafka_bootstrap: str, tmp_path: Path) -> None:

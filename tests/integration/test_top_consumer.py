@@ -16,9 +16,10 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.kafka.transactions import TransactionalProducer
 from connector.records.codec import Codec
 from connector.records.errors import RegistryError
-from connector.records.messages import change_from_message
+from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
@@ -544,3 +545,38 @@ def test_pending_keys_stay_near_the_cap_and_the_member_stays(
     state = sink_state(db)
     assert sum(1 for k in state if k[0] == "loud") == 1500
     assert sum(1 for k in state if k[0] == "quiet") == 50
+
+
+def test_a_window_of_transactional_records_closes_without_waiting_for_its_maximum(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    # The pollers publish in transactions: each commit marker takes the offset after the
+    # transaction's last record, which a window must not take for more records to wait for.
+    settings = settings_for(
+        kafka_bootstrap, unique_name, tmp_path / "top.sqlite", max_window_wait_ms=30_000
+    )
+    topic = f"{settings.kafka.topic_prefix}.east"
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    producer = TransactionalProducer(settings.kafka, topic, {}, on_failure=lambda _f: None)
+    loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    try:
+        for seq in (1, 2):
+            msg = to_message(record("east", 1, seq), Codec())
+            producer.produce(topic, msg.key, msg.value, lambda *_report: None)
+            producer.flush(30)
+            begun = time.monotonic()
+            wait_for(
+                lambda seq=seq: (
+                    sink_state(tmp_path / "top.sqlite").get(("east", "server", "vm-1"))
+                    == (f"S{seq}", seq, False)
+                ),
+                25,
+                f"record {seq} in the sink",
+            )
+            took = time.monotonic() - begun
+            assert took < 10, f"record {seq} applied {took:.1f} s after its commit"
+    finally:
+        loop.stop()
+        runner.join(30)

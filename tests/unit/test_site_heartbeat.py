@@ -43,3 +43,18 @@ def test_a_delivery_error_degrades_one_heartbeat_and_stays_counted() -> None:
     assert status == "degraded" and details["produce.errors"] == 1
     status, details = health.heartbeat()
     assert status == "ok" and details["produce.error"] == "s1/server/a: timed out"
+
+
+def test_a_poll_failed_since_the_last_heartbeat_degrades_the_next_one() -> None:
+    # A site failing some requests: each kind's last poll may have succeeded by the heartbeat.
+    registry = CollectorRegistry()
+    health = Health(["server"], SiteMetrics(registry, "s1"))
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    health.poll_ok("server", started, objects=1)
+    assert health.heartbeat()[0] == "ok"
+    health.poll_failed("server", "HttpException: 500")
+    health.poll_ok("server", started, objects=1)
+    assert health.snapshot()[0] is False, "/healthz too, until a heartbeat reported it"
+    assert health.heartbeat()[0] == "degraded"
+    assert health.heartbeat()[0] == "ok", "reported once"
+    assert registry.get_sample_value("cascade_site_degraded", {"site": "s1"}) == 0

@@ -1,0 +1,60 @@
+"""The start-up steps of a poller and its election under Kafka trouble (no network): retried while
+Kafka fails, given up at once on a stop, and what an abandoned step made is closed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from connector.config import load_settings
+from connector.errors import KafkaError
+from connector.site.lease import close_within
+from connector.site.startup import Stopped, until_kafka_answers
+
+SITE = load_settings(env={"CASCADE_SITE_BACKOFF_INITIAL": "0.01"}).site
+
+
+def test_a_transient_kafka_error_is_retried_and_reported() -> None:
+    attempts: list[int] = []
+    troubles: list[str] = []
+
+    def call() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KafkaError("all brokers down")
+        return "made"
+
+    assert until_kafka_answers("make it", call, threading.Event(), SITE, troubles.append) == "made"
+    assert len(attempts) == 3
+    assert troubles == ["make it: all brokers down"] * 2
+
+
+def test_a_stop_abandons_a_hanging_step_and_its_late_result_is_discarded() -> None:
+    stop, release = threading.Event(), threading.Event()
+    discarded: list[str] = []
+
+    def hanging() -> str:
+        release.wait(30)  # a librdkafka call waiting for a broker that is down
+        return "client"
+
+    threading.Timer(0.3, stop.set).start()
+    begun = time.monotonic()
+    with pytest.raises(Stopped, match="open the producer"):
+        until_kafka_answers("open the producer", hanging, stop, SITE, print, discarded.append)
+    assert time.monotonic() - begun < 2
+    assert discarded == []
+    release.set()
+    deadline = time.monotonic() + 5
+    while not discarded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert discarded == ["client"], "what the abandoned step made is closed"
+
+
+def test_a_close_that_hangs_is_left_to_finish_on_its_own() -> None:
+    release = threading.Event()
+    begun = time.monotonic()
+    close_within(lambda: release.wait(30) and None, 0.2, "leave the lease group")
+    assert time.monotonic() - begun < 1
+    release.set()
