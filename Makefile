@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry known-failing clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,15 +47,10 @@ schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
 test: lint typecheck kafka-up postgres rabbitmq deploy-tools schema-registry
-	$(BIN)/pytest -q -ra --durations=25 -m 'not known_failing'
+	$(BIN)/pytest -q -ra --durations=25
 
 demo: kafka-up
 	$(BIN)/cascade-connector demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
-
-# Tests that fail on main since the HA and reliability merges, out of `make test` until they
-# pass again (docs/reliability.md says which and why).
-known-failing: kafka-up
-	$(BIN)/pytest -q -ra -m known_failing
