@@ -189,6 +189,24 @@ class LocalKafka:
         except ConnectorError as exc:
             raise LocalKafkaError(f"cannot read the admin's settings: {exc}") from exc
 
+    @property
+    def class_archive(self) -> Path:
+        """The class-data archive of the broker's classes, next to the jars it was made from."""
+        return self.libs.parent / "classes.jsa"
+
+    def _class_data(self, dump: Path | None = None) -> list[str]:
+        """JVM options that map the class-data archive, which makes a start take about 40% less
+        CPU (a node 3.1 s against 4.7-5.6 s alone); without one, a node given `dump` writes its
+        classes there when it exits (`stop` keeps that as the archive). A stale or unreadable
+        archive is only a warning: the JVM then loads its classes from the jars."""
+        if self.class_archive.exists():
+            return [f"-XX:SharedArchiveFile={self.class_archive}"]
+        # The dump lists each class it leaves out as a warning: a hundred lines of no use.
+        return [] if dump is None else [f"-XX:ArchiveClassesAtExit={dump}", "-Xlog:cds=off"]
+
+    def _dump_file(self, node: int) -> Path:
+        return self.node_dir(node) / "classes.jsa.part"
+
     def fetch(self, echo: bool = True) -> Path:
         """Download the broker's jars with `mvn` unless the cache has them; return the libs dir."""
         if (self.libs / ".complete").exists():
@@ -224,6 +242,7 @@ class LocalKafka:
             )
         (staging / ".complete").write_text(self.kafka_version)
         shutil.rmtree(self.libs, ignore_errors=True)
+        self.class_archive.unlink(missing_ok=True)  # made from the jars replaced here
         staging.rename(self.libs)
         return self.libs
 
@@ -277,10 +296,16 @@ class LocalKafka:
             _signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for k, pid in running.items():
-            if not _wait_exit(pid, max(0.0, deadline - time.monotonic())):
+            dump = self._dump_file(k)
+            if _wait_exit(pid, max(0.0, deadline - time.monotonic())):
+                # It ended on its own, so its class dump (if it made one) is whole.
+                if dump.exists() and not self.class_archive.exists():
+                    dump.replace(self.class_archive)
+            else:
                 _signal_group(pid, signal.SIGKILL)
                 if not _wait_exit(pid, 10.0):
                     raise LocalKafkaError(f"node {k} (pid {pid}) did not exit after SIGKILL")
+            dump.unlink(missing_ok=True)
             self._pid_file(k).unlink(missing_ok=True)
         return bool(running)
 
@@ -344,6 +369,7 @@ class LocalKafka:
             command = [
                 java,
                 *_QUICK_JVM,
+                *self._class_data(),
                 "-cp",
                 f"{libs}/*",
                 "kafka.tools.StorageTool",
@@ -408,6 +434,7 @@ class LocalKafka:
                 [
                     java,
                     *jvm,
+                    *self._class_data(dump=self._dump_file(node)),
                     "-Djava.awt.headless=true",
                     f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
                     "-cp",
