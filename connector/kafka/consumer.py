@@ -157,14 +157,18 @@ class Consumer:
         )
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
-    def watermarks(self, topic: str, partition: int, cached: bool = False) -> tuple[int, int]:
+    def watermarks(
+        self, topic: str, partition: int, cached: bool = False, timeout: float = 10.0
+    ) -> tuple[int, int]:
         """(low, high) offsets of a partition: asked of the broker, or (`cached`) as last
-        fetched (-1001 when unknown)."""
+        fetched (-1001 when unknown). Reading committed, the broker answers with the last
+        stable offset as the high end (records of a transaction still open lie past it),
+        while the cached high watermark counts those records too."""
         low, high = _call(
             f"read the offsets of {topic}[{partition}]",
             self._consumer.get_watermark_offsets,
             TopicPartition(topic, partition),
-            timeout=10.0,
+            timeout=timeout,
             cached=cached,
         )
         return int(low), int(high)

@@ -60,6 +60,10 @@ READ_SHARE = 0.25
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
 
+#: How long a partition's last stable offset is trusted once asked, and how long asking waits.
+STABLE_END_SECONDS = 0.5
+STABLE_END_TIMEOUT = 1.0
+
 #: A storming site's window closes once no object changed for this many of its poll intervals:
 #: the storm is over as far as its polls can tell (one interval could fall between two polls).
 QUIET_POLLS = 2
@@ -115,6 +119,8 @@ class TopConsumer:
         self._applied = Applied()
         self._assigned: set[Partition] = set()
         self._committed: dict[Partition, int] = {}
+        #: partition -> (monotonic time asked, last stable offset), see `_stable_end`
+        self._stable_ends: dict[Partition, tuple[float, int]] = {}
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
         #: topic -> when to retry delivering the dead letters of its applied window
@@ -233,15 +239,33 @@ class TopConsumer:
             self._metrics.coalesced.inc(merged)
 
     def _behind(self, q: SiteQueue) -> bool:
-        """True while more records are known to wait in Kafka for a partition of `q`'s window
-        (from the high watermarks of the last fetches). Where this member will read next, not
-        the last record + 1: a transaction's commit marker also takes an offset."""
+        """True while more records this member can read wait in Kafka for a partition of `q`'s
+        window. From where it will read next, not the last record + 1 (a transaction's commit
+        marker takes an offset too); and up to the last stable offset, not the high watermark
+        of the last fetch, which counts the records of a transaction still open: a poller
+        publishing every few seconds nearly always has one, and waiting for it held a quiet
+        site's window for up to `max_wait`."""
         positions = self._consumer.positions(q.filling.last.keys())
         for (topic, partition), last in q.filling.last.items():
+            read_to = max(last + 1, positions.get((topic, partition), -1))
             _low, high = self._consumer.watermarks(topic, partition, cached=True)
-            if high > max(last + 1, positions.get((topic, partition), -1)):
+            if high > read_to and self._stable_end((topic, partition)) > read_to:
                 return True
         return False
+
+    def _stable_end(self, tp: Partition) -> int:
+        """The partition's last stable offset, asked of the broker at most every
+        STABLE_END_SECONDS; -1 (nothing to wait for) when the broker does not answer soon."""
+        now = time.monotonic()
+        known = self._stable_ends.get(tp)
+        if known is not None and now - known[0] < STABLE_END_SECONDS:
+            return known[1]
+        try:
+            _low, end = self._consumer.watermarks(*tp, timeout=STABLE_END_TIMEOUT)
+        except KafkaError:
+            end = -1
+        self._stable_ends[tp] = (now, end)
+        return end
 
     def _ready(self) -> bool:
         return any(q.closed is not None and q.closed.remaining for q in self._sites.values())
@@ -486,6 +510,7 @@ class TopConsumer:
         for tp in gone:
             self._committed.pop(tp, None)
             self._uncommitted.pop(tp, None)
+            self._stable_ends.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.lag.remove(tp[0], str(tp[1]))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Message
+from confluent_kafka import Producer as RawProducer
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
@@ -580,3 +581,42 @@ def test_a_window_of_transactional_records_closes_without_waiting_for_its_maximu
     finally:
         loop.stop()
         runner.join(30)
+
+
+def test_a_transaction_left_open_behind_a_window_does_not_hold_it(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    # Another producer's transaction, still open, past the last committed record: the high
+    # watermark counts its record, the last stable offset does not, and reading committed
+    # this member cannot read it. The window must not wait for it (it did, up to its maximum).
+    settings = settings_for(
+        kafka_bootstrap, unique_name, tmp_path / "top.sqlite", max_window_wait_ms=30_000
+    )
+    topic = f"{settings.kafka.topic_prefix}.east"
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    publish(kafka_bootstrap, topic, [record("east", 1, 1)], transactional_id=topic)
+    still_open = RawProducer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": topic + ".other"}
+    )
+    still_open.init_transactions(30)
+    still_open.begin_transaction()
+    msg = to_message(record("east", 2, 2), Codec())
+    still_open.produce(topic, msg.value, msg.key)
+    still_open.flush(30)
+    loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
+    runner = threading.Thread(target=loop.run)
+    begun = time.monotonic()
+    runner.start()
+    try:
+        wait_for(
+            lambda: ("east", "server", "vm-1") in sink_state(tmp_path / "top.sqlite"),
+            25,
+            "the committed record in the sink",
+        )
+        took = time.monotonic() - begun
+        assert took < 10, f"applied {took:.1f} s after the consumer started"
+        assert ("east", "server", "vm-2") not in sink_state(tmp_path / "top.sqlite")
+    finally:
+        loop.stop()
+        runner.join(30)
+        still_open.abort_transaction(30)
