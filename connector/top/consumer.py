@@ -60,8 +60,9 @@ READ_SHARE = 0.25
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
 
-#: How long a partition's last stable offset is trusted once asked, and how long asking waits.
-STABLE_END_SECONDS = 0.5
+#: How long a partition may look behind (from the last fetch) before the broker is asked for
+#: its last stable offset, how long that answer is trusted, and how long asking waits.
+STABLE_END_SECONDS = 1.0
 STABLE_END_TIMEOUT = 1.0
 
 #: A storming site's window closes once no object changed for this many of its poll intervals:
@@ -121,6 +122,8 @@ class TopConsumer:
         self._committed: dict[Partition, int] = {}
         #: partition -> (monotonic time asked, last stable offset), see `_stable_end`
         self._stable_ends: dict[Partition, tuple[float, int]] = {}
+        #: partition -> monotonic time since when it looks behind from the last fetch
+        self._looks_behind: dict[Partition, float] = {}
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
         #: topic -> when to retry delivering the dead letters of its applied window
@@ -242,21 +245,27 @@ class TopConsumer:
         """True while more records this member can read wait in Kafka for a partition of `q`'s
         window. From where it will read next, not the last record + 1 (a transaction's commit
         marker takes an offset too); and up to the last stable offset, not the high watermark
-        of the last fetch, which counts the records of a transaction still open: a poller
-        publishing every few seconds nearly always has one, and waiting for it held a quiet
-        site's window for up to `max_wait`."""
+        of the last fetch, which counts the records of a transaction still open (a paused
+        poller's, say): waiting for those held a window for up to `max_wait`. A transaction
+        commits within a second or so, so the broker is asked only once a partition looked
+        behind for STABLE_END_SECONDS (asking on every look costs a round trip per partition,
+        which slowed a consumer of 20 sites several times over)."""
+        now = time.monotonic()
         positions = self._consumer.positions(q.filling.last.keys())
-        for (topic, partition), last in q.filling.last.items():
-            read_to = max(last + 1, positions.get((topic, partition), -1))
-            _low, high = self._consumer.watermarks(topic, partition, cached=True)
-            if high > read_to and self._stable_end((topic, partition)) > read_to:
+        for tp, last in q.filling.last.items():
+            read_to = max(last + 1, positions.get(tp, -1))
+            _low, high = self._consumer.watermarks(*tp, cached=True)
+            if high <= read_to:
+                self._looks_behind.pop(tp, None)
+                continue
+            since = self._looks_behind.setdefault(tp, now)
+            if now - since < STABLE_END_SECONDS or self._stable_end(tp, now) > read_to:
                 return True
         return False
 
-    def _stable_end(self, tp: Partition) -> int:
+    def _stable_end(self, tp: Partition, now: float) -> int:
         """The partition's last stable offset, asked of the broker at most every
         STABLE_END_SECONDS; -1 (nothing to wait for) when the broker does not answer soon."""
-        now = time.monotonic()
         known = self._stable_ends.get(tp)
         if known is not None and now - known[0] < STABLE_END_SECONDS:
             return known[1]
@@ -511,6 +520,7 @@ class TopConsumer:
             self._committed.pop(tp, None)
             self._uncommitted.pop(tp, None)
             self._stable_ends.pop(tp, None)
+            self._looks_behind.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.lag.remove(tp[0], str(tp[1]))
 
