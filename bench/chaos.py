@@ -28,11 +28,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import KAFKA_PORT, broker
+
 from connector.chaos import Outcome
 from connector.chaos.fuzz import fuzz_records, fuzz_settings
 from connector.chaos.kill import consumer_kills
 from connector.chaos.live import SiteSize, broker_restarts, site_faults
-from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_postgres import LocalPostgres
 
 OUT = Path(__file__).parent / "out"
@@ -57,78 +58,80 @@ def main() -> None:
 
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"load average at start: {os.getloadavg()}")
-    bootstrap = args.bootstrap or LocalKafka().start(echo=False)
-    workdir = Path(tempfile.mkdtemp(prefix="cascade-chaos-"))
-    print(f"Kafka at {bootstrap}; logs in {workdir}")
-    q = args.quick
+    # The broker named, else a local one on the default port: stopped by its pid at the end if
+    # this bench started it (one already running is used and left running).
+    with broker(args.bootstrap, KAFKA_PORT) as bootstrap:
+        workdir = Path(tempfile.mkdtemp(prefix="cascade-chaos-"))
+        print(f"Kafka at {bootstrap}; logs in {workdir}")
+        q = args.quick
 
-    def echo(line: str) -> None:
-        print(line, flush=True)
-
-    runs: dict[str, Callable[[Path], Outcome]] = {
-        "kill": lambda d: _with_postgres(
-            lambda url: consumer_kills(
-                bootstrap,
-                url,
-                d,
-                updates=10_000 if q else 100_000,
-                keys=1_000 if q else 10_000,
-                kills=4 if q else 20,
-                echo=echo,
-            )
-        ),
-        "broker": lambda d: broker_restarts(
-            d,
-            rounds=2 if q else 5,
-            outage=3.0 if q else 5.0,
-            churn=60 if q else 200,
-            size=SiteSize(60, 60, 120) if q else SiteSize(),
-            interval=2.0,
-            resync_interval=args.resync_interval or 600.0,
-            echo=echo,
-        ),
-        "faults": lambda d: site_faults(
-            bootstrap,
-            d,
-            duration=40.0 if q else 300.0,
-            spike_every=10.0 if q else 30.0,
-            token_every=15.0 if q else 60.0,
-            size=SiteSize(60, 60, 120) if q else SiteSize(),
-            interval=2.0,
-            resync_interval=args.resync_interval or 60.0,
-            echo=echo,
-        ),
-        "fuzz-records": lambda d: fuzz_records(
-            bootstrap,
-            f"sqlite:///{d / 'fuzz.sqlite'}",
-            d,
-            count=10_000 if q else 100_000,
-            echo=echo,
-        ),
-        "fuzz-settings": lambda d: fuzz_settings(
-            examples=300 if q else 2000, processes=5 if q else 20, echo=echo
-        ),
-    }
-    outcomes: list[Outcome] = []
-    for name in chosen:
-        print(f"\n== {name} ==", flush=True)
-        directory = workdir / name
-        directory.mkdir()
-        started = time.monotonic()
-        outcome = runs[name](directory)
-        outcome.figures["scenario wall time (s)"] = time.monotonic() - started
-        outcomes.append(outcome)
-        for line in outcome.lines():
+        def echo(line: str) -> None:
             print(line, flush=True)
-        saved = save(outcomes, q, vars(args))
 
-    print(f"\nfigures saved to {saved}")
-    broker = next((o for o in outcomes if o.rounds), None)
-    if broker is not None:
-        plot_rounds(broker, OUT / "chaos-broker.png")
-    failed = [o.scenario for o in outcomes if not o.ok]
-    print("FAILED: " + ", ".join(failed) if failed else "every check held")
-    raise SystemExit(1 if failed else 0)
+        runs: dict[str, Callable[[Path], Outcome]] = {
+            "kill": lambda d: _with_postgres(
+                lambda url: consumer_kills(
+                    bootstrap,
+                    url,
+                    d,
+                    updates=10_000 if q else 100_000,
+                    keys=1_000 if q else 10_000,
+                    kills=4 if q else 20,
+                    echo=echo,
+                )
+            ),
+            "broker": lambda d: broker_restarts(
+                d,
+                rounds=2 if q else 5,
+                outage=3.0 if q else 5.0,
+                churn=60 if q else 200,
+                size=SiteSize(60, 60, 120) if q else SiteSize(),
+                interval=2.0,
+                resync_interval=args.resync_interval or 600.0,
+                echo=echo,
+            ),
+            "faults": lambda d: site_faults(
+                bootstrap,
+                d,
+                duration=40.0 if q else 300.0,
+                spike_every=10.0 if q else 30.0,
+                token_every=15.0 if q else 60.0,
+                size=SiteSize(60, 60, 120) if q else SiteSize(),
+                interval=2.0,
+                resync_interval=args.resync_interval or 60.0,
+                echo=echo,
+            ),
+            "fuzz-records": lambda d: fuzz_records(
+                bootstrap,
+                f"sqlite:///{d / 'fuzz.sqlite'}",
+                d,
+                count=10_000 if q else 100_000,
+                echo=echo,
+            ),
+            "fuzz-settings": lambda d: fuzz_settings(
+                examples=300 if q else 2000, processes=5 if q else 20, echo=echo
+            ),
+        }
+        outcomes: list[Outcome] = []
+        for name in chosen:
+            print(f"\n== {name} ==", flush=True)
+            directory = workdir / name
+            directory.mkdir()
+            started = time.monotonic()
+            outcome = runs[name](directory)
+            outcome.figures["scenario wall time (s)"] = time.monotonic() - started
+            outcomes.append(outcome)
+            for line in outcome.lines():
+                print(line, flush=True)
+            saved = save(outcomes, q, vars(args))
+
+        print(f"\nfigures saved to {saved}")
+        with_rounds = next((o for o in outcomes if o.rounds), None)
+        if with_rounds is not None:
+            plot_rounds(with_rounds, OUT / "chaos-broker.png")
+        failed = [o.scenario for o in outcomes if not o.ok]
+        print("FAILED: " + ", ".join(failed) if failed else "every check held")
+        raise SystemExit(1 if failed else 0)
 
 
 def save(outcomes: list[Outcome], quick: bool, options: dict[str, object]) -> Path:

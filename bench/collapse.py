@@ -31,12 +31,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from common import KAFKA_PORT, broker
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
-from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_postgres import LocalPostgres
 from connector.records.codec import Codec
 from connector.records.model import Change, StatusRecord
@@ -229,23 +229,27 @@ def main() -> None:
     if args.quick:
         args.keys, args.changed = args.keys // 10, args.changed // 10
         args.rss_records, args.rss_keys = args.rss_records // 10, args.rss_keys // 10
-    bootstrap = args.bootstrap or LocalKafka().start(echo=False)
-    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(
-        f"backlog: {args.keys * args.rounds:,} records over {args.keys:,} keys, "
-        f"{args.changed:,} ending changed; --max-rate {args.max_rate:,.0f}"
-    )
-    with tempfile.TemporaryDirectory(prefix="cascade-collapse-") as tmp:
-        workdir = Path(tmp)
-        if args.only != "rss":
-            print("SQLite:")
-            collapse(bootstrap, f"sqlite:///{workdir / 'top.sqlite'}", args)
-            with LocalPostgres(durable=True) as postgres:
-                print("PostgreSQL:")
-                collapse(bootstrap, postgres.url, args)
-        if args.only != "collapse":
-            print("consumer memory:")
-            peak_rss(bootstrap, args.rss_records, args.rss_keys, workdir)
+    # The broker named, else a local one on the default port: stopped by its pid at the end if
+    # this bench started it (one already running is used and left running).
+    with broker(args.bootstrap, KAFKA_PORT) as bootstrap:
+        print(
+            f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        )
+        print(
+            f"backlog: {args.keys * args.rounds:,} records over {args.keys:,} keys, "
+            f"{args.changed:,} ending changed; --max-rate {args.max_rate:,.0f}"
+        )
+        with tempfile.TemporaryDirectory(prefix="cascade-collapse-") as tmp:
+            workdir = Path(tmp)
+            if args.only != "rss":
+                print("SQLite:")
+                collapse(bootstrap, f"sqlite:///{workdir / 'top.sqlite'}", args)
+                with LocalPostgres(durable=True) as postgres:
+                    print("PostgreSQL:")
+                    collapse(bootstrap, postgres.url, args)
+            if args.only != "collapse":
+                print("consumer memory:")
+                peak_rss(bootstrap, args.rss_records, args.rss_keys, workdir)
 
 
 if __name__ == "__main__":

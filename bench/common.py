@@ -31,6 +31,8 @@ from connector.ops.local_kafka import LocalKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
+#: The local broker's port when a bench is given none (the one `make demo` and `make test` use).
+KAFKA_PORT = 9092
 
 
 def load() -> str:

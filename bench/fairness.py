@@ -31,12 +31,12 @@ from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
+from common import KAFKA_PORT, broker
 
 from connector.demo.observe import SinkReader, compare, metric_total, truth
 from connector.demo.processes import Processes, child_env, http_json, http_text, wait_until
 from connector.demo.run import KINDS, flags
 from connector.ops import free_port
-from connector.ops.local_kafka import LocalKafka
 from connector.sinks.sql import create_engine, resource_status
 
 SAMPLE_SECONDS = 0.5
@@ -287,15 +287,19 @@ def main() -> None:
     if args.quick:
         args.storm_objects, args.quiet_objects = 6_000, 1_000
         args.quiet_rate, args.storm_seconds, args.baseline = 10.0, 5.0, 6.0
-    bootstrap = args.bootstrap or LocalKafka().start(echo=False)
-    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    with tempfile.TemporaryDirectory(prefix="cascade-fairness-") as tmp:
-        scenario = Scenario(args, Path(tmp), bootstrap)
-        try:
-            scenario.start()
-            scenario.run()
-        finally:
-            scenario.procs.stop_all()
+    # The broker named, else a local one on the default port: stopped by its pid at the end if
+    # this bench started it (one already running is used and left running).
+    with broker(args.bootstrap, KAFKA_PORT) as bootstrap:
+        print(
+            f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        )
+        with tempfile.TemporaryDirectory(prefix="cascade-fairness-") as tmp:
+            scenario = Scenario(args, Path(tmp), bootstrap)
+            try:
+                scenario.start()
+                scenario.run()
+            finally:
+                scenario.procs.stop_all()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,11 +45,11 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
+from common import KAFKA_PORT, broker
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.demo.processes import Processes, child_env, http_json, wait_until
 from connector.ops import free_port
-from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_rabbit import LocalRabbit
 
 KINDS = ("server", "volume", "port")
@@ -242,11 +243,16 @@ class Bench:
         self.site_proc: Any = None
         self.consumer: Any = None
         self.top = TopLayer()
+        #: what `stop` ends last: the broker, when this bench started it
+        self.broker = ExitStack()
 
     def start(self) -> None:
         a = self.args
-        # Like `make demo`: the broker named by the environment, else the local one (left running).
-        bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP") or LocalKafka().start(echo=False)
+        # The broker named by the environment, else a local one on the default port: stopped by
+        # its pid in `stop` if this bench started it (one already running is left running).
+        bootstrap = self.broker.enter_context(
+            broker(os.environ.get("CASCADE_KAFKA_BOOTSTRAP"), KAFKA_PORT)
+        )
         if a.notifications:
             self.rabbit = LocalRabbit()
             self.rabbit.start()
@@ -292,6 +298,7 @@ class Bench:
                 self.site_proc.kill()
         if self.rabbit is not None:
             self.rabbit.remove()
+        self.broker.close()
 
     def site_log_data(self) -> dict[str, Any]:
         self.stop_site.set()
