@@ -107,7 +107,6 @@ class Window:
         key's records are ordered within one partition only; after a repartition a key can come
         from two). `applied` is the fingerprint the top layer holds for the key, if known."""
         key = entry.change.key
-        read_at = entry.since
         if isinstance(entry.change, StatusRecord):
             at = entry.change.observed_at.timestamp()
             first, last = self.observed or (at, at)
@@ -117,21 +116,23 @@ class Window:
             # A key the top layer holds nothing known of (new, or first seen since this member
             # was assigned it) is no churn: waiting would not save its write.
             if applied is not None and entry.fingerprint != applied:
-                self._churned(entry, read_at)
+                self._churned(entry)
             self.entries[key] = entry
             return
         self.merged += 1
         if _newer(old.change, entry.change):
             return
         if entry.fingerprint != old.fingerprint:
-            self._churned(entry, read_at)
+            self._churned(entry)
         entry.since = old.since
         self.entries[key] = entry
 
-    def _churned(self, entry: Pending, read_at: float) -> None:
+    def _churned(self, entry: Pending) -> None:
+        """`entry`, just read (its `since` is still its own read time), changed what its key
+        shows."""
         self.churn += 1
         if not _is_heartbeat(entry.change):
-            self.last_churn = read_at
+            self.last_churn = entry.since
 
     def dead(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)
@@ -235,8 +236,8 @@ class SiteQueue:
 
     def take(self, n: int, applied: Applied) -> Taken:
         """The closed window's next `n` changes, each as the latest change of its key read so
-        far, without those that would write what the top layer holds; `advance` the closed
-        window by `Taken.count` once they are applied.
+        far, without those that would write what the top layer holds; `settle` them once they
+        are applied (or left out).
 
         A later change the filling window holds replaces the closed one, and leaves the filling
         window once applied (`settle`): written now, it spares writing the older state first
