@@ -69,6 +69,12 @@ STABLE_END_TIMEOUT = 1.0
 #: the storm is over as far as its polls can tell (one interval could fall between two polls).
 QUIET_POLLS = 2
 
+#: Seconds one read of a new assignment's committed offsets may wait for the broker (the loop
+#: waits with it, and so does a stop), and the backoff between reads that failed: doubling from
+#: the first figure up to the second.
+ASSIGN_READ_TIMEOUT = 5.0
+ASSIGN_RETRY_SECONDS = (1.0, 15.0)
+
 #: Once over the pending-keys cap, partitions stay paused until pending keys fall this far
 #: below it, so they are not paused and resumed on every poll.
 RESUME_FRACTION = 0.9
@@ -120,6 +126,11 @@ class TopConsumer:
         self._applied = Applied()
         self._assigned: set[Partition] = set()
         self._committed: dict[Partition, int] = {}
+        #: assigned partitions whose committed offsets are not read yet, when to read them
+        #: again, and the backoff after that read if it fails too; see `_read_committed`
+        self._unread: set[Partition] = set()
+        self._unread_retry = 0.0
+        self._unread_backoff = ASSIGN_RETRY_SECONDS[0]
         #: partition -> (monotonic time asked, last stable offset), see `_stable_end`
         self._stable_ends: dict[Partition, tuple[float, int]] = {}
         #: partition -> monotonic time since when it looks behind from the last fetch
@@ -159,6 +170,7 @@ class TopConsumer:
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""
         now = time.monotonic()
+        self._read_committed(now)
         self._close_windows(now)
         ready = self._ready()
         hold = max(self._limiter.delay(), self._sink_backoff_until - now) if ready else 0.0
@@ -494,8 +506,37 @@ class TopConsumer:
     def _on_assign(self, partitions: list[Partition]) -> None:
         self.assign_events += 1
         self._assigned |= set(partitions)
-        self._committed.update(self._consumer.committed(partitions))
+        self._unread |= set(partitions)
         log.info("assigned %s", _names(partitions))
+        self._read_committed(time.monotonic())
+
+    def _read_committed(self, now: float) -> None:
+        """Learn the group's committed offsets of the partitions assigned since the last read
+        (the check that no commit goes backwards needs them). The broker may not answer in
+        time, during a rebalance on a loaded machine above all: that must not end the loop,
+        so the read is tried again from the loop, with a doubling backoff, while the other
+        partitions are read on (librdkafka fetches from the committed offsets on its own;
+        only the check waits). A stop is never held longer than one read's timeout."""
+        if not self._unread or now < self._unread_retry:
+            return
+        try:
+            found = self._consumer.committed(self._unread, timeout=ASSIGN_READ_TIMEOUT)
+        except KafkaError as exc:
+            log.warning(
+                "cannot read the committed offsets of %s (%s); trying again in %.1fs",
+                _names(sorted(self._unread)),
+                exc,
+                self._unread_backoff,
+            )
+            self._unread_retry = now + self._unread_backoff
+            self._unread_backoff = min(2 * self._unread_backoff, ASSIGN_RETRY_SECONDS[1])
+            return
+        for tp, offset in found.items():
+            # A window committed meanwhile is newer than what the group had.
+            self._committed[tp] = max(offset, self._committed.get(tp, -1))
+        self._unread.clear()
+        self._unread_retry = 0.0
+        self._unread_backoff = ASSIGN_RETRY_SECONDS[0]
 
     def _on_revoke(self, partitions: list[Partition]) -> None:
         # Every applied window is committed right after it (a failed commit is retried here,
@@ -516,6 +557,7 @@ class TopConsumer:
             q.drop(gone)
         self._applied.forget(gone)
         self._assigned -= gone
+        self._unread -= gone
         for tp in gone:
             self._committed.pop(tp, None)
             self._uncommitted.pop(tp, None)

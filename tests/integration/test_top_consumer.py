@@ -3,13 +3,15 @@ commits, the rate limit, dead letters, backpressure, a new site, two members in 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Message
@@ -17,6 +19,7 @@ from confluent_kafka import Producer as RawProducer
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.kafka.consumer import Consumer
 from connector.kafka.transactions import TransactionalProducer
 from connector.records.codec import Codec
 from connector.records.errors import RegistryError
@@ -24,6 +27,7 @@ from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
+from connector.top import consumer as top
 from connector.top.consumer import TopConsumer
 from connector.top.service import build_consumer
 from tests.support import wait_for
@@ -291,20 +295,70 @@ def test_two_members_split_partitions_and_converge(
     publish(kafka_bootstrap, topic, (record("big", i, i + 1) for i in range(20_000)))
     sinks = [Recording(open_sink(settings.sink)) for _ in range(2)]
     loops = [build_consumer(settings, s, CollectorRegistry()) for s in sinks]
+    failed: list[BaseException] = []
+
+    def run(loop: TopConsumer) -> None:
+        try:
+            loop.run(until_idle=True)
+        except BaseException as exc:
+            failed.append(exc)
+
     # Both run until the *group* is idle: the member that finishes its share first (or starts
     # with an empty assignment) must not leave while the other still has work.
-    runners = [threading.Thread(target=lp.run, kwargs={"until_idle": True}) for lp in loops]
+    runners = [threading.Thread(target=run, args=(lp,)) for lp in loops]
     for r in runners:
         r.start()
     for r in runners:
         r.join(180)
     assert not any(r.is_alive() for r in runners), "a member did not become idle"
+    assert not failed, f"a member's loop ended: {failed}"
     assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
         kafka_bootstrap, topic
     )
     assert all(s.calls for s in sinks), "one member applied nothing: partitions were not split"
     expected = {("big", "server", f"vm-{i}"): (f"S{i + 1}", i + 1, False) for i in range(20_000)}
     assert sink_state(db) == expected
+
+
+def test_committed_offsets_timing_out_at_assignment_are_read_again(
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker not answering the committed offsets of a new assignment in time (seen in a
+    rebalance on the loaded test machine) is retried; the loop goes on. The timeouts are
+    librdkafka's own, from the real broker: the first two reads are given no time to answer."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db)
+    topic = f"{settings.kafka.topic_prefix}.slow"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    publish(kafka_bootstrap, topic, (record("slow", i, i + 1) for i in range(300)))
+    monkeypatch.setattr(top, "ASSIGN_RETRY_SECONDS", (0.2, 0.5))
+    impatient = [2]
+    real_committed = Consumer.committed
+
+    def committed(
+        self: Consumer, partitions: Collection[tuple[str, int]], timeout: float = 30.0
+    ) -> dict[tuple[str, int], int]:
+        if timeout == top.ASSIGN_READ_TIMEOUT and impatient[0]:
+            impatient[0] -= 1
+            timeout = 0.0
+        return real_committed(self, partitions, timeout)
+
+    monkeypatch.setattr(Consumer, "committed", committed)
+    caplog.set_level(logging.WARNING, logger=top.__name__)
+    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()), 120)
+
+    assert impatient == [0]
+    retried = [r.getMessage() for r in caplog.records if "committed offsets of" in r.getMessage()]
+    assert len(retried) == 2, retried
+    assert all(f"{topic}[0], {topic}[1]" in m and "Local: Timed out" in m for m in retried)
+    assert len(sink_state(db)) == 300
+    assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
+        kafka_bootstrap, topic
+    )
 
 
 def test_registry_outage_rolls_back_and_recovers(
