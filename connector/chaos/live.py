@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from connector.demo.observe import compare, metric_total, truth
 from connector.demo.processes import http_json, http_text
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
-from connector.ops import free_port
+from connector.ops import free_port, free_port_run
 from connector.ops.local_kafka import LocalKafka
 from connector.sim import start_sim
 from connector.sim.server import RunningSim
@@ -155,15 +154,20 @@ def broker_restarts(
     freeze: bool = False,
     stop: tuple[str, ...] = ("consumer", "poller"),
     echo: Callable[[str], None] = print,
+    broker: LocalKafka | None = None,
 ) -> Outcome:
-    """Run the scenario; see the module docstring. It starts its own broker (on free ports).
+    """Run the scenario; see the module docstring. It starts its own broker (on free ports),
+    and kills it at the end; or uses `broker`, a local one nobody else uses, and leaves it
+    running (thawed) at the end.
 
     With `freeze` the broker is not stopped but frozen (SIGSTOP, then SIGCONT): clients see it
     hang rather than refuse, and no JVM has to start again (seconds instead of tens of them on
     a loaded machine). `stop` names the processes whose SIGTERM is timed at the end.
     """
     outcome = Outcome("broker frozen and thawed" if freeze else "broker stopped and started")
-    broker = LocalKafka(port=_free_pair(), state_dir=workdir / "kafka")
+    own = broker is None
+    if broker is None:
+        broker = LocalKafka(port=free_port_run(2), state_dir=workdir / "kafka")
     try:
         started = time.monotonic()
         bootstrap = broker.start(echo=False, timeout=180)
@@ -206,12 +210,12 @@ def broker_restarts(
                         f"on SIGTERM with the broker down (limit {SHUTDOWN_LIMIT:g} s)"
                     )
     finally:
-        # A throwaway broker (its state is in `workdir`): killed, not shut down cleanly, which
-        # takes tens of seconds on a loaded machine and proves nothing here.
-        pid = broker.status().pid
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-        broker.stop()
+        if own:
+            # A throwaway broker (its state is in `workdir`): killed, not shut down cleanly,
+            # which takes tens of seconds on a loaded machine and proves nothing here.
+            broker.stop(timeout=0.0)
+        elif freeze and (pid := broker.pid()) is not None:
+            os.kill(pid, signal.SIGCONT)  # left as it was found: running
     recoveries = [float(r["recovery s"]) for r in outcome.rounds if float(r["recovery s"]) >= 0]
     outcome.figures.update(
         {
@@ -297,7 +301,7 @@ def _outage_begins(broker: LocalKafka, freeze: bool) -> None:
     if not freeze:
         broker.stop()
         return
-    pid = broker.status().pid
+    pid = broker.pid()
     if pid is None:
         raise ChaosError("the chaos broker is not running")
     os.kill(pid, signal.SIGSTOP)
@@ -307,25 +311,7 @@ def _outage_ends(broker: LocalKafka, freeze: bool) -> None:
     if not freeze:
         broker.start(echo=False, timeout=180)
         return
-    pid = broker.status().pid
+    pid = broker.pid()
     if pid is None:
         raise ChaosError("the chaos broker is not running")
     os.kill(pid, signal.SIGCONT)
-
-
-def _free_pair() -> int:
-    """A port whose next one is free too (the local broker's controller takes port+1)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65534 and _bindable(port + 1):
-            return port
-    raise ChaosError("no two adjacent free ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -57,6 +57,10 @@ class KafkaSettings(BaseModel):
     ssl_key_location: str | None = Field(default=None, min_length=1)
     #: Mutual TLS: the password of an encrypted private key (`ssl.key.password`); never printed.
     ssl_key_password: SecretStr | None = None
+    #: Seconds an admin request (creating or checking a topic, counting the brokers) may take
+    #: before it counts as Kafka trouble: a poller started while Kafka is down reports it
+    #: (degraded, retrying) after this long.
+    admin_timeout: float = Field(default=30.0, gt=0.0, le=600.0)
     #: Extra librdkafka settings, passed through unchanged (`-X key=value` on the CLI).
     librdkafka: dict[str, str] = Field(default_factory=dict)
 

@@ -33,9 +33,6 @@ _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 #: Kafka's limit on a topic name's length.
 MAX_TOPIC_NAME = 249
 
-#: Seconds an admin request may take before it counts as Kafka trouble.
-ADMIN_TIMEOUT = 30.0
-
 
 class TopicConfigError(ConnectorError):
     """A site topic exists with a config that differs from the expected one."""
@@ -183,7 +180,7 @@ def ensure_site_topic(kafka: KafkaSettings, site: str, fix: bool = False) -> Top
     """
     topic = site_topic(kafka.topic_prefix, site)
     admin = _admin(kafka)
-    brokers = _broker_count(admin)
+    brokers = _broker_count(kafka, admin)
     replicas, in_sync = replication(kafka, brokers)
     expected = expected_topic_config(kafka, in_sync)
     report = TopicReport(topic)
@@ -222,7 +219,7 @@ def ensure_lease_topic(kafka: KafkaSettings, site: str) -> TopicReport:
     topic = lease_topic(kafka.topic_prefix, site)
     admin = _admin(kafka)
     report = TopicReport(topic)
-    replicas, _in_sync = replication(kafka, _broker_count(admin))
+    replicas, _in_sync = replication(kafka, _broker_count(kafka, admin))
     new = NewTopic(topic, num_partitions=1, replication_factor=replicas)
     if _create(kafka, admin, new):
         report.created = True
@@ -242,7 +239,7 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
     broker's retention. An existing compacted one would lose them, so that is a TopicConfigError.
     """
     admin = _admin(kafka)
-    replicas, in_sync = replication(kafka, _broker_count(admin))
+    replicas, in_sync = replication(kafka, _broker_count(kafka, admin))
     new = NewTopic(
         topic,
         num_partitions=kafka.partitions,
@@ -252,7 +249,7 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
     try:
         _wait(
             kafka,
-            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            admin.create_topics([new], request_timeout=kafka.admin_timeout)[topic],
             f"create {topic}",
         )
         return True
@@ -276,12 +273,12 @@ class _AlreadyExistsError(Exception):
 
 
 def _admin(kafka: KafkaSettings) -> AdminClient:
-    return connected_admin(kafka, ADMIN_TIMEOUT)
+    return connected_admin(kafka, kafka.admin_timeout)
 
 
-def _broker_count(admin: AdminClient) -> int:
+def _broker_count(kafka: KafkaSettings, admin: AdminClient) -> int:
     try:
-        return len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
+        return len(admin.list_topics(timeout=kafka.admin_timeout).brokers)
     except confluent_kafka.KafkaException as exc:
         raise KafkaError(f"cannot count the brokers: {exc.args[0].str()}") from exc
 
@@ -292,34 +289,35 @@ def _create(kafka: KafkaSettings, admin: AdminClient, new: NewTopic) -> bool:
     try:
         _wait(
             kafka,
-            admin.create_topics([new], request_timeout=ADMIN_TIMEOUT)[topic],
+            admin.create_topics([new], request_timeout=kafka.admin_timeout)[topic],
             f"create {topic}",
         )
     except _AlreadyExistsError:
         return False
-    _wait_until_visible(admin, topic)
+    _wait_until_visible(kafka, admin, topic)
     return True
 
 
-def _wait_until_visible(admin: AdminClient, topic: str) -> None:
+def _wait_until_visible(kafka: KafkaSettings, admin: AdminClient, topic: str) -> None:
     """Return once the broker's metadata lists every partition of a topic just created with a
     leader: until then a reader of it (the poller's restore) gets "unknown topic or partition"."""
-    deadline = time.monotonic() + ADMIN_TIMEOUT
+    timeout = kafka.admin_timeout
+    deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
-        found = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics.get(topic)
+        found = admin.list_topics(topic, timeout=timeout).topics.get(topic)
         partitions = found.partitions.values() if found is not None and found.error is None else []
         if partitions and all(p.leader >= 0 for p in partitions):
             return
         if time.monotonic() + delay > deadline:
-            raise KafkaError(f"create {topic}: not visible in the metadata after {ADMIN_TIMEOUT} s")
+            raise KafkaError(f"create {topic}: not visible in the metadata after {timeout:g} s")
         time.sleep(delay)
         delay = min(0.5, delay * 2)
 
 
 def _wait(kafka: KafkaSettings, future: Future[Any], what: str) -> Any:
     try:
-        return future.result(timeout=ADMIN_TIMEOUT)
+        return future.result(timeout=kafka.admin_timeout)
     except confluent_kafka.KafkaException as exc:
         err = exc.args[0]
         if err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
@@ -328,19 +326,19 @@ def _wait(kafka: KafkaSettings, future: Future[Any], what: str) -> Any:
             raise KafkaError(f"cannot {what}: the topic does not exist") from exc
         raise not_authorized(kafka, what, err) or KafkaError(f"cannot {what}: {err.str()}") from exc
     except TimeoutError as exc:
-        raise KafkaError(f"cannot {what}: no answer within {ADMIN_TIMEOUT:.0f} s") from exc
+        raise KafkaError(f"cannot {what}: no answer within {kafka.admin_timeout:g} s") from exc
 
 
 def _describe(
     kafka: KafkaSettings, admin: AdminClient, topic: str, config: bool = True
 ) -> TopicDescription:
     """The topic's partitions, and (with `config`) its checked and non-default settings."""
-    topics = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT)
+    topics = admin.describe_topics(TopicCollection([topic]), request_timeout=kafka.admin_timeout)
     found = _wait(kafka, topics[topic], f"describe {topic}")
     settings: dict[str, str] = {}
     if config:
         resource = ConfigResource(ResourceType.TOPIC, topic)
-        configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT)
+        configs = admin.describe_configs([resource], request_timeout=kafka.admin_timeout)
         entries = _wait(kafka, next(iter(configs.values())), f"describe the config of {topic}")
         settings = {
             name: str(entry.value)
@@ -367,7 +365,7 @@ def _set_config(
         for name, value in values.items()
     ]
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
-    futures = admin.incremental_alter_configs([resource], request_timeout=ADMIN_TIMEOUT)
+    futures = admin.incremental_alter_configs([resource], request_timeout=kafka.admin_timeout)
     _wait(kafka, next(iter(futures.values())), f"set the config of {topic}")
 
 

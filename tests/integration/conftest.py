@@ -1,7 +1,8 @@
 """Integration fixtures: for the SQL sink, a throwaway PostgreSQL cluster (session-scoped) and
 `sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL; `open_sim`, a
 simulated site whose clouds.yaml entry openstacksdk finds; for the registry framing, a real
-Schema Registry (session-scoped).
+Schema Registry (session-scoped); `private_kafka`, a broker of the tests' own that a test may
+stop, start or freeze (session-scoped: one JVM for every such test).
 
 The cluster comes from `connector.ops.local_postgres` (Debian's binaries, installed by
 `make postgres`); the registry is Apicurio Registry from Maven Central
@@ -11,7 +12,9 @@ skips them.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,13 +25,44 @@ from urllib.request import urlopen
 import pytest
 import sqlalchemy as sa
 
-from connector.ops import free_port
+from connector.errors import LocalKafkaError
+from connector.ops import free_port, free_port_run
+from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_postgres import LocalPostgres, LocalPostgresError
 from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
+from tests.support.kafka import BROKER_START
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
 REGISTRY_START_TIMEOUT = 240.0
+
+
+@pytest.fixture(scope="session")
+def private_kafka_server() -> Iterator[LocalKafka]:
+    """A broker nobody else uses, made on the first test that asks for it and killed at the end
+    of the session. Its state is not under pytest's base temp, which a concurrent pytest run may
+    prune while this one runs. Tests take it through `private_kafka`."""
+    state = Path(tempfile.mkdtemp(prefix="cascade-test-kafka-"))
+    broker = LocalKafka(port=free_port_run(2), state_dir=state, quick_jvm=True)
+    try:
+        yield broker
+    finally:
+        # A throwaway (its state goes next): killed at once, not shut down cleanly, which
+        # takes seconds on a loaded machine and proves nothing here.
+        broker.stop(timeout=0.0)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def private_kafka(private_kafka_server: LocalKafka) -> LocalKafka:
+    """The tests' own broker, running and answering when the test begins. A test may stop,
+    start or freeze it, but must not leave it frozen: whatever it leaves stopped is started
+    here for the next test that needs it (and not at all when none does)."""
+    try:
+        private_kafka_server.start(timeout=BROKER_START, echo=False)
+    except LocalKafkaError as exc:
+        pytest.fail(f"could not start a broker of the tests' own: {exc}")
+    return private_kafka_server
 
 
 @pytest.fixture(scope="session")

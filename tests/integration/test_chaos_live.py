@@ -7,16 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from connector.chaos.live import SiteSize, broker_restarts, site_faults
+from connector.ops.local_kafka import LocalKafka
 
 SMALL = SiteSize(servers=40, volumes=40, ports=80)
 
 
 def test_broker_restarts_recover_and_sigterm_ends_processes_with_the_broker_down(
-    tmp_path: Path,
+    private_kafka: LocalKafka, tmp_path: Path
 ) -> None:
-    # Frozen rather than restarted: a JVM start costs 10-30 s on the shared test machine.
+    # Frozen rather than restarted: a JVM start costs 10-30 s on the shared test machine. The
+    # broker is the tests' own, shared with the other tests that stop or freeze one: thawed at
+    # the end, it serves the next.
     outcome = broker_restarts(
         tmp_path,
+        broker=private_kafka,
         rounds=1,
         outage=2.0,
         churn=40,

@@ -5,16 +5,13 @@ off, a cell that vanishes, a site down at start-up, broker restarts, SIGTERM in 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings
-from connector.errors import LocalKafkaError
+from connector.ops import free_port
 from connector.ops.local_kafka import LocalKafka
 from connector.records.model import StatusRecord
 from connector.sim import RunningSim
@@ -32,11 +29,10 @@ from connector.sinks.sql import create_engine
 from connector.site.runner import SitePoller, run_site
 from connector.top.service import build_consumer
 from tests.support import wait_for
+from tests.support.kafka import BROKER_START
 from tests.support.sim import Topic, control, differences, latest, site_settings, truth
 
 KINDS = "server,volume,port"
-#: Seconds a broker may take to start: a minute and more on a loaded two-core machine.
-BROKER_START = 180.0
 CLI = [sys.executable, "-m", "connector"]
 
 
@@ -223,37 +219,7 @@ def test_keystone_and_cinder_down_at_start_up_give_a_running_degraded_poller(
     assert not failed, failed
 
 
-# -- a broker of the tests' own, stopped and started ---------------------------------------
-
-
-def _free_port_pair() -> int:
-    """A client port whose next port (the controller's) is free too."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-        if port < 65000:
-            with socket.socket() as b:
-                if b.connect_ex(("127.0.0.1", port + 1)) != 0:
-                    return port
-    raise AssertionError("no free port pair")
-
-
-@pytest.fixture(scope="module")
-def own_kafka() -> Iterator[LocalKafka]:
-    """A broker these tests stop and start; nobody else uses it. Its state is not under pytest's
-    base temp, which a concurrent pytest run may prune while this one runs."""
-    state = Path(tempfile.mkdtemp(prefix="cascade-test-kafka-"))
-    broker = LocalKafka(port=_free_port_pair(), state_dir=state)
-    try:
-        try:
-            broker.start(timeout=BROKER_START, echo=False)
-        except LocalKafkaError as exc:
-            pytest.fail(f"could not start a broker of the tests' own: {exc}")
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(state, ignore_errors=True)
+# -- a broker of the tests' own (`private_kafka`), stopped and started -----------------------
 
 
 def live_rows(db: Path) -> dict[tuple[str, str], str | None]:
@@ -282,7 +248,7 @@ def churn_every_kind(sim: RunningSim) -> None:
 # Three broker restarts: seconds each on an idle machine, a minute each on two busy cores.
 @pytest.mark.timeout(600)
 def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_restarts(
-    own_kafka: LocalKafka,
+    private_kafka: LocalKafka,
     open_sim: Callable[..., RunningSim],
     unique_name: Callable[[str], str],
     tmp_path: Path,
@@ -291,7 +257,7 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
     db = tmp_path / "top.sqlite"
     settings = Settings.model_validate(
         {
-            "kafka": {"bootstrap": own_kafka.bootstrap, "topic_prefix": unique_name("status")},
+            "kafka": {"bootstrap": private_kafka.bootstrap, "topic_prefix": unique_name("status")},
             # The default resync interval: deletions must not wait for it.
             "site": {"name": sim.cloud, "kinds": KINDS, "interval": 1.0, "heartbeat_interval": 1},
             "sink": {"url": f"sqlite:///{db}"},
@@ -324,7 +290,7 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
     poller.start()
     consuming.start()
     recoveries: list[float] = []
-    topic = Topic(own_kafka.bootstrap, f"{settings.kafka.topic_prefix}.{sim.cloud}")
+    topic = Topic(private_kafka.bootstrap, f"{settings.kafka.topic_prefix}.{sim.cloud}")
 
     def explain() -> str:
         expected, rows = truth_status(sim), live_rows(db)
@@ -338,9 +304,9 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
     try:
         timed_wait("the first sync", lambda: live_rows(db) == truth_status(sim), 60, explain)
         for _ in range(3):
-            own_kafka.stop()
+            private_kafka.stop()
             churn_every_kind(sim)
-            own_kafka.start(timeout=BROKER_START, echo=False)
+            private_kafka.start(timeout=BROKER_START, echo=False)
             recoveries.append(
                 timed_wait(
                     "convergence after the restart",
@@ -359,62 +325,84 @@ def test_poller_and_consumer_converge_within_15s_after_each_of_three_broker_rest
 
 
 def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
-    own_kafka: LocalKafka, open_sim: Callable[..., RunningSim], tmp_path: Path
+    private_kafka: LocalKafka, open_sim: Callable[..., RunningSim], tmp_path: Path
 ) -> None:
     sim = open_sim(servers=20, volumes=20, ports=20)
-    port = _free_port_pair()
+    port = free_port()
     env = {
         **os.environ,
         "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"),
-        "CASCADE_KAFKA_BOOTSTRAP": own_kafka.bootstrap,
+        "CASCADE_KAFKA_BOOTSTRAP": private_kafka.bootstrap,
         "CASCADE_KAFKA_TOPIC_PREFIX": "test.sigterm",
+        # The broker being down at start-up is told after one admin timeout: 30 s by default,
+        # waiting that shows nothing the first few seconds do not.
+        "CASCADE_KAFKA_ADMIN_TIMEOUT": "3",
     }
     args = [*CLI, "produce", "--site", sim.cloud, "--kinds", KINDS, "--interval", "0.5"]
     args += ["--metrics-port", str(port)]
 
     def metric(name: str) -> float:
+        """The sum over its labels (one site, every kind); 0 while the process does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                 text = r.read().decode()
         except OSError:
             return 0.0
         lines = [line for line in text.splitlines() if line.startswith(name + "{")]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
-    def stop_within_10s(proc: subprocess.Popen[str]) -> tuple[float, str]:
+    def start_poller(log: Path) -> subprocess.Popen[str]:
+        # Its log goes to a file: a pipe nobody reads until the end could fill up and block it.
+        with log.open("w") as out:
+            return subprocess.Popen(args, env=env, stderr=out, text=True)
+
+    def stop_within_10s(proc: subprocess.Popen[str], log: Path) -> str:
         proc.send_signal(signal.SIGTERM)
         begun = time.monotonic()
         try:
-            _out, err = proc.communicate(timeout=20)
+            proc.wait(timeout=20)
         finally:
             proc.kill()
+            proc.wait()
         took = time.monotonic() - begun
+        err = log.read_text(errors="replace")
         assert proc.returncode == 0, err
         assert took < 10.0, f"took {took:.1f} s to stop"
-        return took, err
+        return err
 
-    own_kafka.stop()
+    # Down at start-up: the poller retries the topic, degraded, and stops at once. (A broker
+    # left stopped here is started again by `private_kafka` for whichever test needs it next.)
+    private_kafka.stop()
+    log = tmp_path / "starting.log"
+    starting = start_poller(log)
     try:
-        # Down at start-up: the poller retries the topic, degraded, and stops at once.
-        starting = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: metric("cascade_site_kafka_errors_total") > 0, 60, "a Kafka error")
-            assert metric("cascade_site_degraded") == 1
-        finally:
-            _took, err = stop_within_10s(starting)
-        assert "cannot ensure the site topic" in err
-
-        # Down while running, with messages waiting to be delivered.
-        own_kafka.start(timeout=BROKER_START, echo=False)
-        running = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: metric("cascade_site_heartbeats_total") > 0, 60, "a heartbeat")
-            wait_for(lambda: metric("cascade_site_changes_published_total") > 0, 60, "a poll")
-            own_kafka.stop()
-            control(sim, "/_sim/churn", {"changes": 30})
-            wait_for(lambda: metric("cascade_site_degraded") == 1, 60, "degraded")
-        finally:
-            _took, err = stop_within_10s(running)
-        assert "undelivered" in err and "republishes them from the site" in err
+        wait_for(lambda: metric("cascade_site_kafka_errors_total") > 0, 60, "a Kafka error")
+        assert metric("cascade_site_degraded") == 1
     finally:
-        own_kafka.start(timeout=BROKER_START, echo=False)
+        err = stop_within_10s(starting, log)
+    assert "cannot ensure the site topic" in err
+
+    # Down while running, with messages waiting to be delivered.
+    private_kafka.start(timeout=BROKER_START, echo=False)
+    log = tmp_path / "running.log"
+    running = start_poller(log)
+    try:
+        wait_for(lambda: metric("cascade_site_heartbeats_total") > 0, 60, "a heartbeat")
+        wait_for(lambda: metric("cascade_site_changes_published_total") > 0, 60, "a poll")
+        private_kafka.stop()
+
+        def handed_to_the_producer() -> float:
+            # Each is counted once the producer has the message: from now on, undeliverable.
+            return metric("cascade_site_heartbeats_total") + metric(
+                "cascade_site_changes_published_total"
+            )
+
+        before = handed_to_the_producer()
+        control(sim, "/_sim/churn", {"changes": 30})
+        # The churn or the next heartbeat, whichever comes first: a commit that cannot reach
+        # the broker then holds the producer (up to a minute), and the other waits behind it.
+        wait_for(lambda: handed_to_the_producer() > before, 60, "a message waiting")
+        wait_for(lambda: metric("cascade_site_degraded") == 1, 60, "degraded")
+    finally:
+        err = stop_within_10s(running, log)
+    assert "undelivered" in err and "republishes them from the site" in err

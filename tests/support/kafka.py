@@ -1,5 +1,5 @@
 """Test helpers for the real broker: create a topic, publish changes, read committed offsets,
-keep a topic growing."""
+keep a topic growing; how long a broker of the tests' own may take to start."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from connector.records.codec import Codec
 from connector.records.messages import to_message
 from connector.records.model import Change
+
+#: Seconds a broker may take to start: a minute and more on a loaded two-core machine.
+BROKER_START = 180.0
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 3, compact: bool = True) -> None:
