@@ -114,11 +114,17 @@ class SitePoller:
             log.info("%s", line)
         # Opened before the restore: it fences the previous producer and ends its transaction,
         # so the restore reads everything that producer will ever have published.
-        self.producer = producer or self._until_kafka_answers(
-            "open the producer",
-            lambda: open_site_producer(
-                settings, on_failure=lambda _failure: None, on_error=self._kafka_trouble
-            ),
+        # `is None`, not `or`: a producer with nothing queued is falsy (it has a length), and
+        # a second one opened here would fence the election's, whose failures end the term.
+        self.producer = (
+            producer
+            if producer is not None
+            else self._until_kafka_answers(
+                "open the producer",
+                lambda: open_site_producer(
+                    settings, on_failure=lambda _failure: None, on_error=self._kafka_trouble
+                ),
+            )
         )
         if restored is None:
             names = [k.name for k in kinds]

@@ -286,6 +286,10 @@ def test_a_paused_active_is_fenced_after_the_takeover_and_stands_by(
         timeout=60,
         what="the old active to stand by",
     )
+    # Because it was fenced, at its first send: not after its lease's doubt ran out (three
+    # lease timeouts), which is what it would wait for if a failed transaction went unheard.
+    log = old.log.read_text(errors="replace")
+    assert "fenced by a newer producer" in log and "lost the lease" not in log, old.tail()
     control(sim, "/_sim/churn", {"changes": 20})
     expected = truth(sim, KINDS)
     wait_for(lambda: on_topic(settings, expected), timeout=60, what="the second churn on the topic")
