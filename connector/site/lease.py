@@ -273,6 +273,15 @@ class Election:
             failed.append(failure)
             term.set()
 
+        def on_error(error: str) -> None:
+            # The producer's client errors (brokers out of reach): the term's poller is
+            # degraded by them, or, while the term starts, the election.
+            active = self._active
+            if active is not None:
+                active.health.kafka_failed(error)
+            else:
+                self._kafka_trouble(error)
+
         lost = False
         self._starting = True
         try:
@@ -282,7 +291,9 @@ class Election:
             # say): retried while Kafka fails it, given up when the term ends (stop, lease lost);
             # an abandoned producer has nothing queued and is dropped when its call returns.
             producer = self._until_kafka_answers(
-                "open the producer", lambda: open_site_producer(self.settings, on_failure), term
+                "open the producer",
+                lambda: open_site_producer(self.settings, on_failure, on_error),
+                term,
             )
             # Only now, with the previous producer fenced and its last transaction ended, is
             # the end of the topic the end of everything it will ever have published.

@@ -391,17 +391,15 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
         wait_for(lambda: metric("cascade_site_changes_published_total") > 0, 60, "a poll")
         private_kafka.stop()
 
-        def handed_to_the_producer() -> float:
-            # Each is counted once the producer has the message: from now on, undeliverable.
-            return metric("cascade_site_heartbeats_total") + metric(
-                "cascade_site_changes_published_total"
-            )
+        def failed_commits() -> int:
+            return log.read_text(errors="replace").count("failed, retrying")
 
-        before = handed_to_the_producer()
+        before = failed_commits()
         control(sim, "/_sim/churn", {"changes": 30})
-        # The churn or the next heartbeat, whichever comes first: a commit that cannot reach
-        # the broker then holds the producer (up to a minute), and the other waits behind it.
-        wait_for(lambda: handed_to_the_producer() > before, 60, "a message waiting")
+        # A transaction is opened by its first message only: a commit that fails is one with
+        # messages waiting. The churn's, or a heartbeat's, or (whichever came first) the one
+        # whose commit was under way at the stop, which holds the producer until it gives up.
+        wait_for(lambda: failed_commits() > before, 60, "a commit failing: messages waiting")
         wait_for(lambda: metric("cascade_site_degraded") == 1, 60, "degraded")
     finally:
         err = stop_within_10s(running, log)
