@@ -366,30 +366,25 @@ class LocalKafka:
             (directory / "log4j2.properties").write_text(_LOG4J2)
             if (directory / "data" / "meta.properties").exists():
                 continue
-            command = [
-                java,
-                *_QUICK_JVM,
-                *self._class_data(),
-                "-cp",
-                f"{libs}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(directory / "server.properties"),
-            ]
+            tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id]
+            tool += ["-c", str(directory / "server.properties")]
             if shape.nodes == 1:
-                command.append("--standalone")
+                tool.append("--standalone")
             if admin_password is not None:
                 scram = f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={admin_password}]"
-                command += ["--add-scram", scram]
+                tool += ["--add-scram", scram]
+            # The tool and its arguments go in a private argument file that java expands, so the
+            # admin's password is never on a command line (`ps` shows every user argv).
+            argfile = directory / "format.args"
+            _write_private(argfile, "".join(f"{_java_quote(arg)}\n" for arg in tool))
+            command = [java, *_QUICK_JVM, *self._class_data(), "-cp", f"{libs}/*", f"@{argfile}"]
             # Each format is a JVM start of a few seconds: run them side by side.
             formats[k] = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
         for k, proc in formats.items():
             output, _ = proc.communicate()
+            (self.node_dir(k) / "format.args").unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise LocalKafkaError(
                     f"formatting the storage of node {k} failed:\n"
@@ -580,6 +575,11 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+
+
+def _java_quote(arg: str) -> str:
+    """`arg` as one argument of a java @argument file: quoted, with \\ and " escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _require(tool: str, why: str) -> str:

@@ -55,6 +55,8 @@ class Deployment:
     sims: dict[str, RunningSim]
     logs: Path
     env: dict[str, str]
+    #: the command lines of the processes `local-kafka start` ran (see ArgvWatch)
+    start_argvs: set[str]
 
     def cli(self, name: str, user: str, *args: str, timeout: float = 60) -> Result:
         """Run `cascade-connector --config <user's settings> ARGS`, output to logs/<name>.log."""
@@ -134,13 +136,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "--state-dir",
         str(root / "state"),
     ]
-    started = subprocess.run(
-        [*local_kafka, "start", "--brokers", "3", "--secure"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    with ArgvWatch(str(root / "state")) as watch:
+        started = subprocess.run(
+            [*local_kafka, "start", "--brokers", "3", "--secure"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
     sims: dict[str, RunningSim] = {}
     try:
         (logs / "local-kafka-start.log").write_text(started.stdout + started.stderr)
@@ -161,7 +164,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             sims[site] = start_sim(site, servers=60, volumes=60, ports=60)
             sims[site].write_clouds_yaml(clouds)
         env = child_env({"OS_CLIENT_CONFIG_FILE": str(clouds)})
-        deployment = Deployment(cluster, settings, sims, logs, env)
+        deployment = Deployment(cluster, settings, sims, logs, env, watch.seen)
         admin = deployment.kafka()
         for site in ("site-a", "site-b"):
             ensure_acls(admin, site_acls(admin, f"User:{site}", site))
@@ -402,6 +405,45 @@ def test_no_password_in_any_log_or_config_output(
         for user, password in passwords.items():
             assert password not in text, f"{user}'s password in {where}"
     assert '"sasl_password": "**' in outputs["config-site-a"]
+
+
+def test_admin_password_is_never_on_a_command_line(deployment: Deployment) -> None:
+    admin = deployment.kafka().sasl_password
+    assert admin is not None
+    formats = [a for a in deployment.start_argvs if "StorageTool" in a or "format.args" in a]
+    assert len(formats) == 3, "the watch saw each node's storage format (it adds the admin)"
+    for argv in deployment.start_argvs:
+        assert admin.get_secret_value() not in argv and "--add-scram" not in argv, argv
+
+
+class ArgvWatch:
+    """The command lines (as `ps` shows them) of every process that names `marker`, sampled
+    every 20 ms while in the `with` block."""
+
+    def __init__(self, marker: str) -> None:
+        self._marker = marker.encode()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.seen: set[str] = set()
+
+    def __enter__(self) -> ArgvWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                try:
+                    argv = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue  # not a process, or gone meanwhile
+                if self._marker in argv:
+                    self.seen.add(argv.replace(b"\0", b" ").decode(errors="replace"))
+            self._stop.wait(0.02)
 
 
 class Churn:
