@@ -33,6 +33,7 @@ from pathlib import Path
 from connector.config import KafkaSettings, load_settings
 from connector.errors import ConnectorError, LocalKafkaError
 from connector.kafka.cluster import broker_ids, set_scram_password, under_replicated
+from connector.ops.local_service import signal_group
 from connector.ops.tls import BROKER_CN, ensure_broker_tls, one_line_pem
 
 KAFKA_VERSION = "4.1.1"
@@ -293,7 +294,7 @@ class LocalKafka:
         pids = {k: self._live_pid(k) for k in ([node] if node is not None else self.node_ids)}
         running = {k: pid for k, pid in pids.items() if pid is not None}
         for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for k, pid in running.items():
             dump = self._dump_file(k)
@@ -302,7 +303,7 @@ class LocalKafka:
                 if dump.exists() and not self.class_archive.exists():
                     dump.replace(self.class_archive)
             else:
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
                 if not _wait_exit(pid, 10.0):
                     raise LocalKafkaError(f"node {k} (pid {pid}) did not exit after SIGKILL")
             dump.unlink(missing_ok=True)
@@ -605,11 +606,6 @@ def _is_our_broker(pid: int) -> bool:
     except OSError:
         return False
     return b"kafka.Kafka" in cmdline
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

@@ -23,9 +23,10 @@ import pytest
 import sqlalchemy as sa
 
 from connector.ops import free_port
-from connector.ops.local_postgres import LocalPostgres, LocalPostgresError
+from connector.ops.local_postgres import LocalPostgres
 from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
+from tests.support.services import running
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
 REGISTRY_START_TIMEOUT = 240.0
@@ -34,13 +35,8 @@ REGISTRY_START_TIMEOUT = 240.0
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
     """A running throwaway cluster; `.url` is its `postgres` database, as superuser."""
-    server = LocalPostgres()
-    try:
-        server.start()
-    except LocalPostgresError as exc:
-        pytest.fail(f"could not start a throwaway PostgreSQL: {exc}")
-    yield server
-    server.stop()
+    with running(LocalPostgres(), "a throwaway PostgreSQL") as server:
+        yield server
 
 
 @pytest.fixture
