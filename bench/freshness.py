@@ -396,14 +396,17 @@ def run_churn(bench: Bench, interval: float, notifications: bool) -> tuple[float
     after = bench.scrape()
     bench.stop_poller()
     counters = {
-        name: after.get((metric, kind), 0) - before.get((metric, kind), 0)
+        name: sum(after.get((metric, k), 0) - before.get((metric, k), 0) for k in KINDS)
         for name, metric in (
             ("notifications", "cascade_site_notifications_received_total"),
             ("triggered polls", "cascade_site_notification_polls_total"),
             ("debounced", "cascade_site_notifications_debounced_total"),
             ("storm pauses", "cascade_site_notification_storm_pauses_total"),
+            ("polls", "cascade_site_poll_duration_seconds_count"),
+            ("poll seconds", "cascade_site_poll_duration_seconds_sum"),
+            ("objects listed", "cascade_site_objects_seen_total"),
+            ("published", "cascade_site_changes_published_total"),
         )
-        for kind in KINDS
     }
     return start, end, counters
 

@@ -1,10 +1,14 @@
 """The site's clock as the poller sees it: the offset between the site's clock and ours.
 
 Incremental filters compare the site's own timestamps with the watermark, so the watermark must
-be a time on the site's clock. Every answer of the site carries a `Date` header (whole seconds);
-`SiteClock` keeps the offset the latest one showed, and `now()` is our clock moved by it. A site
-whose clock runs a minute ahead or behind then loses no change; `clock_skew` only has to cover
-the header's rounding and the request's latency.
+be a time on the site's clock. Every answer of the site carries a `Date` header (whole seconds):
+the site's clock read somewhere between the request leaving and the answer arriving, rounded
+down. Each answer so bounds the offset to an interval about a second wide; `SiteClock`
+intersects the intervals of the answers of the last HORIZON seconds (as NTP's intersection does),
+which pins the offset to within the requests' latency after a few dozen answers at different
+phases of the second, and `now()` is our clock moved by the middle. A site whose clock runs a
+minute ahead or behind then loses no change; `clock_skew` only has to cover what is left
+(`uncertainty`) and the site's own delay between stamping a change and showing it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+
+#: Seconds an answer's bounds on the offset are kept: enough answers to narrow them, and a site
+#: clock that was stepped (NTP) is followed within this time at the latest.
+HORIZON = 120.0
+#: Answers kept at most within the horizon.
+KEPT = 512
 
 
 class SiteClock:
@@ -22,19 +33,35 @@ class SiteClock:
         self._local = local
         self._lock = threading.Lock()
         self._offset = 0.0
+        self._uncertainty = 0.5
         self._measured = False
+        #: (received, lowest offset, highest offset) per recent answer
+        self._bounds: deque[tuple[float, float, float]] = deque(maxlen=KEPT)
 
     def __repr__(self) -> str:
-        return f"SiteClock(offset={self._offset:+.1f}s, measured={self._measured})"
+        return (
+            f"SiteClock(offset={self._offset:+.3f}s ±{self._uncertainty:.3f}s, "
+            f"measured={self._measured})"
+        )
 
     @property
     def offset(self) -> float:
         with self._lock:
             return self._offset
 
-    def observe(self, date_header: str | None, received: float | None = None) -> None:
-        """Take the offset from an answer's `Date` header, received at `received` (our clock);
-        a missing or unreadable header changes nothing."""
+    @property
+    def uncertainty(self) -> float:
+        """How far the true offset may be from `offset`, in seconds (half a second before any
+        answer: the header's rounding)."""
+        with self._lock:
+            return self._uncertainty
+
+    def observe(
+        self, date_header: str | None, received: float | None = None, elapsed: float = 0.0
+    ) -> None:
+        """Take the bounds on the offset from an answer's `Date` header, received at `received`
+        (our clock) `elapsed` seconds after its request left; a missing or unreadable header
+        changes nothing."""
         if not date_header:
             return
         try:
@@ -42,10 +69,23 @@ class SiteClock:
         except (TypeError, ValueError, IndexError, OverflowError):
             return
         at = self._local() if received is None else received
-        # The header is rounded down to the second: the site's time was half a second later
-        # on average.
+        # The site read its clock at a time in [at - elapsed, at] of ours and rounded it down
+        # to the second: its clock then was in [sent, sent + 1).
+        lowest, highest = sent - at, sent + 1 - (at - max(0.0, elapsed))
         with self._lock:
-            self._offset = sent + 0.5 - at
+            bounds = self._bounds
+            while bounds and bounds[0][0] < at - HORIZON:
+                bounds.popleft()
+            bounds.append((at, lowest, highest))
+            low = max(b[1] for b in bounds)
+            high = min(b[2] for b in bounds)
+            if low > high:
+                # The answers disagree: a clock was stepped. Start again from this one.
+                bounds.clear()
+                bounds.append((at, lowest, highest))
+                low, high = lowest, highest
+            self._offset = (low + high) / 2
+            self._uncertainty = (high - low) / 2
             self._measured = True
 
     def now(self) -> float:

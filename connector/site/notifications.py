@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connector.config import NotificationSettings, SiteSettings
 from connector.errors import ConfigError
+from connector.site.poller import EARLY_OVERLAP
 from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class Notifications:
         return PollTrigger(
             self.settings.debounce,
             site.interval,
-            site.clock_skew,
+            EARLY_OVERLAP,
             self.settings.storm_rate,
             listed,
             on_poll=m.polls.labels(*labels).inc,

@@ -8,6 +8,14 @@ full listing. The watermark is the start of the last good poll minus the clock-s
 the overlap this causes is absorbed by the fingerprints. A resync lists everything and turns
 vanished objects into tombstones.
 
+An early poll (a notification said the kind changed: connector.site.trigger) reaches back only
+EARLY_OVERLAP, plus what the site's clock is still uncertain by, before the previous poll began:
+at a thousand changes a second the clock-skew overlap made each early poll list three seconds
+of changes again, most of a site, and so slow that changes waited for it. What an early poll
+may miss (a change the site showed late) costs freshness only: the next interval poll reaches
+back to the interval poll before it, minus the full clock skew, as if no early poll had run,
+and interval polls stay due every interval however many early polls ran between them.
+
 Deleted objects that the incremental filter cannot show (Cinder and Neutron do not list them)
 are found by a sweep of ids: on every incremental poll where the service has a cheap count that
 no longer matches (Cinder's volume summary), else every `deletion_sweep_every` polls. A listed
@@ -52,6 +60,9 @@ SITE_FAULTS: tuple[type[Exception], ...] = (
     keystoneauth1.exceptions.ClientException,
 )
 
+#: Seconds an early poll reaches back before the previous poll began, beyond the uncertainty of
+#: the site's clock (see the module's docstring).
+EARLY_OVERLAP = 0.25
 #: Ids per request when listing changed objects by id (keeps URLs well under 8 KiB).
 IDS_PER_REQUEST = 100
 #: When more than this share of the objects changed (a site restart), one full listing costs
@@ -98,8 +109,11 @@ class KindPoller:
         self._settings = settings
         self._clock = clock
         self._jitter = jitter
-        #: start (epoch seconds) of the last good poll; None until the first resync
+        #: start (epoch seconds, the site's clock) of the last good poll; None until the first
+        #: resync
         self._watermark: float | None = None
+        #: the same, of the last good poll that was not an early one
+        self._full_watermark: float | None = None
         #: the site answered 400 to the row's `since` filter: use the fallback from now on
         self._since_rejected = False
         #: id -> revision_number from the last listing, for the revision diff
@@ -129,19 +143,23 @@ class KindPoller:
 
     # -- one poll ---------------------------------------------------------------------------
 
-    def poll(self, resync: bool) -> str:
-        """One poll (a resync when asked or before the first one); returns the mode used.
-        Raises one of SITE_FAULTS when the site fails."""
+    def poll(self, resync: bool, early: bool = False) -> str:
+        """One poll (a resync when asked or before the first one; `early`: one a notification
+        asked for); returns the mode used. Raises one of SITE_FAULTS when the site fails."""
         if self._proxy is None:
             assert self._connect is not None, "a KindPoller needs a proxy or a connect()"
             self._proxy = self._connect()
         started = self._clock()
         begun = time.monotonic()
-        if resync or self._watermark is None:
-            mode = "resync"
+        early = early and not resync
+        if resync or self._watermark is None or self._full_watermark is None:
+            mode, early = "resync", False
             self._resync()
+        elif early:
+            reach = EARLY_OVERLAP + self._site_clock.uncertainty
+            mode = self._incremental(self._watermark - reach)
         else:
-            mode = self._incremental(self._watermark - self._settings.clock_skew)
+            mode = self._incremental(self._full_watermark - self._settings.clock_skew)
         self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
             time.monotonic() - begun
         )
@@ -149,6 +167,8 @@ class KindPoller:
         # with. The offset is read after the poll, whose answers measured it. (Health and
         # metrics keep our clock.)
         self._watermark = started + self._site_clock.offset
+        if not early:
+            self._full_watermark = self._watermark
         self._health.poll_ok(
             self.kind.name,
             datetime.fromtimestamp(started, UTC),
@@ -314,19 +334,26 @@ class KindPoller:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set: incremental every interval, a resync every resync interval
-        (and first), retries with backoff when the site fails."""
+        (and first), early polls when the pause says so (a notification), retries with backoff
+        when the site fails."""
         next_resync = time.monotonic()
         resync_failed = False
+        early = False
+        #: when the last poll that was not an early one began
+        last_full = next_resync
         while not stop.is_set():
             begun = time.monotonic()
             resync = self.wants_resync(begun >= next_resync, resync_failed)
-            ok = self._attempt(resync, stop)
+            ok = self._attempt(resync, stop, early)
             resync_failed = resync and not ok
             if not ok:
                 continue
             if resync:
                 next_resync = begun + self._settings.resync_interval
-            self.pause(stop, max(0.0, self._settings.interval - (time.monotonic() - begun)))
+            if resync or not early:
+                last_full = begun
+            due = self._settings.interval - (time.monotonic() - last_full)
+            early = bool(self.pause(stop, max(0.0, due)))
 
     def wants_resync(self, due: bool, last_resync_failed: bool) -> bool:
         """Whether the next poll is a resync: when one is due, or when keys whose delivery failed
@@ -345,11 +372,11 @@ class KindPoller:
                 return True
         return False
 
-    def _attempt(self, resync: bool, stop: threading.Event) -> bool:
+    def _attempt(self, resync: bool, stop: threading.Event, early: bool = False) -> bool:
         """One poll; on a site fault, record it and wait the backoff delay. True on success.
         False without a wait when the producer was interrupted (the process is stopping)."""
         try:
-            self.poll(resync)
+            self.poll(resync, early)
             return True
         except ProduceInterrupted:
             stop.set()

@@ -57,6 +57,10 @@ ONCE_ATTEMPTS = 5
 #: get STOP_JOIN (a request in flight is abandoned), the final flush STOP_FLUSH.
 STOP_JOIN = 3.0
 STOP_FLUSH = 5.0
+#: Seconds between commits of the open transaction (and deliveries served): a record waits this
+#: long at most before readers see it. (Twice a second before notifications: their early polls
+#: made the commit's wait a third of the delay left.)
+COMMIT_EVERY = 0.2
 #: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
 
@@ -320,9 +324,14 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: Sit
     received = metrics.response_bytes.labels(metrics.site, kind.name)
 
     def count(response: Any, *_args: Any, **_kwargs: Any) -> None:
+        # requests calls this as the headers arrive, `elapsed` after the request left, and
+        # before it reads the body (which `content` does).
+        arrived = time.time()
+        site_clock.observe(
+            response.headers.get("Date"), arrived, elapsed=response.elapsed.total_seconds()
+        )
         requests.inc()
         received.inc(len(response.content))
-        site_clock.observe(response.headers.get("Date"))
 
     conn.session.session.hooks["response"].append(count)
     return getattr(conn, kind.service)
@@ -354,7 +363,7 @@ def _run_forever(
             next_heartbeat += settings.heartbeat_interval
         # Delivery reports arrive only while someone polls the producer.
         site.producer.poll(0)
-        stop.wait(min(0.5, max(0.0, next_heartbeat - time.monotonic())))
+        stop.wait(min(COMMIT_EVERY, max(0.0, next_heartbeat - time.monotonic())))
     _join(threads, stop)
 
 

@@ -7,8 +7,8 @@ poll may have listed before the change. A triggered poll that found more than `s
 objects changed per second (what it listed over the time since the previous poll began, plus the
 clock-skew overlap every incremental listing repeats) means a storm: triggers pause for one
 interval, since an interval poll collapses a storm's flaps best and repeated early polls would
-only list them again. The interval polls and resyncs go on as before: a trigger only makes a
-wait shorter.
+only list them again. The interval polls and resyncs go on as before, every interval: a trigger
+adds early polls between them (which list less: connector.site.poller) and never puts one off.
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ class PollTrigger:
         deadline = self._clock() + timeout
         while not stop.is_set():
             now = self._clock()
+            if now >= deadline:
+                # The interval poll, never put off by early ones: it lists whatever was
+                # notified so far too.
+                with self._lock:
+                    self._due = None
+                    self._fired.clear()
+                self._poll_begins(triggered=False)
+                return False
             with self._lock:
                 due = self._due
             if due is not None and due <= deadline:
@@ -90,9 +98,6 @@ class PollTrigger:
                 self._poll_begins(triggered=True)
                 self._on_poll()
                 return True
-            if now >= deadline:
-                self._poll_begins(triggered=False)
-                return False
             self._fired.wait(min(_SLICE, deadline - now))
             self._fired.clear()
         return False

@@ -22,7 +22,7 @@ from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
-from connector.site.poller import FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
+from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
 from tests.support.site import FakeProducer, make_publisher, response
 
 
@@ -457,3 +457,46 @@ def test_the_proxy_is_made_in_the_first_poll_and_a_failure_is_a_site_fault(
     assert not p._health.snapshot()[0]
     assert p._attempt(True, threading.Event())
     assert [key for key, _v, _cb in producer.sent] == ["s1/port/a"]
+
+
+def test_an_early_poll_reaches_back_little_and_the_next_interval_poll_as_if_it_had_not_run(
+    ports: FakeProxy,
+) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    local = [1_700_000_010.0]
+    site_clock = SiteClock(local=lambda: local[0])
+    publisher, _producer, _ = make_publisher()
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    p = KindPoller(
+        ROW,
+        ports,
+        publisher,
+        Health([ROW.name], metrics),
+        metrics,
+        SiteSettings(name="s1", clock_skew=3.0),
+        clock=lambda: local[0],
+        site_clock=site_clock,
+    )
+
+    def since() -> float:
+        """The listing's changed-since filter (whole seconds) as epoch seconds."""
+        (query,) = ports.queries()
+        return datetime.strptime(query["changed_since"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+    # No answer measured the site's clock here: uncertain by the header's half second.
+    reach = EARLY_OVERLAP + site_clock.uncertainty
+    assert reach == 0.75
+    p.poll(resync=True)  # at ...010
+    ports.queries()
+    local[0] += 10
+    p.poll(resync=False, early=True)  # at ...020
+    assert since() == 1_700_000_009, "back from the resync's start by 0.75 s, not by 3 s"
+    local[0] += 2
+    p.poll(resync=False, early=True)  # at ...022
+    assert since() == 1_700_000_019, "back from the early poll before it"
+    local[0] += 5
+    p.poll(resync=False)  # at ...027
+    assert since() == 1_700_000_007, "the interval poll: from the resync, minus the clock skew"
+    local[0] += 5
+    p.poll(resync=False)  # at ...032
+    assert since() == 1_700_000_024

@@ -109,3 +109,17 @@ def test_event_types_map_to_kinds() -> None:
 
 def test_the_password_never_shows() -> None:
     assert redacted("rabbit://nova:s3cret@10.0.0.1:5672/") == "rabbit://nova:***@10.0.0.1:5672/"
+
+
+def test_the_interval_poll_is_never_put_off_and_covers_what_was_notified() -> None:
+    counts = Counts()
+    t = trigger(counts, debounce=0.0)
+    t.fire()
+    # The interval poll is due now: it is the one that runs, and it lists what the
+    # notification was about, so nothing stays armed after it.
+    assert t.wait(threading.Event(), 0.0) is False
+    assert counts.polls == 0
+    assert t.wait(threading.Event(), 0.2) is False
+    t.fire()
+    assert t.wait(threading.Event(), 5.0) is True
+    assert counts.polls == 1
