@@ -94,6 +94,11 @@ class Deployment:
             results[name] = Result(code, output, time.monotonic() - started)
         return results
 
+    def consumer_acls(self, name: str, principal: str, *more: str) -> Result:
+        """`acls ensure --consumer --group GROUP --principal PRINCIPAL MORE`, as the admin."""
+        command = ("acls", "ensure", "--consumer", "--group", GROUP, "--principal", principal)
+        return self.cli(name, ADMIN_USER, *command, *more)
+
     def local_kafka(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`cascade-connector local-kafka --port P --state-dir S ARGS` on this cluster."""
         command = ["local-kafka", "--port", str(self.cluster.port)]
@@ -179,17 +184,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         admin = deployment.kafka()
         for site in ("site-a", "site-b"):
             ensure_acls(admin, site_acls(admin, f"User:{site}", site))
-        out = deployment.cli(
-            "acls-ensure-top",
-            ADMIN_USER,
-            "acls",
-            "ensure",
-            "--consumer",
-            "--group",
-            GROUP,
-            "--principal",
-            "User:top",
-        )
+        out = deployment.consumer_acls("acls-ensure-top", "User:top")
         assert out.returncode == 0, out.output
         assert "granted: ALLOW User:top READ on group cascade-top" in out.output
         yield deployment
@@ -257,18 +252,7 @@ def test_acl_drift_is_reported_then_fixed(deployment: Deployment) -> None:
         ensure_acls(admin, as_consumer)
     assert drift.value.report.missing == sorted(set(as_consumer) - set(as_site))
     assert drift.value.report.extra == sorted(set(as_site) - set(as_consumer))
-    fixed = deployment.cli(
-        "acls-fix",
-        ADMIN_USER,
-        "acls",
-        "ensure",
-        "--consumer",
-        "--group",
-        GROUP,
-        "--principal",
-        principal,
-        "--fix",
-    )
+    fixed = deployment.consumer_acls("acls-fix", principal, "--fix")
     assert fixed.returncode == 0, fixed.output
     assert "added: ALLOW User:drifting READ on group cascade-top" in fixed.output
     assert "removed: ALLOW User:drifting WRITE on topic cascade.status.site-a" in fixed.output
