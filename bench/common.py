@@ -248,6 +248,19 @@ def storm_over(sims: Mapping[str, str]) -> bool:
     return all(http_json(f"{url}/_sim/stats")["background_jobs"] == 0 for url in sims.values())
 
 
+def wait_storm_over(
+    procs: Processes, sims: Mapping[str, str], progress: Callable[[], None], every: float = 5.0
+) -> None:
+    """Return once every sim's storm has ended, calling `progress()` at most every `every` s;
+    raises as soon as one of `procs` dies."""
+    due = Progress(every)
+    while not storm_over(sims):
+        procs.check_alive()
+        if due.due():
+            progress()
+        time.sleep(0.5)
+
+
 def peak_rss_kib(pid: int) -> int:
     """The process's peak resident set (VmHWM), in KiB; 0 once it is gone."""
     try:

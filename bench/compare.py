@@ -48,8 +48,8 @@ from common import (
     load,
     start_consumer,
     start_sites,
-    storm_over,
     wait_answering,
+    wait_storm_over,
 )
 
 from connector.demo.observe import StatusMap, compare, login, next_link, scrape_total, truth
@@ -396,12 +396,9 @@ def run(o: Options, bench: Run, top: TopLayer, echo: Callable[[str], None]) -> b
                 "  note: this sim has no 'changed' storm option (issue 10's branch not merged): "
                 "every object ends where it started"
             )
-    progress = Progress()
-    while not storm_over(sims):
-        procs.check_alive()
-        if progress.due():
-            echo(f"  storm under way: {_calls(top, calls_before)}; {load()}")
-        time.sleep(0.5)
+    wait_storm_over(
+        procs, sims, lambda: echo(f"  storm under way: {_calls(top, calls_before)}; {load()}")
+    )
     storm_seconds = time.monotonic() - storm_at
     echo(f"[4/4] the storm took {storm_seconds:.1f} s; converging; {load()}")
     done = converge(

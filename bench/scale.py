@@ -30,8 +30,8 @@ from common import (
     peak_rss_kib,
     start_consumer,
     start_sites,
-    storm_over,
     wait_answering,
+    wait_storm_over,
 )
 
 from connector.demo.observe import SinkReader, SiteCounters, compare, scrape_total, truth
@@ -151,12 +151,7 @@ def phase(
                     "changed": a.changed,
                 },
             )
-        progress = Progress(10)
-        while not storm_over(sims):
-            procs.check_alive()
-            if progress.due():
-                print(f"  storm under way; {load()}")
-            time.sleep(0.5)
+        wait_storm_over(procs, sims, lambda: print(f"  storm under way; {load()}"), every=10)
         storm_took = time.monotonic() - storm_at
         print(f"  the storm took {storm_took:.1f} s; converging; {load()}")
         after = converge(procs, sims, sink, storm_at, timeout, print)
