@@ -421,10 +421,13 @@ class Converged:
     rows: int
 
 
-#: A strategy counts as converged once it has been equal to the truth (and, for push and
-#: cascade-connector, had nothing left to send) for this long: longer than a poll interval, so
-#: that a top layer that only passes through the truth on its way elsewhere does not count.
+#: A strategy counts as converged once it has been equal to the truth (and, for push, had
+#: nothing left to send) for this long, and, for cascade-connector, also has no consumer lag
+#: left: longer than a poll interval, so that a top layer that only passes through the truth
+#: on its way elsewhere does not count.
 SETTLE = 12.0
+#: Strategies whose "nothing left to send" is a consumer group's lag (see `converge`).
+LAGGING = ("cascade", "cascade-slow")
 
 
 def converge(
@@ -453,15 +456,20 @@ def converge(
         behind = {}
         for name in names:
             result = compare(expected, top.ledgers[name].statuses())
-            if not (result.equal and idle[name]):
+            # A consumer group's lag is not steadily zero even when all is applied: every
+            # site's heartbeat (each 5 s) is lag until it is applied and committed. So for
+            # cascade-connector a lag only puts off the end of a stretch of equality; it does
+            # not end it (a backlog that matters makes the top layer unequal, which does).
+            lag_only = name in LAGGING and result.equal and not idle[name]
+            if not (result.equal and (idle[name] or lag_only)):
                 streaks.pop(name, None)
                 behind[name] = result.behind if not result.equal else "equal, still sending"
                 continue
             if name not in streaks:
                 streaks[name] = Converged(now - start, *top.ledgers[name].counts())
-            if now - start - streaks[name].seconds < SETTLE:
-                behind[name] = "equal, settling"
-        settled = [n for n in names if n in streaks and now - start - streaks[n].seconds >= SETTLE]
+            if now - start - streaks[name].seconds < SETTLE or lag_only:
+                behind[name] = "equal, settling" if not lag_only else "equal, lag left"
+        settled = [n for n in names if n in streaks and n not in behind]
         if len(settled) == len(names) or now > deadline:
             for name in settled:
                 echo(f"  {LABELS[name]}: equal to the truth from {streaks[name].seconds:.1f} s on")

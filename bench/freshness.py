@@ -158,6 +158,10 @@ class Delays:
     missing: int = 0
     #: changes of volumes and ports deleted before the end (see `delays`)
     left_out: int = 0
+    #: per change shown by a row: change -> the poller built the record (the site side: bus,
+    #: listener, debounce, listing), and record built -> row (Kafka, the consumer, the sink)
+    site_side: list[float] = field(default_factory=list)
+    top_side: list[float] = field(default_factory=list)
 
     @property
     def all(self) -> list[float]:
@@ -192,6 +196,7 @@ def delays(
             out.left_out += sum(window[0] <= at < window[1] for at, _ in history)
             continue
         arrived = [(r[0], (None, True) if r[3] else (r[2], False)) for r in rows.get(key, [])]
+        observed = [r[1] for r in rows.get(key, [])]
         arrival_times = [a for a, _ in arrived]
         for i, (at, _state) in enumerate(history):
             if not window[0] <= at < window[1]:
@@ -206,6 +211,10 @@ def delays(
                 shown = arrived[shown_at - 1][1]
                 if any(state == shown for t, state in history[i:] if t <= moment):
                     hit = moment
+                    built = observed[shown_at - 1]
+                    if built >= at and moment == arrival_times[shown_at - 1]:
+                        out.site_side.append(built - at)
+                        out.top_side.append(moment - built)
                     break
             if hit is None:
                 out.missing += 1
@@ -493,6 +502,14 @@ def main() -> None:
             )
         else:
             print()
+    print("\nwhere the time goes (changes shown by the record of a poll after them):")
+    for r in report:
+        d = r.delays
+        print(
+            f"  interval {r.interval:g}s: change -> record built p50 {pct(d.site_side, 0.5):.2f}s "
+            f"p99 {pct(d.site_side, 0.99):.2f}s; record built -> row p50 "
+            f"{pct(d.top_side, 0.5):.2f}s p99 {pct(d.top_side, 0.99):.2f}s"
+        )
     if args.notifications:
         print(f"\nnotifier: {data['notifier']}")
         for r in report:

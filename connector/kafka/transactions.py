@@ -3,8 +3,8 @@
 One `transactional.id` per site: creating the producer calls `init_transactions()`, which makes
 the broker abort whatever transaction an earlier producer of that id left open and refuse that
 producer from then on (fenced). Messages go out in transactions committed by `poll()` (the
-runner calls it five times a second) and by `flush()`; readers that read committed records only
-never see what a fenced producer sent after the take-over, nor its unfinished transaction.
+runner calls it five times a second) and by `flush()`; readers that read committed records
+only never see what a fenced producer sent after the take-over, nor its unfinished transaction.
 
 Threads produce concurrently while one commits: a lock keeps `produce` out of a commit, and
 delivery reports are handed to their callbacks only after that lock is released, because those

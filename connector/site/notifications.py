@@ -8,6 +8,11 @@ the exchanges and topics the services notify on. An event is mapped to a kind by
 polling stays the only source of what is published, so a lost or never-sent notification costs
 freshness, never correctness.
 
+The listener runs in a process of its own, which sends the poller only how many notifications
+of each kind arrived (a few small messages a second): oslo.messaging costs most of a millisecond
+of Python per notification, and in the poller's process, sharing its GIL, a thousand a second
+slowed the polls they asked for and fell behind themselves. The process is restarted if it dies.
+
 The bus is optional at every moment: the listener starts in the background, oslo.messaging
 reconnects on its own, and a probe reports whether the bus answers (`details()`, a gauge). While
 it does not, the pollers poll on their intervals as without notifications. Needs the
@@ -16,10 +21,18 @@ it does not, the pollers poll on their intervals as without notifications. Needs
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
+import multiprocessing.connection
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import warnings
 import weakref
+from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connector.config import NotificationSettings, SiteSettings
 from connector.errors import ConfigError
+from connector.ops.logging import JsonFormatter, setup_logging
 from connector.site.poller import EARLY_OVERLAP
 from connector.site.trigger import PollTrigger
 
@@ -131,7 +145,7 @@ def _metrics_on(registry: CollectorRegistry, site: str) -> NotificationMetrics:
 
 
 class Notifications:
-    """The listener of one site's bus and the triggers of its kinds' pollers."""
+    """The listener process of one site's bus and the triggers of its kinds' pollers."""
 
     def __init__(
         self,
@@ -154,10 +168,10 @@ class Notifications:
         self.metrics.up.labels(self.metrics.site).set(0)
         self._registry = registry
         self.triggers: dict[str, PollTrigger] = {kind: self._trigger(kind, site) for kind in kinds}
-        self._listener: Any = None
-        self._transport: Any = None
         self._stop = threading.Event()
         self._up = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pipe: multiprocessing.connection.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="notifications", daemon=True)
 
     def __repr__(self) -> str:
@@ -192,32 +206,77 @@ class Notifications:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(15)
+        self._thread.join(20)
 
     def details(self) -> dict[str, str]:
         """For the heartbeat: the notification path's state (the site's status is unaffected)."""
         return {"notifications": "up" if self._up else "degraded: the message bus does not answer"}
 
-    def handle(self, event_type: str) -> None:
-        """One notification: count it and fire its kind's trigger."""
-        kind = kind_of(event_type)
-        trigger = self.triggers.get(kind) if kind is not None else None
-        self.metrics.received.labels(self.metrics.site, kind if trigger else "other").inc()
+    def handle(self, kind: str, count: int = 1) -> None:
+        """`count` notifications about `kind`: count them and fire its trigger."""
+        trigger = self.triggers.get(kind)
+        self.metrics.received.labels(self.metrics.site, kind if trigger else "other").inc(count)
         if trigger is not None:
-            trigger.fire()
+            for _ in range(count):
+                trigger.fire()
 
     def _run(self) -> None:
+        """Keep a listener process running and hand on what it reports, until `stop`."""
         while not self._stop.is_set():
-            answers = _probe(self.url)
-            if answers and self._listener is None:
-                try:
-                    self._start_listener()
-                except Exception as exc:  # whatever the driver raises: retried on the next probe
-                    log.warning("notifications: listener did not start: %s", _describe(exc))
-                    self._listener = None
-            self._set_up(answers and self._listener is not None)
-            self._stop.wait(PROBE_INTERVAL)
-        self._stop_listener()
+            try:
+                self._spawn()
+                self._relay()
+            except OSError as exc:
+                log.warning("notifications: listener process failed: %s", _describe(exc))
+            finally:
+                self._end_process()
+            self._set_up(False)
+            if not self._stop.is_set():
+                log.warning("notifications: the listener process ended; starting it again")
+                self._stop.wait(PROBE_INTERVAL)
+
+    def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._pipe = multiprocessing.connection.Connection(ours.detach())
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _LISTENER, str(theirs.fileno())], pass_fds=[theirs.fileno()]
+        )
+        theirs.close()
+        root = logging.getLogger()
+        json = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+        fmt = "json" if json else "text"
+        # The password never goes on a command line.
+        self._pipe.send((self.url, self.pool, logging.getLevelName(root.level), fmt))
+
+    def _relay(self) -> None:
+        """What the listener process says, until it ends or `stop`."""
+        assert self._pipe is not None
+        while not self._stop.is_set():
+            if not self._pipe.poll(0.25):
+                continue
+            try:
+                what, value = self._pipe.recv()
+            except EOFError:
+                return
+            if what == "up":
+                self._set_up(bool(value))
+            else:
+                for kind, count in value.items():
+                    self.handle(kind, count)
+
+    def _end_process(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.send(None)
+        if self._process is not None:
+            try:
+                self._process.wait(15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._pipe is not None:
+            self._pipe.close()
+        self._process = self._pipe = None
 
     def _set_up(self, up: bool) -> None:
         if up != self._up:
@@ -227,6 +286,71 @@ class Notifications:
                 log.warning("notifications: the message bus does not answer; polling goes on")
         self._up = up
         self.metrics.up.labels(self.metrics.site).set(1 if up else 0)
+
+
+#: The listener process's program: `listen_forever` on the inherited end of the pipe.
+_LISTENER = (
+    "import sys; from connector.site.notifications import listen_forever; "
+    "listen_forever(int(sys.argv[1]))"
+)
+
+
+def listen_forever(fd: int) -> None:
+    """The listener process: the bus URL, the pool and how to log come first; then it reports
+    ("up", bool) when the bus starts or stops answering, and ("seen", {kind: count}) per batch of
+    notifications. Ends on None, or when the poller's end of the pipe closes."""
+    # A Ctrl-C reaches the whole process group: the poller ends this process, in its own time.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pipe = multiprocessing.connection.Connection(fd)
+    try:
+        url, pool, level, fmt = pipe.recv()
+    except EOFError:
+        return
+    setup_logging(level, fmt)
+    stop = threading.Event()
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            pipe.recv()  # None, or the end of the pipe: either way, stop
+        stop.set()
+
+    threading.Thread(target=watch, name="stop", daemon=True).start()
+    _import_oslo_messaging()
+    _Listener(url, pool, pipe).run(stop)
+
+
+class _Listener:
+    """In the listener process: probes the bus, keeps oslo.messaging's listener running while
+    it answers, and reports to the poller through `pipe`."""
+
+    def __init__(self, url: str, pool: str, pipe: multiprocessing.connection.Connection) -> None:
+        self.url = url
+        self.pool = pool
+        self._pipe = pipe
+        self._lock = threading.Lock()  # the endpoint's threads and the probe both send
+        self._listener: Any = None
+        self._transport: Any = None
+        self._up: bool | None = None
+
+    def send(self, message: tuple[str, Any]) -> None:
+        with self._lock, contextlib.suppress(OSError):  # the poller is gone: `watch` stops us
+            self._pipe.send(message)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            answers = _probe(self.url)
+            if answers and self._listener is None:
+                try:
+                    self._start_listener()
+                except Exception as exc:  # whatever the driver raises: retried on the next probe
+                    log.warning("notifications: listener did not start: %s", _describe(exc))
+                    self._listener = None
+            up = answers and self._listener is not None
+            if up != self._up:
+                self._up = up
+                self.send(("up", up))
+            stop.wait(PROBE_INTERVAL)
+        self._stop_listener()
 
     def _start_listener(self) -> None:
         with warnings.catch_warnings():
@@ -267,21 +391,24 @@ class Notifications:
 
 class _Endpoint:
     """oslo.messaging's batch endpoint: one method per priority, all handled alike. Batches
-    cost one dispatch for many messages, which matters at a thousand notifications a second."""
+    cost one dispatch for many messages, and one report to the poller."""
 
-    def __init__(self, owner: Notifications) -> None:
+    def __init__(self, owner: _Listener) -> None:
         self._owner = owner
 
     def info(self, messages: Sequence[Mapping[str, Any]]) -> None:
-        for message in messages:
-            self._owner.handle(str(message.get("event_type") or ""))
+        seen = Tally(kind_of(str(m.get("event_type") or "")) or "other" for m in messages)
+        if seen:
+            self._owner.send(("seen", dict(seen)))
 
     warn = error = critical = audit = debug = sample = info
 
 
 def _import_oslo_messaging() -> bool:
-    """Import oslo.messaging, with oslo.service on plain threads rather than eventlet; False if
-    the extra is not installed."""
+    """Import oslo.messaging, with oslo.service on plain threads rather than eventlet (eventlet,
+    which its dependencies import when it is installed, leaves the thread that first imports it
+    impossible to join: the listener process imports it in its main thread); False if the extra
+    is not installed."""
     try:
         with warnings.catch_warnings():
             # Importing eventlet (futurist does, if it is installed) warns that it is deprecated.
@@ -298,10 +425,8 @@ def _import_oslo_messaging() -> bool:
     return True
 
 
-#: Imported with this module, on purpose: eventlet, which oslo.messaging's dependencies import
-#: when it is installed, leaves the thread that first imports it impossible to join. The
-#: runner imports this module at its own import, in the main thread, before any poller thread.
-AVAILABLE = _import_oslo_messaging()
+#: Whether the notifications extra is installed. (It is imported in the listener process only.)
+AVAILABLE = importlib.util.find_spec("oslo_messaging") is not None
 
 
 def _probe(url: str) -> bool:

@@ -61,8 +61,10 @@ READ_SHARE = 0.25
 CALL_CHECK_EVERY = 64
 
 #: How long a partition may look behind (from the last fetch) before the broker is asked for
-#: its last stable offset, how long that answer is trusted, and how long asking waits.
-STABLE_END_SECONDS = 1.0
+#: its last stable offset, how long that answer is trusted, and how long asking waits. A poller
+#: publishing steadily always has a transaction open, so this is how long a window of a busy
+#: site waits past its batch wait: a second was most of the delay left with notifications.
+STABLE_END_SECONDS = 0.25
 STABLE_END_TIMEOUT = 1.0
 
 #: A storming site's window closes once no object changed for this many of its poll intervals:
@@ -246,10 +248,10 @@ class TopConsumer:
         window. From where it will read next, not the last record + 1 (a transaction's commit
         marker takes an offset too); and up to the last stable offset, not the high watermark
         of the last fetch, which counts the records of a transaction still open (a paused
-        poller's, say): waiting for those held a window for up to `max_wait`. A transaction
-        commits within a second or so, so the broker is asked only once a partition looked
-        behind for STABLE_END_SECONDS (asking on every look costs a round trip per partition,
-        which slowed a consumer of 20 sites several times over)."""
+        poller's, say): waiting for those held a window for up to `max_wait`. The broker is
+        asked only once a partition looked behind for STABLE_END_SECONDS, and at most that
+        often (asking on every look costs a round trip per partition, which slowed a consumer
+        of 20 sites several times over)."""
         now = time.monotonic()
         positions = self._consumer.positions(q.filling.last.keys())
         for tp, last in q.filling.last.items():

@@ -6,6 +6,8 @@ back neither stops the poller nor the notifications for good."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -216,3 +218,51 @@ def test_the_bus_going_away_stops_neither_polling_nor_for_good_the_notifications
 
 
 UP = "cascade_site_notifications_up"
+
+
+def listener_pids() -> list[int]:
+    """This process's children that run the notification listener."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                command = fh.read()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and b"listen_forever" in command:
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_listener_process_is_started_again_and_polling_never_stops(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], rabbit: LocalRabbit
+) -> None:
+    sim = open_sim(servers=20, volumes=20, ports=20, notify=rabbit.url)
+    settings = site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0)
+    settings = settings.model_copy(
+        update={"notifications": settings.notifications.model_copy(update={"url": rabbit.url})}
+    )
+    server = first(sim, "server")
+    with Poller(settings) as poller:
+        poller.wait_listening()
+        (pid,) = listener_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: poller.metric(UP) == 0, 30, "the listener's end to be seen")
+        wait_for(lambda: listener_pids() not in ([], [pid]), 30, "a new listener process")
+        poller.wait_listening()
+        received = poller.metric("cascade_site_notifications_received_total", kind="server")
+
+        def notified_again() -> bool:
+            flip(sim, server)
+            time.sleep(0.5)
+            return (
+                poller.metric("cascade_site_notifications_received_total", kind="server") > received
+            )
+
+        wait_for(notified_again, 60, "notifications to resume")
+        assert poller.alive
+    assert listener_pids() == [], "the poller's stop ended its listener process"
