@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from common import KAFKA_PORT, broker
 
@@ -68,6 +69,13 @@ def main() -> None:
         def echo(line: str) -> None:
             print(line, flush=True)
 
+        # What the two scenarios on a live site (poller, consumer, sim) run with alike.
+        live: _LiveSite = {
+            "size": SiteSize(60, 60, 120) if q else SiteSize(),
+            "interval": 2.0,
+            "echo": echo,
+        }
+
         runs: dict[str, Callable[[Path], Outcome]] = {
             "kill": lambda d: _with_postgres(
                 lambda url: consumer_kills(
@@ -85,10 +93,8 @@ def main() -> None:
                 rounds=2 if q else 5,
                 outage=3.0 if q else 5.0,
                 churn=60 if q else 200,
-                size=SiteSize(60, 60, 120) if q else SiteSize(),
-                interval=2.0,
                 resync_interval=args.resync_interval or 600.0,
-                echo=echo,
+                **live,
             ),
             "faults": lambda d: site_faults(
                 bootstrap,
@@ -96,10 +102,8 @@ def main() -> None:
                 duration=40.0 if q else 300.0,
                 spike_every=10.0 if q else 30.0,
                 token_every=15.0 if q else 60.0,
-                size=SiteSize(60, 60, 120) if q else SiteSize(),
-                interval=2.0,
                 resync_interval=args.resync_interval or 60.0,
-                echo=echo,
+                **live,
             ),
             "fuzz-records": lambda d: fuzz_records(
                 bootstrap,
@@ -132,6 +136,12 @@ def main() -> None:
         failed = [o.scenario for o in outcomes if not o.ok]
         print("FAILED: " + ", ".join(failed) if failed else "every check held")
         raise SystemExit(1 if failed else 0)
+
+
+class _LiveSite(TypedDict):
+    size: SiteSize
+    interval: float
+    echo: Callable[[str], None]
 
 
 def save(outcomes: list[Outcome], quick: bool, options: dict[str, object]) -> Path:

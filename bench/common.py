@@ -14,13 +14,22 @@ import platform
 import random
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from connector.demo.processes import DemoError, Processes, http_json, http_text, wait_until
+from connector.demo.processes import (
+    DemoError,
+    Processes,
+    child_env,
+    http_json,
+    http_text,
+    wait_until,
+)
 from connector.demo.run import flags
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
@@ -33,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
 #: The local broker's port when a bench is given none (the one `make demo` and `make test` use).
 KAFKA_PORT = 9092
+#: The resource kinds the sites' pollers poll and the benches compare.
+KINDS = ("server", "volume", "port")
 
 
 def load() -> str:
@@ -82,6 +93,49 @@ def broker(bootstrap: str | None, port: int) -> Iterator[str]:
     finally:
         if started:
             kafka.stop()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One bench run: its broker, its topics' prefix, where its logs go, and its processes
+    (which publish under the prefix to that broker)."""
+
+    kafka: str
+    prefix: str
+    workdir: Path
+    procs: Processes
+
+
+@contextmanager
+def bench_run(
+    name: str, settings: str, bootstrap: str | None, port: int, echo: Callable[[str], None]
+) -> Iterator[Run]:
+    """Print the machine and `settings` lines, then run with the broker (see `broker`), topics
+    named `<name>.<time>.*` and logs in a new directory; on the way out every process is stopped
+    by its pid and the run's topics are deleted."""
+    echo(machine())
+    echo(f"settings: {settings}")
+    prefix = f"{name}.{time.strftime('%Y%m%d%H%M%S')}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"cascade-{name}-"))
+    echo(f"logs in {workdir}")
+    with broker(bootstrap, port) as kafka:
+        env = {"CASCADE_KAFKA_BOOTSTRAP": kafka, "CASCADE_KAFKA_TOPIC_PREFIX": f"{prefix}.status"}
+        procs = Processes(workdir, child_env(env))
+        try:
+            yield Run(kafka, prefix, workdir, procs)
+        finally:
+            procs.stop_all()
+            drop_topics(kafka, f"{prefix}.", echo)
+
+
+def start_sites(
+    run: Run, names: list[str], counts: Mapping[str, int], timeout: float = 300
+) -> tuple[dict[str, str], list[str]]:
+    """A sim, its topic and a poller (defaults, KINDS) per site: the sims' URLs once each
+    answers, and the pollers' metrics URLs (not waited on)."""
+    sims = start_sims(run.procs, run.workdir, names, counts, timeout)
+    ensure_topics(run.kafka, f"{run.prefix}.status", names)
+    return sims, start_pollers(run.procs, run.workdir, names, kinds=",".join(KINDS))
 
 
 def drop_topics(bootstrap: str, prefix: str, echo: Callable[[str], None]) -> None:
@@ -192,6 +246,19 @@ def wait_answering(procs: Processes, urls: list[str], timeout: float = 120) -> N
 
 def storm_over(sims: Mapping[str, str]) -> bool:
     return all(http_json(f"{url}/_sim/stats")["background_jobs"] == 0 for url in sims.values())
+
+
+def wait_storm_over(
+    procs: Processes, sims: Mapping[str, str], progress: Callable[[], None], every: float = 5.0
+) -> None:
+    """Return once every sim's storm has ended, calling `progress()` at most every `every` s;
+    raises as soon as one of `procs` dies."""
+    due = Progress(every)
+    while not storm_over(sims):
+        procs.check_alive()
+        if due.due():
+            progress()
+        time.sleep(0.5)
 
 
 def peak_rss_kib(pid: int) -> int:

@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,24 +41,21 @@ from urllib.parse import urlsplit
 
 from common import (
     IMG,
+    KINDS,
     Progress,
-    broker,
-    drop_topics,
-    ensure_topics,
+    Run,
+    bench_run,
     load,
-    machine,
     start_consumer,
-    start_pollers,
-    start_sims,
-    storm_over,
+    start_sites,
     wait_answering,
+    wait_storm_over,
 )
 
 from connector.demo.observe import StatusMap, compare, login, next_link, scrape_total, truth
-from connector.demo.processes import DemoError, Processes, child_env, http_json
+from connector.demo.processes import DemoError, Processes, http_json
 from connector.ops.signals import interrupt, stop_on_signals
 
-KINDS = ("server", "volume", "port")
 #: The User-Agent product names the sims file requests under.
 PROXY_AGENT = "poc-proxy"
 POLLER_AGENT = "openstacksdk"
@@ -337,43 +333,20 @@ def main() -> None:
         return
     o = parse()
     echo = print
-    echo(machine())
-    echo(f"settings: {o}")
-    run_id = time.strftime("%Y%m%d%H%M%S")
-    workdir = Path(tempfile.mkdtemp(prefix="cascade-compare-"))
-    prefix = f"compare.{run_id}"
-    echo(f"logs in {workdir}")
-    with broker(o.bootstrap or os.environ.get("CASCADE_KAFKA_BOOTSTRAP"), o.kafka_port) as kafka:
-        procs = Processes(
-            workdir,
-            child_env(
-                {"CASCADE_KAFKA_BOOTSTRAP": kafka, "CASCADE_KAFKA_TOPIC_PREFIX": f"{prefix}.status"}
-            ),
-        )
+    bootstrap = o.bootstrap or os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
+    with bench_run("compare", str(o), bootstrap, o.kafka_port, echo) as bench:
         top = TopLayer(time.monotonic())
-        try:
-            with top.running():
-                converged = run(o, procs, workdir, prefix, top, echo)
-        finally:
-            procs.stop_all()
-            drop_topics(kafka, f"{prefix}.", echo)
+        with top.running():
+            converged = run(o, bench, top, echo)
     raise SystemExit(0 if converged else 1)
 
 
-def run(
-    o: Options,
-    procs: Processes,
-    workdir: Path,
-    prefix: str,
-    top: TopLayer,
-    echo: Callable[[str], None],
-) -> bool:
+def run(o: Options, bench: Run, top: TopLayer, echo: Callable[[str], None]) -> bool:
+    procs, workdir, prefix = bench.procs, bench.workdir, bench.prefix
     names = [f"site-{chr(ord('a') + i)}" for i in range(o.sites)]
     counts = {"servers": o.servers, "volumes": o.volumes, "ports": o.ports}
     echo(f"[1/4] {o.sites} simulated sites of {sum(counts.values()):,} objects ({counts})")
-    sims = start_sims(procs, workdir, names, counts)
-    ensure_topics(procs.env["CASCADE_KAFKA_BOOTSTRAP"], f"{prefix}.status", names)
-    metrics = start_pollers(procs, workdir, names, kinds=",".join(KINDS))
+    sims, metrics = start_sites(bench, names, counts)
     for name, rate in (("cascade", None), ("cascade-slow", o.slow_rate)):
         options: dict[str, object] = {
             "sink": f"{top.url}/{name}",
@@ -423,12 +396,9 @@ def run(
                 "  note: this sim has no 'changed' storm option (issue 10's branch not merged): "
                 "every object ends where it started"
             )
-    progress = Progress()
-    while not storm_over(sims):
-        procs.check_alive()
-        if progress.due():
-            echo(f"  storm under way: {_calls(top, calls_before)}; {load()}")
-        time.sleep(0.5)
+    wait_storm_over(
+        procs, sims, lambda: echo(f"  storm under way: {_calls(top, calls_before)}; {load()}")
+    )
     storm_seconds = time.monotonic() - storm_at
     echo(f"[4/4] the storm took {storm_seconds:.1f} s; converging; {load()}")
     done = converge(

@@ -17,36 +17,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 from common import (
+    KINDS,
     Progress,
-    broker,
-    drop_topics,
-    ensure_topics,
+    bench_run,
     load,
-    machine,
     peak_rss_kib,
     start_consumer,
-    start_pollers,
-    start_sims,
-    storm_over,
+    start_sites,
     wait_answering,
+    wait_storm_over,
 )
 
 from connector.demo.observe import SinkReader, SiteCounters, compare, scrape_total, truth
-from connector.demo.processes import DemoError, Processes, child_env, http_json
+from connector.demo.processes import DemoError, Processes, http_json
 from connector.ops.local_kafka import LocalKafka
 from connector.ops.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
 from connector.sinks.sql import sqlalchemy_url
-
-KINDS = ("server", "volume", "port")
 
 
 @dataclass
@@ -82,49 +75,33 @@ def main() -> None:
     }
     members = [int(m) for m in a.members.split(",")]
     timeout = a.timeout or (240.0 if a.quick else 900.0)
-    print(machine())
-    print(
-        f"settings: {a.sites} sites x {objects:,} objects ({counts}), pollers every 10 s "
-        f"(defaults), consumer groups of {members} members into PostgreSQL (durable), storm "
-        f"{a.flaps} flaps within {a.storm_seconds:g} s in every site, {a.changed:.0%} to end "
-        f"changed"
+    settings = (
+        f"{a.sites} sites x {objects:,} objects ({counts}), pollers every 10 s (defaults), "
+        f"consumer groups of {members} members into PostgreSQL (durable), storm {a.flaps} flaps "
+        f"within {a.storm_seconds:g} s in every site, {a.changed:.0%} to end changed"
     )
-    run_id = time.strftime("%Y%m%d%H%M%S")
-    prefix = f"scale.{run_id}"
-    workdir = Path(tempfile.mkdtemp(prefix="cascade-scale-"))
-    print(f"logs in {workdir}")
     phases: list[Phase] = []
-    with broker(a.bootstrap, a.kafka_port) as kafka, LocalPostgres(durable=True) as pg:
-        procs = Processes(
-            workdir,
-            child_env(
-                {"CASCADE_KAFKA_BOOTSTRAP": kafka, "CASCADE_KAFKA_TOPIC_PREFIX": f"{prefix}.status"}
-            ),
-        )
-        rss: dict[str, list[int]] = {"sim": [], "poller": [], "consumer": []}
-        try:
-            names = [f"site-{i:02d}" for i in range(a.sites)]
-            started = time.monotonic()
-            print(f"[start] {a.sites} sims; {load()}")
-            sims = start_sims(procs, workdir, names, counts, timeout=600)
-            print(f"  sims answering after {time.monotonic() - started:.1f} s; {load()}")
-            ensure_topics(kafka, f"{prefix}.status", names)
-            pollers = start_pollers(procs, workdir, names, kinds=",".join(KINDS))
-            wait_answering(procs, pollers, timeout=600)
-            print(f"  pollers answering after {time.monotonic() - started:.1f} s; {load()}")
-            for n in members:
-                phases.append(
-                    phase(
-                        n, a, procs, pg, sims, prefix, started if not phases else None, timeout, rss
-                    )
-                )
-            rss["sim"] = [peak_rss_kib(p.pid) for p in procs.children("sim-")]
-            rss["poller"] = [peak_rss_kib(p.pid) for p in procs.children("poller-")]
-            broker_pid = LocalKafka(port=int(kafka.rsplit(":", 1)[1])).status().pid
-            broker_rss = peak_rss_kib(broker_pid) if broker_pid else 0
-        finally:
-            procs.stop_all()
-            drop_topics(kafka, f"{prefix}.", print)
+    rss: dict[str, list[int]] = {"sim": [], "poller": [], "consumer": []}
+    # PostgreSQL outside the run: the consumers writing to it are stopped before it is.
+    with (
+        LocalPostgres(durable=True) as pg,
+        bench_run("scale", settings, a.bootstrap, a.kafka_port, print) as run,
+    ):
+        procs = run.procs
+        names = [f"site-{i:02d}" for i in range(a.sites)]
+        started = time.monotonic()
+        print(f"[start] {a.sites} sims; {load()}")
+        sims, pollers = start_sites(run, names, counts, timeout=600)
+        print(f"  sims answering after {time.monotonic() - started:.1f} s; {load()}")
+        wait_answering(procs, pollers, timeout=600)
+        print(f"  pollers answering after {time.monotonic() - started:.1f} s; {load()}")
+        for n in members:
+            since = started if not phases else None
+            phases.append(phase(n, a, procs, pg, sims, run.prefix, since, timeout, rss))
+        rss["sim"] = [peak_rss_kib(p.pid) for p in procs.children("sim-")]
+        rss["poller"] = [peak_rss_kib(p.pid) for p in procs.children("poller-")]
+        broker_pid = LocalKafka(port=int(run.kafka.rsplit(":", 1)[1])).status().pid
+        broker_rss = peak_rss_kib(broker_pid) if broker_pid else 0
     report(a.sites, objects, phases, rss, broker_rss)
 
 
@@ -174,12 +151,7 @@ def phase(
                     "changed": a.changed,
                 },
             )
-        progress = Progress(10)
-        while not storm_over(sims):
-            procs.check_alive()
-            if progress.due():
-                print(f"  storm under way; {load()}")
-            time.sleep(0.5)
+        wait_storm_over(procs, sims, lambda: print(f"  storm under way; {load()}"), every=10)
         storm_took = time.monotonic() - storm_at
         print(f"  the storm took {storm_took:.1f} s; converging; {load()}")
         after = converge(procs, sims, sink, storm_at, timeout, print)

@@ -62,23 +62,34 @@ def _parse_passthrough(
     return out
 
 
-def kafka_options(func: F) -> F:
-    """--bootstrap and -X key=value (librdkafka passthrough) for commands that talk to Kafka."""
-    func = click.option(
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying `decorators` (options, in the order --help lists them)."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+#: --bootstrap and -X key=value (librdkafka passthrough), for commands that talk to Kafka.
+kafka_options = _options(
+    click.option(
+        "--bootstrap",
+        default=None,
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers [env CASCADE_KAFKA_BOOTSTRAP; default 127.0.0.1:9092].",
+    ),
+    click.option(
         "-X",
         "librdkafka",
         multiple=True,
         callback=_parse_passthrough,
         metavar="KEY=VALUE",
         help="librdkafka setting, passed through unchanged (repeatable).",
-    )(func)
-    func = click.option(
-        "--bootstrap",
-        default=None,
-        metavar="HOST:PORT",
-        help="Kafka bootstrap servers [env CASCADE_KAFKA_BOOTSTRAP; default 127.0.0.1:9092].",
-    )(func)
-    return func
+    ),
+)
 
 
 def kafka_flags(bootstrap: str | None, librdkafka: dict[str, str]) -> dict[str, Any]:
@@ -179,6 +190,12 @@ _prefix_option = click.option(
     default=None,
     help="Site topic prefix [env CASCADE_KAFKA_TOPIC_PREFIX; default cascade.status].",
 )
+#: Kafka, the prefix and the site of a command about one site's topic (<prefix>.<site>).
+_site_topic_options = _options(
+    kafka_options,
+    _prefix_option,
+    click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>."),
+)
 
 
 @cli.group("topics")
@@ -187,9 +204,7 @@ def topics() -> None:
 
 
 @topics.command("ensure")
-@kafka_options
-@_prefix_option
-@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@_site_topic_options
 @click.option("--fix", is_flag=True, help="Set the expected config on an existing topic.")
 @click.option("--partitions", type=int, default=None, help="Partitions of a new topic.")
 @click.option(
@@ -236,9 +251,7 @@ def topics_ensure(
 
 
 @topics.command("describe")
-@kafka_options
-@_prefix_option
-@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@_site_topic_options
 @click.pass_obj
 def topics_describe(
     obj: _Context, bootstrap: str | None, librdkafka: dict[str, str], prefix: str | None, site: str
@@ -280,9 +293,7 @@ def schemas_check() -> None:
 
 
 @cli.command("tail")
-@kafka_options
-@_prefix_option
-@click.option("--site", required=True, help="Site name; its topic is <prefix>.<site>.")
+@_site_topic_options
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N records.")
 @click.option("--exit-at-end", is_flag=True, help="Stop once every partition is read to its end.")
@@ -507,6 +518,11 @@ def acls_describe(
         click.echo(str(acl))
 
 
+_metrics_port_option = click.option(
+    "--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez."
+)
+
+
 @cli.command("consume")
 @kafka_options
 @click.option("--group", default=None, help="Consumer group id [default cascade-top].")
@@ -554,7 +570,7 @@ def acls_describe(
     help="Keys waiting in memory before reading pauses [default 200000].",
 )
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
+@_metrics_port_option
 @click.option(
     "--until-idle",
     is_flag=True,
@@ -608,7 +624,7 @@ def consume(
 @click.option("--interval", type=float, default=None, help="Seconds between incremental polls.")
 @click.option("--resync-interval", type=float, default=None, help="Seconds between resyncs.")
 @click.option("--kinds", default=None, help="Comma-separated kinds [default server,volume,port].")
-@click.option("--metrics-port", type=int, default=None, help="Serve /metrics, /readyz and /livez.")
+@_metrics_port_option
 @click.option("--once", is_flag=True, help="Resync every kind once, flush, exit.")
 @click.option(
     "--instance-id",
@@ -670,12 +686,20 @@ def produce(
     run_site(settings, once=once)
 
 
+def _object_counts(**defaults: int) -> Callable[[F], F]:
+    """--servers, --volumes and --ports of a simulated site, with these defaults."""
+    return _options(
+        *(
+            click.option(f"--{kind}", default=n, show_default=True, type=click.IntRange(0))
+            for kind, n in defaults.items()
+        )
+    )
+
+
 @cli.command("sim")
 @click.option("--site", required=True, help="Site name; also the clouds.yaml cloud name.")
 @click.option("--listen", default="127.0.0.1:8600", show_default=True, metavar="HOST:PORT")
-@click.option("--servers", default=1000, show_default=True, type=click.IntRange(0))
-@click.option("--volumes", default=1000, show_default=True, type=click.IntRange(0))
-@click.option("--ports", default=1000, show_default=True, type=click.IntRange(0))
+@_object_counts(servers=1000, volumes=1000, ports=1000)
 @click.option("--networks", type=click.IntRange(0), help="[default: ports/50, at least 1]")
 @click.option("--routers", type=click.IntRange(0), help="[default: networks/4, at least 1]")
 @click.option("--floatingips", type=click.IntRange(0), help="[default: servers/10]")
@@ -723,9 +747,7 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
 
 @cli.command("demo")
 @click.option("--sites", type=click.IntRange(1, 26), default=2, show_default=True)
-@click.option("--servers", type=click.IntRange(0), default=5000, show_default=True)
-@click.option("--volumes", type=click.IntRange(0), default=5000, show_default=True)
-@click.option("--ports", type=click.IntRange(0), default=10000, show_default=True)
+@_object_counts(servers=5000, volumes=5000, ports=10000)
 @click.option(
     "--storm-flaps",
     type=click.IntRange(1, 20),
@@ -768,39 +790,14 @@ def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> Non
     default=None,
     help="Where logs and the top-layer database go [default: a new temp dir].",
 )
-def demo(
-    sites: int,
-    servers: int,
-    volumes: int,
-    ports: int,
-    storm_flaps: int,
-    storm_seconds: float,
-    storm_changed: float,
-    max_rate: float,
-    interval: float,
-    bootstrap: str | None,
-    workdir: Path | None,
-) -> None:
+def demo(**options: Any) -> None:
     """The whole product on this machine: local Kafka, simulated sites, pollers, the top
     consumer into SQLite, a restart storm, and the accounting. Exit 1 if the sink does not
     converge to the sites' truth."""
     from connector.demo.run import DemoOptions, run_demo
 
-    options = DemoOptions(
-        sites=sites,
-        servers=servers,
-        volumes=volumes,
-        ports=ports,
-        storm_flaps=storm_flaps,
-        storm_seconds=storm_seconds,
-        storm_changed=storm_changed,
-        max_rate=max_rate,
-        interval=interval,
-        bootstrap=bootstrap,
-        workdir=workdir,
-    )
     try:
-        converged = run_demo(options, echo=click.echo)
+        converged = run_demo(DemoOptions(**options), echo=click.echo)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0 if converged else 1)

@@ -19,6 +19,7 @@ from connector.errors import ConfigError
 
 # Each layer owns the settings of its own client; the app's settings assemble them.
 from connector.kafka.settings import KafkaSettings
+from connector.records.checks import site_name_problem
 from connector.redact import redact_text
 
 __all__ = ["KafkaSettings", "Settings", "load_settings"]
@@ -76,7 +77,7 @@ class SiteSettings(_Section):
     """The site poller: which site, how to reach its APIs, what to poll and how often."""
 
     #: Site name: the topic suffix and the first part of every key. Required by `produce`.
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str | None = None
     #: clouds.yaml entry with the site's credentials; default: the site name.
     cloud: str | None = Field(default=None, min_length=1)
     #: Seconds between incremental polls of a kind.
@@ -110,6 +111,14 @@ class SiteSettings(_Section):
     #: Share of a kind's known objects that may vanish from one listing; above it the
     #: tombstones wait until the next listing agrees (a Nova cell down hides its servers).
     vanish_guard: float = Field(default=0.2, gt=0, le=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_site_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else site_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("kinds", mode="before")
     @classmethod

@@ -38,6 +38,9 @@ INIT_TIMEOUT = 60.0
 #: attempts are short so that `interrupt()` (a stop) is seen between them within a second.
 COMMIT_TIMEOUT = 1.0
 COMMIT_DEADLINE = 60.0
+#: Seconds between the lines that say a commit still fails (a broker outage retries it about
+#: once a second: one line each would drown the log).
+RETRY_LOG_EVERY = 10.0
 #: Seconds the abort of `purge` may take: it runs while the process stops.
 ABORT_TIMEOUT = 2.0
 #: The broker aborts a transaction left open this long, so a paused producer with no successor
@@ -64,6 +67,53 @@ class TransactionFailed(KafkaError):
 
 class ProducerFenced(TransactionFailed):
     """A newer producer with the same transactional id took over; this one may not publish."""
+
+
+class RetryLog:
+    """Logs a failure that is retried over and over without a line per try: the first failure
+    at once, then at most one line every `every` seconds with the count of tries so far, and a
+    line when it succeeds again."""
+
+    def __init__(
+        self,
+        what: str,
+        every: float = RETRY_LOG_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.every = every
+        self._clock = clock
+        self._since: float | None = None
+        self._logged = 0.0
+        self._tries = 0
+
+    def failed(self, err: object) -> None:
+        now = self._clock()
+        self._tries += 1
+        if self._since is None:
+            self._since = self._logged = now
+            log.warning("%s failed, retrying: %s", self.what, err)
+        elif now - self._logged >= self.every:
+            self._logged = now
+            log.warning(
+                "%s still failing after %.0f s (%d failed tries): %s",
+                self.what,
+                now - self._since,
+                self._tries,
+                err,
+            )
+
+    def succeeded(self) -> None:
+        if self._since is None:
+            return
+        log.warning(
+            "%s succeeded after %.1f s and %d failed tries",
+            self.what,
+            self._clock() - self._since,
+            self._tries,
+        )
+        self._since = None
+        self._tries = 0
 
 
 class TransactionalProducer(Producer):
@@ -97,6 +147,7 @@ class TransactionalProducer(Producer):
         self._lock = threading.Lock()
         self._reports: deque[tuple[DeliveryCallback, tuple[Any, ...]]] = deque()
         self._open = False
+        self._commit_retries = RetryLog(f"commit of {transactional_id}")
         self.failure: TransactionFailed | None = None
         try:
             self._producer.init_transactions(INIT_TIMEOUT)
@@ -190,6 +241,7 @@ class TransactionalProducer(Producer):
                     max(0.1, min(COMMIT_TIMEOUT, deadline - time.monotonic()))
                 )
                 self._open = False
+                self._commit_retries.succeeded()
             except confluent_kafka.KafkaException as exc:
                 err = exc.args[0]
                 if not err.retriable() or time.monotonic() >= deadline:
@@ -197,7 +249,7 @@ class TransactionalProducer(Producer):
                 elif self._interrupted.is_set() and not flushing:
                     return
                 else:
-                    log.warning("commit of %s failed, retrying: %s", self.transactional_id, err)
+                    self._commit_retries.failed(err)
 
     def _fail(self, err: confluent_kafka.KafkaError) -> None:
         """Stop for good after `err`. Holds the lock."""

@@ -33,6 +33,7 @@ from pathlib import Path
 from connector.config import KafkaSettings, load_settings
 from connector.errors import ConnectorError, LocalKafkaError
 from connector.kafka.cluster import broker_ids, set_scram_password, under_replicated
+from connector.ops.local_service import signal_group
 from connector.ops.tls import BROKER_CN, ensure_broker_tls, one_line_pem
 
 KAFKA_VERSION = "4.1.1"
@@ -297,7 +298,7 @@ class LocalKafka:
         pids = {k: self._live_pid(k) for k in ([node] if node is not None else self.node_ids)}
         running = {k: pid for k, pid in pids.items() if pid is not None}
         for pid in running.values():
-            _signal_group(pid, signal.SIGTERM)
+            signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for k, pid in running.items():
             dump = self._dump_file(k)
@@ -306,7 +307,7 @@ class LocalKafka:
                 if dump.exists() and not self.class_archive.exists():
                     dump.replace(self.class_archive)
             else:
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
                 if not _wait_exit(pid, 10.0):
                     raise LocalKafkaError(f"node {k} (pid {pid}) did not exit after SIGKILL")
             dump.unlink(missing_ok=True)
@@ -370,30 +371,25 @@ class LocalKafka:
             (directory / "log4j2.properties").write_text(_LOG4J2)
             if (directory / "data" / "meta.properties").exists():
                 continue
-            command = [
-                java,
-                *_QUICK_JVM,
-                *self._class_data(),
-                "-cp",
-                f"{libs}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(directory / "server.properties"),
-            ]
+            tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id]
+            tool += ["-c", str(directory / "server.properties")]
             if shape.nodes == 1:
-                command.append("--standalone")
+                tool.append("--standalone")
             if admin_password is not None:
                 scram = f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={admin_password}]"
-                command += ["--add-scram", scram]
+                tool += ["--add-scram", scram]
+            # The tool and its arguments go in a private argument file that java expands, so the
+            # admin's password is never on a command line (`ps` shows every user argv).
+            argfile = directory / "format.args"
+            _write_private(argfile, "".join(f"{_java_quote(arg)}\n" for arg in tool))
+            command = [java, *_QUICK_JVM, *self._class_data(), "-cp", f"{libs}/*", f"@{argfile}"]
             # Each format is a JVM start of a few seconds: run them side by side.
             formats[k] = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             )
         for k, proc in formats.items():
             output, _ = proc.communicate()
+            (self.node_dir(k) / "format.args").unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise LocalKafkaError(
                     f"formatting the storage of node {k} failed:\n"
@@ -591,6 +587,11 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def _java_quote(arg: str) -> str:
+    """`arg` as one argument of a java @argument file: quoted, with \\ and " escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _require(tool: str, why: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -614,11 +615,6 @@ def _is_our_broker(pid: int) -> bool:
     except OSError:
         return False
     return b"kafka.Kafka" in cmdline
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

@@ -8,16 +8,14 @@ root the cluster runs as the `postgres` system user the Debian package creates.
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from connector.errors import ConnectorError
 from connector.ops import free_port
+from connector.ops.local_service import LocalService, SystemUser, log_tail
 
 #: The system user that owns the cluster when we run as root.
 SYSTEM_USER = "postgres"
@@ -43,8 +41,9 @@ def find_bin_dir() -> Path:
     raise LocalPostgresError("PostgreSQL server binaries (initdb) not found; run `make postgres`")
 
 
-class LocalPostgres:
-    """One throwaway cluster. `start()` returns its URL; `stop()` ends it and deletes its files."""
+class LocalPostgres(LocalService):
+    """One throwaway cluster. `start()` returns its URL; `stop()` (or `remove()`, the same: a
+    cluster is never kept) ends it and deletes its files."""
 
     def __init__(
         self, bin_dir: Path | None = None, port: int | None = None, durable: bool = False
@@ -54,7 +53,7 @@ class LocalPostgres:
         #: False (tests): fsync and synchronous commit off, for speed; True (benchmarks): defaults.
         self.durable = durable
         self.root: Path | None = None
-        self._as_system_user = os.geteuid() == 0
+        self._user = SystemUser(SYSTEM_USER)
 
     @property
     def url(self) -> str:
@@ -72,9 +71,7 @@ class LocalPostgres:
         root = Path(tempfile.mkdtemp(prefix="cascade-pg-"))
         self.root = root
         try:
-            if self._as_system_user:
-                entry = pwd.getpwnam(SYSTEM_USER)
-                os.chown(root, entry.pw_uid, entry.pw_gid)
+            self._user.own(root)
             self._run(
                 "initdb",
                 "-D",
@@ -123,22 +120,11 @@ class LocalPostgres:
         finally:
             self._remove()
 
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def remove(self) -> None:
         self.stop()
 
     def _run(self, program: str, *args: str, timeout: float = 60.0) -> None:
-        argv = [str(self.bin_dir / program), *args]
-        if self._as_system_user:
-            argv = ["runuser", "-u", SYSTEM_USER, "--", *argv]
+        argv = self._user.argv([str(self.bin_dir / program), *args])
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=timeout, check=False
@@ -147,18 +133,11 @@ class LocalPostgres:
             raise LocalPostgresError(f"{program} failed: {exc}") from exc
         if done.returncode != 0:
             output = (done.stderr or done.stdout).strip()
+            logs = [self.root / "postgres.log"] if self.root else []
+            tail = log_tail("server log", logs, 5)
             raise LocalPostgresError(
-                f"{program} exited with {done.returncode}: {output} {self._log_tail()}".strip()
+                f"{program} exited with {done.returncode}: {output} {tail}".strip()
             )
-
-    def _log_tail(self) -> str:
-        if self.root is None:
-            return ""
-        log = self.root / "postgres.log"
-        if not log.exists():
-            return ""
-        lines = log.read_text(errors="replace").splitlines()
-        return "server log: " + " | ".join(lines[-5:])
 
     def _remove(self) -> None:
         if self.root is not None:

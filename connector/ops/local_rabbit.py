@@ -10,21 +10,24 @@ and its directories belong to that user. `make rabbitmq` installs the package.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from connector.errors import ConnectorError
 from connector.ops import free_port
+from connector.ops.local_service import (
+    LocalService,
+    SystemUser,
+    log_tail,
+    spawn_group,
+    stop_group,
+)
 
 #: The system user that runs the node when we run as root.
 SYSTEM_USER = "rabbitmq"
@@ -41,7 +44,7 @@ class LocalRabbitError(ConnectorError):
     exit_code = 3
 
 
-class LocalRabbit:
+class LocalRabbit(LocalService):
     """One throwaway node. `start()` returns its transport URL (`rabbit://USER:PASS@HOST:PORT/`)."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -57,7 +60,7 @@ class LocalRabbit:
         self.root: Path | None = None
         self._node: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
-        self._as_system_user = os.geteuid() == 0
+        self._user = SystemUser(SYSTEM_USER)
 
     @property
     def url(self) -> str:
@@ -82,24 +85,10 @@ class LocalRabbit:
         if epmd is None:
             raise LocalRabbitError("epmd not found: Debian's erlang-base should provide it")
         env = self._env(root)
-        log = (root / "node.out").open("ab")
-        try:
-            self._epmd = subprocess.Popen(
-                self._as_user([epmd, "-port", str(self.epmd_port)], env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            self._node = subprocess.Popen(
-                self._as_user([str(SERVER)], env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        self._epmd = spawn_group(
+            self._as_user([epmd, "-port", str(self.epmd_port)], env), root / "node.out"
+        )
+        self._node = spawn_group(self._as_user([str(SERVER)], env), root / "node.out")
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self._node.poll() is not None or time.monotonic() > deadline:
@@ -108,7 +97,8 @@ class LocalRabbit:
                     if self._node.poll() is not None
                     else f"did not answer AMQP on port {self.port} within {timeout:.0f} s"
                 )
-                tail = self._log_tail()
+                logs = [root / "node.out", *sorted((root / "log").glob("*.log"))]
+                tail = log_tail("last log lines", logs, 12)
                 self.stop()
                 raise LocalRabbitError(f"RabbitMQ {why}; {tail}")
             time.sleep(0.2)
@@ -119,16 +109,8 @@ class LocalRabbit:
         for attr in ("_node", "_epmd"):
             proc: subprocess.Popen[bytes] | None = getattr(self, attr)
             setattr(self, attr, None)
-            if proc is None:
-                continue
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-            # The Erlang VM may outlive the script that started it for a moment.
-            _signal_group(proc, signal.SIGKILL)
+            if proc is not None:
+                stop_group(proc, timeout)
 
     def remove(self) -> None:
         """Stop the node and delete its files."""
@@ -136,18 +118,6 @@ class LocalRabbit:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
-
-    def __enter__(self) -> LocalRabbit:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def _create(self) -> Path:
         root = Path(tempfile.mkdtemp(prefix="cascade-rabbit-"))
@@ -169,10 +139,7 @@ class LocalRabbit:
                 ]
             )
         )
-        if self._as_system_user:
-            entry = pwd.getpwnam(SYSTEM_USER)
-            for path in (root, *root.rglob("*")):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._user.own(root)
         return root
 
     def _env(self, root: Path) -> dict[str, str]:
@@ -200,9 +167,7 @@ class LocalRabbit:
 
     def _as_user(self, argv: list[str], env: dict[str, str]) -> list[str]:
         pairs = [f"{k}={v}" for k, v in env.items()]
-        if self._as_system_user:
-            return ["runuser", "-u", SYSTEM_USER, "--", "env", "-i", *pairs, *argv]
-        return ["env", "-i", *pairs, *argv]
+        return self._user.argv(["env", "-i", *pairs, *argv])
 
     def _answers(self) -> bool:
         try:
@@ -212,19 +177,3 @@ class LocalRabbit:
                 return sock.recv(1) == b"\x01"
         except OSError:
             return False
-
-    def _log_tail(self) -> str:
-        if self.root is None:
-            return ""
-        lines: list[str] = []
-        for path in [self.root / "node.out", *sorted((self.root / "log").glob("*.log"))]:
-            if path.exists():
-                lines += path.read_text(errors="replace").splitlines()[-8:]
-        return "last log lines: " + " | ".join(lines[-12:])
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """Signal the process group `proc` leads (started with start_new_session): the node's
-    script and the Erlang VM it starts."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)

@@ -14,13 +14,14 @@ from connector.records.model import HEARTBEAT_KIND, StatusRecord
 
 #: A site name is the first part of every key and the suffix of its Kafka topic, so it keeps to
 #: the characters a topic name allows (`connector.kafka.topics` applies Kafka's own rules).
-_SITE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_SITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 def site_name_problem(site: str) -> str | None:
     """Why `site` cannot name a site (it becomes a topic suffix and a key prefix), or None."""
-    if not _SITE_NAME.match(site):
+    # fullmatch: `$` would let a trailing newline through.
+    if not _SITE_NAME.fullmatch(site):
         return (
             f"site name {site!r} must be non-empty and use only letters, digits, '.', '_' and '-'"
         )

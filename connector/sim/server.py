@@ -14,6 +14,7 @@ import errno
 import gc
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -165,6 +166,15 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app_factory: Callable[[int], App]) -> None:
         super().__init__(address, _Handler)
         self.app = app_factory(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-request (a stopped poller, a test's timeout) is no fault of
+        # the sim: a debug line, not socketserver's traceback on stderr.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):  # BrokenPipe, ConnectionReset, ConnectionAborted
+            log.debug("sim %s: client %s went away: %r", self.app.site.name, client_address, exc)
+            return
+        super().handle_error(request, client_address)
 
 
 class RunningSim:

@@ -28,10 +28,11 @@ import sqlalchemy as sa
 from connector.errors import LocalKafkaError
 from connector.ops import free_port, free_port_run
 from connector.ops.local_kafka import LocalKafka
-from connector.ops.local_postgres import LocalPostgres, LocalPostgresError
+from connector.ops.local_postgres import LocalPostgres
 from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
 from tests.support.kafka import BROKER_START
+from tests.support.services import running
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
 REGISTRY_START_TIMEOUT = 240.0
@@ -68,13 +69,8 @@ def private_kafka(private_kafka_server: LocalKafka) -> LocalKafka:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
     """A running throwaway cluster; `.url` is its `postgres` database, as superuser."""
-    server = LocalPostgres()
-    try:
-        server.start()
-    except LocalPostgresError as exc:
-        pytest.fail(f"could not start a throwaway PostgreSQL: {exc}")
-    yield server
-    server.stop()
+    with running(LocalPostgres(), "a throwaway PostgreSQL") as server:
+        yield server
 
 
 @pytest.fixture

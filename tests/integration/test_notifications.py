@@ -17,12 +17,13 @@ import amqp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.ops.local_rabbit import LocalRabbit, LocalRabbitError
+from connector.ops.local_rabbit import LocalRabbit
 from connector.sim import RunningSim
 from connector.sim.behaviour import SERVER_STATES
 from connector.sim.model import Port, SimObject
 from connector.site.runner import run_site
 from tests.support import wait_for
+from tests.support.services import running
 from tests.support.sim import Topic, control, differences, latest, site_settings, truth
 
 KINDS = "server,volume,port"
@@ -30,13 +31,8 @@ KINDS = "server,volume,port"
 
 @pytest.fixture(scope="module")
 def rabbit() -> Iterator[LocalRabbit]:
-    node = LocalRabbit()
-    try:
-        node.start()
-    except LocalRabbitError as exc:
-        pytest.fail(f"could not start a throwaway RabbitMQ: {exc}")
-    yield node
-    node.remove()
+    with running(LocalRabbit(), "a throwaway RabbitMQ") as node:
+        yield node
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

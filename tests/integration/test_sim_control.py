@@ -3,9 +3,11 @@ and the `cascade-connector sim` command as a process."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -151,6 +153,24 @@ def test_bad_control_requests_are_400(sim: RunningSim, path: str, body: Any) -> 
 
 def test_unknown_control_path_is_404(sim: RunningSim) -> None:
     assert call(sim, "GET", "nothing").status_code == 404
+
+
+def test_a_client_hanging_up_is_a_debug_line_not_a_traceback(
+    sim: RunningSim, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="connector.sim.server")
+    host, port = sim.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET /_sim/truth HTTP/1.1\r\nHost: sim\r\n\r\n")
+        # Close with a reset (linger 0) before reading: the sim's next read or write fails.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_for(
+        lambda: any("went away" in r.getMessage() for r in caplog.records),
+        10,
+        "the sim to notice the client went away",
+    )
+    assert "Traceback" not in capfd.readouterr().err
+    assert call(sim, "GET", "stats").status_code == 200
 
 
 def test_cli_serves_writes_clouds_yaml_and_stops_on_sigterm(tmp_path: Path) -> None:

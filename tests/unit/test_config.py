@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,15 @@ def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
 def test_bad_bootstrap_names_the_bad_server() -> None:
     with pytest.raises(ConfigError, match="'nohost'"):
         load_settings(None, {}, {"kafka": {"bootstrap": "a:1,nohost"}})
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "..", "a\n"])
+def test_bad_site_name_is_refused_by_the_records_rule(name: str) -> None:
+    # The settings and the codec apply one rule (records.checks): ".." fits the characters but
+    # cannot be a topic suffix.
+    with pytest.raises(ConfigError, match=rf"site\.name.*site name {re.escape(repr(name))}"):
+        load_settings(None, {}, {"site": {"name": name}})
+    assert load_settings(None, {}, {"site": {"name": "site-a.b_1"}}).site.name == "site-a.b_1"
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
