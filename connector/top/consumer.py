@@ -60,10 +60,10 @@ READ_SHARE = 0.25
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
 
-#: How long a partition may look behind (from the last fetch) before the broker is asked for
-#: its last stable offset, how long that answer is trusted, and how long asking waits. A poller
-#: publishing steadily always has a transaction open, so this is how long a window of a busy
-#: site waits past its batch wait: a second was most of the delay left with notifications.
+#: How long the broker's answer to "what is this partition's last stable offset?" is trusted,
+#: and how long asking waits. A poller publishing steadily always has a transaction open, so a
+#: busy site's partitions look behind at every window's close; asking only after they had
+#: looked so for a second held each of its windows that second longer.
 STABLE_END_SECONDS = 0.25
 STABLE_END_TIMEOUT = 1.0
 
@@ -135,8 +135,6 @@ class TopConsumer:
         self._unread_backoff = ASSIGN_RETRY_SECONDS[0]
         #: partition -> (monotonic time asked, last stable offset), see `_stable_end`
         self._stable_ends: dict[Partition, tuple[float, int]] = {}
-        #: partition -> monotonic time since when it looks behind from the last fetch
-        self._looks_behind: dict[Partition, float] = {}
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
         #: topic -> when to retry delivering the dead letters of its applied window
@@ -261,19 +259,15 @@ class TopConsumer:
         marker takes an offset too); and up to the last stable offset, not the high watermark
         of the last fetch, which counts the records of a transaction still open (a paused
         poller's, say): waiting for those held a window for up to `max_wait`. The broker is
-        asked only once a partition looked behind for STABLE_END_SECONDS, and at most that
-        often (asking on every look costs a round trip per partition, which slowed a consumer
-        of 20 sites several times over)."""
+        asked at most every STABLE_END_SECONDS per partition (asking on every look costs a
+        round trip per partition, which slowed a consumer of 20 sites several times over), and
+        only when a window is due to close."""
         now = time.monotonic()
         positions = self._consumer.positions(q.filling.last.keys())
         for tp, last in q.filling.last.items():
             read_to = max(last + 1, positions.get(tp, -1))
             _low, high = self._consumer.watermarks(*tp, cached=True)
-            if high <= read_to:
-                self._looks_behind.pop(tp, None)
-                continue
-            since = self._looks_behind.setdefault(tp, now)
-            if now - since < STABLE_END_SECONDS or self._stable_end(tp, now) > read_to:
+            if high > read_to and self._stable_end(tp, now) > read_to:
                 return True
         return False
 
@@ -564,7 +558,6 @@ class TopConsumer:
             self._committed.pop(tp, None)
             self._uncommitted.pop(tp, None)
             self._stable_ends.pop(tp, None)
-            self._looks_behind.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self._metrics.lag.remove(tp[0], str(tp[1]))
 
