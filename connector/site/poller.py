@@ -157,7 +157,7 @@ class KindPoller:
             self._resync()
         elif early:
             reach = EARLY_OVERLAP + self._site_clock.uncertainty
-            mode = self._incremental(self._watermark - reach)
+            mode = self._incremental(self._watermark - reach, sweep=False)
         else:
             mode = self._incremental(self._full_watermark - self._settings.clock_skew)
         self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
@@ -176,7 +176,10 @@ class KindPoller:
         )
         return mode
 
-    def _incremental(self, since_epoch: float) -> str:
+    def _incremental(self, since_epoch: float, sweep: bool = True) -> str:
+        """An incremental listing from `since_epoch`; then, if `sweep`, a look for deletions
+        the listing cannot show (early polls leave that to the interval polls: a sweep is a
+        listing of every id, which at an early poll a second would double the requests)."""
         since = self.kind.since
         if since is not None and not self._since_rejected and self._honoured(since):
             query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
@@ -197,7 +200,8 @@ class KindPoller:
                 self._since_rejected = True
             else:
                 # Outside the `try`: a 400 from the sweep is not the site rejecting `since`.
-                self._sweep_deletions()
+                if sweep:
+                    self._sweep_deletions()
                 return "incremental"
         if self.kind.revision_projection:
             self._revision_diff()
