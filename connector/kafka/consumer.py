@@ -51,6 +51,12 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     # max.poll.interval.ms governs that).
     "session.timeout.ms": 10_000,
     "heartbeat.interval.ms": 2_000,
+    # A synchronous commit waits for the broker's answer as long as a request may take, and
+    # the loop (and so a SIGTERM) waits with it: a broker that stops answering without
+    # closing the connection (frozen, a partition in the network) held a commit, and the
+    # consumer's exit, for over 30 s with librdkafka's 60 s default. A commit that times out
+    # is retried with the next one; fetches wait fetch.wait.max.ms (0.5 s) on top of this.
+    "socket.timeout.ms": 5_000,
 }
 
 
