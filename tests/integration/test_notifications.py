@@ -35,6 +35,12 @@ def rabbit() -> Iterator[LocalRabbit]:
         yield node
 
 
+def listening(settings: Any, rabbit: LocalRabbit) -> Any:
+    """`settings` with the poller listening to `rabbit`'s notifications."""
+    notifications = settings.notifications.model_copy(update={"url": rabbit.url})
+    return settings.model_copy(update={"notifications": notifications})
+
+
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
@@ -109,10 +115,7 @@ def test_a_notification_polls_its_kind_at_once_and_steals_from_no_one(
     channel.queue_declare("versioned_notifications.info", durable=False, auto_delete=False)
     channel.queue_bind("versioned_notifications.info", "nova", "versioned_notifications.info")
     # Interval polls every two minutes: whatever arrives sooner was polled because notified.
-    settings = site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0)
-    settings = settings.model_copy(
-        update={"notifications": settings.notifications.model_copy(update={"url": rabbit.url})}
-    )
+    settings = listening(site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0), rabbit)
     topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
     with Poller(settings) as poller:
         wait_for(lambda: poller.metric("cascade_site_sequence") >= 90, 60, "the first resync")
@@ -152,9 +155,8 @@ def test_lost_and_unsent_notifications_cost_time_not_changes(
     # Ports beyond the servers' belong to the network node: Neutron does not notify their status.
     sim = open_sim(servers=40, volumes=40, ports=80, notify=rabbit.url, notify_loss=0.3)
     # Deleted volumes and ports vanish from listings: the resync turns them into tombstones.
-    settings = site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=3.0, resync_interval=5.0)
-    settings = settings.model_copy(
-        update={"notifications": settings.notifications.model_copy(update={"url": rabbit.url})}
+    settings = listening(
+        site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=3.0, resync_interval=5.0), rabbit
     )
     topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
     with Poller(settings) as poller:
@@ -182,10 +184,7 @@ def test_the_bus_going_away_stops_neither_polling_nor_for_good_the_notifications
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], rabbit: LocalRabbit
 ) -> None:
     sim = open_sim(servers=20, volumes=20, ports=20, notify=rabbit.url)
-    settings = site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=2.0)
-    settings = settings.model_copy(
-        update={"notifications": settings.notifications.model_copy(update={"url": rabbit.url})}
-    )
+    settings = listening(site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=2.0), rabbit)
     topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
     server = first(sim, "server")
     with Poller(settings) as poller:
@@ -203,21 +202,24 @@ def test_the_bus_going_away_stops_neither_polling_nor_for_good_the_notifications
             assert poller.alive
         finally:
             rabbit.start()
-        poller.wait_listening()
-        received = poller.metric("cascade_site_notifications_received_total", kind="server")
-
-        def notified_again() -> bool:
-            flip(sim, server)
-            time.sleep(0.5)
-            return (
-                poller.metric("cascade_site_notifications_received_total", kind="server") > received
-            )
-
-        wait_for(notified_again, 60, "notifications to resume")
+        wait_notified_again(poller, sim, server)
         assert poller.alive
 
 
 UP = "cascade_site_notifications_up"
+
+
+def wait_notified_again(poller: Poller, sim: RunningSim, server: SimObject) -> None:
+    """Once the poller listens again, changes of `server` are notified to it again."""
+    poller.wait_listening()
+    received = poller.metric("cascade_site_notifications_received_total", kind="server")
+
+    def notified_again() -> bool:
+        flip(sim, server)
+        time.sleep(0.5)
+        return poller.metric("cascade_site_notifications_received_total", kind="server") > received
+
+    wait_for(notified_again, 60, "notifications to resume")
 
 
 def listener_pids() -> list[int]:
@@ -242,10 +244,7 @@ def test_a_killed_listener_process_is_started_again_and_polling_never_stops(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], rabbit: LocalRabbit
 ) -> None:
     sim = open_sim(servers=20, volumes=20, ports=20, notify=rabbit.url)
-    settings = site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0)
-    settings = settings.model_copy(
-        update={"notifications": settings.notifications.model_copy(update={"url": rabbit.url})}
-    )
+    settings = listening(site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0), rabbit)
     server = first(sim, "server")
     with Poller(settings) as poller:
         poller.wait_listening()
@@ -253,16 +252,6 @@ def test_a_killed_listener_process_is_started_again_and_polling_never_stops(
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: poller.metric(UP) == 0, 30, "the listener's end to be seen")
         wait_for(lambda: listener_pids() not in ([], [pid]), 30, "a new listener process")
-        poller.wait_listening()
-        received = poller.metric("cascade_site_notifications_received_total", kind="server")
-
-        def notified_again() -> bool:
-            flip(sim, server)
-            time.sleep(0.5)
-            return (
-                poller.metric("cascade_site_notifications_received_total", kind="server") > received
-            )
-
-        wait_for(notified_again, 60, "notifications to resume")
+        wait_notified_again(poller, sim, server)
         assert poller.alive
     assert listener_pids() == [], "the poller's stop ended its listener process"

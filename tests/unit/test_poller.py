@@ -99,6 +99,7 @@ def poller(
     clock: list[float],
     row: Kind = ROW,
     jitter: Callable[[], float] = lambda: 1.0,
+    site_clock: SiteClock | None = None,
     **settings: Any,
 ) -> tuple[KindPoller, FakeProducer]:
     publisher, producer, _ = make_publisher()
@@ -113,6 +114,7 @@ def poller(
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
             jitter=jitter,
+            site_clock=site_clock,
         ),
         producer,
     )
@@ -410,18 +412,7 @@ def test_the_watermark_is_on_the_sites_clock(ports: FakeProxy) -> None:
     site_clock = SiteClock(local=lambda: local)
     ahead = email.utils.formatdate(local + 60, usegmt=True)
     site_clock.observe(ahead)
-    publisher, _producer, _ = make_publisher()
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
-    p = KindPoller(
-        ROW,
-        ports,
-        publisher,
-        Health([ROW.name], metrics),
-        metrics,
-        SiteSettings(name="s1", clock_skew=3.0),
-        clock=lambda: local,
-        site_clock=site_clock,
-    )
+    p, _producer = poller(ports, [local], site_clock=site_clock, clock_skew=3.0)
     p.poll(resync=True)
     ports.queries()
     p.poll(resync=False)
@@ -465,18 +456,7 @@ def test_an_early_poll_reaches_back_little_and_the_next_interval_poll_as_if_it_h
     put(ports, "a", "ACTIVE", 1)
     local = [1_700_000_010.0]
     site_clock = SiteClock(local=lambda: local[0])
-    publisher, _producer, _ = make_publisher()
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
-    p = KindPoller(
-        ROW,
-        ports,
-        publisher,
-        Health([ROW.name], metrics),
-        metrics,
-        SiteSettings(name="s1", clock_skew=3.0),
-        clock=lambda: local[0],
-        site_clock=site_clock,
-    )
+    p, _producer = poller(ports, local, site_clock=site_clock, clock_skew=3.0)
 
     def since() -> float:
         """The listing's changed-since filter (whole seconds) as epoch seconds."""
