@@ -151,7 +151,6 @@ class KindPoller:
             self._proxy = self._connect()
         started = self._clock()
         begun = time.monotonic()
-        early = early and not resync
         if resync or self._watermark is None or self._full_watermark is None:
             mode, early = "resync", False
             self._resync()
