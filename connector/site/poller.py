@@ -81,6 +81,30 @@ FULL_LISTING_SHARE = 0.25
 VANISH_GUARD_FLOOR = 10
 
 
+class EarlyListing:
+    """What an early poll listed: how many objects, and over how long the site changed them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._oldest: datetime | None = None
+        self._newest: datetime | None = None
+
+    def add(self, updated: datetime | None) -> None:
+        self.count += 1
+        if updated is not None:
+            if self._oldest is None or updated < self._oldest:
+                self._oldest = updated
+            if self._newest is None or updated > self._newest:
+                self._newest = updated
+
+    @property
+    def span(self) -> float:
+        """Seconds from the oldest change listed to the newest (0 when unknown)."""
+        if self._oldest is None or self._newest is None:
+            return 0.0
+        return (self._newest - self._oldest).total_seconds()
+
+
 def backoff_delay(settings: SiteSettings, failures: int, jitter: float) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling from the initial delay up
     to the maximum, then jittered (`jitter` in [0, 1)) into its upper half so pollers spread."""
@@ -137,8 +161,9 @@ class KindPoller:
         #: ends the wait between polls early, and lets early polls go between the pages of an
         #: interval poll (connector.site.trigger); None: polling alone
         self.trigger: PollTrigger | None = None
-        #: objects listed so far (what an early poll listed goes to the trigger's storm check)
-        self._listed = 0
+        #: objects an early poll listed, and the oldest and newest time the site stamped them
+        #: with (for the trigger's storm check); None outside early polls
+        self._early_listing: EarlyListing | None = None
         #: the start (the site's clock) of the interval poll under way; an early poll between its
         #: pages reaches back no further
         self._long_poll_start: float | None = None
@@ -207,10 +232,13 @@ class KindPoller:
         """An early poll from just before `watermark` (see the module's docstring); what it
         listed goes to the trigger, which pauses early polls on a storm."""
         reach = EARLY_OVERLAP + self._site_clock.uncertainty
-        listed_before = self._listed
-        mode = self._incremental(watermark - reach, sweep=False)
+        self._early_listing = listing = EarlyListing()
+        try:
+            mode = self._incremental(watermark - reach, sweep=False)
+        finally:
+            self._early_listing = None
         if self.trigger is not None:
-            self.trigger.ended(self._listed - listed_before, self._publisher.count(self.kind.name))
+            self.trigger.ended(listing.count, listing.span, self._publisher.count(self.kind.name))
         return mode
 
     def _early_between_pages(self) -> None:
@@ -312,8 +340,9 @@ class KindPoller:
                 seen.add(obs.id)
                 if obs.revision is not None:
                     self._revisions[obs.id] = obs.revision
+            if self._early_listing is not None:
+                self._early_listing.add(obs.source_updated_at)
         self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(count)
-        self._listed += count
         return seen
 
     def _resync(self) -> None:

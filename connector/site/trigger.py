@@ -9,13 +9,16 @@ notifications lag behind by up to a minute, and each of them woke a poll that li
 A poll that runs long (an interval poll at a busy site lists most of it) lets a due early poll
 go between two of its pages (`take_due`), so notified changes do not wait for it.
 
-A triggered poll that listed more than `storm_share` of the kind's objects means a storm: a site
-restart changes most objects at once, while steady churn, however busy, changes a small share
-between two early polls (which come a fraction of a second apart). Such a poll costs the site
-about what a full listing does, so early polls are no longer cheap hints: triggers pause for one
-interval, since an interval poll collapses a storm's flaps best and repeated early polls would
-only list them again. (The notification rate is no signal: in a storm the notifications lag
-behind and arrive spread out, at the rate the services manage to send them.)
+A triggered poll whose listing shows more than `storm_share` of the kind's objects changed per
+second (the objects it listed, over the span of the times the site stamped them) means a storm:
+a site restart changes most objects at once, while steady churn, however busy, changes a small
+share a second. Triggers then pause for one interval, since an interval poll collapses a
+storm's flaps best and repeated early polls would only list them again. The span is read from
+the listing, not from when the polls ran: a slow early poll covers seconds of steady churn, and
+the first early poll after a quiet spell covers everything since the poll before it; by poll
+times the one looked like a storm and the other did not. (The notification rate is no signal
+either: in a storm the notifications lag behind and arrive spread out, at the rate the services
+manage to send them.)
 
 The interval polls and resyncs go on as before, every interval: a trigger adds early polls
 between them (which list less: connector.site.poller) and never puts one off.
@@ -125,10 +128,12 @@ class PollTrigger:
         self._on_poll()
         return True
 
-    def ended(self, listed: int, known: int) -> None:
-        """A triggered poll listed `listed` objects of a kind that has `known`: past
-        `storm_share` of them the kind is storming, and triggers pause for one interval."""
-        if listed <= self.storm_share * max(known, STORM_FLOOR):
+    def ended(self, listed: int, span: float, known: int) -> None:
+        """A triggered poll listed `listed` objects, changed over `span` seconds, of a kind that
+        has `known`: past `storm_share` of them a second the kind is storming, and triggers
+        pause for one interval. One second is added to the span: the services stamp whole
+        seconds, and a burst stamped within one is still a second's worth."""
+        if listed <= self.storm_share * max(known, STORM_FLOOR) * (span + 1.0):
             return
         with self._lock:
             self._paused_until = self._clock() + self.interval

@@ -566,3 +566,36 @@ def test_a_resync_lets_no_early_poll_between_its_pages() -> None:
     p.poll(resync=True)
     assert ports.asked == [(None, None), ("b", None), ("d", None)]
     assert p.trigger.take_due() is True, "the early poll is still due after the resync"
+
+
+def test_an_early_poll_listing_most_of_its_kind_changed_at_once_pauses_the_triggers(
+    ports: FakeProxy,
+) -> None:
+    """The storm check reads how long the site took for what an early poll listed from the
+    update times: 200 objects stamped within one second is a restart; the same 200 spread over
+    ten seconds is churn, however long the poll took."""
+    storms: list[float] = []
+    local = [1_700_000_010.0]
+    p, _producer = poller(ports, local)
+    p.trigger = PollTrigger(0.0, 30.0, 0.3, on_storm=lambda: storms.append(local[0]))
+
+    def change_all(stamps: Callable[[int], int]) -> None:
+        for i in range(200):
+            stamp = datetime.fromtimestamp(1_700_000_000 + stamps(i), UTC)
+            ports.objects[f"p{i:03}"] = {
+                "id": f"p{i:03}",
+                "status": "DOWN"
+                if ports.objects.get(f"p{i:03}", {}).get("status") == "ACTIVE"
+                else "ACTIVE",
+                "revision_number": 1,
+                "updated_at": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+
+    change_all(lambda i: 0)
+    p.poll(resync=True)
+    change_all(lambda i: i // 20)  # ten seconds of churn
+    p.poll(resync=False, early=True)
+    assert storms == []
+    change_all(lambda i: 30)  # all within one second
+    p.poll(resync=False, early=True)
+    assert storms == [local[0]]

@@ -86,19 +86,21 @@ def test_a_triggered_poll_that_lists_most_of_its_kind_pauses_triggers_for_an_int
     t = trigger(counts)
     t.fire()
     assert t.wait(threading.Event(), 30.0) is True
-    t.ended(listed=1_500, known=2_000)  # a site restart: most objects changed at once
+    t.ended(listed=1_500, span=0.0, known=2_000)  # a site restart: most objects at once
     t.fire()
     assert t.wait(threading.Event(), 0.3) is False  # paused: the interval poll comes first
     assert counts.storms == 1
 
 
-def test_a_calm_triggered_poll_does_not_pause_nor_does_a_small_kind() -> None:
+def test_steady_churn_a_slow_poll_and_a_small_kind_do_not_pause() -> None:
     counts = Counts()
     t = trigger(counts)
-    for listed, known in ((300, 2_000), (40, 10)):  # steady churn; a handful on a small kind
+    # Steady churn (333 a second over 2,000 objects), also when a slow poll listed seconds of
+    # it; a handful of changes on a small kind.
+    for listed, span, known in ((300, 0.0, 2_000), (1_900, 5.0, 2_000), (40, 0.0, 10)):
         t.fire()
         assert t.wait(threading.Event(), 30.0) is True
-        t.ended(listed, known)
+        t.ended(listed, span, known)
     t.fire()
     assert t.wait(threading.Event(), 30.0) is True
     assert counts.storms == 0
