@@ -254,22 +254,27 @@ class TopConsumer:
             self._metrics.coalesced.inc(merged)
 
     def _behind(self, q: SiteQueue) -> bool:
-        """True while more records this member can read wait in Kafka for a partition of `q`'s
-        window. From where it will read next, not the last record + 1 (a transaction's commit
-        marker takes an offset too); and up to the last stable offset, not the high watermark
-        of the last fetch, which counts the records of a transaction still open (a paused
-        poller's, say): waiting for those held a window for up to `max_wait`. The broker is
-        asked at most every STABLE_END_SECONDS per partition (asking on every look costs a
-        round trip per partition, which slowed a consumer of 20 sites several times over), and
-        only when a window is due to close."""
+        """True while records that were in Kafka when `q`'s window became due to close are not
+        read yet, for a partition of the window. From where it will read next, not the last
+        record + 1 (a transaction's commit marker takes an offset too); and up to the last
+        stable offset, not the high watermark of the last fetch, which counts the records of a
+        transaction still open (a paused poller's, say): waiting for those held a window for up
+        to `max_wait`. The end is fixed when the window is first due: a site that publishes all
+        the time (transactions committed five times a second) always has a record more, and
+        chasing it held windows for seconds. The broker is asked at most every
+        STABLE_END_SECONDS per partition (asking on every look costs a round trip per
+        partition, which slowed a consumer of 20 sites several times over), and only when a
+        window is due to close."""
         now = time.monotonic()
-        positions = self._consumer.positions(q.filling.last.keys())
-        for tp, last in q.filling.last.items():
-            read_to = max(last + 1, positions.get(tp, -1))
-            _low, high = self._consumer.watermarks(*tp, cached=True)
-            if high > read_to and self._stable_end(tp, now) > read_to:
-                return True
-        return False
+        window = q.filling
+        positions = self._consumer.positions(window.last.keys())
+        reached = {tp: max(last + 1, positions.get(tp, -1)) for tp, last in window.last.items()}
+        if window.read_to is None:
+            window.read_to = {}
+            for tp, read in reached.items():
+                _low, high = self._consumer.watermarks(*tp, cached=True)
+                window.read_to[tp] = self._stable_end(tp, now) if high > read else read
+        return any(window.read_to.get(tp, -1) > read for tp, read in reached.items())
 
     def _stable_end(self, tp: Partition, now: float) -> int:
         """The partition's last stable offset, asked of the broker at most every

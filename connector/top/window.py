@@ -94,6 +94,9 @@ class Window:
     last_churn: float | None = None
     #: the earliest and latest time a site observed one of its status records
     observed: tuple[float, float] | None = None
+    #: per partition, where what Kafka held when the window was due to close ends: it closes
+    #: once read to there (set by the consumer when first due)
+    read_to: dict[Partition, int] | None = None
 
     def read(self, partition: Partition, offset: int, now: float) -> None:
         """Account for one record read; then `put` its change or `dead` its letter."""
