@@ -147,10 +147,11 @@ class NotificationSettings(_Section):
     #: oslo.messaging listener pool (its own queue): default `cascade-connector-<site>`. Pollers
     #: of one site share a pool; other consumers (Ceilometer) keep their own messages.
     pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
-    #: Changes per second (objects a triggered poll listed, over the seconds its listing
-    #: covered) above which a kind is storming: its triggers pause for one interval, so a storm
-    #: costs about what polling alone costs.
-    storm_rate: float = Field(default=2000.0, gt=0)
+    #: Share of a kind's objects changed per second, as a triggered poll lists them (objects
+    #: over the span of their update times, plus a second), beyond which the kind is storming (a
+    #: site restart changes most objects at once; steady churn a small share a second): its
+    #: triggers pause for one interval, so a storm costs about what polling alone costs.
+    storm_share: float = Field(default=0.3, gt=0, le=10)
 
 
 class ConsumerSettings(_Section):

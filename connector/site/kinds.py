@@ -211,15 +211,30 @@ class Kind:
         """Every object of the kind's listing with `query` added to the row's fixed query, the
         next page fetched while this one is converted. Objects that cannot be converted go to
         `skip` (without one, Unreadable is raised)."""
+        for page in self.observation_pages(proxy, query, microversion, skip):
+            yield from page
+
+    def observation_pages(
+        self,
+        proxy: Any,
+        query: Mapping[str, QueryValue] | None = None,
+        microversion: str | None = None,
+        skip: SkipBad | None = None,
+        prefetch: bool = True,
+    ) -> Iterator[list[Observation]]:
+        """`observations`, a page at a time. Without `prefetch` the next page is asked for only
+        when this one has been taken: what happens in between comes before it."""
         full = self._query(query or {})
-        for page in self._pages(proxy, full, microversion):
+        for page in self._pages(proxy, full, microversion, prefetch):
+            converted = []
             for raw in page:
                 try:
-                    yield self.observe(raw)
+                    converted.append(self.observe(raw))
                 except Unreadable as exc:
                     if skip is None:
                         raise
                     skip(exc)
+            yield converted
 
     def revisions(self, proxy: Any, skip: SkipBad | None = None) -> dict[str, int | None]:
         """id -> revision of every object, from the cheap `revision_projection` listing (an
@@ -286,10 +301,14 @@ class Kind:
         return {**base, **extra}
 
     def _pages(
-        self, proxy: Any, query: Mapping[str, QueryValue], microversion: str | None
+        self,
+        proxy: Any,
+        query: Mapping[str, QueryValue],
+        microversion: str | None,
+        prefetch: bool = True,
     ) -> Iterator[list[dict[str, Any]]]:
         listed = pages(proxy, self.path, self.collection, query, microversion)
-        return prefetched(listed, self.name, PREFETCH_PAGES)
+        return prefetched(listed, self.name, PREFETCH_PAGES) if prefetch else listed
 
 
 def _attached_servers(volume: Mapping[str, Any]) -> DetailValue:

@@ -34,6 +34,7 @@ import warnings
 import weakref
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -42,7 +43,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from connector.config import NotificationSettings, SiteSettings
 from connector.errors import ConfigError
 from connector.ops.logging import JsonFormatter, setup_logging
-from connector.site.poller import EARLY_OVERLAP
 from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,17 @@ class NotificationMetrics:
             per_kind,
             registry=registry,
         )
+        self.stale = Counter(
+            "cascade_site_notifications_stale_total",
+            "Notifications about changes a finished poll had listed already (stamped before it "
+            "began): no poll triggered.",
+            per_kind,
+            registry=registry,
+        )
         self.storm_pauses = Counter(
             "cascade_site_notification_storm_pauses_total",
-            "Times a triggered poll found more than notifications.storm_rate changes per second "
-            "and the kind's triggers paused for one interval.",
+            "Times a triggered poll listed more than notifications.storm_share of its kind's "
+            "objects and the kind's triggers paused for one interval.",
             per_kind,
             registry=registry,
         )
@@ -166,7 +173,6 @@ class Notifications:
         self.pool = settings.pool or f"cascade-connector-{site.name}"
         self.metrics = _metrics_on(registry, site.name or "")
         self.metrics.up.labels(self.metrics.site).set(0)
-        self._registry = registry
         self.triggers: dict[str, PollTrigger] = {kind: self._trigger(kind, site) for kind in kinds}
         self._stop = threading.Event()
         self._up = False
@@ -181,21 +187,13 @@ class Notifications:
     def _trigger(self, kind: str, site: SiteSettings) -> PollTrigger:
         m = self.metrics
         labels = (m.site, kind)
-
-        def listed() -> float:
-            value = self._registry.get_sample_value(
-                "cascade_site_objects_seen_total", {"site": m.site, "kind": kind}
-            )
-            return value or 0.0
-
         return PollTrigger(
             self.settings.debounce,
             site.interval,
-            EARLY_OVERLAP,
-            self.settings.storm_rate,
-            listed,
+            self.settings.storm_share,
             on_poll=m.polls.labels(*labels).inc,
             on_debounced=m.debounced.labels(*labels).inc,
+            on_stale=m.stale.labels(*labels).inc,
             on_storm=m.storm_pauses.labels(*labels).inc,
         )
 
@@ -212,13 +210,13 @@ class Notifications:
         """For the heartbeat: the notification path's state (the site's status is unaffected)."""
         return {"notifications": "up" if self._up else "degraded: the message bus does not answer"}
 
-    def handle(self, kind: str, count: int = 1) -> None:
-        """`count` notifications about `kind`: count them and fire its trigger."""
+    def handle(self, kind: str, count: int = 1, newest: float | None = None) -> None:
+        """`count` notifications about `kind`, the newest stamped `newest` (epoch seconds; None:
+        not known): count them and fire its trigger."""
         trigger = self.triggers.get(kind)
         self.metrics.received.labels(self.metrics.site, kind if trigger else "other").inc(count)
         if trigger is not None:
-            for _ in range(count):
-                trigger.fire()
+            trigger.fire(newest, count)
 
     def _run(self) -> None:
         """Keep a listener process running and hand on what it reports, until `stop`."""
@@ -261,8 +259,8 @@ class Notifications:
             if what == "up":
                 self._set_up(bool(value))
             else:
-                for kind, count in value.items():
-                    self.handle(kind, count)
+                for kind, (count, newest) in value.items():
+                    self.handle(kind, count, newest)
 
     def _end_process(self) -> None:
         if self._pipe is not None:
@@ -297,8 +295,9 @@ _LISTENER = (
 
 def listen_forever(fd: int) -> None:
     """The listener process: the bus URL, the pool and how to log come first; then it reports
-    ("up", bool) when the bus starts or stops answering, and ("seen", {kind: count}) per batch of
-    notifications. Ends on None, or when the poller's end of the pipe closes."""
+    ("up", bool) when the bus starts or stops answering, and ("seen", {kind: (count, newest)})
+    per batch of notifications (`newest`: the latest `timestamp` in epoch seconds, or None).
+    Ends on None, or when the poller's end of the pipe closes."""
     # A Ctrl-C reaches the whole process group: the poller ends this process, in its own time.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pipe = multiprocessing.connection.Connection(fd)
@@ -397,9 +396,18 @@ class _Endpoint:
         self._owner = owner
 
     def info(self, messages: Sequence[Mapping[str, Any]]) -> None:
-        seen = Tally(kind_of(str(m.get("event_type") or "")) or "other" for m in messages)
-        if seen:
-            self._owner.send(("seen", dict(seen)))
+        counts: Tally[str] = Tally()
+        newest: dict[str, str] = {}
+        for m in messages:
+            kind = kind_of(str(m.get("event_type") or "")) or "other"
+            counts[kind] += 1
+            # oslo.messaging's `str(utcnow())`: one format, so the latest sorts last
+            stamp = (m.get("metadata") or {}).get("timestamp")
+            if isinstance(stamp, str) and stamp > newest.get(kind, ""):
+                newest[kind] = stamp
+        if counts:
+            seen = {kind: (n, _epoch(newest.get(kind))) for kind, n in counts.items()}
+            self._owner.send(("seen", seen))
 
     warn = error = critical = audit = debug = sample = info
 
@@ -452,3 +460,15 @@ def _probe(url: str) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """A notification's `timestamp` (`2026-12-02 01:02:03.456789`, UTC) as epoch seconds; None
+    when there is none or it does not parse (the notification then counts as news)."""
+    if stamp is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed).timestamp()

@@ -16,6 +16,13 @@ may miss (a change the site showed late) costs freshness only: the next interval
 back to the interval poll before it, minus the full clock skew, as if no early poll had run,
 and interval polls stay due every interval however many early polls ran between them.
 
+An interval poll at a busy site lists most of it, which takes seconds; with a trigger, it takes
+its pages one at a time and lets a due early poll run between two of them, so notified changes
+do not wait for it. The early poll's pages are asked for after the interval poll's pages
+published so far and before its next one, so no key is ever published in an older state after
+a newer one. It reaches back from when the interval poll began at the earliest: whatever
+changed before that, the interval poll's pages list.
+
 Deleted objects that the incremental filter cannot show (Cinder and Neutron do not list them)
 are found by a sweep of ids: on every incremental poll where the service has a cheap count that
 no longer matches (Cinder's volume summary), else every `deletion_sweep_every` polls. A listed
@@ -49,6 +56,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, Observation, Since, Unreadable
 from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
+from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,30 @@ FULL_LISTING_SHARE = 0.25
 #: The mass vanish guard holds back no fewer than this many tombstones: on a small site a few
 #: deletions are a large share without meaning anything.
 VANISH_GUARD_FLOOR = 10
+
+
+class EarlyListing:
+    """What an early poll listed: how many objects, and over how long the site changed them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._oldest: datetime | None = None
+        self._newest: datetime | None = None
+
+    def add(self, updated: datetime | None) -> None:
+        self.count += 1
+        if updated is not None:
+            if self._oldest is None or updated < self._oldest:
+                self._oldest = updated
+            if self._newest is None or updated > self._newest:
+                self._newest = updated
+
+    @property
+    def span(self) -> float:
+        """Seconds from the oldest change listed to the newest (0 when unknown)."""
+        if self._oldest is None or self._newest is None:
+            return 0.0
+        return (self._newest - self._oldest).total_seconds()
 
 
 def backoff_delay(settings: SiteSettings, failures: int, jitter: float) -> float:
@@ -126,8 +158,17 @@ class KindPoller:
         self._since_sweep = 0
         #: tombstones the mass vanish guard held back at the last listing
         self._held: set[str] = set()
-        #: the wait between polls; a PollTrigger's (connector.site.trigger) ends it early
-        self.pause: Callable[[threading.Event, float], object] = threading.Event.wait
+        #: ends the wait between polls early, and lets early polls go between the pages of an
+        #: interval poll (connector.site.trigger); None: polling alone
+        self.trigger: PollTrigger | None = None
+        #: objects an early poll listed, and the oldest and newest time the site stamped them
+        #: with (for the trigger's storm check); None outside early polls
+        self._early_listing: EarlyListing | None = None
+        #: the start (the site's clock) of the interval poll under way; an early poll between its
+        #: pages reaches back no further
+        self._long_poll_start: float | None = None
+        #: an early poll ran between the pages of the poll under way (and moved the watermark)
+        self._early_between = False
 
     def __repr__(self) -> str:
         return (
@@ -151,23 +192,30 @@ class KindPoller:
             self._proxy = self._connect()
         started = self._clock()
         begun = time.monotonic()
+        self._early_between = False
         if resync or self._watermark is None or self._full_watermark is None:
             mode, early = "resync", False
             self._resync()
         elif early:
-            reach = EARLY_OVERLAP + self._site_clock.uncertainty
-            mode = self._incremental(self._watermark - reach, sweep=False)
+            mode = self._early(self._watermark)
         else:
-            mode = self._incremental(self._full_watermark - self._settings.clock_skew)
-        self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
-            time.monotonic() - begun
-        )
+            self._long_poll_start = started + self._site_clock.offset
+            try:
+                mode = self._incremental(
+                    self._full_watermark - self._settings.clock_skew, between_pages=True
+                )
+            finally:
+                self._long_poll_start = None
+        self._observe_duration(mode, begun)
         # The watermark is the start on the site's clock: its timestamps are what it is compared
         # with. The offset is read after the poll, whose answers measured it. (Health and
         # metrics keep our clock.)
-        self._watermark = started + self._site_clock.offset
+        watermark = started + self._site_clock.offset
+        if not self._early_between:  # else the last early poll's start, which came later
+            self._watermark = watermark
         if not early:
-            self._full_watermark = self._watermark
+            self._full_watermark = watermark
+        self._listed_until(watermark)
         self._health.poll_ok(
             self.kind.name,
             datetime.fromtimestamp(started, UTC),
@@ -175,18 +223,63 @@ class KindPoller:
         )
         return mode
 
-    def _incremental(self, since_epoch: float, sweep: bool = True) -> str:
+    def _observe_duration(self, mode: str, begun: float) -> None:
+        self._metrics.poll_seconds.labels(self._metrics.site, self.kind.name, mode).observe(
+            time.monotonic() - begun
+        )
+
+    def _early(self, watermark: float) -> str:
+        """An early poll from just before `watermark` (see the module's docstring); what it
+        listed goes to the trigger, which pauses early polls on a storm."""
+        reach = EARLY_OVERLAP + self._site_clock.uncertainty
+        self._early_listing = listing = EarlyListing()
+        try:
+            mode = self._incremental(watermark - reach, sweep=False)
+        finally:
+            self._early_listing = None
+        if self.trigger is not None:
+            self.trigger.ended(listing.count, listing.span, self._publisher.count(self.kind.name))
+        return mode
+
+    def _early_between_pages(self) -> None:
+        """Between two pages of an interval poll: the early poll a notification asked for, if
+        it is due (see the module's docstring)."""
+        if self.trigger is None or self._long_poll_start is None or not self.trigger.take_due():
+            return
+        started = self._clock()
+        begun = time.monotonic()
+        assert self._watermark is not None
+        mode = self._early(max(self._watermark, self._long_poll_start))
+        self._observe_duration(mode, begun)
+        self._watermark = started + self._site_clock.offset
+        self._early_between = True
+        self._listed_until(self._watermark)
+
+    def _listed_until(self, began: float) -> None:
+        """Tell the trigger that a poll which began at `began` (the site's clock) listed every
+        change made before it, less what an early poll's overlap allows for (a change the site
+        showed late), so that notifications about those trigger no poll."""
+        if self.trigger is not None:
+            self.trigger.listed_until(began - EARLY_OVERLAP - self._site_clock.uncertainty)
+
+    def _incremental(
+        self, since_epoch: float, sweep: bool = True, between_pages: bool = False
+    ) -> str:
         """An incremental listing from `since_epoch`; then, if `sweep`, a look for deletions
         the listing cannot show (early polls leave that to the interval polls: a sweep is a
-        listing of every id, which at an early poll a second would double the requests)."""
+        listing of every id, which at an early poll a second would double the requests).
+        `between_pages`: a due early poll may run between two pages (with a trigger)."""
         since = self.kind.since
         if since is not None and not self._since_rejected and self._honoured(since):
             query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
+            paced = between_pages and self.trigger is not None
             try:
-                listed = self.kind.observations(
-                    self._proxy, query, since.min_microversion, self._skip
-                )
-                self._publish(listed)
+                for page in self.kind.observation_pages(
+                    self._proxy, query, since.min_microversion, self._skip, prefetch=not paced
+                ):
+                    self._publish(page)
+                    if paced:
+                        self._early_between_pages()
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
                     raise
@@ -247,6 +340,8 @@ class KindPoller:
                 seen.add(obs.id)
                 if obs.revision is not None:
                     self._revisions[obs.id] = obs.revision
+            if self._early_listing is not None:
+                self._early_listing.add(obs.source_updated_at)
         self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(count)
         return seen
 
@@ -337,7 +432,7 @@ class KindPoller:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set: incremental every interval, a resync every resync interval
-        (and first), early polls when the pause says so (a notification), retries with backoff
+        (and first), early polls when the trigger says so (a notification), retries with backoff
         when the site fails."""
         next_resync = time.monotonic()
         resync_failed = False
@@ -355,8 +450,11 @@ class KindPoller:
                 next_resync = begun + self._settings.resync_interval
             if resync or not early:
                 last_full = begun
-            due = self._settings.interval - (time.monotonic() - last_full)
-            early = bool(self.pause(stop, max(0.0, due)))
+            due = max(0.0, self._settings.interval - (time.monotonic() - last_full))
+            if self.trigger is not None:
+                early = self.trigger.wait(stop, due)
+            else:
+                stop.wait(due)
 
     def wants_resync(self, due: bool, last_resync_failed: bool) -> bool:
         """Whether the next poll is a resync: when one is due, or when keys whose delivery failed

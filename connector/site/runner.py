@@ -292,14 +292,14 @@ def run_site(
 def _notifications(
     settings: Settings, pollers: list[KindPoller], registry: CollectorRegistry
 ) -> Notifications | None:
-    """The bus listener, its triggers set as the pollers' waits; None without a bus URL."""
+    """The bus listener, its triggers given to the pollers; None without a bus URL."""
     if not settings.notifications.url:
         return None
     notifications = Notifications(
         settings.notifications, settings.site, [p.kind.name for p in pollers], registry
     )
     for poller in pollers:
-        poller.pause = notifications.triggers[poller.kind.name].wait
+        poller.trigger = notifications.triggers[poller.kind.name]
     return notifications
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import keystoneauth1.exceptions
 import openstack.exceptions
@@ -23,6 +24,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.metrics import SiteMetrics
 from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
+from connector.site.trigger import PollTrigger
 from tests.support.site import FakeProducer, make_publisher, response
 
 
@@ -480,3 +482,120 @@ def test_an_early_poll_reaches_back_little_and_the_next_interval_poll_as_if_it_h
     local[0] += 5
     p.poll(resync=False)  # at ...032
     assert since() == 1_700_000_024
+
+
+class PagedProxy(FakeProxy):
+    """`FakeProxy` answering `page` objects at a time with Neutron's next link (the marker in
+    the link), one second of `clock` passing per request."""
+
+    def __init__(self, collection: str, page: int, clock: list[float]) -> None:
+        super().__init__(collection)
+        self.page = page
+        self.clock = clock
+        #: (marker, changed_since) of every request, in order
+        self.asked: list[tuple[str | None, str | None]] = []
+
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        microversion: str | None = None,
+    ) -> requests.Response:
+        parts = urlsplit(url)
+        query: dict[str, Any] = {**(params or {}), **dict(parse_qsl(parts.query))}
+        marker = query.pop("marker", None)
+        self.asked.append((marker, query.get("changed_since")))
+        self.clock[0] += 1
+        ids = sorted(self.objects)
+        start = ids.index(marker) + 1 if marker else 0
+        chunk = ids[start : start + self.page]
+        body: dict[str, Any] = {self.collection: [self.objects[i] for i in chunk]}
+        if start + self.page < len(ids):
+            following = urlencode({**query, "marker": chunk[-1]}, doseq=True)
+            body[f"{self.collection}_links"] = [{"rel": "next", "href": f"/ports?{following}"}]
+        return response(200, body)
+
+
+def test_an_early_poll_goes_between_an_interval_polls_pages_and_reaches_back_to_its_start() -> None:
+    """An interval poll lists most of a busy site; a notified change must not wait for it. The
+    early poll runs between two of its pages, from just before the interval poll began (not
+    from the last early poll, long before), and the next early poll from the early one."""
+    local = [1_700_000_010.0]
+    ports = PagedProxy("ports", page=2, clock=local)
+    for object_id in "abcde":
+        put(ports, object_id, "ACTIVE", 1)
+    site_clock = SiteClock(local=lambda: local[0])
+    p, producer = poller(ports, local, site_clock=site_clock, clock_skew=3.0)
+    p.trigger = PollTrigger(debounce=0.0, interval=30.0, storm_share=0.5)
+    p.poll(resync=True)  # at ...010; three pages
+    assert sent_keys(producer) == [(f"s1/port/{i}", False) for i in "abcde"]
+    ports.asked.clear()
+
+    local[0] = 1_700_000_020.0
+    p.trigger.fire()
+    p.poll(resync=False)  # the interval poll: its first page, then the early poll, then the rest
+    interval, early = "2023-11-14T22:13:27Z", "2023-11-14T22:13:39Z"  # ...007 and ...019
+    assert ports.asked == [
+        (None, interval),
+        (None, early),
+        ("b", early),
+        ("d", early),
+        ("b", interval),
+        ("d", interval),
+    ]
+    ports.asked.clear()
+    local[0] = 1_700_000_030.0
+    p.trigger.fire()
+    assert p.trigger.wait(threading.Event(), 1.0) is True
+    p.poll(resync=False, early=True)
+    # From the early poll's start (...021: one request into the interval poll), less 0.75 s.
+    assert ports.asked[0] == (None, "2023-11-14T22:13:40Z")
+
+
+def test_a_resync_lets_no_early_poll_between_its_pages() -> None:
+    """A resync turns what it did not list into tombstones: an early poll between its pages
+    could publish an object its pages already passed, then the resync would delete it."""
+    local = [1_700_000_010.0]
+    ports = PagedProxy("ports", page=2, clock=local)
+    for object_id in "abcde":
+        put(ports, object_id, "ACTIVE", 1)
+    p, _producer = poller(ports, local)
+    p.trigger = PollTrigger(debounce=0.0, interval=30.0, storm_share=0.5)
+    p.trigger.fire()
+    p.poll(resync=True)
+    assert ports.asked == [(None, None), ("b", None), ("d", None)]
+    assert p.trigger.take_due() is True, "the early poll is still due after the resync"
+
+
+def test_an_early_poll_listing_most_of_its_kind_changed_at_once_pauses_the_triggers(
+    ports: FakeProxy,
+) -> None:
+    """The storm check reads how long the site took for what an early poll listed from the
+    update times: 200 objects stamped within one second is a restart; the same 200 spread over
+    ten seconds is churn, however long the poll took."""
+    storms: list[float] = []
+    local = [1_700_000_010.0]
+    p, _producer = poller(ports, local)
+    p.trigger = PollTrigger(0.0, 30.0, 0.3, on_storm=lambda: storms.append(local[0]))
+
+    def change_all(stamps: Callable[[int], int]) -> None:
+        for i in range(200):
+            stamp = datetime.fromtimestamp(1_700_000_000 + stamps(i), UTC)
+            ports.objects[f"p{i:03}"] = {
+                "id": f"p{i:03}",
+                "status": "DOWN"
+                if ports.objects.get(f"p{i:03}", {}).get("status") == "ACTIVE"
+                else "ACTIVE",
+                "revision_number": 1,
+                "updated_at": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+
+    change_all(lambda i: 0)
+    p.poll(resync=True)
+    change_all(lambda i: i // 20)  # ten seconds of churn
+    p.poll(resync=False, early=True)
+    assert storms == []
+    change_all(lambda i: 30)  # all within one second
+    p.poll(resync=False, early=True)
+    assert storms == [local[0]]

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
 
-from connector.site.notifications import kind_of, redacted
+from connector.site.notifications import _Endpoint, kind_of, redacted
 from connector.site.trigger import PollTrigger
 
 
 class Counts:
     def __init__(self) -> None:
-        self.polls = self.debounced = self.storms = 0
-        self.listed = 0.0
+        self.polls = self.debounced = self.stale = self.storms = 0
 
 
-def trigger(counts: Counts, debounce: float = 0.05, storm_rate: float = 1000.0) -> PollTrigger:
+def trigger(counts: Counts, debounce: float = 0.05, storm_share: float = 0.5) -> PollTrigger:
     def poll() -> None:
         counts.polls += 1
 
-    def debounced() -> None:
-        counts.debounced += 1
+    def debounced(n: int) -> None:
+        counts.debounced += n
+
+    def stale(n: int) -> None:
+        counts.stale += n
 
     def storm() -> None:
         counts.storms += 1
@@ -28,11 +33,10 @@ def trigger(counts: Counts, debounce: float = 0.05, storm_rate: float = 1000.0) 
     return PollTrigger(
         debounce,
         interval=30.0,
-        overlap=3.0,
-        storm_rate=storm_rate,
-        listed=lambda: counts.listed,
+        storm_share=storm_share,
         on_poll=poll,
         on_debounced=debounced,
+        on_stale=stale,
         on_storm=storm,
     )
 
@@ -77,26 +81,72 @@ def test_stop_ends_the_wait() -> None:
     assert time.monotonic() - began < 5.0
 
 
-def test_a_triggered_poll_that_finds_a_storm_pauses_triggers_for_an_interval() -> None:
+def test_a_triggered_poll_that_lists_most_of_its_kind_pauses_triggers_for_an_interval() -> None:
     counts = Counts()
-    t = trigger(counts, storm_rate=100.0)
+    t = trigger(counts)
     t.fire()
     assert t.wait(threading.Event(), 30.0) is True
-    counts.listed += 10_000  # the triggered poll listed 10,000 objects over about 3 s
+    t.ended(listed=1_500, span=0.0, known=2_000)  # a site restart: most objects at once
     t.fire()
     assert t.wait(threading.Event(), 0.3) is False  # paused: the interval poll comes first
     assert counts.storms == 1
 
 
-def test_a_calm_triggered_poll_does_not_pause() -> None:
+def test_steady_churn_a_slow_poll_and_a_small_kind_do_not_pause() -> None:
     counts = Counts()
-    t = trigger(counts, storm_rate=1000.0)
-    t.fire()
-    assert t.wait(threading.Event(), 30.0) is True
-    counts.listed += 300  # 100 per second over the 3 s overlap
+    t = trigger(counts)
+    # Steady churn (333 a second over 2,000 objects), also when a slow poll listed seconds of
+    # it; a handful of changes on a small kind.
+    for listed, span, known in ((300, 0.0, 2_000), (1_900, 5.0, 2_000), (40, 0.0, 10)):
+        t.fire()
+        assert t.wait(threading.Event(), 30.0) is True
+        t.ended(listed, span, known)
     t.fire()
     assert t.wait(threading.Event(), 30.0) is True
     assert counts.storms == 0
+
+
+def test_a_long_poll_takes_a_due_early_poll_once_and_not_before_it_is_due() -> None:
+    counts = Counts()
+    t = trigger(counts, debounce=0.2)
+    assert t.take_due() is False  # nothing armed
+    t.fire()
+    assert t.take_due() is False  # armed, not due yet
+    time.sleep(0.25)
+    assert t.take_due() is True
+    assert t.take_due() is False
+    assert counts.polls == 1
+
+
+def test_notifications_about_changes_a_finished_poll_listed_trigger_no_poll() -> None:
+    """In a storm the services' notifications lag behind the changes; those stamped before a
+    finished poll began are about changes it listed, and wake nothing."""
+    counts = Counts()
+    t = trigger(counts, debounce=0.0)
+    t.listed_until(1_000.0)
+    t.fire(stamped=999.5, count=40)
+    assert t.take_due() is False
+    assert counts.stale == 40
+    t.fire(stamped=1_000.5, count=3)  # news: after the poll began
+    assert t.take_due() is True
+    t.fire(stamped=None)  # no timestamp: news
+    assert t.take_due() is True
+    assert (counts.polls, counts.debounced, counts.stale) == (2, 2, 40)
+
+
+def test_the_listener_reports_per_kind_how_many_arrived_and_the_newest_stamp() -> None:
+    sent: list[tuple[str, Any]] = []
+    owner = SimpleNamespace(send=sent.append)
+    _Endpoint(owner).info(  # type: ignore[arg-type]
+        [
+            {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:01"}},
+            {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:02.5"}},
+            {"event_type": "port.update.end", "metadata": {"timestamp": "not a time"}},
+            {"event_type": "image.upload"},
+        ]
+    )
+    newest = datetime(2026, 12, 2, 1, 0, 2, 500_000, tzinfo=UTC).timestamp()
+    assert sent == [("seen", {"server": (2, newest), "port": (1, None), "other": (1, None)})]
 
 
 def test_event_types_map_to_kinds() -> None:
