@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Kafka broker (session-scoped) and per-test unique names.
+"""Shared fixtures: the real Kafka broker (session-scoped), a throwaway RabbitMQ (session-scoped:
+one node for the notification tests and the live dashboard test) and per-test unique names.
 
 The broker is the one named by CASCADE_KAFKA_BOOTSTRAP, or a local one started through
 `LocalKafka` (the code behind `cascade-connector local-kafka start`). A broker that cannot be
@@ -10,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from connector.errors import LocalKafkaError
 from connector.kafka.admin import broker_answers
 from connector.ops.local_kafka import LocalKafka
+from connector.ops.local_rabbit import LocalRabbit
+from tests.support.services import running
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,14 @@ def kafka_bootstrap() -> str:
         return LocalKafka().start(echo=False)
     except LocalKafkaError as exc:
         pytest.fail(f"could not start the local Kafka broker: {exc}")
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[LocalRabbit]:
+    """A running RabbitMQ node (Debian's, `make rabbitmq`), made on the first test that asks for
+    it (a start and removal cost about 12 s). A test may stop it but must start it again."""
+    with running(LocalRabbit(), "a throwaway RabbitMQ") as node:
+        yield node
 
 
 @pytest.fixture

@@ -143,6 +143,15 @@ class Producer:
         self._producer.purge(in_queue=True, in_flight=True, blocking=True)
         self._producer.poll(0)
 
+    def close(self) -> None:
+        """Drop whatever is still queued (call after a flush) and destroy the client at once:
+        left to garbage collection, its threads would go on reconnecting to a broker that is
+        gone, and logging so, for as long as something holds the object. Not for a producer
+        with a transaction open: librdkafka's close first aborts it, waiting for a coordinator
+        that may be out of reach (minutes, measured with the broker stopped)."""
+        self.purge()
+        self._producer.close()
+
     def _raise_refused(self) -> None:
         if self.refused is not None:
             raise self.refused

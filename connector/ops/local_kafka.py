@@ -529,9 +529,12 @@ num.partitions=1
 auto.create.topics.enable=false
 default.replication.factor={replicas}
 offsets.topic.replication.factor={replicas}
+# 4 partitions for the internal topics, not 50: they are made at their first use, and 50 (times
+# 3 replicas on a cluster) took seconds to become available (the first transaction waited).
 offsets.topic.num.partitions=4
 transaction.state.log.replication.factor={replicas}
 transaction.state.log.min.isr={in_sync}
+transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor={replicas}
 share.coordinator.state.topic.min.isr={in_sync}
 group.initial.rebalance.delay.ms=0

@@ -101,4 +101,7 @@ class DeadLetterQueue:
         return True
 
     def close(self) -> None:
-        self._producer.flush(10.0)
+        try:
+            self._producer.flush(10.0)
+        finally:
+            self._producer.close()

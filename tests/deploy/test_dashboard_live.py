@@ -1,5 +1,5 @@
 """Every metric the Grafana dashboard and the alert rules name is served by a live poller's or
-consumer's /metrics: a simulated site sending its notifications to a real RabbitMQ (LocalRabbit),
+consumer's /metrics: a simulated site sending its notifications to a real RabbitMQ (`rabbit`),
 two `cascade-connector produce` of that site (one active, one standby) listening to it, and
 `consume`, all run for real against the broker. The notification metrics exist only where
 notifications are configured, so the pollers are; a churn in the site makes them count. Also the
@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connector.demo.processes import Processes, child_env, http_json, http_text, wait_until
 from connector.ops import free_port
-from connector.ops.local_rabbit import LocalRabbit, LocalRabbitError
+from connector.ops.local_rabbit import LocalRabbit
 from tests.deploy.dashboard import alert_queries, load_dashboard, named_metrics, panel_queries
 
 SITE = "east"
@@ -55,15 +55,11 @@ def status(url: str) -> int:
 
 @pytest.mark.kafka
 def test_every_metric_on_the_dashboard_is_served(
-    kafka_bootstrap: str, tmp_path: Path, unique_name: partial[str]
+    kafka_bootstrap: str, tmp_path: Path, unique_name: partial[str], rabbit: LocalRabbit
 ) -> None:
     clouds = tmp_path / "clouds.yaml"
     sim, poller, standby, consumer = (f"http://127.0.0.1:{free_port()}" for _ in range(4))
-    rabbit = LocalRabbit()
-    try:
-        bus = rabbit.start()
-    except LocalRabbitError as exc:
-        pytest.fail(f"could not start a throwaway RabbitMQ: {exc}")
+    bus = rabbit.url
     env = {
         "CASCADE_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "CASCADE_KAFKA_TOPIC_PREFIX": unique_name("status"),
@@ -153,4 +149,3 @@ def test_every_metric_on_the_dashboard_is_served(
         assert status(f"{poller}/livez") == 200
     finally:
         procs.stop_all()
-        rabbit.remove()

@@ -10,11 +10,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import amqp
-import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.ops.local_rabbit import LocalRabbit
@@ -23,16 +22,9 @@ from connector.sim.behaviour import SERVER_STATES
 from connector.sim.model import Port, SimObject
 from connector.site.runner import run_site
 from tests.support import wait_for
-from tests.support.services import running
 from tests.support.sim import Topic, control, differences, latest, site_settings, truth
 
 KINDS = "server,volume,port"
-
-
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[LocalRabbit]:
-    with running(LocalRabbit(), "a throwaway RabbitMQ") as node:
-        yield node
 
 
 def listening(settings: Any, rabbit: LocalRabbit) -> Any:
