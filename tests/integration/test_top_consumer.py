@@ -551,7 +551,10 @@ def test_a_second_member_joining_mid_window_converges(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     db = tmp_path / "top.sqlite"
-    settings = settings_for(kafka_bootstrap, unique_name, db, max_rate=2000.0)
+    # 4,000 keys at 1,000 a second: four seconds of work, time for the second member to join
+    # (at 2,000 a second the first member, reading faster since reads stopped waiting out their
+    # timeout, finished before the rebalance did).
+    settings = settings_for(kafka_bootstrap, unique_name, db, max_rate=1000.0)
     topic = f"{settings.kafka.topic_prefix}.join"
     create_topic(kafka_bootstrap, topic, partitions=4)
     keys = 4000
