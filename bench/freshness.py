@@ -322,10 +322,13 @@ class Bench:
         self.metrics_port = free_port()
         cmd = ["produce", "--site", self.site, "--interval", str(interval)]
         cmd += ["--metrics-port", str(self.metrics_port)]
+        env = {}
         if notifications:
             assert self.rabbit is not None
-            cmd += ["--notifications", self.rabbit.url]
-        self.poller = self.processes.start(f"poller-{interval:g}-{int(notifications)}", *cmd)
+            # The bus URL holds a password: the environment, not the command line `ps` shows.
+            env["CASCADE_NOTIFICATIONS_URL"] = self.rabbit.url
+        name = f"poller-{interval:g}-{int(notifications)}"
+        self.poller = self.processes.start(name, *cmd, env=env)
 
         def ready() -> bool:
             m = self.scrape()

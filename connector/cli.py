@@ -642,7 +642,8 @@ def consume(
     "notifications_url",
     metavar="URL",
     default=None,
-    help="Listen to the site's message bus (rabbit://...) and poll a kind early when notified.",
+    help="Listen to the site's message bus (rabbit://...) and poll a kind early when notified. "
+    "CASCADE_NOTIFICATIONS_URL does the same and keeps the password off the command line.",
 )
 @click.pass_obj
 def produce(

@@ -38,11 +38,17 @@ class Processes:
         self._children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
     def start(
-        self, name: str, *args: str, script: Path | None = None, python: str | None = None
+        self,
+        name: str,
+        *args: str,
+        script: Path | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Run `cascade-connector <args>` (or the Python `script` with `args`: the benchmarks'
         own agents) with its output in `<log_dir>/<name>.log`; with `python`, that interpreter
-        (another checkout's venv, for a benchmark's before-and-after) instead of this one."""
+        (another checkout's venv, for a benchmark's before-and-after) instead of this one; `env`
+        adds to the environment (a secret goes there, not on the command line `ps` shows)."""
         log = (self.log_dir / f"{name}.log").open("wb")
         program = [str(script)] if script is not None else ["-m", "connector"]
         proc = subprocess.Popen(
@@ -50,7 +56,7 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
         self._children.append((name, proc, log))
         return proc

@@ -150,7 +150,11 @@ class Producer:
         with a transaction open: librdkafka's close first aborts it, waiting for a coordinator
         that may be out of reach (minutes, measured with the broker stopped)."""
         self.purge()
-        self._producer.close()
+        # `Producer.close` is newer than the oldest confluent-kafka this allows: without it the
+        # client is left to garbage collection, as it always was.
+        close = getattr(self._producer, "close", None)
+        if close is not None:
+            close()
 
     def _raise_refused(self) -> None:
         if self.refused is not None:
