@@ -164,9 +164,6 @@ class KindPoller:
         #: objects an early poll listed, and the oldest and newest time the site stamped them
         #: with (for the trigger's storm check); None outside early polls
         self._early_listing: EarlyListing | None = None
-        #: the start (the site's clock) of the interval poll under way; an early poll between its
-        #: pages reaches back no further
-        self._long_poll_start: float | None = None
         #: an early poll ran between the pages of the poll under way (and moved the watermark)
         self._early_between = False
 
@@ -199,13 +196,10 @@ class KindPoller:
         elif early:
             mode = self._early(self._watermark)
         else:
-            self._long_poll_start = started + self._site_clock.offset
-            try:
-                mode = self._incremental(
-                    self._full_watermark - self._settings.clock_skew, between_pages=True
-                )
-            finally:
-                self._long_poll_start = None
+            mode = self._incremental(
+                self._full_watermark - self._settings.clock_skew,
+                interval_start=started + self._site_clock.offset,
+            )
         self._observe_duration(mode, begun)
         # The watermark is the start on the site's clock: its timestamps are what it is compared
         # with. The offset is read after the poll, whose answers measured it. (Health and
@@ -241,15 +235,16 @@ class KindPoller:
             self.trigger.ended(listing.count, listing.span, self._publisher.count(self.kind.name))
         return mode
 
-    def _early_between_pages(self) -> None:
-        """Between two pages of an interval poll: the early poll a notification asked for, if
-        it is due (see the module's docstring)."""
-        if self.trigger is None or self._long_poll_start is None or not self.trigger.take_due():
+    def _early_between_pages(self, interval_start: float) -> None:
+        """Between two pages of the interval poll that began at `interval_start` (the site's
+        clock): the early poll a notification asked for, if it is due; it reaches back no
+        further than that start (see the module's docstring)."""
+        if self.trigger is None or not self.trigger.take_due():
             return
         started = self._clock()
         begun = time.monotonic()
         assert self._watermark is not None
-        mode = self._early(max(self._watermark, self._long_poll_start))
+        mode = self._early(max(self._watermark, interval_start))
         self._observe_duration(mode, begun)
         self._watermark = started + self._site_clock.offset
         self._early_between = True
@@ -263,23 +258,24 @@ class KindPoller:
             self.trigger.listed_until(began - EARLY_OVERLAP - self._site_clock.uncertainty)
 
     def _incremental(
-        self, since_epoch: float, sweep: bool = True, between_pages: bool = False
+        self, since_epoch: float, sweep: bool = True, interval_start: float | None = None
     ) -> str:
         """An incremental listing from `since_epoch`; then, if `sweep`, a look for deletions
         the listing cannot show (early polls leave that to the interval polls: a sweep is a
         listing of every id, which at an early poll a second would double the requests).
-        `between_pages`: a due early poll may run between two pages (with a trigger)."""
+        `interval_start`: this is the interval poll that began then, and a due early poll may
+        run between two of its pages (with a trigger)."""
         since = self.kind.since
         if since is not None and not self._since_rejected and self._honoured(since):
             query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
-            paced = between_pages and self.trigger is not None
+            paced = interval_start if self.trigger is not None else None
             try:
                 for page in self.kind.observation_pages(
-                    self._proxy, query, since.min_microversion, self._skip, prefetch=not paced
+                    self._proxy, query, since.min_microversion, self._skip, prefetch=paced is None
                 ):
                     self._publish(page)
-                    if paced:
-                        self._early_between_pages()
+                    if paced is not None:
+                        self._early_between_pages(paced)
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
                     raise
