@@ -46,8 +46,14 @@ deploy-tools:
 schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
-test: lint typecheck kafka-up postgres rabbitmq deploy-tools schema-registry
-	$(BIN)/pytest -q -ra --durations=25
+# The tests' broker: started here unless one already runs on KAFKA_PORT, and then stopped
+# when the tests end, pass or fail (a broker that was already running is left alone).
+test: lint typecheck postgres rabbitmq deploy-tools schema-registry
+	@kafka="$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT)"; \
+	if $$kafka status >/dev/null 2>&1; then started=; else $$kafka start || exit 1; started=1; fi; \
+	$(BIN)/pytest -q -ra --durations=25; status=$$?; \
+	if [ -n "$$started" ]; then $$kafka stop; fi; \
+	exit $$status
 
 demo: kafka-up
 	$(BIN)/cascade-connector demo

@@ -2,7 +2,8 @@
 one node for the notification tests and the live dashboard test) and per-test unique names.
 
 The broker is the one named by CASCADE_KAFKA_BOOTSTRAP, or a local one started through
-`LocalKafka` (the code behind `cascade-connector local-kafka start`). A broker that cannot be
+`LocalKafka` (the code behind `cascade-connector local-kafka start`), stopped when the session
+ends if the session started it. A broker that cannot be
 reached or started fails the tests that need it; it never skips them.
 """
 
@@ -23,16 +24,22 @@ from tests.support.services import running
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
+def kafka_bootstrap() -> Iterator[str]:
     bootstrap = os.environ.get("CASCADE_KAFKA_BOOTSTRAP")
     if bootstrap:
         if not broker_answers(bootstrap, timeout=10.0):
             pytest.fail(f"CASCADE_KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request")
-        return bootstrap
+        yield bootstrap
+        return
+    local = LocalKafka()
+    started_here = not local.status().running
     try:
-        return LocalKafka().start(echo=False)
+        yield local.start(echo=False)
     except LocalKafkaError as exc:
         pytest.fail(f"could not start the local Kafka broker: {exc}")
+    finally:
+        if started_here:
+            local.stop()  # by its pid, also when tests failed
 
 
 @pytest.fixture(scope="session")

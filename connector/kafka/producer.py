@@ -57,8 +57,13 @@ class Producer:
         **overrides: Any,
     ) -> None:
         config = {**PRODUCER_DEFAULTS, **settings.client_config(**overrides)}
+        #: the error that made the client unusable, as `error_cb` heard it (librdkafka's calls
+        #: say only _FATAL from then on; the cause, fenced say, reaches `error_cb`)
+        self.fatal: confluent_kafka.KafkaError | None = None
 
         def client_error(err: confluent_kafka.KafkaError) -> None:
+            if err.fatal() and self.fatal is None:
+                self.fatal = err
             log_client_error(err)
             if on_error is not None:
                 on_error(str(err.str()))

@@ -43,6 +43,9 @@ COMMIT_DEADLINE = 60.0
 RETRY_LOG_EVERY = 10.0
 #: Seconds the abort of `purge` may take: it runs while the process stops.
 ABORT_TIMEOUT = 2.0
+#: Seconds `_fail` waits to hear why librdkafka calls the producer unusable (_FATAL): the
+#: cause reaches `error_cb` through the event queue, served by `poll`.
+FATAL_CAUSE_WAIT = 1.0
 #: The broker aborts a transaction left open this long, so a paused producer with no successor
 #: holds up read-committed readers of its partitions for at most this long. librdkafka wants a
 #: message's delivery timeout no longer, so it is the delivery timeout too.
@@ -255,6 +258,8 @@ class TransactionalProducer(Producer):
         """Stop for good after `err`. Holds the lock."""
         if self.failure is not None:
             return
+        if err.code() == confluent_kafka.KafkaError._FATAL:
+            err = self._fatal_cause(err)
         if err.code() in _FENCED:
             failure: TransactionFailed = ProducerFenced(
                 f"{self.transactional_id}: fenced by a newer producer of the same id: {err.str()}",
@@ -268,6 +273,18 @@ class TransactionalProducer(Producer):
         self._open = False
         log.error("%s", failure)
         self._on_failure(failure)
+
+    def _fatal_cause(self, err: confluent_kafka.KafkaError) -> confluent_kafka.KafkaError:
+        """Why the producer became unusable: a call that finds it so fails with only _FATAL,
+        which may come before `error_cb` is served the cause (fenced, say); serve it briefly.
+        Delivery reports served meanwhile are queued, not called. Holds the lock."""
+        deadline = time.monotonic() + FATAL_CAUSE_WAIT
+        while self.fatal is None and time.monotonic() < deadline:
+            try:
+                self._producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                return exc.args[0] if exc.args[0].code() != err.code() else err
+        return self.fatal or err
 
     def _dispatch(self) -> None:
         """Hand queued delivery reports to their callbacks, outside the lock."""

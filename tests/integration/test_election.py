@@ -115,6 +115,34 @@ def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_rea
     ]
 
 
+def test_a_producer_found_fenced_by_a_later_send_says_fenced_not_a_bare_fatal_error(
+    kafka: KafkaSettings,
+) -> None:
+    # librdkafka learns of the fence in the background; a send after that fails with only
+    # _FATAL, before poll() has served the cause. The failure must still say "fenced".
+    topic = f"{kafka.topic_prefix}.s"
+    create_topic(kafka.bootstrap, topic, partitions=1)
+    failures: list[TransactionFailed] = []
+
+    def producer(instance: str) -> TransactionalProducer:
+        return TransactionalProducer(
+            kafka, topic, {"cascade.instance": instance.encode()}, failures.append
+        )
+
+    def send(to: TransactionalProducer) -> bool:
+        to.produce(topic, "k", b"v", lambda _k, _err, _p, _o: None)
+        return to.failure is not None
+
+    old = producer("old")
+    send(old)  # a transaction left open
+    new = producer("new")
+    new.flush()
+    # No poll on the old one: each send only queues, until a send finds the producer unusable.
+    wait_for(lambda: send(old) or time.sleep(0.2), timeout=30, what="the old producer to fail")
+    assert len(failures) == 1 and isinstance(failures[0], ProducerFenced), failures
+    assert "fenced by a newer producer" in str(failures[0])
+
+
 def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes, str | None]]:
     """(key, instance header) of every message of `topic`, read with `isolation`."""
     reader = TopicReader(kafka, topic, from_beginning=True, **{"isolation.level": isolation})
