@@ -152,6 +152,10 @@ class NotificationSettings(_Section):
     #: site restart changes most objects at once; steady churn a small share a second): its
     #: triggers pause for one interval, so a storm costs about what polling alone costs.
     storm_share: float = Field(default=0.3, gt=0, le=10)
+    #: What reads the bus: `pika` (RabbitMQ's client, `rabbit://` URLs; about a fifth of the
+    #: CPU per notification) or `oslo.messaging` (its listener: other transports, and the
+    #: `[oslo_messaging_rabbit]` options such as TLS files). Both read the same pool's queue.
+    listener: Literal["pika", "oslo.messaging"] = "pika"
 
 
 class ConsumerSettings(_Section):

@@ -1,22 +1,21 @@
 """Notifications as hints: the site's message bus wakes a kind's poller early.
 
-`produce --notifications URL` runs oslo.messaging's notification listener on the site's bus, in
-its own pool (its own queue, so it takes no message from Ceilometer or any other consumer), on
-the exchanges and topics the services notify on. An event is mapped to a kind by its type
-(`instance.*` -> server, `volume.*` -> volume, `port.*` -> port, ...) and fires that kind's
-`PollTrigger`, which starts an incremental poll shortly after. Nothing is read from the payload:
-polling stays the only source of what is published, so a lost or never-sent notification costs
-freshness, never correctness.
+`produce --notifications URL` listens to the site's bus in its own pool (its own queue, so it
+takes no message from Ceilometer or any other consumer), on the exchanges and topics the
+services notify on. An event is mapped to a kind by its type (`instance.*` -> server,
+`volume.*` -> volume, `port.*` -> port, ...) and fires that kind's `PollTrigger`, which starts
+an incremental poll shortly after. Nothing is read from the payload: polling stays the only
+source of what is published, so a lost or never-sent notification costs freshness, never
+correctness.
 
-The listener runs in a process of its own, which sends the poller only how many notifications
-of each kind arrived (a few small messages a second): oslo.messaging costs most of a millisecond
-of Python per notification, and in the poller's process, sharing its GIL, a thousand a second
-slowed the polls they asked for and fell behind themselves. The process is restarted if it dies.
+The listener (connector.site.listener: pika by default, or oslo.messaging's) runs in a process
+of its own, which sends the poller only how many notifications of each kind arrived (a few
+small messages a second): in the poller's process, sharing its GIL, a thousand notifications a
+second slowed the polls they asked for. The process is restarted if it dies.
 
-The bus is optional at every moment: the listener starts in the background, oslo.messaging
-reconnects on its own, and a probe reports whether the bus answers (`details()`, a gauge). While
-it does not, the pollers poll on their intervals as without notifications. Needs the
-`notifications` extra (oslo.messaging).
+The bus is optional at every moment: the listener connects in the background and again after
+the bus goes away, and reports whether it answers (`details()`, a gauge). While it does not,
+the pollers poll on their intervals as without notifications. Needs the `notifications` extra.
 """
 
 from __future__ import annotations
@@ -25,61 +24,23 @@ import contextlib
 import importlib.util
 import logging
 import multiprocessing.connection
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import warnings
 import weakref
-from collections import Counter as Tally
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connector.config import NotificationSettings, SiteSettings
 from connector.errors import ConfigError
-from connector.ops.logging import JsonFormatter, setup_logging
+from connector.ops.logging import JsonFormatter
+from connector.site.listener import parse_rabbit_url
 from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)
-
-#: (control exchange, topic) pairs the services notify on: Nova's versioned notifications,
-#: Cinder's and Neutron's unversioned ones (the exchanges Ceilometer listens on too).
-TARGETS: Sequence[tuple[str, str]] = (
-    ("nova", "versioned_notifications"),
-    ("nova", "notifications"),
-    ("cinder", "notifications"),
-    ("neutron", "notifications"),
-)
-#: Event type prefix -> kind. Nova's legacy `compute.instance.*` and its versioned `instance.*`.
-EVENT_KINDS: Sequence[tuple[str, str]] = (
-    ("instance.", "server"),
-    ("compute.instance.", "server"),
-    ("volume.", "volume"),
-    ("port.", "port"),
-    ("floatingip.", "floatingip"),
-    ("network.", "network"),
-    ("router.", "router"),
-)
-#: Seconds between probes of the bus (an AMQP handshake) for the health report.
-PROBE_INTERVAL = 5.0
-#: Notifications handed to us at once, and the seconds a batch waits to fill.
-BATCH_SIZE = 200
-BATCH_TIMEOUT = 0.05
-#: Longest pause, in seconds, between oslo.messaging's attempts to reconnect to the bus.
-RECONNECT_MAX = 3
-
-
-def kind_of(event_type: str) -> str | None:
-    """The kind an event type is about, or None."""
-    for prefix, kind in EVENT_KINDS:
-        if event_type.startswith(prefix):
-            return kind
-    return None
 
 
 def redacted(url: str) -> str:
@@ -163,11 +124,13 @@ class Notifications:
     ) -> None:
         if not settings.url:
             raise ConfigError("notifications.url: required to listen to notifications")
-        if not AVAILABLE:
+        if not _available(settings.listener):
             raise ConfigError(
-                "notifications.url: needs the notifications extra "
+                f"notifications.listener: {settings.listener} needs the notifications extra "
                 "(pip install 'cascade-connector[notifications]')"
             )
+        if settings.listener == "pika":
+            parse_rabbit_url(settings.url)  # a ConfigError now, not in the listener process
         self.settings = settings
         self.url = settings.url
         self.pool = settings.pool or f"cascade-connector-{site.name}"
@@ -231,7 +194,7 @@ class Notifications:
             self._set_up(False)
             if not self._stop.is_set():
                 log.warning("notifications: the listener process ended; starting it again")
-                self._stop.wait(PROBE_INTERVAL)
+                self._stop.wait(RESTART_AFTER)
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
@@ -244,7 +207,9 @@ class Notifications:
         json = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
         fmt = "json" if json else "text"
         # The password never goes on a command line.
-        self._pipe.send((self.url, self.pool, logging.getLevelName(root.level), fmt))
+        self._pipe.send(
+            (self.url, self.pool, self.settings.listener, logging.getLevelName(root.level), fmt)
+        )
 
     def _relay(self) -> None:
         """What the listener process says, until it ends or `stop`."""
@@ -288,187 +253,18 @@ class Notifications:
 
 #: The listener process's program: `listen_forever` on the inherited end of the pipe.
 _LISTENER = (
-    "import sys; from connector.site.notifications import listen_forever; "
+    "import sys; from connector.site.listener import listen_forever; "
     "listen_forever(int(sys.argv[1]))"
 )
+#: Seconds before a listener process that ended is started again.
+RESTART_AFTER = 5.0
+#: The library each listener needs (the notifications extra brings both).
+_NEEDS = {"pika": "pika", "oslo.messaging": "oslo_messaging"}
 
 
-def listen_forever(fd: int) -> None:
-    """The listener process: the bus URL, the pool and how to log come first; then it reports
-    ("up", bool) when the bus starts or stops answering, and ("seen", {kind: (count, newest)})
-    per batch of notifications (`newest`: the latest `timestamp` in epoch seconds, or None).
-    Ends on None, or when the poller's end of the pipe closes."""
-    # A Ctrl-C reaches the whole process group: the poller ends this process, in its own time.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pipe = multiprocessing.connection.Connection(fd)
-    try:
-        url, pool, level, fmt = pipe.recv()
-    except EOFError:
-        return
-    setup_logging(level, fmt)
-    stop = threading.Event()
-
-    def watch() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            pipe.recv()  # None, or the end of the pipe: either way, stop
-        stop.set()
-
-    threading.Thread(target=watch, name="stop", daemon=True).start()
-    _import_oslo_messaging()
-    _Listener(url, pool, pipe).run(stop)
-
-
-class _Listener:
-    """In the listener process: probes the bus, keeps oslo.messaging's listener running while
-    it answers, and reports to the poller through `pipe`."""
-
-    def __init__(self, url: str, pool: str, pipe: multiprocessing.connection.Connection) -> None:
-        self.url = url
-        self.pool = pool
-        self._pipe = pipe
-        self._lock = threading.Lock()  # the endpoint's threads and the probe both send
-        self._listener: Any = None
-        self._transport: Any = None
-        self._up: bool | None = None
-
-    def send(self, message: tuple[str, Any]) -> None:
-        with self._lock, contextlib.suppress(OSError):  # the poller is gone: `watch` stops us
-            self._pipe.send(message)
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            answers = _probe(self.url)
-            if answers and self._listener is None:
-                try:
-                    self._start_listener()
-                except Exception as exc:  # whatever the driver raises: retried on the next probe
-                    log.warning("notifications: listener did not start: %s", _describe(exc))
-                    self._listener = None
-            up = answers and self._listener is not None
-            if up != self._up:
-                self._up = up
-                self.send(("up", up))
-            stop.wait(PROBE_INTERVAL)
-        self._stop_listener()
-
-    def _start_listener(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import oslo_messaging
-            from oslo_config import cfg
-
-        conf = cfg.ConfigOpts()
-        conf([], project="cascade-connector", default_config_files=[], default_config_dirs=[])
-        transport = oslo_messaging.get_notification_transport(conf, url=self.url)
-        # The driver registered its options above. Reconnect within seconds of the bus coming
-        # back (its default backs off to 30 s): a hint that arrives late is worth little.
-        conf.set_override("rabbit_interval_max", RECONNECT_MAX, group="oslo_messaging_rabbit")
-        targets = [oslo_messaging.Target(exchange=ex, topic=topic) for ex, topic in TARGETS]
-        listener = oslo_messaging.get_batch_notification_listener(
-            transport,
-            targets,
-            [_Endpoint(self)],
-            executor="threading",
-            pool=self.pool,
-            batch_size=BATCH_SIZE,
-            batch_timeout=BATCH_TIMEOUT,
-        )
-        listener.start()
-        self._transport, self._listener = transport, listener
-
-    def _stop_listener(self) -> None:
-        if self._listener is not None:
-            try:
-                self._listener.stop()
-                self._listener.wait()
-            except Exception as exc:  # shutting down: nothing left to save
-                log.warning("notifications: listener did not stop cleanly: %s", _describe(exc))
-        if self._transport is not None:
-            self._transport.cleanup()
-        self._listener = self._transport = None
-
-
-class _Endpoint:
-    """oslo.messaging's batch endpoint: one method per priority, all handled alike. Batches
-    cost one dispatch for many messages, and one report to the poller."""
-
-    def __init__(self, owner: _Listener) -> None:
-        self._owner = owner
-
-    def info(self, messages: Sequence[Mapping[str, Any]]) -> None:
-        counts: Tally[str] = Tally()
-        newest: dict[str, str] = {}
-        for m in messages:
-            kind = kind_of(str(m.get("event_type") or "")) or "other"
-            counts[kind] += 1
-            # oslo.messaging's `str(utcnow())`: one format, so the latest sorts last
-            stamp = (m.get("metadata") or {}).get("timestamp")
-            if isinstance(stamp, str) and stamp > newest.get(kind, ""):
-                newest[kind] = stamp
-        if counts:
-            seen = {kind: (n, _epoch(newest.get(kind))) for kind, n in counts.items()}
-            self._owner.send(("seen", seen))
-
-    warn = error = critical = audit = debug = sample = info
-
-
-def _import_oslo_messaging() -> bool:
-    """Import oslo.messaging, with oslo.service on plain threads rather than eventlet (eventlet,
-    which its dependencies import when it is installed, leaves the thread that first imports it
-    impossible to join: the listener process imports it in its main thread); False if the extra
-    is not installed."""
-    try:
-        with warnings.catch_warnings():
-            # Importing eventlet (futurist does, if it is installed) warns that it is deprecated.
-            warnings.simplefilter("ignore")
-            from oslo_service import backend
-
-            try:
-                backend.init_backend(backend.BackendType.THREADING)
-            except backend.exceptions.BackendAlreadySelected as exc:
-                log.warning("notifications: %s; listening anyway", exc)
-            import oslo_messaging  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-#: Whether the notifications extra is installed. (It is imported in the listener process only.)
-AVAILABLE = importlib.util.find_spec("oslo_messaging") is not None
-
-
-def _probe(url: str) -> bool:
-    """Whether the bus completes an AMQP login with the URL's credentials."""
-    import amqp
-
-    parts = urlsplit(url.split(",")[0])
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    try:
-        conn = amqp.Connection(
-            host=f"{parts.hostname}:{parts.port or 5672}",
-            userid=unquote(parts.username or "guest"),
-            password=unquote(parts.password or "guest"),
-            virtual_host=vhost,
-            connect_timeout=2.0,
-        )
-        conn.connect()
-        conn.close()
-        return True
-    except (OSError, amqp.exceptions.AMQPError):
-        return False
+def _available(listener: str) -> bool:
+    return importlib.util.find_spec(_NEEDS[listener]) is not None
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-
-
-def _epoch(stamp: str | None) -> float | None:
-    """A notification's `timestamp` (`2026-12-02 01:02:03.456789`, UTC) as epoch seconds; None
-    when there is none or it does not parse (the notification then counts as news)."""
-    if stamp is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed).timestamp()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import amqp
+import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.ops.local_rabbit import LocalRabbit
@@ -27,9 +28,11 @@ from tests.support.sim import Topic, control, differences, latest, site_settings
 KINDS = "server,volume,port"
 
 
-def listening(settings: Any, rabbit: LocalRabbit) -> Any:
+def listening(settings: Any, rabbit: LocalRabbit, listener: str = "pika") -> Any:
     """`settings` with the poller listening to `rabbit`'s notifications."""
-    notifications = settings.notifications.model_copy(update={"url": rabbit.url})
+    notifications = settings.notifications.model_copy(
+        update={"url": rabbit.url, "listener": listener}
+    )
     return settings.model_copy(update={"notifications": notifications})
 
 
@@ -93,8 +96,9 @@ def first(sim: RunningSim, kind: str, match: Callable[[SimObject], bool] = bool)
     return next(o for o in sim.site.tables[kind].by_id.values() if match(o))
 
 
+@pytest.mark.parametrize("listener", ["pika", "oslo.messaging"])
 def test_a_notification_polls_its_kind_at_once_and_steals_from_no_one(
-    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], rabbit: LocalRabbit
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim], rabbit: LocalRabbit, listener: str
 ) -> None:
     sim = open_sim(servers=30, volumes=30, ports=30, notify=rabbit.url)
     # Another consumer of Nova's notifications (as Ceilometer has), on the default queue.
@@ -107,7 +111,9 @@ def test_a_notification_polls_its_kind_at_once_and_steals_from_no_one(
     channel.queue_declare("versioned_notifications.info", durable=False, auto_delete=False)
     channel.queue_bind("versioned_notifications.info", "nova", "versioned_notifications.info")
     # Interval polls every two minutes: whatever arrives sooner was polled because notified.
-    settings = listening(site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0), rabbit)
+    settings = listening(
+        site_settings(kafka_bootstrap, sim, kinds=KINDS, interval=120.0), rabbit, listener
+    )
     topic = Topic(kafka_bootstrap, f"test.produce.{sim.cloud}")
     with Poller(settings) as poller:
         wait_for(lambda: poller.metric("cascade_site_sequence") >= 90, 60, "the first resync")

@@ -1,14 +1,20 @@
-"""PollTrigger: notifications end a poller's wait early, debounced; storms pause them."""
+"""PollTrigger: notifications end a poller's wait early, debounced; storms pause them. And what
+the listener reads of a notification and of the bus URL."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from connector.site.notifications import _Endpoint, kind_of, redacted
+import pytest
+
+from connector.errors import ConfigError
+from connector.site.listener import OsloEndpoint, Tally, fields_of, kind_of, parse_rabbit_url
+from connector.site.notifications import redacted
 from connector.site.trigger import PollTrigger
 
 
@@ -136,8 +142,8 @@ def test_notifications_about_changes_a_finished_poll_listed_trigger_no_poll() ->
 
 def test_the_listener_reports_per_kind_how_many_arrived_and_the_newest_stamp() -> None:
     sent: list[tuple[str, Any]] = []
-    owner = SimpleNamespace(send=sent.append)
-    _Endpoint(owner).info(  # type: ignore[arg-type]
+    report = SimpleNamespace(seen=lambda tally: sent.append(("seen", tally.take())))
+    OsloEndpoint(report).info(  # type: ignore[arg-type]
         [
             {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:01"}},
             {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:02.5"}},
@@ -147,6 +153,37 @@ def test_the_listener_reports_per_kind_how_many_arrived_and_the_newest_stamp() -
     )
     newest = datetime(2026, 12, 2, 1, 0, 2, 500_000, tzinfo=UTC).timestamp()
     assert sent == [("seen", {"server": (2, newest), "port": (1, None), "other": (1, None)})]
+
+
+def test_the_pika_listener_reads_event_type_and_stamp_from_the_envelope_or_none() -> None:
+    inner = {"event_type": "volume.update.end", "timestamp": "2026-12-02 01:00:03.25"}
+    enveloped = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode()
+    assert fields_of(enveloped) == ("volume.update.end", "2026-12-02 01:00:03.25")
+    assert fields_of(json.dumps(inner).encode()) == ("volume.update.end", "2026-12-02 01:00:03.25")
+    for garbage in (b"", b"not json", b"[1, 2]", b'{"oslo.message": "{broken"}', b"\xff\xfe"):
+        assert fields_of(garbage) == (None, None)
+    tally = Tally()
+    tally.add(*fields_of(enveloped))
+    tally.add(*fields_of(b"not json"))
+    stamp = datetime(2026, 12, 2, 1, 0, 3, 250_000, tzinfo=UTC).timestamp()
+    assert tally.take() == {"volume": (1, stamp), "other": (1, None)}
+    assert not tally and tally.take() == {}
+
+
+def test_rabbit_urls_are_read_as_oslo_messaging_reads_them() -> None:
+    bus = parse_rabbit_url("rabbit://u1:p%40ss@h1:5673,u2:pw@h2/site%2Fa?ssl=1&heartbeat=9")
+    assert [(h.host, h.port, h.user, h.password) for h in bus.hosts] == [
+        ("h1", 5673, "u1", "p@ss"),
+        ("h2", 5672, "u2", "pw"),
+    ]
+    assert (bus.virtual_host, bus.ssl, bus.ignored) == ("site/a", True, ("heartbeat",))
+    plain = parse_rabbit_url("rabbit://h")
+    assert (plain.hosts[0].user, plain.virtual_host, plain.ssl) == ("guest", "/", False)
+    with pytest.raises(ConfigError, match=r"oslo\.messaging for other transports"):
+        parse_rabbit_url("kafka://h:9092/")
+    with pytest.raises(ConfigError, match="port is not a number") as caught:
+        parse_rabbit_url("rabbit://u:secret@h:x/")
+    assert "secret" not in str(caught.value)
 
 
 def test_event_types_map_to_kinds() -> None:
