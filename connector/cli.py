@@ -553,7 +553,7 @@ _metrics_port_option = click.option(
     type=int,
     default=None,
     metavar="MS",
-    help="Milliseconds a site's window stays open at least [default 500].",
+    help="Milliseconds a site's window stays open at least [default 250].",
 )
 @click.option(
     "--max-window-wait",

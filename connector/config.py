@@ -170,8 +170,9 @@ class ConsumerSettings(_Section):
     #: Changes per sink call at most (the rate limit may allow fewer), and records per poll.
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     #: Milliseconds a site's window stays open at least once it has a record: the freshness
-    #: price when the top layer keeps up.
-    batch_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    #: price when the top layer keeps up (under load windows widen by themselves: a site's next
+    #: window closes only after the last is applied, and not before the rate could take it).
+    batch_wait_ms: int = Field(default=250, ge=0, le=60_000)
     #: Milliseconds a site's window stays open at most while the site storms faster than the
     #: rate limit (the window closes sooner once the top layer could have taken what it holds).
     max_window_wait_ms: int = Field(default=30_000, ge=0, le=600_000)

@@ -426,10 +426,12 @@ class KindPoller:
 
     # -- loops ------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, phase: float = 0.0) -> None:
         """Poll until `stop` is set: incremental every interval, a resync every resync interval
         (and first), early polls when the trigger says so (a notification), retries with backoff
-        when the site fails."""
+        when the site fails. `phase`: seconds the interval polls and resyncs after the first
+        poll are put off, once (the runner spreads the kinds' polls over the interval, so that
+        a busy site's long listings do not fall together)."""
         next_resync = time.monotonic()
         resync_failed = False
         early = False
@@ -443,9 +445,10 @@ class KindPoller:
             if not ok:
                 continue
             if resync:
-                next_resync = begun + self._settings.resync_interval
+                next_resync = begun + self._settings.resync_interval + phase
             if resync or not early:
-                last_full = begun
+                last_full = begun + phase
+                phase = 0.0
             due = max(0.0, self._settings.interval - (time.monotonic() - last_full))
             if self.trigger is not None:
                 early = self.trigger.wait(stop, due)

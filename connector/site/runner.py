@@ -361,7 +361,9 @@ def _run_once(pollers: list[KindPoller], site: SitePoller, stop: threading.Event
 def _run_forever(
     pollers: list[KindPoller], site: SitePoller, stop: threading.Event, settings: SiteSettings
 ) -> None:
-    threads = _start(pollers, lambda poller: poller.run(stop), stop)
+    # Kind i of n polls i/n of an interval after the first: spread, not all at once.
+    phases = {p.kind.name: i * settings.interval / len(pollers) for i, p in enumerate(pollers)}
+    threads = _start(pollers, lambda poller: poller.run(stop, phases[poller.kind.name]), stop)
     next_heartbeat = time.monotonic()
     while not stop.is_set():
         if time.monotonic() >= next_heartbeat:

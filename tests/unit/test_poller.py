@@ -277,6 +277,25 @@ def run_for(p: KindPoller, condition: Callable[[], bool], timeout: float = 10.0)
         runner.join(5)
 
 
+def test_a_phase_puts_the_polls_after_the_first_off_once(ports: FakeProxy) -> None:
+    put(ports, "a", "ACTIVE", 1)
+    p, _ = poller(ports, [1_700_000_000.0], interval=0.1)
+    stop = threading.Event()
+    runner = threading.Thread(target=p.run, args=(stop,), kwargs={"phase": 1.0})
+    runner.start()
+    try:
+        wait_until = time.monotonic() + 0.8
+        while time.monotonic() < wait_until:
+            time.sleep(0.05)
+        first = ports.queries()
+        assert first and all("changed_since" not in q for q in first), "only the first resync"
+        time.sleep(0.8)  # past the phase: interval polls every 0.1 s from then on
+        assert sum("changed_since" in q for q in ports.queries()) >= 3
+    finally:
+        stop.set()
+        runner.join(5)
+
+
 def test_incremental_polls_go_on_while_a_due_resync_fails() -> None:
     proxy = FlakyFullListings("ports")
     put(proxy, "a", "ACTIVE", 1)
