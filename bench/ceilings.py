@@ -42,6 +42,7 @@ from connector.config import load_settings
 from connector.demo.processes import Processes, child_env
 from connector.kafka.producer import PRODUCER_DEFAULTS, Producer
 from connector.kafka.settings import KafkaSettings
+from connector.ops.heap import collect_less
 from connector.ops.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
 from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
@@ -52,7 +53,7 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
 from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
-from connector.site.runner import SitePoller, fewer_collections
+from connector.site.runner import SitePoller
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 #: (path, unit, raw figure, our figure)
@@ -357,7 +358,7 @@ def poll_pair(bootstrap: str, prefix: str, counts: dict[str, int], rounds: int) 
                 "site": {"name": "site-a", "kinds": "server,volume,port"},
             }
         )
-        with fewer_collections():
+        with collect_less():
             poller = SitePoller(settings)
             poller.cycle(resync=True)  # publishes everything: the measured cycles publish nothing
             poller.flush()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import json
 import multiprocessing
 import os
@@ -78,6 +79,7 @@ def serve_site(options: dict[str, Any], ready: Any, stop: Any, log_path: str) ->
             changes.append((now, obj.kind, obj.id, obj.status, action == "delete"))
 
     sim = start_sim(options.pop("site"), **options)
+    gc.freeze()  # the population, out of the collector's sight, as run_sim (the CLI) does
     sim.site.observers.append(observe)
     if sim.notifier is not None:
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from connector.config import load_settings
-from connector.site.runner import SitePoller, fewer_collections
+from connector.ops.heap import collect_less
+from connector.site.runner import SitePoller
 
 KINDS = "server,volume,port"
 
@@ -96,7 +97,7 @@ def _measured(url: str, label: str, action: Any) -> dict[str, Any]:
 
 def main() -> None:
     # As in `cascade-connector produce` (run_site).
-    with fewer_collections():
+    with collect_less():
         _main()
 
 

@@ -17,12 +17,10 @@ then is reported, and republished from the site by the next start (its restore d
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import openstack
@@ -36,6 +34,7 @@ from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.producer import Producer
 from connector.kafka.topics import TopicReport, ensure_site_topic, site_topic
 from connector.ops.cleanup import cleanup_after
+from connector.ops.heap import collect_less
 from connector.ops.metrics import OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.site.clock import SiteClock
@@ -65,12 +64,6 @@ COMMIT_EVERY = 0.2
 FLUSH_TIMEOUT = 60.0
 
 T = TypeVar("T")
-
-#: Allocations between runs of the collector's youngest generation (Python's default: 700).
-#: A listing page is tens of thousands of small dicts and strings, none in a cycle; at the
-#: default the collector runs dozens of times per page and rescans what is still alive, about a
-#: fifth of a full resync's CPU (bench/poll_cost.py).
-GC_THRESHOLD = 10_000
 
 
 class SitePollFailed(ConnectorError):
@@ -267,7 +260,7 @@ def run_site(
     stop = stop or threading.Event()
     registry = registry or CollectorRegistry()
     # Signals are handled from the start: a stop during the start-up still exits 0.
-    with stop_on_signals(stop.set), fewer_collections():
+    with stop_on_signals(stop.set), collect_less():
         election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
@@ -419,15 +412,3 @@ def _join(started: tuple[list[threading.Thread], _Crash], stop: threading.Event)
         thread.join(max(0.0, deadline - time.monotonic()))
     if crash.error is not None:
         raise crash.error
-
-
-@contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Run the garbage collector's youngest generation every GC_THRESHOLD allocations instead
-    of Python's 700, for the duration; the thresholds are restored after."""
-    previous = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, *previous[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)

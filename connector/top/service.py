@@ -17,6 +17,7 @@ from connector.errors import ConfigError
 from connector.kafka.consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
+from connector.ops.heap import collect_less
 from connector.ops.metrics import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
@@ -74,6 +75,7 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
     """Consume every site topic into the configured sink until SIGTERM/SIGINT (or idle)."""
     registry = CollectorRegistry()
     with ExitStack() as cleanup:
+        cleanup.enter_context(collect_less())
         sink = open_sink(settings.sink)
         cleanup.callback(sink.close)
         loop = build_consumer(settings, sink, registry)

@@ -3,6 +3,7 @@ hides the error it cleans up after (and the loops that use it)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
 from connector.ops.cleanup import cleanup_after
+from connector.ops.heap import GC_THRESHOLD, collect_less
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
 from connector.top.consumer import TopConsumer, WindowPolicy
 from connector.top.metrics import ConsumerMetrics
@@ -122,3 +124,12 @@ def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after
     with pytest.raises(KafkaError, match="the broker is gone"):
         loop.run()
     assert dead_letters.flushed
+
+
+def test_collect_less_freezes_what_lives_and_collects_the_young_less_often_then_undoes_it() -> None:
+    before = gc.get_threshold()
+    with collect_less():
+        assert gc.get_threshold() == (GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
