@@ -81,10 +81,15 @@ def publish(
     return count
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def end_offsets(bootstrap: str, topic: str, committed: bool = True) -> dict[int, int]:
+    """Per partition, where a committed reader's view ends (the last stable offset: records of
+    a transaction not yet completed lie past it), or with `committed=False` the high mark."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    probe = RawConsumer({"bootstrap.servers": bootstrap, "group.id": "offset-probe"})
+    isolation = "read_committed" if committed else "read_uncommitted"
+    probe = RawConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": "offset-probe", "isolation.level": isolation}
+    )
     try:
         return {
             p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]

@@ -4,6 +4,7 @@ truth, and a reader of the site topic to compare with it."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -13,6 +14,7 @@ from connector.records.codec import Codec
 from connector.records.messages import change_from_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sim import RunningSim
+from tests.support.kafka import end_offsets
 
 ALL_KINDS = "server,volume,port,network,router,floatingip"
 
@@ -57,6 +59,7 @@ class Topic:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._settings = load_settings(flags={"kafka": {"bootstrap": bootstrap}}).kafka
+        self._bootstrap = bootstrap
         self._topic = topic
         #: per partition, the offset after the last message `new()` returned
         self._read: dict[int, int] = {}
@@ -69,8 +72,25 @@ class Topic:
         finally:
             reader.close()
 
-    def all(self) -> list[Change]:
+    def all(self, settle: bool = True) -> list[Change]:
+        """Every change on the topic. With `settle` (after a poller's flush), first wait until
+        what was committed is visible to committed readers: a commit returns before its
+        markers reach every partition, and a read in between ends before the transaction on
+        the partitions still without one (a third of a topic went missing that way)."""
+        if settle:
+            self.settle()
         return [change_from_message(m, self._codec) for m in self._messages()]
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no transaction is in flight on the topic (the committed view ends where
+        the log does), or `timeout` (a poller still running keeps one open)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if end_offsets(self._bootstrap, self._topic) == end_offsets(
+                self._bootstrap, self._topic, committed=False
+            ):
+                return
+            time.sleep(0.1)
 
     def new(self) -> list[Change]:
         # Partitions interleave differently on every read: remember offsets, not a count.
