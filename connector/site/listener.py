@@ -251,8 +251,8 @@ class PikaListener:
                 self._consume(connection, stop)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 if failed is None:
-                    log.warning("notifications: the bus does not answer: %s", _describe(exc))
-                failed = _describe(exc)
+                    log.warning("notifications: the bus does not answer: %s", describe(exc))
+                failed = describe(exc)
             finally:
                 self.report.up(False)
                 # Unacknowledged notifications come again on the next connection; counting
@@ -354,7 +354,7 @@ class OsloListener:
                 try:
                     self._start_listener()
                 except Exception as exc:  # whatever the driver raises: retried on the next probe
-                    log.warning("notifications: listener did not start: %s", _describe(exc))
+                    log.warning("notifications: listener did not start: %s", describe(exc))
                     self._listener = None
             self.report.up(answers and self._listener is not None)
             stop.wait(PROBE_INTERVAL)
@@ -391,7 +391,7 @@ class OsloListener:
                 self._listener.stop()
                 self._listener.wait()
             except Exception as exc:  # shutting down: nothing left to save
-                log.warning("notifications: listener did not stop cleanly: %s", _describe(exc))
+                log.warning("notifications: listener did not stop cleanly: %s", describe(exc))
         if self._transport is not None:
             self._transport.cleanup()
         self._listener = self._transport = None
@@ -435,17 +435,21 @@ def import_oslo_messaging() -> bool:
 
 
 def _probe(url: str) -> bool:
-    """Whether the bus completes an AMQP login with the URL's credentials (first host)."""
+    """Whether the bus completes an AMQP login with the URL's credentials (its first host).
+    py-amqp speaks `rabbit://` only: for another transport this says no."""
     import amqp
 
-    parts = urlsplit(url.split(",")[0])
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    try:
+        bus = parse_rabbit_url(url)
+    except ConfigError:
+        return False
+    first = bus.hosts[0]
     try:
         conn = amqp.Connection(
-            host=f"{parts.hostname}:{parts.port or 5672}",
-            userid=unquote(parts.username or "guest"),
-            password=unquote(parts.password or "guest"),
-            virtual_host=vhost,
+            host=f"{first.host}:{first.port}",
+            userid=first.user,
+            password=first.password,
+            virtual_host=bus.virtual_host,
             connect_timeout=2.0,
         )
         conn.connect()
@@ -455,7 +459,8 @@ def _probe(url: str) -> bool:
         return False
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception on one line, at most 300 characters, for a log line."""
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
 
 

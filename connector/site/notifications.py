@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from connector.config import NotificationSettings, SiteSettings
 from connector.errors import ConfigError
 from connector.ops.logging import JsonFormatter
-from connector.site.listener import parse_rabbit_url
+from connector.site.listener import describe, parse_rabbit_url
 from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Notifications:
                 self._spawn()
                 self._relay()
             except OSError as exc:
-                log.warning("notifications: listener process failed: %s", _describe(exc))
+                log.warning("notifications: listener process failed: %s", describe(exc))
             finally:
                 self._end_process()
             self._set_up(False)
@@ -264,7 +264,3 @@ _NEEDS = {"pika": "pika", "oslo.messaging": "oslo_messaging"}
 
 def _available(listener: str) -> bool:
     return importlib.util.find_spec(_NEEDS[listener]) is not None
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]

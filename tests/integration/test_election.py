@@ -81,15 +81,10 @@ def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_rea
     failures: list[TransactionFailed] = []
     reports: list[tuple[str, object]] = []
 
-    def producer(instance: str) -> TransactionalProducer:
-        return TransactionalProducer(
-            kafka, topic, {"cascade.instance": instance.encode()}, failures.append
-        )
-
     def send(to: TransactionalProducer, key: str) -> None:
         to.produce(topic, key, b"v", lambda k, err, _p, _o: reports.append((k, err)))
 
-    old = producer("old")
+    old = transactional(kafka, topic, "old", failures)
     send(old, "committed")
     old.flush()
     send(old, "open at the take-over")
@@ -99,7 +94,8 @@ def test_a_newer_producer_fences_the_older_and_its_open_transaction_is_never_rea
         what="the open transaction's message in the log",
     )
 
-    new = producer("new")  # init_transactions: the old one's transaction is aborted
+    # init_transactions: the old one's transaction is aborted
+    new = transactional(kafka, topic, "new", failures)
     send(new, "from the new one")
     new.flush()
 
@@ -124,23 +120,28 @@ def test_a_producer_found_fenced_by_a_later_send_says_fenced_not_a_bare_fatal_er
     create_topic(kafka.bootstrap, topic, partitions=1)
     failures: list[TransactionFailed] = []
 
-    def producer(instance: str) -> TransactionalProducer:
-        return TransactionalProducer(
-            kafka, topic, {"cascade.instance": instance.encode()}, failures.append
-        )
-
     def send(to: TransactionalProducer) -> bool:
         to.produce(topic, "k", b"v", lambda _k, _err, _p, _o: None)
         return to.failure is not None
 
-    old = producer("old")
+    old = transactional(kafka, topic, "old", failures)
     send(old)  # a transaction left open
-    new = producer("new")
+    new = transactional(kafka, topic, "new", failures)
     new.flush()
     # No poll on the old one: each send only queues, until a send finds the producer unusable.
     wait_for(lambda: send(old) or time.sleep(0.2), timeout=30, what="the old producer to fail")
     assert len(failures) == 1 and isinstance(failures[0], ProducerFenced), failures
     assert "fenced by a newer producer" in str(failures[0])
+
+
+def transactional(
+    kafka: KafkaSettings, topic: str, instance: str, failures: list[TransactionFailed]
+) -> TransactionalProducer:
+    """A producer on `topic` whose transactional id is the topic's name (so the next one fences
+    it), naming `instance` in a header; its failure is appended to `failures`."""
+    return TransactionalProducer(
+        kafka, topic, {"cascade.instance": instance.encode()}, failures.append
+    )
 
 
 def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes, str | None]]:
