@@ -153,8 +153,8 @@ class NotificationSettings(_Section):
     #: triggers pause for one interval, so a storm costs about what polling alone costs.
     storm_share: float = Field(default=0.3, gt=0, le=10)
     #: What reads the bus: `pika` (RabbitMQ's client, `rabbit://` URLs; about a fifth of the
-    #: CPU per notification) or `oslo.messaging` (its listener: other transports, and the
-    #: `[oslo_messaging_rabbit]` options such as TLS files). Both read the same pool's queue.
+    #: CPU per notification) or `oslo.messaging` (its listener, for the `[oslo_messaging_rabbit]`
+    #: options such as TLS files; `rabbit://` only so far). Both read the same pool's queue.
     listener: Literal["pika", "oslo.messaging"] = "pika"
 
 

@@ -14,8 +14,9 @@ read that queue alike:
   separated by commas, a virtual host, `?ssl=1`), and uses the queue and exchanges as they are
   when they exist, else declares them as oslo.messaging's listener does.
 - **oslo.messaging** (`notifications.listener = "oslo.messaging"`): its batch notification
-  listener, for what the pika listener does not speak: other transports (`kafka://`), and the
-  `[oslo_messaging_rabbit]` options (TLS files, quorum queues) a deployment may depend on.
+  listener, for the `[oslo_messaging_rabbit]` options (TLS files, quorum queues) a deployment
+  may depend on. Not yet for other transports (`kafka://`): `OsloListener` starts only once
+  `_probe`, an AMQP login, succeeds, which such a URL never does.
 
 Only the event type and the `timestamp` of a notification are read: polling stays the source
 of what is published.
