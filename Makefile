@@ -10,7 +10,7 @@ export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,notifications]'
+	$(BIN)/pip install -q -e '.[dev,tools,notifications]'
 	touch $@
 
 kafka-up: $(BIN)/.installed

@@ -39,11 +39,11 @@ from psycopg.types.json import Jsonb
 from sink_apply import make_batches
 
 from connector.config import load_settings
-from connector.demo.processes import Processes, child_env
+from connector.dev.demo.processes import Processes, child_env
+from connector.dev.local_postgres import LocalPostgres
 from connector.kafka.producer import PRODUCER_DEFAULTS, Producer
 from connector.kafka.settings import KafkaSettings
 from connector.ops.heap import collect_less
-from connector.ops.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
 from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
 from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
@@ -51,9 +51,9 @@ from connector.records.schemas import current_schema
 from connector.sinks.sql import SqlSink, metadata, sqlalchemy_url
 from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
-from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
 from connector.site.runner import SitePoller
+from connector.site.site_metrics import SiteMetrics
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 #: (path, unit, raw figure, our figure)

@@ -1,5 +1,5 @@
 """The chaos suite at full size: crashes, broker outages, site faults and fuzzed input, each with
-its checks and figures (connector/chaos/ has the scenarios; the tests run small versions).
+its checks and figures (connector/dev/chaos/ has the scenarios; the tests run small versions).
 
 Scenarios (all by default; pick with --scenario a,b):
   kill           consumer SIGKILLed 20 times at random points during 100,000 updates (PostgreSQL
@@ -31,11 +31,11 @@ from typing import TypedDict
 
 from common import KAFKA_PORT, broker
 
-from connector.chaos import Outcome
-from connector.chaos.fuzz import fuzz_records, fuzz_settings
-from connector.chaos.kill import consumer_kills
-from connector.chaos.live import SiteSize, broker_restarts, site_faults
-from connector.ops.local_postgres import LocalPostgres
+from connector.dev.chaos import Outcome
+from connector.dev.chaos.fuzz import fuzz_records, fuzz_settings
+from connector.dev.chaos.kill import consumer_kills
+from connector.dev.chaos.live import SiteSize, broker_restarts, site_faults
+from connector.dev.local_postgres import LocalPostgres
 
 OUT = Path(__file__).parent / "out"
 SCENARIOS = ("kill", "broker", "faults", "fuzz-records", "fuzz-settings")

@@ -35,9 +35,9 @@ from common import KAFKA_PORT, broker
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.dev.local_postgres import LocalPostgres
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
-from connector.ops.local_postgres import LocalPostgres
 from connector.records.codec import Codec
 from connector.records.model import Change, StatusRecord
 from connector.sinks import ApplyResult, open_sink

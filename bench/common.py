@@ -1,7 +1,7 @@
 """What the comparison and scale benches share: the machine line, the broker, and starting
 simulated sites, pollers and consumers through the demo's process helpers.
 
-Every process is a real `cascade-connector` command started by `connector.demo.processes`, so
+Every process is a real `cascade-connector` command started by `connector.dev.demo.processes`, so
 it is stopped by its pid in `Processes.stop_all` (the benches call it in a `finally`).
 """
 
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from connector.demo.processes import (
+from connector.dev import free_port
+from connector.dev.demo.processes import (
     DemoError,
     Processes,
     child_env,
@@ -30,13 +31,12 @@ from connector.demo.processes import (
     http_text,
     wait_until,
 )
-from connector.demo.run import flags
+from connector.dev.demo.run import flags
+from connector.dev.local_kafka import LocalKafka
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
 from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import describe_site_topic, ensure_site_topic
-from connector.ops import free_port
-from connector.ops.local_kafka import LocalKafka
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"

@@ -52,8 +52,8 @@ from common import (
     wait_storm_over,
 )
 
-from connector.demo.observe import StatusMap, compare, login, next_link, scrape_total, truth
-from connector.demo.processes import DemoError, Processes, http_json
+from connector.dev.demo.observe import StatusMap, compare, login, next_link, scrape_total, truth
+from connector.dev.demo.processes import DemoError, Processes, http_json
 from connector.ops.signals import interrupt, stop_on_signals
 
 #: The User-Agent product names the sims file requests under.

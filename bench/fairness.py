@@ -33,10 +33,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from common import KAFKA_PORT, broker
 
-from connector.demo.observe import SinkReader, compare, metric_total, truth
-from connector.demo.processes import Processes, child_env, http_json, http_text, wait_until
-from connector.demo.run import KINDS, flags
-from connector.ops import free_port
+from connector.dev import free_port
+from connector.dev.demo.observe import SinkReader, compare, metric_total, truth
+from connector.dev.demo.processes import Processes, child_env, http_json, http_text, wait_until
+from connector.dev.demo.run import KINDS, flags
 from connector.sinks.sql import create_engine, resource_status
 
 SAMPLE_SECONDS = 0.5

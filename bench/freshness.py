@@ -49,9 +49,9 @@ from urllib.request import urlopen
 from common import KAFKA_PORT, broker
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.demo.processes import Processes, child_env, http_json, wait_until
-from connector.ops import free_port
-from connector.ops.local_rabbit import LocalRabbit
+from connector.dev import free_port
+from connector.dev.demo.processes import Processes, child_env, http_json, wait_until
+from connector.dev.local_rabbit import LocalRabbit
 
 KINDS = ("server", "volume", "port")
 #: Kinds whose deleted objects vanish from listings: only a resync (every resync_interval, 600 s
@@ -68,7 +68,7 @@ OUT = Path(__file__).parent / "out"
 
 def serve_site(options: dict[str, Any], ready: Any, stop: Any, log_path: str) -> None:
     """Child process: the sim, with its change log (and what it notified) written on stop."""
-    from connector.sim import start_sim
+    from connector.dev.sim import start_sim
 
     changes: list[tuple[float, str, str, str, bool]] = []
     notified: list[tuple[float, str]] = []

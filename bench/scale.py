@@ -34,10 +34,10 @@ from common import (
     wait_storm_over,
 )
 
-from connector.demo.observe import SinkReader, SiteCounters, compare, scrape_total, truth
-from connector.demo.processes import DemoError, Processes, http_json
-from connector.ops.local_kafka import LocalKafka
-from connector.ops.local_postgres import LocalPostgres
+from connector.dev.demo.observe import SinkReader, SiteCounters, compare, scrape_total, truth
+from connector.dev.demo.processes import DemoError, Processes, http_json
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
 from connector.sinks.sql import sqlalchemy_url
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import psutil
 import requests
 
-from connector.sim import start_sim
+from connector.dev.sim import start_sim
 
 
 def _token(session: requests.Session, auth_url: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from connector.ops.local_postgres import LocalPostgres
+from connector.dev.local_postgres import LocalPostgres
 from connector.records.model import Change, StatusRecord
 from connector.sinks.sql import SqlSink, sqlalchemy_url
 

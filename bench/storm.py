@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from connector.demo.run import Demo, DemoOptions, Snapshot
+from connector.dev.demo.run import Demo, DemoOptions, Snapshot
 
 OUT = Path(__file__).parent / "out"
 

@@ -166,7 +166,7 @@ def status(
     cannot be read (unreachable, no such database): a probe can tell "stale" from "broken"."""
     from connector.sinks import SinkBackpressureError, SinkError
     from connector.sinks.status import read_status
-    from connector.top.metrics import read_pending
+    from connector.top.consumer_metrics import read_pending
 
     settings = obj.settings({"sink": {"url": sink_url}})
     pending = read_pending(consumers) if consumers else None
@@ -357,7 +357,7 @@ def local_kafka(
 ) -> None:
     """A real Apache Kafka (KRaft) on loopback, one node or a cluster, for development and
     tests."""
-    from connector.ops.local_kafka import LocalKafka
+    from connector.dev.local_kafka import LocalKafka
 
     overrides: dict[str, Any] = {"port": port}
     if state_dir is not None:
@@ -394,7 +394,7 @@ def local_kafka_start(
     """Fetch the jars once, format storage once, start the nodes, wait until they answer."""
     from dataclasses import replace
 
-    from connector.ops.local_kafka import ADMIN_USER
+    from connector.dev.local_kafka import ADMIN_USER
 
     cluster = replace(broker, nodes=brokers, secure=secure)
     click.echo(cluster.start(timeout=timeout, node=node))
@@ -741,7 +741,7 @@ def _object_counts(**defaults: int) -> Callable[[F], F]:
 )
 def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> None:
     """Serve a simulated OpenStack site (Keystone, Nova, Cinder, Neutron) until SIGTERM."""
-    from connector.sim import run_sim
+    from connector.dev.sim import run_sim
 
     run_sim(site, listen, clouds_yaml=clouds_yaml, echo=click.echo, **options)
 
@@ -795,7 +795,7 @@ def demo(**options: Any) -> None:
     """The whole product on this machine: local Kafka, simulated sites, pollers, the top
     consumer into SQLite, a restart storm, and the accounting. Exit 1 if the sink does not
     converge to the sites' truth."""
-    from connector.demo.run import DemoOptions, run_demo
+    from connector.dev.demo.run import DemoOptions, run_demo
 
     try:
         converged = run_demo(DemoOptions(**options), echo=click.echo)

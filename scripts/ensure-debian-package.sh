@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a server from one of Debian's packages is on this machine, for the throwaway servers
-# the tests and benchmarks start (connector/ops/local_postgres.py, local_rabbit.py). Installs
+# the tests and benchmarks start (connector/dev/local_postgres.py, local_rabbit.py). Installs
 # PACKAGE with apt-get only when no file matches GLOB; it never starts a server itself (a
 # package's own service stays as the machine's policy leaves it; our servers use other ports).
 #

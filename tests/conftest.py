@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_rabbit import LocalRabbit
 from connector.errors import LocalKafkaError
 from connector.kafka.admin import broker_answers
-from connector.ops.local_kafka import LocalKafka
-from connector.ops.local_rabbit import LocalRabbit
 from tests.support.services import running
 
 

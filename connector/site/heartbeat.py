@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from connector.records.model import DetailValue
-from connector.site.metrics import SiteMetrics
+from connector.site.site_metrics import SiteMetrics
 
 
 @dataclass

@@ -54,8 +54,8 @@ from connector.kafka.producer import ProduceInterrupted
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, Observation, Since, Unreadable
-from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
+from connector.site.site_metrics import SiteMetrics
 from connector.site.trigger import PollTrigger
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from connector.records.model import (
 )
 from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
-from connector.site.metrics import SiteMetrics
+from connector.site.site_metrics import SiteMetrics
 
 log = logging.getLogger(__name__)
 

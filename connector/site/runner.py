@@ -1,6 +1,6 @@
 """`cascade-connector produce`: one site's poller process, from settings to a clean exit.
 
-Stands by until this process holds the site's lease (`lease.py`: one publishing poller per site),
+Stands by until this process holds the site's lease (`election.py`: one publishing poller per site),
 then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
 the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
@@ -35,17 +35,17 @@ from connector.kafka.producer import Producer
 from connector.kafka.topics import TopicReport, ensure_site_topic, site_topic
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less
-from connector.ops.metrics import OpsServer
+from connector.ops.ops_server import OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.site.clock import SiteClock
+from connector.site.election import Election, instance_id, open_site_producer
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
-from connector.site.lease import Election, instance_id, open_site_producer
-from connector.site.metrics import SiteMetrics
 from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
 from connector.site.restore import Restored, restore_from_topic
+from connector.site.site_metrics import SiteMetrics
 from connector.site.startup import Stopped, until_kafka_answers
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ def run_site(
             log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
         try:
             with cleanup_after(*([] if ops is None else [ops.stop])):
-                # Only the instance holding the site's lease polls and publishes (site/lease.py).
+                # Only the instance holding the site's lease polls and publishes (site/election.py).
                 metrics = election.metrics
                 election.run(
                     stop,

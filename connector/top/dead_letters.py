@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from connector.errors import KafkaError
 from connector.kafka import KafkaException
 from connector.kafka.producer import Producer
-from connector.top.metrics import ConsumerMetrics
+from connector.top.consumer_metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 

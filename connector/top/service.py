@@ -14,17 +14,17 @@ from prometheus_client import CollectorRegistry
 from connector.codecs import codec_from_settings
 from connector.config import Settings
 from connector.errors import ConfigError
-from connector.kafka.consumer import Consumer
+from connector.kafka.group_consumer import Consumer
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
 from connector.ops.heap import collect_less
-from connector.ops.metrics import HealthCheck, OpsServer
+from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
-from connector.top.consumer import Decoder, TopConsumer, WindowPolicy
+from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
-from connector.top.metrics import ConsumerMetrics
+from connector.top.loop import Decoder, TopConsumer, WindowPolicy
 from connector.top.rate import RateLimiter
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from urllib.request import urlopen
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.demo.processes import Processes, child_env, http_json, http_text, wait_until
-from connector.ops import free_port
-from connector.ops.local_rabbit import LocalRabbit
+from connector.dev import free_port
+from connector.dev.demo.processes import Processes, child_env, http_json, http_text, wait_until
+from connector.dev.local_rabbit import LocalRabbit
 from tests.deploy.dashboard import alert_queries, load_dashboard, named_metrics, panel_queries
 
 SITE = "east"

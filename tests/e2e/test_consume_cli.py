@@ -16,7 +16,7 @@ from urllib.request import urlopen
 
 import sqlalchemy as sa
 
-from connector.ops import free_port
+from connector.dev import free_port
 from connector.records.model import StatusRecord
 from connector.sinks import open_sink
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish

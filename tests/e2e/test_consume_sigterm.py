@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connector.chaos.harness import Children, SinkRows, wait_for
+from connector.dev.chaos.harness import Children, SinkRows, wait_for
 from connector.records.model import StatusRecord
 from tests.support.kafka import create_topic, publish
 

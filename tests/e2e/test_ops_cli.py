@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from connector.ops import free_port
+from connector.dev import free_port
 from connector.records.model import StatusRecord
 from connector.sinks import open_sink
 

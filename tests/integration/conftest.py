@@ -4,7 +4,7 @@ simulated site whose clouds.yaml entry openstacksdk finds; for the registry fram
 Schema Registry (session-scoped); `private_kafka`, a broker of the tests' own that a test may
 stop, start or freeze (session-scoped: one JVM for every such test).
 
-The cluster comes from `connector.ops.local_postgres` (Debian's binaries, installed by
+The cluster comes from `connector.dev.local_postgres` (Debian's binaries, installed by
 `make postgres`); the registry is Apicurio Registry from Maven Central
 (scripts/ensure-schema-registry.sh). A service that cannot start fails the tests; it never
 skips them.
@@ -25,11 +25,11 @@ from urllib.request import urlopen
 import pytest
 import sqlalchemy as sa
 
+from connector.dev import free_port, free_port_run
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_postgres import LocalPostgres
+from connector.dev.sim import RunningSim, start_sim
 from connector.errors import LocalKafkaError
-from connector.ops import free_port, free_port_run
-from connector.ops.local_kafka import LocalKafka
-from connector.ops.local_postgres import LocalPostgres
-from connector.sim import RunningSim, start_sim
 from connector.sinks.sql import sqlalchemy_url
 from tests.support.kafka import BROKER_START
 from tests.support.services import running

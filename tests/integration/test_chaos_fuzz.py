@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.chaos.fuzz import fuzz_records, fuzz_settings
+from connector.dev.chaos.fuzz import fuzz_records, fuzz_settings
 
 
 def test_fuzzed_records_are_dead_lettered_and_the_consumer_goes_on(

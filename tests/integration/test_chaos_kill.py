@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.chaos.kill import consumer_kills
+from connector.dev.chaos.kill import consumer_kills
 
 
 def test_sigkilled_consumer_converges_without_regressions(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.chaos.live import SiteSize, broker_restarts, site_faults
-from connector.ops.local_kafka import LocalKafka
+from connector.dev.chaos.live import SiteSize, broker_restarts, site_faults
+from connector.dev.local_kafka import LocalKafka
 
 SMALL = SiteSize(servers=40, volumes=40, ports=80)
 

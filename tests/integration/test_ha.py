@@ -24,14 +24,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
-from connector.demo.observe import SinkReader, compare, metric_total
-from connector.demo.observe import truth as site_truth
+from connector.dev import free_port
+from connector.dev.demo.observe import SinkReader, compare, metric_total
+from connector.dev.demo.observe import truth as site_truth
+from connector.dev.sim import RunningSim
 from connector.kafka.reader import TopicReader
-from connector.ops import free_port
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message, instance_of
 from connector.records.model import Change, StatusRecord
-from connector.sim import RunningSim
 from connector.sinks import open_sink
 from connector.top.service import build_consumer
 from tests.support import wait_for

@@ -17,10 +17,10 @@ import amqp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from connector.ops.local_rabbit import LocalRabbit
-from connector.sim import RunningSim
-from connector.sim.behaviour import SERVER_STATES
-from connector.sim.model import Port, SimObject
+from connector.dev.local_rabbit import LocalRabbit
+from connector.dev.sim import RunningSim
+from connector.dev.sim.behaviour import SERVER_STATES
+from connector.dev.sim.model import Port, SimObject
 from connector.site.runner import run_site
 from tests.support import wait_for
 from tests.support.sim import Topic, control, differences, latest, site_settings, truth

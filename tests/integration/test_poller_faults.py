@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from connector.dev.sim import RunningSim
 from connector.errors import KafkaError
 from connector.records.model import StatusRecord
-from connector.sim import RunningSim
 from connector.site.runner import SitePoller, run_site
 from tests.support import wait_for
 from tests.support.sim import Topic, control, differences, site_settings, truth

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from connector.dev.sim import RunningSim
 from connector.records.codec import Codec
 from connector.records.model import Deletion, StatusRecord
-from connector.sim import RunningSim
 from connector.site.restore import Restored, restore_from_topic
 from connector.site.runner import SitePoller, run_site
 from tests.support.kafka import Writer

@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from connector.config import KafkaSettings, load_settings
-from connector.demo.observe import SinkReader, compare, metric_total, truth
-from connector.demo.processes import Processes, child_env, http_json, http_text
+from connector.dev import free_port, free_port_run
+from connector.dev.demo.observe import SinkReader, compare, metric_total, truth
+from connector.dev.demo.processes import Processes, child_env, http_json, http_text
+from connector.dev.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
+from connector.dev.sim import RunningSim, start_sim
 from connector.errors import ConnectorError
 from connector.kafka.acls import (
     AclDriftError,
@@ -33,12 +36,9 @@ from connector.kafka.acls import (
     site_acls,
 )
 from connector.kafka.cluster import delete_group, under_replicated
-from connector.kafka.consumer import Consumer
+from connector.kafka.group_consumer import Consumer
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
-from connector.ops import free_port, free_port_run
-from connector.ops.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
-from connector.sim import RunningSim, start_sim
 from tests.support import wait_for
 
 KINDS = ("server", "volume", "port")

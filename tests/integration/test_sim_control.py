@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from connector.sim import RunningSim, start_sim
+from connector.dev.sim import RunningSim, start_sim
 from tests.support import wait_for
 
 
@@ -158,7 +158,7 @@ def test_unknown_control_path_is_404(sim: RunningSim) -> None:
 def test_a_client_hanging_up_is_a_debug_line_not_a_traceback(
     sim: RunningSim, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="connector.sim.server")
+    caplog.set_level(logging.DEBUG, logger="connector.dev.sim.server")
     host, port = sim.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"GET /_sim/truth HTTP/1.1\r\nHost: sim\r\n\r\n")

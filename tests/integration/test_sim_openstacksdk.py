@@ -15,7 +15,7 @@ import pytest
 import requests
 from openstack import config, exceptions
 
-from connector.sim import RunningSim, start_sim
+from connector.dev.sim import RunningSim, start_sim
 from tests.support import wait_for
 
 

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings
-from connector.ops import free_port
-from connector.ops.local_kafka import LocalKafka
+from connector.dev import free_port
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.sim import RunningSim
+from connector.dev.sim.model import PORT, SERVER, VOLUME
 from connector.records.model import StatusRecord
-from connector.sim import RunningSim
-from connector.sim.model import PORT, SERVER, VOLUME
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
 from connector.site.runner import SitePoller, run_site

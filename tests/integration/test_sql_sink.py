@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connector.ops.local_postgres import LocalPostgres
+from connector.dev.local_postgres import LocalPostgres
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks.base import SinkBackpressureError, SinkError
 from connector.sinks.sql import (

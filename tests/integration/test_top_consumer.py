@@ -19,7 +19,7 @@ from confluent_kafka import Producer as RawProducer
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
-from connector.kafka.consumer import Consumer
+from connector.kafka.group_consumer import Consumer
 from connector.kafka.transactions import TransactionalProducer
 from connector.records.codec import Codec
 from connector.records.errors import RegistryError
@@ -27,8 +27,8 @@ from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.sql import create_engine
-from connector.top import consumer as top
-from connector.top.consumer import TopConsumer
+from connector.top import loop as top
+from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import pytest
 
+from connector.dev.local_service import LocalService
 from connector.errors import ConnectorError
-from connector.ops.local_service import LocalService
 
 S = TypeVar("S", bound=LocalService)
 

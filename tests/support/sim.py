@@ -9,11 +9,11 @@ import urllib.request
 from typing import Any
 
 from connector.config import Settings, load_settings
+from connector.dev.sim import RunningSim
 from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message
 from connector.records.model import Change, Deletion, StatusRecord
-from connector.sim import RunningSim
 from tests.support.kafka import end_offsets
 
 ALL_KINDS = "server,volume,port,network,router,floatingip"

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
 from connector.site.heartbeat import Health
-from connector.site.metrics import SiteMetrics
 from connector.site.publisher import Publisher
+from connector.site.site_metrics import SiteMetrics
 
 
 class FakeProducer:

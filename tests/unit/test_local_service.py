@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from connector.ops.local_service import SystemUser, log_tail, spawn_group, stop_group
+from connector.dev.local_service import SystemUser, log_tail, spawn_group, stop_group
 from tests.support import wait_for
 
 

@@ -22,8 +22,8 @@ from connector.config import SiteSettings
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
-from connector.site.metrics import SiteMetrics
 from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
+from connector.site.site_metrics import SiteMetrics
 from connector.site.trigger import PollTrigger
 from tests.support.site import FakeProducer, make_publisher, response
 

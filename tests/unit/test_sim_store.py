@@ -8,11 +8,11 @@ import threading
 import time
 from typing import Any
 
-from connector.sim import behaviour
-from connector.sim.api import Request
-from connector.sim.model import KINDS, PORT, SERVER, VOLUME, Server, Volume
-from connector.sim.server import App, default_counts
-from connector.sim.store import Site, TimeRange
+from connector.dev.sim import behaviour
+from connector.dev.sim.api import Request
+from connector.dev.sim.model import KINDS, PORT, SERVER, VOLUME, Server, Volume
+from connector.dev.sim.server import App, default_counts
+from connector.dev.sim.store import Site, TimeRange
 
 
 def _site(seed: int = 3, servers: int = 300, volumes: int = 200, ports: int = 300) -> Site:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry
 
 from connector.site.heartbeat import Health
-from connector.site.metrics import SiteMetrics
+from connector.site.site_metrics import SiteMetrics
 
 
 def test_heartbeat_details_and_degraded_state() -> None:

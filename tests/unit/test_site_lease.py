@@ -11,7 +11,7 @@ import pytest
 from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.kafka.topics import lease_topic, site_topic, site_topic_pattern
-from connector.site.lease import instance_id
+from connector.site.election import instance_id
 
 
 @pytest.mark.parametrize("prefix", ["cascade.status", "cascade", "c", "a-b.c_d"])

@@ -16,10 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
-from connector.kafka.consumer import Partition, PartitionsCallback
-from connector.top import consumer as top
-from connector.top.consumer import TopConsumer, WindowPolicy
-from connector.top.metrics import ConsumerMetrics
+from connector.kafka.group_consumer import Partition, PartitionsCallback
+from connector.top import loop as top
+from connector.top.consumer_metrics import ConsumerMetrics
+from connector.top.loop import TopConsumer, WindowPolicy
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 

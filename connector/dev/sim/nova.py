@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from connector.sim.api import (
+from connector.dev.sim.api import (
     ApiError,
     Request,
     Response,
@@ -23,9 +23,18 @@ from connector.sim.api import (
     next_link,
     parse_limit,
 )
-from connector.sim.keystone import Keystone
-from connector.sim.model import PORT, SERVER, Port, Server, SimObject, iso_micro, iso_z, parse_time
-from connector.sim.store import Site, TimeRange
+from connector.dev.sim.keystone import Keystone
+from connector.dev.sim.model import (
+    PORT,
+    SERVER,
+    Port,
+    Server,
+    SimObject,
+    iso_micro,
+    iso_z,
+    parse_time,
+)
+from connector.dev.sim.store import Site, TimeRange
 
 MIN_VERSION = "2.1"
 MAX_VERSION = "2.100"

@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from connector.sim.errors import SimError
-from connector.sim.model import (
+from connector.dev.sim.errors import SimError
+from connector.dev.sim.model import (
     FLOATINGIP,
     NETWORK,
     PORT,
@@ -54,7 +54,7 @@ from connector.sim.model import (
     iso_micro,
     iso_z,
 )
-from connector.sim.store import Site
+from connector.dev.sim.store import Site
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class SiteNotifier:
 
 #: The publishing process's program: `publish_forever` on the inherited end of the pipe.
 _PUBLISHER = (
-    "import sys; from connector.sim.notify import publish_forever; "
+    "import sys; from connector.dev.sim.notify import publish_forever; "
     "publish_forever(int(sys.argv[1]), int(sys.argv[2]))"
 )
 

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 
 from connector.errors import KafkaError
 from connector.kafka import Message
-from connector.kafka.consumer import Consumer
+from connector.kafka.group_consumer import Consumer
 from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
+from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterQueue
 from connector.top.fair import FairShare
-from connector.top.metrics import ConsumerMetrics
 from connector.top.rate import RateLimiter
 from connector.top.window import Applied, Partition, Pending, SiteQueue, Taken, fingerprint
 

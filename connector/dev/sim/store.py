@@ -21,7 +21,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from connector.sim.model import (
+from connector.dev.sim.model import (
     FLOATINGIP,
     KINDS,
     NETWORK,
@@ -174,7 +174,7 @@ class Site:
         self.changes_by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._serial = 0
         #: Called under the lock after every counted change: (action, object, old status, now),
-        #: action being create, update or delete. The notifier (connector.sim.notify) and the
+        #: action being create, update or delete. The notifier (connector.dev.sim.notify) and the
         #: freshness benchmark listen here; an observer must be quick and must not raise.
         self.observers: list[Callable[[str, SimObject, str | None, float], None]] = []
 

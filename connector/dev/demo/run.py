@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from connector.demo.observe import (
+from connector.dev.demo.observe import (
     Comparison,
     SinkReader,
     SiteCounters,
@@ -28,7 +28,7 @@ from connector.demo.observe import (
     scrape_total,
     truth,
 )
-from connector.demo.processes import (
+from connector.dev.demo.processes import (
     DemoError,
     Processes,
     child_env,
@@ -38,9 +38,9 @@ from connector.demo.processes import (
     sim_url,
     wait_until,
 )
+from connector.dev.local_kafka import LocalKafka
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
-from connector.ops.local_kafka import LocalKafka
 from connector.ops.signals import interrupt, stop_on_signals
 
 KINDS = ("server", "volume", "port")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from connector.chaos import Outcome
-from connector.chaos.harness import Children, SinkRows, wait_for, watch_regressions
 from connector.config import KafkaSettings
+from connector.dev.chaos import Outcome
+from connector.dev.chaos.harness import Children, SinkRows, wait_for, watch_regressions
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
 from connector.records.codec import Codec

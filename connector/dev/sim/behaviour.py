@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from connector.sim.model import (
+from connector.dev.sim.model import (
     FLOATINGIP,
     KINDS,
     NETWORK,
@@ -32,7 +32,7 @@ from connector.sim.model import (
     SimObject,
     Volume,
 )
-from connector.sim.store import Site
+from connector.dev.sim.store import Site
 
 #: Nova's fields for each server status.
 SERVER_STATES: dict[str, dict[str, Any]] = {

@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connector.chaos import Outcome
-from connector.chaos.harness import Children
 from connector.config import ENV_PREFIX, KafkaSettings, Settings
+from connector.dev.chaos import Outcome
+from connector.dev.chaos.harness import Children
 from connector.kafka.producer import Producer
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic

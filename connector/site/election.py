@@ -36,9 +36,9 @@ from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.records.model import INSTANCE_HEADER, DetailValue
 from connector.site.heartbeat import Health
-from connector.site.metrics import SiteMetrics
 from connector.site.poller import backoff_delay
 from connector.site.restore import Restored, TopicFollower
+from connector.site.site_metrics import SiteMetrics
 from connector.site.startup import Stopped, until_kafka_answers
 
 log = logging.getLogger(__name__)

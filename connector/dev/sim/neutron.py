@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from connector.sim.api import (
+from connector.dev.sim.api import (
     ApiError,
     Request,
     Response,
@@ -24,8 +24,8 @@ from connector.sim.api import (
     next_link,
     parse_limit,
 )
-from connector.sim.keystone import Keystone
-from connector.sim.model import (
+from connector.dev.sim.keystone import Keystone
+from connector.dev.sim.model import (
     FLOATINGIP,
     NETWORK,
     PORT,
@@ -38,7 +38,7 @@ from connector.sim.model import (
     iso_z,
     parse_time,
 )
-from connector.sim.store import Site, TimeRange
+from connector.dev.sim.store import Site, TimeRange
 
 #: Collection name -> (kind, resource name used in messages).
 COLLECTIONS = {

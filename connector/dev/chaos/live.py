@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import Request, urlopen
 
-from connector.chaos import Outcome
-from connector.chaos.harness import ChaosError, Children, SinkRows, wait_for
 from connector.config import KafkaSettings
-from connector.demo.observe import compare, metric_total, truth
-from connector.demo.processes import http_json, http_text
+from connector.dev import free_port, free_port_run
+from connector.dev.chaos import Outcome
+from connector.dev.chaos.harness import ChaosError, Children, SinkRows, wait_for
+from connector.dev.demo.observe import compare, metric_total, truth
+from connector.dev.demo.processes import http_json, http_text
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.sim import start_sim
+from connector.dev.sim.server import RunningSim
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
-from connector.ops import free_port, free_port_run
-from connector.ops.local_kafka import LocalKafka
-from connector.sim import start_sim
-from connector.sim.server import RunningSim
 
 SITE = "chaos"
 KINDS = ("server", "volume", "port")

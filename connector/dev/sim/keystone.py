@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from connector.sim.api import ApiError, Request, Response, identity_fault, json_response
-from connector.sim.store import Site
+from connector.dev.sim.api import ApiError, Request, Response, identity_fault, json_response
+from connector.dev.sim.store import Site
 
 #: The one user of a simulated site, an admin in every project.
 USERNAME = "admin"

@@ -35,10 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from connector.sim import behaviour
-from connector.sim.api import Request, Response, json_response
-from connector.sim.model import KINDS, SimObject
-from connector.sim.store import Site
+from connector.dev.sim import behaviour
+from connector.dev.sim.api import Request, Response, json_response
+from connector.dev.sim.model import KINDS, SimObject
+from connector.dev.sim.store import Site
 
 _ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[0-9a-fA-F]{32})(?=/|$)")
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connector.config import KafkaSettings, load_settings
+from connector.dev.local_service import signal_group
+from connector.dev.tls import BROKER_CN, ensure_broker_tls, one_line_pem
 from connector.errors import ConnectorError, LocalKafkaError
 from connector.kafka.cluster import broker_ids, set_scram_password, under_replicated
-from connector.ops.local_service import signal_group
-from connector.ops.tls import BROKER_CN, ensure_broker_tls, one_line_pem
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"  # the log4j line Kafka 4.1 is built against; binds its SLF4J 1.7 API

@@ -28,18 +28,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from connector.dev.sim.api import ApiError, Request, Response, compute_fault, json_response, reason
+from connector.dev.sim.behaviour import Jobs
+from connector.dev.sim.cinder import Cinder
+from connector.dev.sim.control import Control, Fault, Faults, Stats
+from connector.dev.sim.errors import SimError
+from connector.dev.sim.keystone import DOMAIN, REGION, USERNAME, Keystone
+from connector.dev.sim.model import FLOATINGIP, NETWORK, PORT, ROUTER, SERVER, VOLUME
+from connector.dev.sim.neutron import Neutron
+from connector.dev.sim.notify import SiteNotifier
+from connector.dev.sim.nova import Nova
+from connector.dev.sim.store import Site
 from connector.ops.signals import stop_on_signals
-from connector.sim.api import ApiError, Request, Response, compute_fault, json_response, reason
-from connector.sim.behaviour import Jobs
-from connector.sim.cinder import Cinder
-from connector.sim.control import Control, Fault, Faults, Stats
-from connector.sim.errors import SimError
-from connector.sim.keystone import DOMAIN, REGION, USERNAME, Keystone
-from connector.sim.model import FLOATINGIP, NETWORK, PORT, ROUTER, SERVER, VOLUME
-from connector.sim.neutron import Neutron
-from connector.sim.notify import SiteNotifier
-from connector.sim.nova import Nova
-from connector.sim.store import Site
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def start_sim(
     `default_counts`. `token_ttl` is the Keystone token lifetime in seconds.
     `neutron_changed_since` is "reject" (400, as deployments with filter validation answer) or
     "accept" (honoured as `updated_at >= changed_since`). `notify` is a RabbitMQ transport URL
-    the site sends the services' notifications to (connector.sim.notify), dropping the share
+    the site sends the services' notifications to (connector.dev.sim.notify), dropping the share
     `notify_loss` of them. `clock_skew` puts the site's clock that many seconds ahead of the
     machine's (negative: behind): its timestamps and its `Date` headers. Raises SimError if the
     address is taken or the arguments are wrong.

@@ -7,7 +7,7 @@ to read truth and stats and to make churn, restart storms and faults. See docs/s
 
 from __future__ import annotations
 
-from connector.sim.errors import SimError
-from connector.sim.server import RunningSim, run_sim, start_sim
+from connector.dev.sim.errors import SimError
+from connector.dev.sim.server import RunningSim, run_sim, start_sim
 
 __all__ = ["RunningSim", "SimError", "run_sim", "start_sim"]

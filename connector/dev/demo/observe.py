@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.demo.processes import http_json, http_text
+from connector.dev.demo.processes import http_json, http_text
 from connector.sinks.sql import create_engine
 
 StatusMap = dict[tuple[str, str, str], str | None]

@@ -13,9 +13,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from connector.dev import free_port
+from connector.dev.local_service import LocalService, SystemUser, log_tail
 from connector.errors import ConnectorError
-from connector.ops import free_port
-from connector.ops.local_service import LocalService, SystemUser, log_tail
 
 #: The system user that owns the cluster when we run as root.
 SYSTEM_USER = "postgres"

@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from connector.errors import ConnectorError
-from connector.ops import free_port
-from connector.ops.local_service import (
+from connector.dev import free_port
+from connector.dev.local_service import (
     LocalService,
     SystemUser,
     log_tail,
     spawn_group,
     stop_group,
 )
+from connector.errors import ConnectorError
 
 #: The system user that runs the node when we run as root.
 SYSTEM_USER = "rabbitmq"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from connector.sim.api import (
+from connector.dev.sim.api import (
     ApiError,
     Request,
     Response,
@@ -23,10 +23,10 @@ from connector.sim.api import (
     next_link,
     parse_limit,
 )
-from connector.sim.keystone import Keystone
-from connector.sim.model import VOLUME, SimObject, Volume, iso_micro, parse_time
-from connector.sim.nova import truthy
-from connector.sim.store import Site, TimeRange
+from connector.dev.sim.keystone import Keystone
+from connector.dev.sim.model import VOLUME, SimObject, Volume, iso_micro, parse_time
+from connector.dev.sim.nova import truthy
+from connector.dev.sim.store import Site, TimeRange
 
 MIN_VERSION = "3.0"
 MAX_VERSION = "3.71"
