@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from connector.errors import ConnectorError
+from connector.records.model import Change, StatusRecord
 
 PENDING = "cascade_consumer_site_pending_changes"
 OLDEST_PENDING = "cascade_consumer_site_oldest_pending_seconds"
@@ -159,6 +160,13 @@ class ConsumerMetrics:
         registry.register(self.heartbeats)
         self.pending = _Pending()
         registry.register(self.pending)
+
+    def heartbeats_in(self, applied: Iterable[Change]) -> None:
+        """Count the heartbeats among the changes just `applied`, and when each was observed."""
+        for change in applied:
+            if isinstance(change, StatusRecord) and change.is_heartbeat:
+                self.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self.heartbeats_applied.inc()
 
 
 def read_pending(urls: Iterable[str], timeout: float = 5.0) -> dict[str, tuple[int, float]]:

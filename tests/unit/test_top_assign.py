@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
 from connector.kafka.group_consumer import Partition, PartitionsCallback
-from connector.top import loop as top
+from connector.top import offsets as top
+from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
-from connector.top.loop import TopConsumer, WindowPolicy
+from connector.top.loop import TopConsumer
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 
@@ -120,7 +121,7 @@ def test_committed_offsets_that_time_out_are_read_again_with_a_doubling_backoff(
     assert len(consumer.reads) == 4, "read again after a read that succeeded"
     # What the fourth read found is what a commit is checked against: no going backwards.
     with pytest.raises(KafkaError, match=r"refusing to commit site\.a\[0\]@3"):
-        loop._commit({ASSIGNED[0]: 3})
+        loop._offsets.commit({ASSIGNED[0]: 3})
     assert all(read[1] == frozenset(ASSIGNED) for read in consumer.reads)
     assert all(read[2] == top.ASSIGN_READ_TIMEOUT for read in consumer.reads)
     times = [read[0] for read in consumer.reads]
