@@ -51,6 +51,7 @@ import openstack.utils
 
 from connector.config import SiteSettings
 from connector.kafka.producer import ProduceInterrupted
+from connector.site.backoff import backoff_delay
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, Observation, Since, Unreadable
@@ -103,13 +104,6 @@ class EarlyListing:
         if self._oldest is None or self._newest is None:
             return 0.0
         return (self._newest - self._oldest).total_seconds()
-
-
-def backoff_delay(settings: SiteSettings, failures: int, jitter: float) -> float:
-    """Seconds to wait after `failures` consecutive failures: doubling from the initial delay up
-    to the maximum, then jittered (`jitter` in [0, 1)) into its upper half so pollers spread."""
-    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(failures - 1, 30))
-    return float(ceiling * (0.5 + 0.5 * jitter))
 
 
 class KindPoller:

@@ -1,7 +1,8 @@
 """`cascade-connector produce`: one site's poller process, from settings to a clean exit.
 
-Stands by until this process holds the site's lease (`election.py`: one publishing poller per site),
-then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
+Ensures the site topic, stands by until this process holds the site's lease (`election.py`: one
+publishing poller per site, which opens the producer and rebuilds the publisher's state from the
+topic), then builds the poller on what the election made, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
 the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
 /readyz and /livez (a standby too, ready). SIGTERM and SIGINT stop the pollers, flush the
@@ -21,32 +22,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 import openstack
 import openstack.config
 import openstack.exceptions
 from prometheus_client import CollectorRegistry
 
-from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
-from connector.kafka.producer import Producer
-from connector.kafka.topics import TopicReport, ensure_site_topic, site_topic
+from connector.kafka.topics import site_topic
+from connector.kafka.transactions import TransactionalProducer
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less
 from connector.ops.ops_server import OpsServer
 from connector.ops.signals import stop_on_signals
+from connector.records.codec import Codec
 from connector.site.clock import SiteClock
-from connector.site.election import Election, instance_id, open_site_producer
+from connector.site.election import Election, instance_id
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
-from connector.site.restore import Restored, restore_from_topic
+from connector.site.restore import Restored
 from connector.site.site_metrics import SiteMetrics
-from connector.site.startup import Stopped, until_kafka_answers
+from connector.site.startup import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -63,92 +65,55 @@ COMMIT_EVERY = 0.2
 #: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
 
-T = TypeVar("T")
-
 
 class SitePollFailed(ConnectorError):
     """A `--once` run could not poll every kind; the heartbeat says which and why."""
 
 
 class SitePoller:
-    """One site's poller, assembled: topic ensured, state restored, a KindPoller per kind.
+    """One site's poller, assembled on what its election's term made: the producer (which
+    fenced the previous one) and the state restored from the site topic; a KindPoller per kind.
 
-    `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
-    Kafka trouble while starting is retried with backoff until it passes or `stop` is set
-    (then Stopped); /healthz and the metrics can be served from `on_health` on, before it.
+    `run_site` drives it; tests and benchmarks make one with `open_site_poller` and call
+    `cycle` to poll on their own schedule.
     """
 
     def __init__(
         self,
         settings: Settings,
-        registry: CollectorRegistry | None = None,
-        metrics: SiteMetrics | None = None,
-        producer: Producer | None = None,
-        restored: Restored | None = None,
-        stop: threading.Event | None = None,
-        on_health: Callable[[SitePoller], None] | None = None,
+        metrics: SiteMetrics,
+        codec: Codec,
+        producer: TransactionalProducer,
+        restored: Restored,
     ) -> None:
-        site = settings.site.name
-        if not site:
-            raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
+        _check_cloud(settings.site)
         self.settings = settings
         self.instance = instance_id(settings.site)
-        self._stop = stop or threading.Event()
-        kinds = kinds_for(settings.site.kinds)
-        codec = codec_from_settings(settings.kafka)
-        self.topic = site_topic(settings.kafka.topic_prefix, site)
-        _check_cloud(settings.site)
-        self.registry = registry or CollectorRegistry()
-        self.metrics = metrics or SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics, settings.site.interval)
-        if on_health is not None:
-            on_health(self)
-        report: TopicReport = self._until_kafka_answers(
-            "ensure the topic",
-            lambda: ensure_site_topic(settings.kafka, site),
-        )
-        for line in report.lines():
-            log.info("%s", line)
-        # Opened before the restore: it fences the previous producer and ends its transaction,
-        # so the restore reads everything that producer will ever have published.
-        # `is None`, not `or`: a producer with nothing queued is falsy (it has a length), and
-        # a second one opened here would fence the election's, whose failures end the term.
-        self.producer = (
-            producer
-            if producer is not None
-            else self._until_kafka_answers(
-                "open the producer",
-                lambda: open_site_producer(
-                    settings, on_failure=lambda _failure: None, on_error=self._kafka_trouble
-                ),
-            )
-        )
-        if restored is None:
-            names = [k.name for k in kinds]
-            restored = self._until_kafka_answers(
-                "restore", lambda: restore_from_topic(settings.kafka, self.topic, codec, names)
-            )
+        self.metrics = metrics
+        self.producer = producer
         self.restored = restored
-        self.health.kafka_ok()
+        kinds = kinds_for(settings.site.kinds)
+        self.topic = site_topic(settings.kafka.topic_prefix, metrics.site)
+        self.health = Health([k.name for k in kinds], metrics, settings.site.interval)
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
-            sum(len(fps) for fps in self.restored.fingerprints.values()),
-            self.restored.last_sequence,
-            self.restored.messages,
+            sum(len(fps) for fps in restored.fingerprints.values()),
+            restored.last_sequence,
+            restored.messages,
             self.topic,
         )
         self.publisher = Publisher(
-            site,
+            metrics.site,
             self.topic,
-            self.producer,
+            producer,
             codec,
-            self.metrics,
+            metrics,
             self.health,
-            self.restored.fingerprints,
-            self.restored.last_sequence,
+            restored.fingerprints,
+            restored.last_sequence,
         )
         self.pollers = [self._kind_poller(kind) for kind in kinds]
-        self.notifications = _notifications(settings, self.pollers, self.registry)
+        self.notifications = _notifications(settings, self.pollers, metrics.registry)
 
     def _kind_poller(self, kind: Kind) -> KindPoller:
         site_clock = SiteClock()
@@ -171,12 +136,6 @@ class SitePoller:
             connect=connect,
             site_clock=site_clock,
         )
-
-    def _until_kafka_answers(self, what: str, call: Callable[[], T]) -> T:
-        return until_kafka_answers(what, call, self._stop, self.settings.site, self._kafka_trouble)
-
-    def _kafka_trouble(self, error: str) -> None:
-        self.health.kafka_failed(error)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -270,16 +229,27 @@ def run_site(
         try:
             with cleanup_after(*([] if ops is None else [ops.stop])):
                 # Only the instance holding the site's lease polls and publishes (site/election.py).
-                metrics = election.metrics
-                election.run(
-                    stop,
-                    once,
-                    lambda producer, restored: SitePoller(
-                        settings, registry, metrics, producer, restored, stop
-                    ),
-                )
+                election.run(stop, once, partial(_site_poller, settings, election))
         except Stopped as exc:
             log.info("%s", exc)
+
+
+def open_site_poller(settings: Settings, registry: CollectorRegistry | None = None) -> SitePoller:
+    """The poller of `settings.site` without the election: the start-up of an active term (the
+    topics ensured, the producer opened, the site topic read) done at once, for tests and
+    benchmarks, which poll on their own schedule. Its metrics go to `registry`."""
+    stop = threading.Event()  # never set: Kafka trouble at start-up is waited out, retried
+    election = Election(settings, registry or CollectorRegistry())
+    election.start_up(stop)
+    producer, restored = election.take_over(stop)
+    return _site_poller(settings, election, producer, restored)
+
+
+def _site_poller(
+    settings: Settings, election: Election, producer: TransactionalProducer, restored: Restored
+) -> SitePoller:
+    """A term's poller, reporting into the election's metrics (made once for every term)."""
+    return SitePoller(settings, election.metrics, election.codec, producer, restored)
 
 
 def _notifications(
@@ -294,11 +264,6 @@ def _notifications(
     for poller in pollers:
         poller.trigger = notifications.triggers[poller.kind.name]
     return notifications
-
-
-def _stop_all(servers: list[OpsServer]) -> None:
-    for server in servers:
-        server.stop()
 
 
 def _check_cloud(site: SiteSettings) -> None:
