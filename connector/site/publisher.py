@@ -19,9 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from connector.kafka import ClientError
-from connector.kafka.producer import DeliveryCallback, Producer
+from connector.kafka.producer import DeliveryCallback
 from connector.records.codec import Codec
 from connector.records.messages import KafkaMessage, to_message
 from connector.records.model import (
@@ -67,6 +68,19 @@ def observation_fingerprint(obs: Observation) -> int:
     return fingerprint(obs.status, obs.name, obs.project_id, obs.details)
 
 
+class Outlet(Protocol):
+    """What the publisher needs of a producer: a `Producer`, or the site's transactional one."""
+
+    def produce(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        on_delivery: DeliveryCallback,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None: ...
+
+
 class Publisher:
     """Publishes one site's changes to its topic; thread-safe, one instance per site."""
 
@@ -74,7 +88,7 @@ class Publisher:
         self,
         site: str,
         topic: str,
-        producer: Producer,
+        producer: Outlet,
         codec: Codec,
         metrics: SiteMetrics,
         health: Health,
