@@ -19,7 +19,7 @@ from connector.errors import ConfigError
 
 # Each layer owns the settings of its own client; the app's settings assemble them.
 from connector.kafka.settings import KafkaSettings
-from connector.records.checks import site_name_problem
+from connector.records.checks import resolve_kind_names, site_name_problem
 from connector.redact import redact_text
 
 __all__ = ["KafkaSettings", "Settings", "load_settings"]
@@ -129,9 +129,6 @@ class SiteSettings(_Section):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, value: list[str]) -> list[str]:
-        # Imported here: the kinds table pulls in openstacksdk, which only the poller needs.
-        from connector.site.kinds import resolve_kind_names
-
         return resolve_kind_names(value)
 
 

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -151,14 +152,13 @@ class Election:
         """Ensure the site topic (first: it is what the poller is for, so a principal that may
         not write it is told about that topic), then the lease topic; once per process."""
         kafka = self.settings.kafka
-        self._until_kafka_answers(
-            "ensure the site topic", lambda: ensure_site_topic(kafka, self.site), stop
-        )
-        report = self._until_kafka_answers(
-            "ensure the lease topic", lambda: ensure_lease_topic(kafka, self.site), stop
-        )
-        for line in report.lines():
-            log.info("%s", line)
+        for what, ensure in (
+            ("ensure the site topic", ensure_site_topic),
+            ("ensure the lease topic", ensure_lease_topic),
+        ):
+            report = self._until_kafka_answers(what, partial(ensure, kafka, self.site), stop)
+            for line in report.lines():
+                log.info("%s", line)
 
     def _kafka_trouble(self, error: str) -> None:
         """A step failed for Kafka's sake (retried): counted, and degraded until one succeeds."""

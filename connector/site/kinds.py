@@ -3,7 +3,8 @@
 Each row says how to list the kind (service proxy, listing path, collection key, fixed query),
 which incremental filter the service really honours, and where the status fields are in the
 service's JSON (wire names, one line each, as openstacksdk declares its resources). Adding a kind
-(routers, networks, snapshots, ...) is one row: the poller only speaks to rows.
+(routers, networks, snapshots, ...) is one row, and its name in `records.model.KIND_NAMES` (which
+the settings check without importing openstacksdk): the poller only speaks to rows.
 
 Listings go through openstacksdk's service proxies (auth, endpoints, microversions, retries) but
 are parsed straight from JSON (`listing.py`): building an openstacksdk `Resource` per object cost
@@ -22,6 +23,7 @@ from typing import Any
 import openstack.exceptions
 
 from connector.errors import ConfigError
+from connector.records.checks import resolve_kind_names
 from connector.records.model import DetailValue
 from connector.site.listing import QueryValue, pages, prefetched
 
@@ -443,20 +445,6 @@ KINDS: Mapping[str, Kind] = {
         ),
     )
 }
-
-
-def resolve_kind_names(names: Iterable[str]) -> list[str]:
-    """Kind names from the table, in the order given; plural forms ("servers") are accepted."""
-    out: list[str] = []
-    for raw in names:
-        name = raw.strip().lower()
-        if name not in KINDS and name.endswith("s") and name[:-1] in KINDS:
-            name = name[:-1]
-        if name not in KINDS:
-            raise ValueError(f"unknown kind {raw!r}; known kinds: {', '.join(KINDS)}")
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def kinds_for(names: Iterable[str]) -> list[Kind]:

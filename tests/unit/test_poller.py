@@ -102,16 +102,20 @@ def poller(
     row: Kind = ROW,
     jitter: Callable[[], float] = lambda: 1.0,
     site_clock: SiteClock | None = None,
+    metrics: SiteMetrics | None = None,
+    health: Health | None = None,
     **settings: Any,
 ) -> tuple[KindPoller, FakeProducer]:
+    """A poller of `row` on `proxy`, reporting into `metrics` and `health` (built on them) when
+    the test reads them."""
     publisher, producer, _ = make_publisher()
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    metrics = metrics or SiteMetrics(CollectorRegistry(), "s1")
     return (
         KindPoller(
             row,
             proxy,
             publisher,
-            Health([row.name], metrics),
+            health or Health([row.name], metrics),
             metrics,
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
@@ -374,7 +378,9 @@ def test_unreadable_objects_are_skipped_counted_logged_once_and_degrade(
 ) -> None:
     for name in ("a", "b", "c", "d"):
         put(ports, name, "ACTIVE", 1)
-    p, producer = poller(ports, [1_700_000_000.0])
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(["port"], metrics)
+    p, producer = poller(ports, [1_700_000_000.0], metrics=metrics, health=health)
     p.poll(resync=True)
     sent_keys(producer)
     ports.objects["b"]["updated_at"] = "yesterday-ish"
@@ -384,36 +390,38 @@ def test_unreadable_objects_are_skipped_counted_logged_once_and_degrade(
     for _ in range(2):
         assert p.poll(resync=True) == "resync"
     assert sent_keys(producer) == [("s1/port/e", False)], "b and c keep their records"
-    registry = p._metrics.registry
+    registry = metrics.registry
     labels = {"site": "s1", "kind": "port"}
     value = registry.get_sample_value("cascade_site_unparseable_objects_total", labels)
     assert value == 6, "three objects, two listings"
     skipped = [r for r in caplog.records if "cannot read" in r.getMessage()]
     assert len(skipped) == 3, "logged once per object"
-    healthy, details = p._health.snapshot()
+    healthy, details = health.snapshot()
     assert not healthy and details["port.unparseable"] == 3
 
     ports.objects["b"]["updated_at"] = "2026-01-01T00:00:00Z"
     ports.objects["c"]["status"] = "ACTIVE"
     del ports.objects["x"]
     p.poll(resync=True)
-    assert p._health.snapshot()[0] and p._health.snapshot()[1]["port.unparseable"] == 0
+    assert health.snapshot()[0] and health.snapshot()[1]["port.unparseable"] == 0
 
 
 def test_a_mass_vanish_is_held_back_until_the_next_listing_agrees(ports: FakeProxy) -> None:
     for n in range(100):
         put(ports, f"p{n:03d}", "ACTIVE", 1)
-    p, producer = poller(ports, [1_700_000_000.0], vanish_guard=0.2)
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(["port"], metrics)
+    p, producer = poller(ports, [1_700_000_000.0], vanish_guard=0.2, metrics=metrics, health=health)
     p.poll(resync=True)
     sent_keys(producer)
     hidden = {f"p{n:03d}": ports.objects.pop(f"p{n:03d}") for n in range(30)}
     p.poll(resync=True)
     assert sent_keys(producer) == [], "30% vanished at once: held back"
-    healthy, details = p._health.snapshot()
+    healthy, details = health.snapshot()
     assert not healthy and details["port.held_back"] == 30
     ports.objects.update(hidden)
     p.poll(resync=True)
-    assert sent_keys(producer) == [] and p._health.snapshot()[0], "they came back: nothing lost"
+    assert sent_keys(producer) == [] and health.snapshot()[0], "they came back: nothing lost"
 
     for n in range(30):
         del ports.objects[f"p{n:03d}"]
@@ -421,7 +429,7 @@ def test_a_mass_vanish_is_held_back_until_the_next_listing_agrees(ports: FakePro
     assert sent_keys(producer) == []
     p.poll(resync=True)
     assert len(sent_keys(producer)) == 30, "the next listing agreed: tombstones"
-    assert p._health.snapshot()[0]
+    assert health.snapshot()[0]
     del ports.objects["p099"]
     p.poll(resync=True)
     assert sent_keys(producer) == [("s1/port/p099", True)], "a few deletions are not held"
@@ -456,18 +464,19 @@ def test_the_proxy_is_made_in_the_first_poll_and_a_failure_is_a_site_fault(
 
     publisher, producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health([ROW.name], metrics)
     p = KindPoller(
         ROW,
         None,
         publisher,
-        Health([ROW.name], metrics),
+        health,
         metrics,
         SiteSettings(name="s1", backoff_initial=0.01),
         connect=connect,
     )
-    assert not p._attempt(True, threading.Event())
-    assert not p._health.snapshot()[0]
-    assert p._attempt(True, threading.Event())
+    assert not p.run_once(threading.Event(), attempts=1)
+    assert not health.snapshot()[0]
+    assert p.run_once(threading.Event(), attempts=1)
     assert [key for key, _v, _cb in producer.sent] == ["s1/port/a"]
 
 
