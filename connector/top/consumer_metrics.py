@@ -119,6 +119,17 @@ class ConsumerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.wrong_site = Counter(
+            "cascade_consumer_wrong_site_records",
+            "Records in a site's topic about another site, sent to the dead-letter topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.dead_letter_failures = Counter(
+            "cascade_consumer_dead_letter_delivery_failures",
+            "Deliveries of dead letters that failed (retried later; their window waits).",
+            registry=registry,
+        )
         self.lag = Gauge(
             "cascade_consumer_lag_records",
             "Records between the committed offset and the log end, per partition.",
