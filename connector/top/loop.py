@@ -399,7 +399,7 @@ class TopConsumer:
         for e in entries:
             change = e.change
             if isinstance(change, StatusRecord) and change.is_heartbeat:
-                self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self._metrics.heartbeats.heard(change.site, change.observed_at.timestamp())
                 self._metrics.heartbeats_applied.inc()
 
     def _settle(self, taken: list[tuple[SiteQueue, Taken]]) -> None:
@@ -562,6 +562,10 @@ class TopConsumer:
             q.drop(gone)
         self._applied.forget(gone)
         self._assigned -= gone
+        held = {topic for topic, _p in self._assigned}
+        for topic in {topic for topic, _p in gone} - held:
+            # Its next owner reports the site's heartbeats; an age kept here would only grow.
+            self._metrics.heartbeats.forget(topic.removeprefix(self._prefix))
         self._unread -= gone
         for tp in gone:
             self._committed.pop(tp, None)
