@@ -41,8 +41,9 @@ from connector.top.window import Applied, Partition, Pending, SiteQueue, Taken, 
 
 log = logging.getLogger(__name__)
 
-#: Turns one consumed Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[Message], Change]
+#: Turns one consumed Kafka message of the topic of a site (the second argument) into a Change;
+#: raises DecodeError for whatever cannot be one, WrongSiteError for another site's message.
+Decoder = Callable[[Message, str], Change]
 
 #: How long to wait before reading again what needed an unanswering schema registry, and before
 #: retrying dead letters that could not be delivered.
@@ -316,12 +317,13 @@ class TopConsumer:
             q = self._queue(topic)
             window = q.filling
             try:
-                change = self._decode(msg)
+                change = self._decode(msg, q.site)
             except DecodeError as exc:
                 window.read(tp, offset, now)
-                window.dead(
-                    DeadLetter(topic, partition, offset, msg.key(), msg.value(), "decode", str(exc))
+                letter = DeadLetter(
+                    topic, partition, offset, msg.key(), msg.value(), exc.category, str(exc)
                 )
+                window.dead(letter)
                 continue
             except RegistryError as exc:
                 # The bytes may be fine; the registry is not. Read this partition again from
@@ -363,6 +365,8 @@ class TopConsumer:
         for topic, n in shares.items():
             q = self._sites[topic]
             taken.append((q, q.take(n, self._applied)))
+        # Distinct keys, as the sink requires: a window holds one entry per key, and the decoder
+        # lets into a site's window only keys of that site, so no two sites share one.
         entries = [e for _q, part in taken for e in part.entries]
         if not entries:
             # All of it was already held by the top layer: nothing to write, nothing to pace.
@@ -395,7 +399,7 @@ class TopConsumer:
         for e in entries:
             change = e.change
             if isinstance(change, StatusRecord) and change.is_heartbeat:
-                self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self._metrics.heartbeats.heard(change.site, change.observed_at.timestamp())
                 self._metrics.heartbeats_applied.inc()
 
     def _settle(self, taken: list[tuple[SiteQueue, Taken]]) -> None:
@@ -558,6 +562,10 @@ class TopConsumer:
             q.drop(gone)
         self._applied.forget(gone)
         self._assigned -= gone
+        held = {topic for topic, _p in self._assigned}
+        for topic in {topic for topic, _p in gone} - held:
+            # Its next owner reports the site's heartbeats; an age kept here would only grow.
+            self._metrics.heartbeats.forget(topic.removeprefix(self._prefix))
         self._unread -= gone
         for tp in gone:
             self._committed.pop(tp, None)

@@ -55,7 +55,7 @@ def build_consumer(
         consumer=Consumer(kafka, options.group),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
-        decode=decode or (lambda msg: change_from_message(msg, codec)),
+        decode=decode or (lambda msg, site: change_from_message(msg, codec, site)),
         sink=sink,
         dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),

@@ -375,12 +375,12 @@ def test_registry_outage_rolls_back_and_recovers(
     codec = Codec()
     outages = [2]
 
-    def decode_during_outage(msg: Message) -> Change:
+    def decode_during_outage(msg: Message, site: str) -> Change:
         """The registry is down for the first two decodes that need it."""
         if outages[0]:
             outages[0] -= 1
             raise RegistryError("registry at http://127.0.0.1:1 refused the connection")
-        return change_from_message(msg, codec)
+        return change_from_message(msg, codec, site)
 
     loop = build_consumer(
         settings, open_sink(settings.sink), CollectorRegistry(), decode=decode_during_outage

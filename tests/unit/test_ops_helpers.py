@@ -114,7 +114,7 @@ def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after
         consumer=BrokenConsumer(),  # type: ignore[arg-type]
         pattern=r"^site\..+",
         topic_prefix="site",
-        decode=lambda _msg: pytest.fail("nothing to decode"),
+        decode=lambda _msg, _site: pytest.fail("nothing to decode"),
         sink=None,  # type: ignore[arg-type]
         dead_letters=dead_letters,  # type: ignore[arg-type]
         limiter=RateLimiter(None, None),

@@ -79,7 +79,7 @@ def top_consumer(consumer: SlowCoordinator) -> TopConsumer:
         consumer=consumer,  # type: ignore[arg-type]
         pattern=r"^site\..+",
         topic_prefix="site",
-        decode=lambda _msg: pytest.fail("nothing to decode"),
+        decode=lambda _msg, _site: pytest.fail("nothing to decode"),
         sink=None,  # type: ignore[arg-type]
         dead_letters=DeadLetters(),  # type: ignore[arg-type]
         limiter=RateLimiter(None, None),
