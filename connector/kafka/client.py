@@ -41,7 +41,8 @@ QUIET_AFTER = 30.0
 #: What differs between two reports of the same error: librdkafka's timing and its own count of
 #: suppressed repeats, and the thread name its log lines start with.
 _VARYING = re.compile(
-    r"^\[thrd:[^\]]*\]:\s*|\s*\(after \d+ms in state \w+(?:, \d+ identical error\(s\) suppressed)?\)"
+    r"^\[thrd:[^\]]*\]:\s*"
+    r"|\s*\(after \d+ms in state \w+(?:, \d+ identical error\(s\) suppressed)?\)"
 )
 
 
