@@ -92,6 +92,9 @@ class SiteSettings(_Section):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the metrics server listens on: loopback unless set (`0.0.0.0` or `::` for every
+    #: interface, as a container needs for its probes and scrapes).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[0-9A-Za-z.:_-]+$")
     #: Seconds of the first retry delay after a failed poll; doubles per failure, with jitter.
     backoff_initial: float = Field(default=1.0, gt=0)
     #: Seconds the retry delay never exceeds.
@@ -185,6 +188,9 @@ class ConsumerSettings(_Section):
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the metrics server listens on: loopback unless set (`0.0.0.0` or `::` for every
+    #: interface, as a container needs for its probes and scrapes).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[0-9A-Za-z.:_-]+$")
 
     @field_validator("site_weights")
     @classmethod

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from connector.kafka import ClientError
+from connector.kafka.client import RepeatedErrors
 from connector.kafka.producer import DeliveryCallback
 from connector.records.codec import Codec
 from connector.records.messages import KafkaMessage, to_message
@@ -36,6 +37,8 @@ from connector.site.kinds import Observation
 from connector.site.site_metrics import SiteMetrics
 
 log = logging.getLogger(__name__)
+#: A broker outage fails every message in flight alike: a line per error, not per message.
+_DELIVERY_ERRORS = RepeatedErrors(log)
 
 #: A key whose last message failed: whatever is observed next is sent.
 DIRTY = -1
@@ -209,12 +212,16 @@ class Publisher:
                     elif sent == DELETING:
                         del fps[object_id]
             if err is not None:
-                log.error("delivery of %s failed, will resend: %s", key, err)
+                _DELIVERY_ERRORS.report(
+                    logging.ERROR, str(err), f"delivery failed, will resend ({key} first): "
+                )
                 self._health.delivery_failed(f"{key}: {err}")
 
         return delivered
 
     def _on_heartbeat_delivery(self, key: str, err: ClientError | None, _p: int, _o: int) -> None:
         if err is not None:
-            log.error("delivery of heartbeat %s failed: %s", key, err)
+            _DELIVERY_ERRORS.report(
+                logging.ERROR, str(err), f"delivery failed ({key}, a heartbeat, first): "
+            )
             self._health.delivery_failed(f"{key}: {err}")

@@ -223,9 +223,14 @@ def run_site(
         election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
-            ops = OpsServer(registry, election.ready, port=settings.site.metrics_port)
+            ops = OpsServer(
+                registry,
+                election.ready,
+                host=settings.site.metrics_host,
+                port=settings.site.metrics_port,
+            )
             ops.start()
-            log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
+            log.info("serving /metrics, /readyz and /livez on port %d (%s)", ops.port, ops.host)
         try:
             with cleanup_after(*([] if ops is None else [ops.stop])):
                 # Only the instance holding the site's lease polls and publishes (site/election.py).

@@ -91,11 +91,14 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             server = OpsServer(
                 registry,
                 polled_within(STALL_SECONDS),
+                host=settings.consumer.metrics_host,
                 port=settings.consumer.metrics_port,
                 live=polled_within(STUCK_SECONDS),
             ).start()
             cleanup.callback(server.stop)
-            log.info("serving /metrics, /readyz and /livez on port %d", server.port)
+            log.info(
+                "serving /metrics, /readyz and /livez on port %d (%s)", server.port, server.host
+            )
 
         def stop() -> None:
             loop.stop()
