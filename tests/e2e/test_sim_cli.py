@@ -27,10 +27,9 @@ def clouds(path: Path) -> dict[str, Any]:
 def test_one_sim_process_serves_several_sites_to_openstacksdk(tmp_path: Path) -> None:
     path = tmp_path / "clouds.yaml"
     names = ["multi-a", "multi-b", "multi-c"]
-    counts = ["--servers", "40", "--volumes", "5", "--ports", "7"]
+    options = ["--listen=127.0.0.1:0", "--servers=40", "--volumes=5", "--ports=7"]
     proc = subprocess.Popen(
-        [*CLI, "sim", *(f"--site={n}" for n in names), "--listen", "127.0.0.1:0", *counts]
-        + ["--write-clouds-yaml", str(path)],
+        [*CLI, "sim", *(f"--site={n}" for n in names), *options, f"--write-clouds-yaml={path}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
