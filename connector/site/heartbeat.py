@@ -30,6 +30,8 @@ class KindHealth:
     unparseable: int = 0
     #: tombstones a resync held back (mass vanish guard) until the next resync agrees
     held_back: int = 0
+    #: the site lists the poller's own projects only (no admin role): the site is seen in part
+    unprivileged: bool = False
 
 
 class Health:
@@ -97,6 +99,12 @@ class Health:
             self._kinds[kind].held_back = count
         self._update_gauge()
 
+    def set_unprivileged(self, kind: str, unprivileged: bool) -> None:
+        """Whether the site shows the kind's objects of the poller's own projects only."""
+        with self._lock:
+            self._kinds[kind].unprivileged = unprivileged
+        self._update_gauge()
+
     def kafka_failed(self, error: str) -> None:
         """A transient Kafka error: degraded until `kafka_ok`."""
         with self._lock:
@@ -127,7 +135,10 @@ class Health:
 
     def _degraded(self) -> bool:
         return (
-            any(s.error is not None or s.unparseable or s.held_back for s in self._kinds.values())
+            any(
+                s.error is not None or s.unparseable or s.held_back or s.unprivileged
+                for s in self._kinds.values()
+            )
             or self._produce_errors > self._produce_errors_seen
             or self._poll_failures > self._poll_failures_seen
             or self._kafka_error is not None
@@ -160,6 +171,7 @@ class Health:
             details[f"{kind}.objects"] = state.objects
             details[f"{kind}.unparseable"] = state.unparseable
             details[f"{kind}.held_back"] = state.held_back
+            details[f"{kind}.partial"] = state.unprivileged
         details["produce.errors"] = self._produce_errors
         details["produce.error"] = self._produce_error
         details["kafka.error"] = self._kafka_error

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import keystoneauth1.exceptions
 import openstack
 import openstack.config
 import openstack.exceptions
+import os_service_types
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, SiteSettings
@@ -271,19 +273,35 @@ def _notifications(
     return notifications
 
 
+#: The interfaces keystoneauth can choose an endpoint by (and their old v2 spellings).
+INTERFACES = frozenset({"public", "internal", "admin", "publicURL", "internalURL", "adminURL"})
+
+
 def _check_cloud(site: SiteSettings) -> None:
-    """ConfigError when the clouds.yaml entry cannot be used (no network involved)."""
+    """ConfigError when the clouds.yaml entry cannot be used (no network involved): an unknown
+    cloud, an unknown auth type, missing auth options, an interface that does not exist."""
     cloud = site.cloud or site.name
     try:
-        openstack.config.OpenStackConfig().get_one(cloud=cloud)
-    except openstack.exceptions.ConfigException as exc:
+        region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    except (
+        openstack.exceptions.ConfigException,
+        keystoneauth1.exceptions.AuthPluginException,
+    ) as exc:
         raise ConfigError(f"site.cloud: cannot use clouds.yaml entry {cloud!r}: {exc}") from exc
+    for key, value in region.config.items():
+        if (key == "interface" or key.endswith("_interface")) and value not in INTERFACES:
+            raise ConfigError(
+                f"site.cloud: clouds.yaml entry {cloud!r}: {key} {value!r} is not an interface "
+                f"(one of {', '.join(sorted(INTERFACES))})"
+            )
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: SiteClock) -> Any:
     """The service proxy of a fresh connection for `kind`, its requests counted and the site's
     clock read from their Date headers. Making it asks Keystone for the catalog: a site fault
-    when Keystone is down, raised in the kind's poll."""
+    when Keystone is down, raised in the kind's poll; a ConfigError when the catalog has no
+    endpoint for the entry's region and interface, or none of a version the entry asks for
+    (keystoneauth says "Programming error choosing an endpoint", a ValueError)."""
     cloud = site.cloud or site.name
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
@@ -303,7 +321,38 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: Sit
         received.inc(len(response.content))
 
     conn.session.session.hooks["response"].append(count)
-    return getattr(conn, kind.service)
+    try:
+        proxy = getattr(conn, kind.service)
+        endpoint = proxy.get_endpoint()
+    except (ValueError, openstack.exceptions.NotSupported) as exc:
+        raise ConfigError(_no_endpoint(cloud, conn, kind, exc)) from exc
+    if not endpoint:
+        raise ConfigError(_no_endpoint(cloud, conn, kind, None))
+    return proxy
+
+
+def _no_endpoint(cloud: str | None, conn: Any, kind: Kind, exc: Exception | None) -> str:
+    """Why the catalog gives `kind` no endpoint, naming the entry's choice and what it offers."""
+    config = conn.config
+    service_type = config.get_service_type(kind.service.replace("_", "-"))
+    region = config.get_region_name(service_type)
+    interface = config.get_interface(service_type)
+    offered = set()
+    types = set(os_service_types.ServiceTypes().get_all_types(service_type))
+    for entry in conn.session.auth.get_access(conn.session).service_catalog.catalog:
+        if entry.get("type") in types:
+            for endpoint in entry.get("endpoints", ()):
+                offered.add(f"{endpoint.get('region_id')}/{endpoint.get('interface')}")
+    if isinstance(exc, openstack.exceptions.NotSupported):
+        why = str(exc)
+    else:
+        why = f"the catalog has no {service_type} endpoint in region {region!r} at interface "
+        why += f"{interface!r}"
+    listed = ", ".join(sorted(offered)) or "none"
+    return (
+        f"site.cloud: clouds.yaml entry {cloud!r} ({kind.name}): {why}; the catalog offers "
+        f"(region/interface): {listed}"
+    )
 
 
 def _run_once(pollers: list[KindPoller], site: SitePoller, stop: threading.Event) -> None:
@@ -353,6 +402,12 @@ def _start(
     def guarded(poller: KindPoller) -> None:
         try:
             target(poller)
+        except ConfigError as exc:
+            # The settings do not fit the site (no endpoint for the region): no traceback,
+            # the main thread raises it and the process exits 2 naming it.
+            log.error("poller of %s stopped: %s", poller.kind.name, exc)
+            crash.error = crash.error or exc
+            stop.set()
         except Exception as exc:
             # Not a site fault (those are retried): a bug or a broken record. Stop everything
             # and let the main thread raise it, rather than poll on with one kind dead.

@@ -232,26 +232,33 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half(ports: Fake
 @pytest.mark.parametrize(
     ("site_max", "mode", "sent"),
     [
-        ("3.59", "resync", (None, {"all_tenants": "True"})),
+        ("3.59", "resync", [(None, {"all_tenants": "True"})]),
         (
             "3.70",
             "incremental",
-            ("3.60", {"all_tenants": "True", "updated_at": "gte:2023-11-14T22:13:17Z"}),
+            [
+                ("3.60", {"all_tenants": "True", "updated_at": "gte:2023-11-14T22:13:17Z"}),
+                ("3.60", {"all_tenants": "True", "created_at": "gte:2023-11-14T22:13:17Z"}),
+            ],
         ),
     ],
 )
-def test_cinder_filter_only_from_microversion_3_60(
-    site_max: str, mode: str, sent: tuple[str | None, dict[str, Any]]
+def test_cinder_filters_only_from_microversion_3_60(
+    site_max: str, mode: str, sent: list[tuple[str | None, dict[str, Any]]]
 ) -> None:
     volumes = FakeProxy("volumes", max_microversion=site_max)
-    volumes.objects["v1"] = {"id": "v1", "status": "available", "attachments": []}
+    volumes.objects["v1"] = {
+        "id": "v1",
+        "status": "available",
+        "attachments": [],
+        "os-vol-host-attr:host": None,
+    }
     p, _ = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
     p.poll(resync=True)
     assert volumes.requests == [("/volumes/detail", {"all_tenants": "True"}, None)]
     assert p.poll(resync=False) == mode
-    detail = [r for r in volumes.requests if r[0] == "/volumes/detail"]
-    _url, query, microversion = detail[-1]
-    assert (microversion, query) == sent
+    detail = [r for r in volumes.requests if r[0] == "/volumes/detail"][1:]
+    assert [(microversion, query) for _url, query, microversion in detail] == sent
 
 
 class FlakyFullListings(FakeProxy):
@@ -338,7 +345,12 @@ def test_a_failed_delivery_makes_the_next_poll_a_resync(ports: FakeProxy) -> Non
 def test_a_deleted_volume_is_found_by_the_summary_count_then_an_id_sweep() -> None:
     volumes = FakeProxy("volumes", max_microversion="3.70")
     for name in ("v1", "v2", "v3"):
-        volumes.objects[name] = {"id": name, "status": "available", "attachments": []}
+        volumes.objects[name] = {
+            "id": name,
+            "status": "available",
+            "attachments": [],
+            "os-vol-host-attr:host": None,
+        }
     p, producer = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
     p.poll(resync=True)
     sent_keys(producer)
