@@ -239,7 +239,7 @@ class SqlSink:
         self.engine = create_engine(url)
         try:
             with translate_errors("cannot create the sink tables", retry_after):
-                metadata.create_all(self.engine)
+                _create_tables(self.engine)
         except (SinkError, SinkBackpressureError):
             self.engine.dispose()
             raise
@@ -349,6 +349,21 @@ class SqlSink:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+#: The key of the advisory lock under which a member creates the tables (any fixed number: it
+#: only has to be the same for every member of every group writing to the database).
+_CREATE_TABLES_LOCK = 0x63617363  # "casc"
+
+
+def _create_tables(engine: sa.Engine) -> None:
+    """Create the missing tables. On PostgreSQL under a transaction-scoped advisory lock: members
+    starting together against an empty database otherwise race between "does the table exist"
+    and CREATE TABLE, and the loser fails on pg_type's unique index."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CREATE_TABLES_LOCK})
+        metadata.create_all(conn)
 
 
 def _rowcount(result: sa.CursorResult[Any]) -> int:
