@@ -73,8 +73,9 @@ def test_deletions_reach_the_topic_within_two_polls_without_full_listings(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
 ) -> None:
     sim = open_sim(servers=30, volumes=30, ports=30, neutron_changed_since="accept")
+    registry = CollectorRegistry()
     site = open_site_poller(
-        site_settings(kafka_bootstrap, sim, kinds=KINDS, deletion_sweep_every=2)
+        site_settings(kafka_bootstrap, sim, kinds=KINDS, deletion_sweep_every=2), registry
     )
     site.cycle(resync=True)
     delete_one_of_each(sim)
@@ -91,7 +92,7 @@ def test_deletions_reach_the_topic_within_two_polls_without_full_listings(
     assert requests["GET /networking/v2.0/ports"] == 3, "two incremental, one id sweep"
     sweeps = "cascade_site_deletion_sweeps_total"
     labels = {"site": sim.cloud, "kind": "volume", "reason": "count"}
-    assert sample(site.registry, sweeps, **labels) == 1
+    assert sample(registry, sweeps, **labels) == 1
 
 
 def test_corrupt_servers_are_skipped_and_everything_else_is_published(
@@ -129,9 +130,10 @@ def test_a_site_clock_a_minute_off_loses_no_change(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], skew: float
 ) -> None:
     sim = open_sim(servers=20, volumes=20, ports=20, clock_skew=skew)
-    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds=KINDS))
+    registry = CollectorRegistry()
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds=KINDS), registry)
     site.cycle(resync=True)
-    offset = sample(site.registry, "cascade_site_clock_offset_seconds", site=sim.cloud, kind="port")
+    offset = sample(registry, "cascade_site_clock_offset_seconds", site=sim.cloud, kind="port")
     assert abs(offset - skew) < 2.0, f"measured {offset}"
     for _ in range(3):
         control(sim, "/_sim/churn", {"changes": 20})
