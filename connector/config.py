@@ -188,6 +188,11 @@ class ConsumerSettings(_Section):
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: A site is `offline` (its objects read UNKNOWN) after this many of its heartbeat
+    #: intervals without a heartbeat, by the top's clock: 3 lets one heartbeat be lost.
+    offline_after_heartbeats: int = Field(default=3, ge=2, le=1000)
+    #: A degraded or offline site is `online` again after this many good heartbeats in a row.
+    online_after_heartbeats: int = Field(default=2, ge=1, le=1000)
 
     @field_validator("site_weights")
     @classmethod

@@ -100,7 +100,12 @@ class SitePoller:
         _check_cloud(settings.site)
         self.registry = registry or CollectorRegistry()
         self.metrics = metrics or SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics, settings.site.interval)
+        self.health = Health(
+            [k.name for k in kinds],
+            self.metrics,
+            settings.site.interval,
+            settings.site.heartbeat_interval,
+        )
         if on_health is not None:
             on_health(self)
         report: TopicReport = self._until_kafka_answers(
