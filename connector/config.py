@@ -191,6 +191,11 @@ class ConsumerSettings(_Section):
     #: Address the metrics server listens on: loopback unless set (`0.0.0.0` or `::` for every
     #: interface, as a container needs for its probes and scrapes).
     metrics_host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[0-9A-Za-z.:_-]+$")
+    #: A site is `offline` (its objects read UNKNOWN) after this many of its heartbeat
+    #: intervals without a heartbeat, by the top's clock: 3 lets one heartbeat be lost.
+    offline_after_heartbeats: int = Field(default=3, ge=2, le=1000)
+    #: A degraded or offline site is `online` again after this many good heartbeats in a row.
+    online_after_heartbeats: int = Field(default=2, ge=1, le=1000)
 
     @field_validator("site_weights")
     @classmethod

@@ -38,12 +38,19 @@ class Health:
     """Thread-safe health of one site's poller: per-kind poll outcomes and Kafka delivery errors."""
 
     def __init__(
-        self, kinds: Iterable[str], metrics: SiteMetrics, poll_interval: float | None = None
+        self,
+        kinds: Iterable[str],
+        metrics: SiteMetrics,
+        poll_interval: float | None = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         #: seconds between incremental polls, in the heartbeat (`poll.interval`): the top
         #: consumer tells from it when a storming site went quiet
         self._poll_interval = poll_interval
+        #: seconds between heartbeats (`heartbeat.interval`): the top consumer counts a site
+        #: offline after a few of them without a word
+        self._heartbeat_interval = heartbeat_interval
         self._kinds = {kind: KindHealth() for kind in kinds}
         self._metrics = metrics
         self._produce_errors = 0
@@ -177,4 +184,6 @@ class Health:
         details["kafka.error"] = self._kafka_error
         if self._poll_interval is not None:
             details["poll.interval"] = self._poll_interval
+        if self._heartbeat_interval is not None:
+            details["heartbeat.interval"] = self._heartbeat_interval
         return details

@@ -96,7 +96,12 @@ class SitePoller:
         self.restored = restored
         kinds = kinds_for(settings.site.kinds)
         self.topic = site_topic(settings.kafka.topic_prefix, metrics.site)
-        self.health = Health([k.name for k in kinds], metrics, settings.site.interval)
+        self.health = Health(
+            [k.name for k in kinds],
+            metrics,
+            settings.site.interval,
+            settings.site.heartbeat_interval,
+        )
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
             sum(len(fps) for fps in restored.fingerprints.values()),

@@ -33,6 +33,7 @@ from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
+from connector.top.availability import Availability
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterQueue
 from connector.top.fair import FairShare
@@ -111,6 +112,7 @@ class TopConsumer:
         limiter: RateLimiter,
         policy: WindowPolicy,
         metrics: ConsumerMetrics,
+        availability: Availability,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -121,6 +123,8 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
+        self._availability = availability
+        self._availability_retry = 0.0
         # Exported so a dashboard can draw rows/s against the limit.
         metrics.max_rate.set(limiter.max_rate or 0)
         self._priority = {kind: i for i, kind in enumerate(policy.kind_priority)}
@@ -186,6 +190,7 @@ class TopConsumer:
             else:
                 self._metrics.rate_limited_seconds.inc(waited)
         self._take(messages)
+        self._judge_sites(waited=self.last_poll - started)
         if self._ready() and self._may_call(reading=bool(messages)):
             self._call()
         self._finish_windows()
@@ -343,8 +348,30 @@ class TopConsumer:
                 interval = change.details.get("poll.interval")
                 if isinstance(interval, int | float) and interval > 0:
                     q.poll_interval = float(interval)
+                if change.site == q.site:
+                    beat = change.details.get("heartbeat.interval")
+                    every = float(beat) if isinstance(beat, int | float) else None
+                    self._availability.heartbeat(q.site, tp, change.status, every, now)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
             window.put(entry, self._applied.get(tp, change.key))
+
+    def _judge_sites(self, waited: float) -> None:
+        """Update the sites' availability (`waited`: seconds the last poll waited for records),
+        and hand its changes to the sink in calls of their own (a busy sink: tried again after
+        RETRY_SECONDS)."""
+        now = time.monotonic()
+        held = [q.site for q in self._sites.values() if q.held]
+        self._availability.tick(now, waited, paused=held)
+        states = self._availability.unwritten()
+        if not states or now < self._availability_retry:
+            return
+        try:
+            self._sink.set_availability(states)
+        except SinkBackpressureError as exc:
+            log.warning("sink refused site availability for now (%s)", exc)
+            self._availability_retry = now + RETRY_SECONDS
+            return
+        self._availability.written(states)
 
     def _queue(self, topic: str) -> SiteQueue:
         q = self._sites.get(topic)
@@ -561,6 +588,7 @@ class TopConsumer:
         for q in self._sites.values():
             q.drop(gone)
         self._applied.forget(gone)
+        self._availability.forget(gone)
         self._assigned -= gone
         held = {topic for topic, _p in self._assigned}
         for topic in {topic for topic, _p in gone} - held:

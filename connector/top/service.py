@@ -22,6 +22,7 @@ from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
+from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
 from connector.top.loop import Decoder, TopConsumer, WindowPolicy
@@ -68,6 +69,10 @@ def build_consumer(
             site_weights=options.site_weights,
         ),
         metrics=metrics,
+        availability=Availability(
+            AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
+            AvailabilityMetrics(registry),
+        ),
     )
 
 

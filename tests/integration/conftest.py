@@ -108,7 +108,9 @@ def open_sim(
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
 
     def open_(**options: Any) -> RunningSim:
-        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
+        # A second site of the same test gets a name of its own.
+        what = f"site{len(started)}" if started else "site"
+        name = unique_name(what).replace("test.", "", 1)[-60:].lstrip(".-")
         sim = start_sim(name, **options)
         started.append(sim)
         sim.write_clouds_yaml(tmp_path / "clouds.yaml")

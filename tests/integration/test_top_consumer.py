@@ -26,6 +26,7 @@ from connector.records.errors import RegistryError
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
+from connector.sinks.base import SiteAvailability
 from connector.sinks.sql import create_engine
 from connector.top import loop as top
 from connector.top.loop import TopConsumer
@@ -53,6 +54,9 @@ class Recording:
         keys = len({c.key for c in changes})
         self.calls.append((time.monotonic(), len(changes), keys, result.written))
         return result
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        self.sink.set_availability(states)
 
     def close(self) -> None:
         self.sink.close()
