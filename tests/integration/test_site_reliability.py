@@ -88,7 +88,9 @@ def test_deletions_reach_the_topic_within_two_polls_without_full_listings(
     requests = sim_requests(sim)
     assert requests["GET /volume/v3/{id}/volumes/summary"] == 2, "a count every poll"
     assert requests["GET /volume/v3/{id}/volumes"] == 1, "one id sweep, on the mismatch"
-    assert requests["GET /volume/v3/{id}/volumes/detail"] == 2, "incremental listings only"
+    # Two incremental polls, each listing by updated_at and by created_at (Cinder leaves
+    # updated_at null on a new volume), and no full listing.
+    assert requests["GET /volume/v3/{id}/volumes/detail"] == 4, "incremental listings only"
     assert requests["GET /networking/v2.0/ports"] == 3, "two incremental, one id sweep"
     sweeps = "cascade_site_deletion_sweeps_total"
     labels = {"site": sim.cloud, "kind": "volume", "reason": "count"}

@@ -19,6 +19,8 @@ from connector.records.codec import Codec
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
 from connector.sinks import ApplyResult
+from connector.sinks.base import SiteAvailability
+from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.loop import TopConsumer, WindowPolicy
 from connector.top.rate import RateLimiter
@@ -82,6 +84,9 @@ class Applying:
         self.applied += changes
         return ApplyResult(written=len(changes))
 
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        pass
+
 
 class DeadLetters:
     def close(self) -> None:
@@ -111,6 +116,7 @@ def test_age_is_the_tops_clock_and_a_site_leaves_with_its_partitions(take_away: 
         limiter=RateLimiter(None, None),
         policy=WindowPolicy(call_size=10, wait=0.01, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(registry, clock=lambda: now[0]),
+        availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
     )
     thread = threading.Thread(target=loop.run, name="top-consumer-under-test")
     thread.start()
