@@ -698,7 +698,14 @@ def _object_counts(**defaults: int) -> Callable[[F], F]:
 
 
 @cli.command("sim")
-@click.option("--site", required=True, help="Site name; also the clouds.yaml cloud name.")
+@click.option(
+    "--site",
+    "sites",
+    required=True,
+    multiple=True,
+    help="Site name; also the clouds.yaml cloud name. Repeat it to serve several sites from "
+    "this process, the i-th on PORT+i (any free port each when PORT is 0) with seed SEED+i.",
+)
 @click.option("--listen", default="127.0.0.1:8600", show_default=True, metavar="HOST:PORT")
 @_object_counts(servers=1000, volumes=1000, ports=1000)
 @click.option("--networks", type=click.IntRange(0), help="[default: ports/50, at least 1]")
@@ -739,11 +746,11 @@ def _object_counts(**defaults: int) -> Callable[[F], F]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Add this site to a clouds.yaml, so openstack.connect(cloud=SITE) reaches it.",
 )
-def sim(site: str, listen: str, clouds_yaml: Path | None, **options: Any) -> None:
-    """Serve a simulated OpenStack site (Keystone, Nova, Cinder, Neutron) until SIGTERM."""
+def sim(sites: tuple[str, ...], listen: str, clouds_yaml: Path | None, **options: Any) -> None:
+    """Serve simulated OpenStack sites (Keystone, Nova, Cinder, Neutron) until SIGTERM."""
     from connector.dev.sim import run_sim
 
-    run_sim(site, listen, clouds_yaml=clouds_yaml, echo=click.echo, **options)
+    run_sim(sites, listen, clouds_yaml=clouds_yaml, echo=click.echo, **options)
 
 
 @cli.command("demo")

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -35,8 +36,8 @@ from connector.kafka.lease import Lease
 from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.records.model import INSTANCE_HEADER, DetailValue
+from connector.site.backoff import backoff_delay
 from connector.site.heartbeat import Health
-from connector.site.poller import backoff_delay
 from connector.site.restore import Restored, TopicFollower
 from connector.site.site_metrics import SiteMetrics
 from connector.site.startup import Stopped, until_kafka_answers
@@ -73,30 +74,17 @@ def instance_id(site: SiteSettings) -> str:
     return site.instance_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_site_producer(
-    settings: Settings,
-    on_failure: Callable[[TransactionFailed], None],
-    on_error: Callable[[str], None] | None = None,
-) -> TransactionalProducer:
-    """The site's transactional producer (id: the site topic's name), every message headed
-    with this instance's id. Opening it fences the site's previous producer."""
-    site = _site_name(settings)
-    return TransactionalProducer(
-        settings.kafka,
-        site_topic(settings.kafka.topic_prefix, site),
-        {INSTANCE_HEADER: instance_id(settings.site).encode()},
-        on_failure,
-        on_error=on_error,
-    )
-
-
 class Election:
     """One process's part in its site's election; `run` stands by and is active in turn."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        if not settings.site.name:
+            raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
         self.settings = settings
-        self.site = _site_name(settings)
+        self.site = settings.site.name
         self.instance = instance_id(settings.site)
+        #: what the site topic is read and written with, made once for every term
+        self.codec = codec_from_settings(settings.kafka)
         self.lease_topic = lease_topic(settings.kafka.topic_prefix, self.site)
         self.site_topic = site_topic(settings.kafka.topic_prefix, self.site)
         #: the poller's metrics, made once: each active term's poller reports into them
@@ -140,7 +128,7 @@ class Election:
         until `stop`. With `once`: one active term (LeaseUnavailable if the lease does not come
         within three lease timeouts), then return. Transient Kafka trouble is retried with
         backoff (`startup.py`), never an exit; refused credentials end the run."""
-        self._start_up(stop)
+        self.start_up(stop)
         failures = 0
         while not stop.is_set():
             try:
@@ -160,18 +148,17 @@ class Election:
             if once:
                 return
 
-    def _start_up(self, stop: threading.Event) -> None:
-        """The site topic (first: it is what the poller is for, so a principal that may not
-        write it is told about that topic), then the lease topic."""
+    def start_up(self, stop: threading.Event) -> None:
+        """Ensure the site topic (first: it is what the poller is for, so a principal that may
+        not write it is told about that topic), then the lease topic; once per process."""
         kafka = self.settings.kafka
-        self._until_kafka_answers(
-            "ensure the site topic", lambda: ensure_site_topic(kafka, self.site), stop
-        )
-        report = self._until_kafka_answers(
-            "ensure the lease topic", lambda: ensure_lease_topic(kafka, self.site), stop
-        )
-        for line in report.lines():
-            log.info("%s", line)
+        for what, ensure in (
+            ("ensure the site topic", ensure_site_topic),
+            ("ensure the lease topic", ensure_lease_topic),
+        ):
+            report = self._until_kafka_answers(what, partial(ensure, kafka, self.site), stop)
+            for line in report.lines():
+                log.info("%s", line)
 
     def _kafka_trouble(self, error: str) -> None:
         """A step failed for Kafka's sake (retried): counted, and degraded until one succeeds."""
@@ -217,23 +204,70 @@ class Election:
                     client_id=self.instance,
                 )
                 cleanup.callback(close_within, lease.close, LEASE_CLOSE, "leave the lease group")
-                # Reading the topic's partitions and marks waits for the broker: while it is
-                # down, retried with backoff, and abandoned at once on a stop.
-                follower = self._until_kafka_answers(
-                    "read the site topic",
-                    lambda: TopicFollower(
-                        self.settings.kafka,
-                        self.site_topic,
-                        codec_from_settings(self.settings.kafka),
-                        self.settings.site.kinds,
-                    ),
-                    stop,
-                    discard=TopicFollower.close,
-                )
+                follower = self._follower(stop)
                 cleanup.callback(follower.close)
                 follower.follow(FOLLOW_INTERVAL)
                 if self._stand_by(lease, stop, once):
                     self._be_active(lease, follower, stop, once, make_active)
+
+    def take_over(self, stop: threading.Event) -> tuple[TransactionalProducer, Restored]:
+        """What a term does before its poller runs, without the lease: for a poller that does
+        not contend (tests, benchmarks). Call `start_up` first. The producer's failures are
+        left to its `flush` to raise."""
+        follower = self._follower(stop)
+        try:
+            producer = self._open_producer(lambda _failure: None, stop)
+            self._read_to_end(follower, stop)
+        finally:
+            follower.close()
+        return producer, follower.restored
+
+    def _follower(self, stop: threading.Event) -> TopicFollower:
+        """The site topic's follower; reading its partitions and marks waits for the broker:
+        while it is down, retried with backoff, and abandoned at once on a stop."""
+        return self._until_kafka_answers(
+            "read the site topic",
+            lambda: TopicFollower(
+                self.settings.kafka, self.site_topic, self.codec, self.settings.site.kinds
+            ),
+            stop,
+            discard=TopicFollower.close,
+        )
+
+    def _open_producer(
+        self, on_failure: Callable[[TransactionFailed], None], halt: threading.Event
+    ) -> TransactionalProducer:
+        """The site's transactional producer (id: the site topic's name), every message headed
+        with this instance's id. Opening it fences the site's previous producer, which waits
+        for the transaction coordinator (loading after a broker restart, say): retried while
+        Kafka fails it, given up on `halt`; an abandoned producer has nothing queued and is
+        dropped when its call returns."""
+        return self._until_kafka_answers(
+            "open the producer",
+            lambda: TransactionalProducer(
+                self.settings.kafka,
+                self.site_topic,
+                {INSTANCE_HEADER: self.instance.encode()},
+                on_failure,
+                on_error=self._producer_error,
+            ),
+            halt,
+        )
+
+    def _producer_error(self, error: str) -> None:
+        """The producer's client errors (brokers out of reach): the term's poller is degraded
+        by them, or, while no poller runs, the election."""
+        active = self._active
+        if active is not None:
+            active.health.kafka_failed(error)
+        else:
+            self._kafka_trouble(error)
+
+    def _read_to_end(self, follower: TopicFollower, halt: threading.Event) -> None:
+        """Read the site topic to its end. Only once the previous producer is fenced and its
+        last transaction ended is that end everything it will ever have published."""
+        if not follower.catch_up(halt=halt):
+            raise Stopped("the term ended while reading the site topic")
 
     def _stand_by(self, lease: Lease, stop: threading.Event, once: bool) -> bool:
         """Poll the lease until it is held (True) or `stop` is set (False)."""
@@ -259,7 +293,6 @@ class Election:
     ) -> None:
         """One term: fence, read what is new, run the poller until the term ends; a failed or
         fenced transaction ends it quietly (a standby again), other errors propagate."""
-        started = time.monotonic()
         log.info("%s: holds the lease of site %s, taking over", self.instance, self.site)
         # Set when the term must end: stop, the lease lost, the producer fenced or failed.
         term = threading.Event()
@@ -273,45 +306,10 @@ class Election:
             failed.append(failure)
             term.set()
 
-        def on_error(error: str) -> None:
-            # The producer's client errors (brokers out of reach): the term's poller is
-            # degraded by them, or, while the term starts, the election.
-            active = self._active
-            if active is not None:
-                active.health.kafka_failed(error)
-            else:
-                self._kafka_trouble(error)
-
         lost = False
         self._starting = True
         try:
-            follower.stop_following()
-            followed = follower.restored.messages
-            # Fencing waits for the transaction coordinator (loading after a broker restart,
-            # say): retried while Kafka fails it, given up when the term ends (stop, lease lost);
-            # an abandoned producer has nothing queued and is dropped when its call returns.
-            producer = self._until_kafka_answers(
-                "open the producer",
-                lambda: open_site_producer(self.settings, on_failure, on_error),
-                term,
-            )
-            # Only now, with the previous producer fenced and its last transaction ended, is
-            # the end of the topic the end of everything it will ever have published.
-            if not follower.catch_up(halt=term):
-                raise Stopped("the term ended while reading the site topic")
-            active = make_active(producer, follower.restored)
-            self._active = active
-            self._starting = False
-            self.metrics.active.labels(self.site).set(1)
-            log.info(
-                "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
-                "site topic read as a standby, %d after)",
-                self.instance,
-                self.site,
-                time.monotonic() - started,
-                followed,
-                follower.restored.messages - followed,
-            )
+            active = self._start_term(follower, term, on_failure, make_active)
             active.run(term, once)
             lost = term.is_set() and not stop.is_set() and not failed
         except TransactionFailed as exc:
@@ -336,6 +334,35 @@ class Election:
             raise LeaseUnavailable(f"lost the lease of site {self.site} during --once")
         if lost:
             log.warning("%s: lost the lease of site %s, standing by", self.instance, self.site)
+
+    def _start_term(
+        self,
+        follower: TopicFollower,
+        term: threading.Event,
+        on_failure: Callable[[TransactionFailed], None],
+        make_active: Callable[[TransactionalProducer, Restored], Active],
+    ) -> Active:
+        """Fence the previous producer, read what is new in the site topic, make the term's
+        poller; Stopped when the term ends first."""
+        started = time.monotonic()
+        follower.stop_following()
+        followed = follower.restored.messages
+        producer = self._open_producer(on_failure, term)
+        self._read_to_end(follower, term)
+        active = make_active(producer, follower.restored)
+        self._active = active
+        self._starting = False
+        self.metrics.active.labels(self.site).set(1)
+        log.info(
+            "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
+            "site topic read as a standby, %d after)",
+            self.instance,
+            self.site,
+            time.monotonic() - started,
+            followed,
+            follower.restored.messages - followed,
+        )
+        return active
 
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
         """End the term when `stop` is set or the lease is lost. A lease in doubt (this
@@ -382,9 +409,3 @@ def close_within(close: Callable[[], None], seconds: float, what: str) -> None:
     thread.join(seconds)
     if thread.is_alive():
         log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)
-
-
-def _site_name(settings: Settings) -> str:
-    if not settings.site.name:
-        raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
-    return settings.site.name

@@ -1,11 +1,12 @@
 """The top consumer loop: read every site topic, coalesce per site, apply fairly, then commit.
 
 One thread drives everything, and it never stops polling. What it reads goes into its site's
-filling window (the last change per key); `closing.WindowCloser` says when a window closes. A
-closed window drops what the top layer already holds (see `window.Applied`), then goes out in
-sink calls the rate limit allows, each call's room shared between sites by `FairShare`. Once all
-of a window is applied and its dead letters delivered, exactly its offsets are committed through
-`offsets.Offsets`, which owns what the group committed.
+filling window (the last change per key) in `sites.Sites`, which also judges each site's
+availability from its heartbeats; `closing.WindowCloser` says when a window closes. A closed
+window drops what the top layer already holds (`window.Applied`), then goes out in sink calls
+the rate limit allows (`pacing.CallPacer`), each call's room shared between sites by
+`FairShare`. Once all of a window is applied and its dead letters delivered, exactly its offsets
+are committed through `offsets.Offsets`, which owns what the group committed.
 
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
@@ -26,6 +27,7 @@ from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change
 from connector.sinks.base import Sink, SinkBackpressureError
+from connector.top.availability import Availability
 from connector.top.closing import WindowCloser, WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterDelivery
@@ -39,8 +41,9 @@ from connector.top.window import Applied, Pending, SiteQueue, Taken, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: Turns one consumed Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[Message], Change]
+#: Turns one consumed Kafka message of the topic of a site (the second argument) into a Change;
+#: raises DecodeError for whatever cannot be one, WrongSiteError for another site's message.
+Decoder = Callable[[Message, str], Change]
 
 #: How long to wait before reading again what needed an unanswering schema registry, and before
 #: retrying dead letters that could not be delivered.
@@ -65,6 +68,7 @@ class TopConsumer:
         limiter: RateLimiter,
         policy: WindowPolicy,
         metrics: ConsumerMetrics,
+        availability: Availability,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -78,11 +82,10 @@ class TopConsumer:
         self._closer = WindowCloser(consumer, policy, limiter.max_rate, metrics)
         self._offsets = Offsets(consumer, pattern, metrics)
         self._pacer = CallPacer(limiter, metrics)
-        self._sites = Sites(topic_prefix)
+        self._sites = Sites(topic_prefix, availability, metrics)
         self._applied = Applied()
         self.max_pending = 0  #: the most keys pending at once (over all sites)
         self.assign_events = 0  #: rebalances that gave this member partitions
-        self._over_cap = False
         self._stop = threading.Event()
         self.last_poll = time.monotonic()
 
@@ -120,11 +123,12 @@ class TopConsumer:
         if ready and hold > 0:
             self._pacer.waited(self.last_poll - started, since=now)
         self._take(messages)
+        self._sites.judge(self._sink, waited=self.last_poll - started)
         if self._sites.ready and self._pacer.may_call(reading=bool(messages)):
             self._call()
         self._finish_windows()
         self._enforce_cap()
-        self._sites.publish(self._metrics)
+        self._sites.publish()
         idle = not messages and not self._sites.busy
         if idle:
             self._offsets.commit_past_markers()
@@ -143,10 +147,10 @@ class TopConsumer:
                 continue
             q = self._sites.queue(topic)
             try:
-                change = self._decode(msg)
+                change = self._decode(msg, q.site)
             except DecodeError as exc:
                 q.filling.read(tp, offset, now)
-                q.filling.dead(DeadLetter.of(msg, "decode", str(exc)))
+                q.filling.dead(DeadLetter.of(msg, exc.category, str(exc)))
                 continue
             except RegistryError as exc:
                 # The bytes may be fine; the registry is not. Read this partition again from
@@ -163,7 +167,7 @@ class TopConsumer:
                 continue
             q.filling.read(tp, offset, now)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
-            q.put(entry, self._applied.get(tp, change.key))
+            self._sites.put(q, entry, self._applied.get(tp, change.key))
 
     def _call(self) -> None:
         """One sink call: each site with changes ready gets its fair share of the room."""
@@ -183,16 +187,13 @@ class TopConsumer:
             self._pacer.back_off(exc.retry_after)
             return
         self._pacer.applied(len(entries), started)
-        self._metrics.batches.labels("applied").inc()
-        self._metrics.rows_applied.inc(result.written)
+        self._metrics.call_applied(result.written, (e.change for e in entries))
         refused = {change.key: reason for change, reason in result.rejected}
         self._settle(taken, refused)
         self._applied.remember(e for e in entries if e.change.key not in refused)
-        self._metrics.heartbeats_in(e.change for e in entries)
 
     def _settle(self, taken: list[tuple[SiteQueue, Taken]], refused: Mapping[str, str]) -> None:
-        """Move each closed window's cursor past what a call took (applied, or left out), and
-        dead-letter what the sink `refused` (key -> why)."""
+        """Settle what a call took (see `SiteQueue.settle`); the sink `refused` key -> why."""
         for q, part in taken:
             q.settle(part, refused)
             self._metrics.coalesced.inc(len(part.replaced))
@@ -221,9 +222,8 @@ class TopConsumer:
         """Pause the partitions of the sites `Sites.over_cap` holds; resume the others."""
         total, held = self._sites.over_cap(self._policy.max_pending_keys)
         self.max_pending = max(self.max_pending, total)
-        if held or self._over_cap:
+        if held is not None:
             self._consumer.hold({tp for tp in self._offsets.assigned if tp[0] in held})
-        self._over_cap = bool(held)
 
     def _on_assign(self, partitions: list[Partition]) -> None:
         self.assign_events += 1
@@ -238,7 +238,7 @@ class TopConsumer:
         self._forget(partitions)
 
     def _forget(self, partitions: list[Partition]) -> None:
-        self._sites.drop(partitions)
+        self._sites.drop(partitions, still_assigned=self._offsets.assigned)
         self._applied.forget(partitions)
         self._closer.forget(partitions)
 

@@ -55,7 +55,9 @@ class Pending:
 
 
 class Applied:
-    """Per partition and key, the fingerprint of the change last applied. A partition revoked or
+    """Per partition and key, the fingerprint of the change last applied. A deleted key is
+    dropped (its memory would grow with every object a site ever had; a second tombstone of it
+    is written again, which the sink's sequence check makes harmless). A partition revoked or
     lost is forgotten, so its next owner (or this member, assigned it again) writes its first
     change for every key."""
 
@@ -68,7 +70,13 @@ class Applied:
 
     def remember(self, entries: Iterable[Pending]) -> None:
         for entry in entries:
-            self._by_partition.setdefault(entry.partition, {})[entry.change.key] = entry.fingerprint
+            if isinstance(entry.change, Deletion):
+                known = self._by_partition.get(entry.partition)
+                if known is not None:
+                    known.pop(entry.change.key, None)
+            else:
+                keys = self._by_partition.setdefault(entry.partition, {})
+                keys[entry.change.key] = entry.fingerprint
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:
@@ -215,16 +223,6 @@ class SiteQueue:
     def busy(self) -> bool:
         """Something read is not yet committed: a window filling, or one being applied."""
         return self.filling.opened is not None or self.closed is not None
-
-    def put(self, entry: Pending, applied: int | None) -> None:
-        """Put `entry`, just read, in the filling window (see `Window.put`); a heartbeat tells
-        how often the site polls."""
-        change = entry.change
-        if isinstance(change, StatusRecord) and change.is_heartbeat:
-            interval = change.details.get("poll.interval")
-            if isinstance(interval, int | float) and interval > 0:
-                self.poll_interval = float(interval)
-        self.filling.put(entry, applied)
 
     def oldest(self) -> float | None:
         """Monotonic time the oldest pending change was read, or None."""

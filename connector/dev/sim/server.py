@@ -4,7 +4,8 @@ One port serves everything: Keystone under `/identity` (and discovery at `/`), N
 `/compute`, Cinder under `/volume`, Neutron under `/networking`, the control API under `/_sim/`.
 The stdlib threading HTTP server with keep-alive meets the scale figures in docs/sim.md, so the
 sim needs no web framework. `start_sim` runs a site on a background thread (tests, the demo);
-`run_sim` runs one in the foreground until SIGTERM or SIGINT (`cascade-connector sim`).
+`run_sim` runs one or many in the foreground until SIGTERM or SIGINT (`cascade-connector sim`),
+each site on its own port.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -329,44 +331,67 @@ def start_sim(
 
 
 def run_sim(
-    site: str,
+    sites: Sequence[str],
     listen: str,
     *,
     clouds_yaml: Path | None = None,
     echo: Callable[[str], None] = print,
+    seed: int = 0,
     **options: Any,
 ) -> None:
-    """`cascade-connector sim`: serve a site in the foreground until SIGTERM or SIGINT.
+    """`cascade-connector sim`: serve one or more sites in the foreground until SIGTERM or
+    SIGINT.
 
-    `listen` is `HOST:PORT`; `options` are `start_sim`'s keywords. Writes the site's
-    clouds.yaml entry to `clouds_yaml` when given.
+    `listen` is `HOST:PORT`. Every site is a whole site of its own (its own Keystone, catalog,
+    state and port) that shares only this process: the i-th listens on PORT+i (or on a port the
+    kernel picks when PORT is 0) with seed `seed`+i, so 100 sites fit a small machine without
+    100 interpreters. `options` are `start_sim`'s keywords, the same for every site. Writes the
+    sites' clouds.yaml entries to `clouds_yaml` when given, once every site answers.
     """
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         raise SimError(f"--listen expects HOST:PORT, got {listen!r}")
+    if not sites or len(set(sites)) != len(sites):
+        raise SimError(f"--site names must be given and distinct, got {list(sites)}")
     stop = threading.Event()
     port = int(port_text)
-    with stop_on_signals(stop.set), start_sim(site, host=host, port=port, **options) as sim:
+    with stop_on_signals(stop.set), ExitStack() as running:
+        sims = [
+            running.enter_context(
+                start_sim(site, host=host, port=port + i if port else 0, seed=seed + i, **options)
+            )
+            for i, site in enumerate(sites)
+        ]
         # The population lives as long as the process: keep the collector from rescanning
         # it, which otherwise stalls a page now and then by tens of milliseconds.
         gc.freeze()
         if clouds_yaml is not None:
-            sim.write_clouds_yaml(clouds_yaml)
-            echo(f"wrote cloud {site!r} to {clouds_yaml}")
-        echo(f"site {site} serving on {sim.url} (auth_url {sim.auth_url}); {sim.site.counts()}")
+            write_clouds(clouds_yaml, {sim.cloud: sim.clouds_yaml_entry() for sim in sims})
+            echo(f"wrote {len(sims)} cloud(s) to {clouds_yaml}")
+        for sim in sims:
+            echo(
+                f"site {sim.cloud} serving on {sim.url} (auth_url {sim.auth_url}); "
+                f"{sim.site.counts()}"
+            )
         stop.wait()
-        echo(f"site {site} stopping")
+        echo(f"{len(sims)} site(s) stopping")
 
 
 def write_clouds_yaml(path: Path, cloud: str, entry: dict[str, Any]) -> Path:
     """Set `clouds.<cloud>` in the clouds.yaml at `path` (created if missing), atomically."""
+    return write_clouds(path, {cloud: entry})
+
+
+def write_clouds(path: Path, entries: Mapping[str, dict[str, Any]]) -> Path:
+    """Set `clouds.<name>` for every entry in the clouds.yaml at `path` (created if missing),
+    keeping the other clouds, in one atomic write."""
     try:
         existing = yaml.safe_load(path.read_text()) if path.exists() else None
     except (OSError, yaml.YAMLError) as exc:
         raise SimError(f"cannot read {path}: {exc}") from exc
     doc = existing if isinstance(existing, dict) else {}
     clouds = doc.get("clouds")
-    doc["clouds"] = {**(clouds if isinstance(clouds, dict) else {}), cloud: entry}
+    doc["clouds"] = {**(clouds if isinstance(clouds, dict) else {}), **entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
