@@ -2,8 +2,8 @@
 
 `GroupConsumer` is the protocol the loop, its offsets (`offsets.Offsets`) and its window-closing
 policy (`closing.WindowCloser`) are written against; `connector.kafka.group_consumer.Consumer`
-is the one used in production, and tests/support/group.py fakes it so the loop's rules have unit
-tests with no broker.
+is the one used in production, and tests/support/fake_group.py fakes it so the loop's rules
+have unit tests with no broker.
 """
 
 from __future__ import annotations
