@@ -42,6 +42,9 @@ _BODY_EXCERPT = 300
 #: A Retry-After longer than this is read as this: a service asking for hours would otherwise
 #: stall the consumer without a word.
 MAX_RETRY_AFTER = 600.0
+#: A Retry-After shorter than this (0, a date already past) is read as this: taken at its word,
+#: the consumer asked again at once, in a tight loop, for as long as the service was busy.
+MIN_RETRY_AFTER = 1.0
 
 
 def change_json(change: Change) -> dict[str, Any]:
@@ -85,20 +88,22 @@ def idempotency_key(changes: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_retry_after(value: str | None, default: float, now: datetime | None = None) -> float:
-    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); `default` when
-    absent or unreadable."""
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), within
+    [MIN_RETRY_AFTER, MAX_RETRY_AFTER]; `default` when absent or unreadable."""
     if value is None:
         return default
     text = value.strip()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return min(float(text), MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(MAX_RETRY_AFTER, max(0.0, (when - (now or datetime.now(UTC))).total_seconds()))
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds))
 
 
 class HttpSink:
