@@ -161,9 +161,9 @@ def hidden(object_id: str, share: float) -> bool:
 CORRUPTIONS = ("no-id", "bad-time", "bad-status")
 #: The hostile ones (`/_sim/corrupt` with `"hostile": true`), in turn: the three above, and
 #: fields out of range: times off the calendar in UTC, a detail past 64 bits, NaN or infinite,
-#: text with a lone surrogate (a detail, the id), an id too long. Every HUGE_EVERY-th object
-#: instead carries a detail of over 1 MB (more than a Kafka message takes), rarer because each
-#: one costs a megabyte in every listing.
+#: text with a lone surrogate (a detail, the id), an id too long. One object in HUGE_EVERY (the
+#: first after a whole round of these) carries a detail of over 1 MB instead (more than a Kafka
+#: message takes), rarer because each one costs a megabyte in every listing.
 HOSTILE_CORRUPTIONS = (
     *CORRUPTIONS,
     "year-1",
@@ -233,9 +233,7 @@ class Site:
             chosen = [obj.id for obj in islice(self.live(kind), count)]
             ordered = sorted(chosen, key=lambda i: self.tables[kind].by_id[i].key)
             self.corrupt[kind] = {
-                object_id: HUGE
-                if hostile and n % HUGE_EVERY == HUGE_EVERY - 1
-                else ways[n % len(ways)]
+                object_id: HUGE if hostile and n % HUGE_EVERY == len(ways) else ways[n % len(ways)]
                 for n, object_id in enumerate(ordered)
             }
             return ordered
