@@ -52,7 +52,7 @@ from connector.sinks.sql import SqlSink, metadata, sqlalchemy_url
 from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
 from connector.site.publisher import Publisher
-from connector.site.runner import SitePoller
+from connector.site.runner import SitePoller, open_site_poller
 from connector.site.site_metrics import SiteMetrics
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -359,7 +359,7 @@ def poll_pair(bootstrap: str, prefix: str, counts: dict[str, int], rounds: int) 
             }
         )
         with collect_less():
-            poller = SitePoller(settings)
+            poller = open_site_poller(settings)
             poller.cycle(resync=True)  # publishes everything: the measured cycles publish nothing
             poller.flush()
             replay = capture(poller)

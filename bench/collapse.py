@@ -41,7 +41,7 @@ from connector.kafka.topics import ensure_site_topic
 from connector.records.codec import Codec
 from connector.records.model import Change, StatusRecord
 from connector.sinks import ApplyResult, open_sink
-from connector.sinks.base import Sink
+from connector.sinks.base import Sink, SiteAvailability
 from connector.sinks.sql import create_engine
 from connector.top.service import build_consumer
 
@@ -62,6 +62,9 @@ class Counting:
         self.handed += len(changes)
         self.written += result.written
         return result
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        self.sink.set_availability(states)
 
     def close(self) -> None:
         self.sink.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 from connector.config import load_settings
 from connector.ops.heap import collect_less
-from connector.site.runner import SitePoller
+from connector.site.runner import open_site_poller
 
 KINDS = "server,volume,port"
 
@@ -158,7 +158,7 @@ def _main() -> None:
             f"{args.ports} ports); Neutron changed_since: {args.neutron_changed_since}; "
             f"{os.cpu_count()} CPUs"
         )
-        poller = SitePoller(settings)
+        poller = open_site_poller(settings)
         _measured(url, "first resync (publishes all)", lambda: poller.cycle(resync=True))
         poller.flush()
         poller.cycle(resync=False)

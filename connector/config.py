@@ -19,7 +19,7 @@ from connector.errors import ConfigError
 
 # Each layer owns the settings of its own client; the app's settings assemble them.
 from connector.kafka.settings import KafkaSettings
-from connector.records.checks import site_name_problem
+from connector.records.checks import resolve_kind_names, site_name_problem
 from connector.redact import redact_text
 
 __all__ = ["KafkaSettings", "Settings", "load_settings"]
@@ -92,6 +92,9 @@ class SiteSettings(_Section):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the metrics server listens on: loopback unless set (`0.0.0.0` or `::` for every
+    #: interface, as a container needs for its probes and scrapes).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[0-9A-Za-z.:_-]+$")
     #: Seconds of the first retry delay after a failed poll; doubles per failure, with jitter.
     backoff_initial: float = Field(default=1.0, gt=0)
     #: Seconds the retry delay never exceeds.
@@ -129,9 +132,6 @@ class SiteSettings(_Section):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, value: list[str]) -> list[str]:
-        # Imported here: the kinds table pulls in openstacksdk, which only the poller needs.
-        from connector.site.kinds import resolve_kind_names
-
         return resolve_kind_names(value)
 
 
@@ -188,6 +188,14 @@ class ConsumerSettings(_Section):
     dead_letter_topic: str = Field(default="cascade.deadletter", pattern=r"^[A-Za-z0-9._-]+$")
     #: Port for /metrics, /readyz, /livez; 0 picks a free one; unset: no server.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the metrics server listens on: loopback unless set (`0.0.0.0` or `::` for every
+    #: interface, as a container needs for its probes and scrapes).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[0-9A-Za-z.:_-]+$")
+    #: A site is `offline` (its objects read UNKNOWN) after this many of its heartbeat
+    #: intervals without a heartbeat, by the top's clock: 3 lets one heartbeat be lost.
+    offline_after_heartbeats: int = Field(default=3, ge=2, le=1000)
+    #: A degraded or offline site is `online` again after this many good heartbeats in a row.
+    online_after_heartbeats: int = Field(default=2, ge=1, le=1000)
 
     @field_validator("site_weights")
     @classmethod

@@ -1,8 +1,10 @@
-"""The idempotent producer the site side publishes through.
+"""The idempotent producer every Kafka write goes through.
 
 Owns librdkafka's producer: safe defaults (idempotence, acks=all, compression, batching), a full
 local queue turned into waiting rather than an exception, and delivery reports handed back to the
-caller, so a failed delivery is surfaced and never dropped.
+caller, so a failed delivery is surfaced and never dropped. Given a `transactional.id`, it also
+makes librdkafka's transactional calls (guarded: they refuse a producer without one), which
+`transactions.py` wraps with its locking, retries and fencing.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Producer:
                 on_error(str(err.str()))
 
         config.setdefault("error_cb", client_error)
+        #: whether the transactional calls may be made (a `transactional.id` was given)
+        self.transactional = "transactional.id" in config
         self._settings = settings
         self._producer = new_client(confluent_kafka.Producer, config)
         self._interrupted = threading.Event()
@@ -122,13 +126,35 @@ class Producer:
                         f"stopped while the local queue was full ({len(self._producer)} queued)"
                     ) from None
                 self._producer.poll(0.1)
-        # This class's poll, not an override's: TransactionalProducer.produce calls this while
-        # holding its lock, which its poll takes too (a dispatched self.poll deadlocked there).
-        Producer.poll(self, 0)
+        self.poll(0)
 
     def interrupt(self) -> None:
         """Make a `produce` waiting on a full queue (now or later) give up: the process stops."""
         self._interrupted.set()
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether `interrupt()` was called."""
+        return self._interrupted.is_set()
+
+    def init_transactions(self, timeout: float) -> None:
+        """Register the transactional id with its coordinator, fencing its earlier producers.
+        These four calls raise librdkafka's KafkaException for `transactions.py` to read."""
+        self._transactional("init_transactions").init_transactions(timeout)
+
+    def begin_transaction(self) -> None:
+        self._transactional("begin_transaction").begin_transaction()
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._transactional("commit_transaction").commit_transaction(timeout)
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._transactional("abort_transaction").abort_transaction(timeout)
+
+    def _transactional(self, call: str) -> confluent_kafka.Producer:
+        if not self.transactional:
+            raise KafkaError(f"{call}: this producer has no transactional.id")
+        return self._producer
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery reports."""

@@ -119,10 +119,10 @@ class RetryLog:
         self._tries = 0
 
 
-class TransactionalProducer(Producer):
-    """A Producer whose messages are published in transactions under `transactional_id`.
-
-    `headers` are added to every message. Creating it fences any earlier producer of the id.
+class TransactionalProducer:
+    """Publishes keyed values in transactions under `transactional_id`, through a `Producer`
+    it owns (made with that id). `headers` are added to every message. Creating it fences any
+    earlier producer of the id.
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class TransactionalProducer(Producer):
         on_error: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
-        super().__init__(
+        self._client = Producer(
             settings,
             on_error,
             **{
@@ -153,7 +153,7 @@ class TransactionalProducer(Producer):
         self._commit_retries = RetryLog(f"commit of {transactional_id}")
         self.failure: TransactionFailed | None = None
         try:
-            self._producer.init_transactions(INIT_TIMEOUT)
+            self._client.init_transactions(INIT_TIMEOUT)
         except confluent_kafka.KafkaException as exc:
             raise KafkaError(
                 f"cannot start transactions as {transactional_id}: {exc.args[0].str()}"
@@ -162,6 +162,9 @@ class TransactionalProducer(Producer):
     def __repr__(self) -> str:
         state = "failed" if self.failure else "open" if self._open else "idle"
         return f"TransactionalProducer({self.transactional_id}, {state})"
+
+    def __len__(self) -> int:
+        return len(self._client)
 
     def produce(
         self,
@@ -181,10 +184,10 @@ class TransactionalProducer(Producer):
             if self.failure is None:
                 try:
                     if not self._open:
-                        self._producer.begin_transaction()
+                        self._client.begin_transaction()
                         self._open = True
                     every = {**self._headers, **(headers or {})}
-                    super().produce(topic, key, value, deferred, every)
+                    self._client.produce(topic, key, value, deferred, every)
                 except confluent_kafka.KafkaException as exc:
                     if not _ends_transactions(exc.args[0]):
                         raise  # about this message (too large, say), not the producer
@@ -197,7 +200,7 @@ class TransactionalProducer(Producer):
         """Serve delivery reports and commit the open transaction; a failure is reported to
         `on_failure`, not raised."""
         try:
-            self._producer.poll(timeout)
+            self._client.poll(timeout)
         except confluent_kafka.KafkaException as exc:
             with self._lock:
                 self._fail(exc.args[0])
@@ -211,27 +214,37 @@ class TransactionalProducer(Producer):
         with self._lock:
             self._commit(timeout, flushing=True)
             if self.failure is None and not self._open:
-                super().flush(timeout)
+                self._client.flush(timeout)
         self._dispatch()
         if self.failure is not None:
             raise self.failure
+
+    def interrupt(self) -> None:
+        """Make a `produce` waiting on a full queue give up, and a commit stop retrying: the
+        process stops (its bounded flush commits what it can)."""
+        self._client.interrupt()
 
     def purge(self) -> None:
         """Abort the open transaction: its messages are reported as failed."""
         with self._lock:
             if self._open and self.failure is None:
                 try:
-                    self._producer.abort_transaction(ABORT_TIMEOUT)
+                    self._client.abort_transaction(ABORT_TIMEOUT)
                     self._open = False
                 except confluent_kafka.KafkaException as exc:
                     self._fail(exc.args[0])
         try:
-            self._producer.poll(0)
+            self._client.poll(0)
         except confluent_kafka.KafkaException as exc:
             # Fenced meanwhile, say: the purge's reports are the failure's, as in poll().
             with self._lock:
                 self._fail(exc.args[0])
         self._dispatch()
+
+    def close(self) -> None:
+        """Abort the open transaction, then destroy the client (see `Producer.close`)."""
+        self.purge()
+        self._client.close()
 
     def _commit(self, timeout: float = COMMIT_DEADLINE, flushing: bool = False) -> None:
         """Commit the open transaction, retrying what librdkafka says may be retried, for up to
@@ -240,7 +253,7 @@ class TransactionalProducer(Producer):
         deadline = time.monotonic() + timeout
         while self._open and self.failure is None:
             try:
-                self._producer.commit_transaction(
+                self._client.commit_transaction(
                     max(0.1, min(COMMIT_TIMEOUT, deadline - time.monotonic()))
                 )
                 self._open = False
@@ -249,7 +262,7 @@ class TransactionalProducer(Producer):
                 err = exc.args[0]
                 if not err.retriable() or time.monotonic() >= deadline:
                     self._fail(err)
-                elif self._interrupted.is_set() and not flushing:
+                elif self._client.interrupted and not flushing:
                     return
                 else:
                     self._commit_retries.failed(err)
@@ -279,12 +292,12 @@ class TransactionalProducer(Producer):
         which may come before `error_cb` is served the cause (fenced, say); serve it briefly.
         Delivery reports served meanwhile are queued, not called. Holds the lock."""
         deadline = time.monotonic() + FATAL_CAUSE_WAIT
-        while self.fatal is None and time.monotonic() < deadline:
+        while self._client.fatal is None and time.monotonic() < deadline:
             try:
-                self._producer.poll(0.05)
+                self._client.poll(0.05)
             except confluent_kafka.KafkaException as exc:
                 return exc.args[0] if exc.args[0].code() != err.code() else err
-        return self.fatal or err
+        return self._client.fatal or err
 
     def _dispatch(self) -> None:
         """Hand queued delivery reports to their callbacks, outside the lock."""

@@ -1,4 +1,4 @@
-"""The rules a StatusRecord and a site name keep, checked on both sides of Kafka.
+"""The rules a StatusRecord, a site name and a kind name keep, checked on both sides of Kafka.
 
 The encoder refuses a record that breaks them (fastavro would otherwise turn a 70-bit integer into
 a double, or read a 2-tuple as a union hint), and the decoder refuses one that arrives broken, so a
@@ -8,9 +8,10 @@ consumer never sees a value that only looks right.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 
-from connector.records.model import HEARTBEAT_KIND, StatusRecord
+from connector.records.model import HEARTBEAT_KIND, KIND_NAMES, StatusRecord
 
 #: A site name is the first part of every key and the suffix of its Kafka topic, so it keeps to
 #: the characters a topic name allows (`connector.kafka.topics` applies Kafka's own rules).
@@ -28,6 +29,21 @@ def site_name_problem(site: str) -> str | None:
     if site in (".", ".."):
         return f"site name {site!r} is not allowed as a Kafka topic suffix"
     return None
+
+
+def resolve_kind_names(names: Iterable[str]) -> list[str]:
+    """Kind names from KIND_NAMES, in the order given; plural forms ("servers") are accepted.
+    ValueError naming the unknown one."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if name not in KIND_NAMES and name.endswith("s") and name[:-1] in KIND_NAMES:
+            name = name[:-1]
+        if name not in KIND_NAMES:
+            raise ValueError(f"unknown kind {raw!r}; known kinds: {', '.join(KIND_NAMES)}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def record_problem(record: StatusRecord, from_avro: bool = False) -> str | None:

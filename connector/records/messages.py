@@ -1,8 +1,9 @@
 """Kafka messages <-> Changes: key, value and the sequence header together.
 
 The codec sees only value bytes; here the key is checked against the value (a record whose
-site/kind/id disagree with its key is as bad as corrupt bytes), and a tombstone becomes a
-Deletion carrying the sequence from its header. The consumer, tail and the poller's restore
+site/kind/id disagree with its key is as bad as corrupt bytes) and, for the consumer, against
+the site its topic speaks for; a tombstone becomes a Deletion carrying the sequence from its
+header. The consumer, tail and the poller's restore
 all read messages through `change_from_message`; the publisher writes through `to_message`.
 This layer never imports librdkafka: a consumed message is anything with key/value/headers.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from connector.records.codec import Codec
-from connector.records.errors import DecodeError
+from connector.records.errors import DecodeError, RegistryError, WrongSiteError
 from connector.records.model import (
+    HEARTBEAT_KIND,
     INSTANCE_HEADER,
     SEQUENCE_HEADER,
     Change,
@@ -60,24 +62,54 @@ def sequence_header(sequence: int) -> tuple[str, bytes]:
     return SEQUENCE_HEADER, str(sequence).encode("ascii")
 
 
-def change_from_message(message: ReadMessage, codec: Codec) -> Change:
-    """The Change a consumed message carries; DecodeError naming the reason when its key, value
-    or sequence header is bad. `message` must not be an error event."""
+def change_from_message(message: ReadMessage, codec: Codec, site: str | None = None) -> Change:
+    """The Change a consumed message carries. `message` must not be an error event.
+
+    With `site` (the site its topic speaks for), a message about any other site, by its key
+    (value and tombstone alike) or as a heartbeat naming another site, is a WrongSiteError: one
+    site's topic can never change another site's rows. Whatever else goes wrong turning the
+    message into a change (its key, value or headers) is a DecodeError naming the reason, so no
+    message, however malformed, ends its reader; RegistryError (the registry did not answer,
+    the bytes may be fine) passes through."""
+    try:
+        return _change(message, codec, site)
+    except (DecodeError, RegistryError):
+        raise
+    except Exception as exc:
+        # A malformed message can trip any library on the way (headers of an unexpected type,
+        # a codec's own exception): it is as bad as corrupt bytes, never a reason to stop.
+        raise DecodeError(f"unreadable message: {type(exc).__name__}: {exc}") from exc
+
+
+def _change(message: ReadMessage, codec: Codec, site: str | None) -> Change:
     raw_key = message.key()
     if raw_key is None:
         raise DecodeError("message has no key")
     try:
         key = raw_key.decode("utf-8") if isinstance(raw_key, bytes) else str(raw_key)
-        site, kind, object_id = parse_key(key)
+        key_site, kind, object_id = parse_key(key)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"bad key {raw_key!r}: {exc}") from exc
+    if site is not None:
+        _check_site(key, key_site, kind, object_id, site)
     value = message.value()
     if value is None:
-        return Deletion(site, kind, object_id, _sequence(message))
+        return Deletion(key_site, kind, object_id, _sequence(message))
     record = codec.decode(value if isinstance(value, bytes) else value.encode())
     if record.key != key:
         raise DecodeError(f"key {key!r} disagrees with the value's site/kind/id {record.key!r}")
     return record
+
+
+def _check_site(key: str, key_site: str, kind: str, object_id: str, site: str) -> None:
+    """WrongSiteError unless key `key` is about `site` (a heartbeat's id is its site, too). The
+    value is checked against the key after this, so its site and id are covered as well."""
+    if key_site != site:
+        raise WrongSiteError(f"key {key!r} is about site {key_site!r}, not this topic's {site!r}")
+    if kind == HEARTBEAT_KIND and object_id != site:
+        raise WrongSiteError(
+            f"heartbeat key {key!r} names site {object_id!r}, not this topic's {site!r}"
+        )
 
 
 def instance_of(message: ReadMessage) -> str | None:

@@ -16,6 +16,10 @@ DetailValue = None | bool | int | float | str | list[str]
 #: Kind of the site heartbeat record; its id is the site name.
 HEARTBEAT_KIND = "site"
 
+#: The kinds of object a site publishes: the rows of the site's kinds table
+#: (`connector.site.kinds`), named here so that the settings can check `site.kinds` without it.
+KIND_NAMES: tuple[str, ...] = ("server", "volume", "port", "floatingip", "network", "router")
+
 #: Header carrying the per-site sequence on a tombstone (decimal ASCII), so that a sink that marks
 #: deletions can still order them against updates.
 SEQUENCE_HEADER = "cascade.sequence"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from connector.errors import ConnectorError
@@ -46,11 +47,28 @@ class ApplyResult:
     rejected: list[tuple[Change, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SiteAvailability:
+    """A site's availability as the top consumer judges it (connector/top/availability.py):
+    `online`, `degraded` (its poller reports the site's APIs failing) or `offline` (no word from
+    the site for a few heartbeat intervals), since when (the top's clock), and the state before."""
+
+    site: str
+    state: str
+    since: datetime
+    previous: str | None = None
+
+
 class Sink(Protocol):
     """Applies batches of changes to the top layer."""
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """Apply all `changes` (distinct keys) in one transaction; never regress a newer row."""
+        ...
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        """Record sites' availability changes (one per site at most), in their own call; raises
+        SinkBackpressureError when the top layer is busy (the consumer tries again later)."""
         ...
 
     def interrupt(self) -> None:

@@ -12,6 +12,8 @@ It owns the wire contract with that service (docs/sinks.md has it in full):
   exponential backoff and jitter, then become SinkBackpressureError too. All attempts and their
   backoff keep within `apply_timeout`, and a stopping consumer interrupts the backoff.
 - Any other status: SinkError naming the status and the start of the body.
+- A site's availability changes (online, degraded, offline) come as calls of their own,
+  `{"batch_id": ..., "site_states": [...]}`, with the same answers and retries.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import requests
 
 from connector.records.model import Change, Deletion
 from connector.redact import redact_text, redact_url
-from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
+from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError, SiteAvailability
 
 #: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
 BACKPRESSURE_STATUSES = frozenset({429, 503})
@@ -144,17 +146,31 @@ class HttpSink:
             sendable.append(change)
         if not body:
             return ApplyResult(written=0, rejected=rejected)
-        key = idempotency_key(body)
-        payload = json.dumps({"batch_id": key, "changes": body}, allow_nan=False)
+        result = self._result(self._deliver("changes", body, idempotency_key(body)), sendable)
+        result.rejected[:0] = rejected
+        return result
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        """POST sites' availability changes as a call of their own: `{"batch_id": ...,
+        "site_states": [{"site", "state", "since", "previous"}]}`; any 2xx is taken."""
+        body: list[dict[str, Any]] = [
+            {"site": s.site, "state": s.state, "since": s.since.isoformat(), "previous": s.previous}
+            for s in states
+        ]
+        key = idempotency_key([{"key": item["site"], **item} for item in body])
+        self._result(self._deliver("site_states", body, key), [])
+
+    def _deliver(self, field: str, body: list[dict[str, Any]], key: str) -> requests.Response:
+        """POST `{"batch_id": key, field: body}`, retrying transient failures within the
+        budget; the response to act on (backpressure when every attempt failed)."""
+        payload = json.dumps({"batch_id": key, field: body}, allow_nan=False)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         deadline = time.monotonic() + self.apply_timeout
         attempt = 0
         while True:
             failure = self._post(payload, headers, timeout=min(self.timeout, self._left(deadline)))
             if isinstance(failure, requests.Response):
-                result = self._result(failure, sendable)
-                result.rejected[:0] = rejected
-                return result
+                return failure
             if attempt >= self.retries:
                 raise SinkBackpressureError(
                     f"top-layer service at {self.safe_url} failed {attempt + 1} times, "

@@ -1,7 +1,8 @@
 """The SQL sink: applies batches to SQLite or PostgreSQL through SQLAlchemy Core, never regressing.
 
 It owns the two tables (created if missing): `resource_status`, one row per object keyed by
-(site, kind, id), and `site_heartbeat`, one row per site. Each kind of change in a batch is one
+(site, kind, id), and `site_heartbeat`, one row per site (the availability table and the view a
+top-layer reader queries are in `sql_availability`). Each kind of change in a batch is one
 upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
 psycopg 3 pipelines it), all in one transaction, each statement bounded in time (PostgreSQL's
 statement_timeout and lock_timeout, within the apply's whole budget). A row changes only when
@@ -41,7 +42,12 @@ from connector.records.model import (
     StatusRecord,
 )
 from connector.redact import redact_text
-from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError
+from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError, SiteAvailability
+from connector.sinks.sql_availability import (
+    availability_rows,
+    availability_upsert,
+    create_availability_schema,
+)
 
 OnDelete = Literal["delete", "mark"]
 
@@ -239,7 +245,7 @@ class SqlSink:
         self.engine = create_engine(url)
         try:
             with translate_errors("cannot create the sink tables", retry_after):
-                metadata.create_all(self.engine)
+                _create_tables(self.engine)
         except (SinkError, SinkBackpressureError):
             self.engine.dispose()
             raise
@@ -275,6 +281,15 @@ class SqlSink:
             )
             written, refused = self._bisect(plan.storable, applied_at, deadline)
         return ApplyResult(written=written, rejected=plan.rejected + refused)
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        """Write sites' availability (connector/sinks/sql_availability.py), in one transaction."""
+        rows = availability_rows(list(states))
+        with (
+            translate_errors("SQL sink availability write failed", self.retry_after),
+            self.engine.begin() as conn,
+        ):
+            conn.execute(availability_upsert(self.engine.dialect.name), rows)
 
     def interrupt(self) -> None:
         """Make the running (or next) apply give up at its next statement: the consumer stops."""
@@ -349,6 +364,22 @@ class SqlSink:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+#: The key of the advisory lock under which a member creates the tables (any fixed number: it
+#: only has to be the same for every member of every group writing to the database).
+_CREATE_TABLES_LOCK = 0x63617363  # "casc"
+
+
+def _create_tables(engine: sa.Engine) -> None:
+    """Create the missing tables. On PostgreSQL under a transaction-scoped advisory lock: members
+    starting together against an empty database otherwise race between "does the table exist"
+    and CREATE TABLE, and the loser fails on pg_type's unique index."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CREATE_TABLES_LOCK})
+        metadata.create_all(conn)
+        create_availability_schema(conn)
 
 
 def _rowcount(result: sa.CursorResult[Any]) -> int:

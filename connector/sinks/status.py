@@ -3,7 +3,10 @@ site's heartbeat is, and (when the consumers' metrics are given) what waits for 
 
 A site whose last heartbeat is older than `stale_after` seconds, or that has objects but never sent
 a heartbeat, is stale: its poller is down or cannot reach Kafka, so "no changes" from it means
-nothing. It reads the tables the SQL sink writes and never changes them.
+nothing. Each site's availability as the top consumer judged it (online, degraded, offline:
+connector/top/availability.py), since when, and how many of its objects read UNKNOWN for it
+come from the `site_availability` table. It reads the tables the SQL sink writes and never
+changes them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sqlalchemy as sa
 
 from connector.sinks.base import SinkError
 from connector.sinks.sql import create_engine, resource_status, site_heartbeat, translate_errors
+from connector.sinks.sql_availability import OFFLINE, site_availability
 
 #: The status shown for rows a tombstone marked deleted (`on_delete = "mark"`).
 DELETED = "(deleted)"
@@ -40,6 +44,10 @@ class SiteHealth:
     observed_at: datetime | None
     age_seconds: float | None
     stale: bool
+    #: as the top consumer judged it: online, degraded, offline; None: never judged
+    availability: str | None = None
+    availability_since: datetime | None = None
+    unknown: int = 0  #: objects that read UNKNOWN (the site is offline)
 
 
 @dataclass(frozen=True)
@@ -65,13 +73,24 @@ class StatusReport:
             [(c.site, c.kind, c.status, str(c.count)) for c in self.counts],
         )
         lines.append("")
-        header: tuple[str, ...] = ("SITE", "HEARTBEAT", "AGE", "STATE")
+        header: tuple[str, ...] = (
+            "SITE",
+            "HEARTBEAT",
+            "AGE",
+            "STATE",
+            "AVAILABILITY",
+            "SINCE",
+            "UNKNOWN",
+        )
         rows: list[tuple[str, ...]] = [
             (
                 s.site,
                 s.status or "-",
                 f"{s.age_seconds:.1f} s" if s.age_seconds is not None else "-",
                 _state(s, self.stale_after),
+                s.availability or "-",
+                s.availability_since.isoformat(timespec="seconds") if s.availability_since else "-",
+                f"{s.unknown:,}",
             )
             for s in self.sites
         ]
@@ -128,9 +147,10 @@ def read_status(
             tables = set(sa.inspect(conn).get_table_names())
             counts = _counts(conn, site) if resource_status.name in tables else []
             beats = _heartbeats(conn, site) if site_heartbeat.name in tables else {}
+            judged = _availability(conn) if site_availability.name in tables else {}
     finally:
         engine.dispose()
-    sites = sorted({c.site for c in counts} | set(beats) | set(pending or {}))
+    sites = sorted({c.site for c in counts} | set(beats) | set(judged) | set(pending or {}))
     if site is not None:
         sites = [s for s in sites if s == site]
     health = []
@@ -138,7 +158,13 @@ def read_status(
         status, observed_at = beats.get(name, (None, None))
         age = (now - observed_at).total_seconds() if observed_at is not None else None
         stale = age is None or age > stale_after
-        health.append(SiteHealth(name, status, observed_at, age, stale))
+        state, since = judged.get(name, (None, None))
+        unknown = (
+            sum(c.count for c in counts if c.site == name and c.status != DELETED)
+            if state == OFFLINE
+            else 0
+        )
+        health.append(SiteHealth(name, status, observed_at, age, stale, state, since, unknown))
     return StatusReport(counts=counts, sites=health, stale_after=stale_after, pending=pending)
 
 
@@ -155,16 +181,22 @@ def _counts(conn: sa.Connection, site: str | None) -> list[ObjectCount]:
     return [ObjectCount(r.site, r.kind, r.status, r.n) for r in conn.execute(query)]
 
 
+def _availability(conn: sa.Connection) -> dict[str, tuple[str, datetime]]:
+    av = site_availability
+    return {
+        r.site: (r.state, _utc(r.since))
+        for r in conn.execute(sa.select(av.c.site, av.c.state, av.c.since))
+    }
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the sink stored them in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _heartbeats(conn: sa.Connection, site: str | None) -> dict[str, tuple[str | None, datetime]]:
     hb = site_heartbeat
     query = sa.select(hb.c.site, hb.c.status, hb.c.observed_at)
     if site is not None:
         query = query.where(hb.c.site == site)
-    # SQLite hands back naive datetimes; the sink stored them in UTC.
-    return {
-        r.site: (
-            r.status,
-            r.observed_at if r.observed_at.tzinfo else r.observed_at.replace(tzinfo=UTC),
-        )
-        for r in conn.execute(query)
-    }
+    return {r.site: (r.status, _utc(r.observed_at)) for r in conn.execute(query)}

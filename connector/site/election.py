@@ -24,7 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Protocol, TypeVar
+from functools import partial
+from typing import Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -35,8 +36,8 @@ from connector.kafka.lease import Lease
 from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.records.model import INSTANCE_HEADER, DetailValue
+from connector.site.backoff import backoff_delay
 from connector.site.heartbeat import Health
-from connector.site.poller import backoff_delay
 from connector.site.restore import Restored, TopicFollower
 from connector.site.site_metrics import SiteMetrics
 from connector.site.startup import Stopped, until_kafka_answers
@@ -54,6 +55,11 @@ IN_DOUBT_LEASES = 3
 #: Seconds leaving the lease group may take before it is left to finish on its own thread: with
 #: the broker down librdkafka's close waits for it far longer than a stop may (10 s in all).
 LEASE_CLOSE = 2.0
+LEASE_LEAVE = "leave the lease group"
+#: Heartbeats a standby sees missed from its site before it suspects its lease client (`_stand_by`).
+LEASE_STALL_HEARTBEATS = 6
+#: Seconds a standby's last read of the site topic may be old and still count as Kafka answering.
+LEASE_STALL_READ = 10.0
 
 
 class LeaseUnavailable(ConnectorError):
@@ -73,30 +79,17 @@ def instance_id(site: SiteSettings) -> str:
     return site.instance_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_site_producer(
-    settings: Settings,
-    on_failure: Callable[[TransactionFailed], None],
-    on_error: Callable[[str], None] | None = None,
-) -> TransactionalProducer:
-    """The site's transactional producer (id: the site topic's name), every message headed
-    with this instance's id. Opening it fences the site's previous producer."""
-    site = _site_name(settings)
-    return TransactionalProducer(
-        settings.kafka,
-        site_topic(settings.kafka.topic_prefix, site),
-        {INSTANCE_HEADER: instance_id(settings.site).encode()},
-        on_failure,
-        on_error=on_error,
-    )
-
-
 class Election:
     """One process's part in its site's election; `run` stands by and is active in turn."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        if not settings.site.name:
+            raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
         self.settings = settings
-        self.site = _site_name(settings)
+        self.site = settings.site.name
         self.instance = instance_id(settings.site)
+        #: what the site topic is read and written with, made once for every term
+        self.codec = codec_from_settings(settings.kafka)
         self.lease_topic = lease_topic(settings.kafka.topic_prefix, self.site)
         self.site_topic = site_topic(settings.kafka.topic_prefix, self.site)
         #: the poller's metrics, made once: each active term's poller reports into them
@@ -107,6 +100,8 @@ class Election:
         #: the last Kafka error of a step outside an active term, until a step succeeds
         self._kafka_error: str | None = None
         self._error: ConnectorError | None = None
+        #: why this standby suspects its lease client (see `_stand_by`), until it is not
+        self._stalled: str | None = None
         self.metrics.active.labels(self.site).set(0)
 
     def __repr__(self) -> str:
@@ -126,7 +121,10 @@ class Election:
             error = self._kafka_error
             if error is not None:
                 details["kafka.error"] = error
-            return error is None, details
+            stalled = self._stalled
+            if stalled is not None:
+                details["lease.stalled"] = stalled
+            return error is None and stalled is None, details
         healthy, details = active.health.snapshot()
         return healthy, {"role": "active", "instance": self.instance, **details}
 
@@ -140,7 +138,7 @@ class Election:
         until `stop`. With `once`: one active term (LeaseUnavailable if the lease does not come
         within three lease timeouts), then return. Transient Kafka trouble is retried with
         backoff (`startup.py`), never an exit; refused credentials end the run."""
-        self._start_up(stop)
+        self.start_up(stop)
         failures = 0
         while not stop.is_set():
             try:
@@ -160,18 +158,17 @@ class Election:
             if once:
                 return
 
-    def _start_up(self, stop: threading.Event) -> None:
-        """The site topic (first: it is what the poller is for, so a principal that may not
-        write it is told about that topic), then the lease topic."""
+    def start_up(self, stop: threading.Event) -> None:
+        """Ensure the site topic (first: it is what the poller is for, so a principal that may
+        not write it is told about that topic), then the lease topic; once per process."""
         kafka = self.settings.kafka
-        self._until_kafka_answers(
-            "ensure the site topic", lambda: ensure_site_topic(kafka, self.site), stop
-        )
-        report = self._until_kafka_answers(
-            "ensure the lease topic", lambda: ensure_lease_topic(kafka, self.site), stop
-        )
-        for line in report.lines():
-            log.info("%s", line)
+        for what, ensure in (
+            ("ensure the site topic", ensure_site_topic),
+            ("ensure the lease topic", ensure_lease_topic),
+        ):
+            report = self._until_kafka_answers(what, partial(ensure, kafka, self.site), stop)
+            for line in report.lines():
+                log.info("%s", line)
 
     def _kafka_trouble(self, error: str) -> None:
         """A step failed for Kafka's sake (retried): counted, and degraded until one succeeds."""
@@ -206,48 +203,135 @@ class Election:
         once: bool,
         make_active: Callable[[TransactionalProducer, Restored], Active],
     ) -> None:
-        """One turn: stand by until the lease comes, then one active term."""
+        """One turn: stand by until the lease comes, then one active term. A standby that sees
+        its site silent while Kafka answers rejoins the lease group with a new client."""
         if not stop.is_set():
             with ExitStack() as cleanup:
-                lease = Lease(
-                    self.settings.kafka,
-                    self.lease_topic,
-                    self.lease_topic,
-                    self.settings.site.lease_timeout,
-                    client_id=self.instance,
-                )
-                cleanup.callback(close_within, lease.close, LEASE_CLOSE, "leave the lease group")
-                # Reading the topic's partitions and marks waits for the broker: while it is
-                # down, retried with backoff, and abandoned at once on a stop.
-                follower = self._until_kafka_answers(
-                    "read the site topic",
-                    lambda: TopicFollower(
-                        self.settings.kafka,
-                        self.site_topic,
-                        codec_from_settings(self.settings.kafka),
-                        self.settings.site.kinds,
-                    ),
-                    stop,
-                    discard=TopicFollower.close,
-                )
+                lease = self._join_lease()
+                # A lambda, not lease.close itself: it closes whichever client is current then.
+                cleanup.callback(lambda: close_within(lease.close, LEASE_CLOSE, LEASE_LEAVE))
+                follower = self._follower(stop)
                 cleanup.callback(follower.close)
                 follower.follow(FOLLOW_INTERVAL)
-                if self._stand_by(lease, stop, once):
+                while (outcome := self._stand_by(lease, follower, stop, once)) == "rejoin":
+                    close_within(lease.close, LEASE_CLOSE, LEASE_LEAVE)
+                    lease = self._join_lease()
+                if outcome == "held":
                     self._be_active(lease, follower, stop, once, make_active)
 
-    def _stand_by(self, lease: Lease, stop: threading.Event, once: bool) -> bool:
-        """Poll the lease until it is held (True) or `stop` is set (False)."""
+    def _join_lease(self) -> Lease:
+        return Lease(
+            self.settings.kafka,
+            self.lease_topic,
+            self.lease_topic,
+            self.settings.site.lease_timeout,
+            client_id=self.instance,
+        )
+
+    def take_over(self, stop: threading.Event) -> tuple[TransactionalProducer, Restored]:
+        """What a term does before its poller runs, without the lease: for a poller that does
+        not contend (tests, benchmarks). Call `start_up` first. The producer's failures are
+        left to its `flush` to raise."""
+        follower = self._follower(stop)
+        try:
+            producer = self._open_producer(lambda _failure: None, stop)
+            self._read_to_end(follower, stop)
+        finally:
+            follower.close()
+        return producer, follower.restored
+
+    def _follower(self, stop: threading.Event) -> TopicFollower:
+        """The site topic's follower; reading its partitions and marks waits for the broker:
+        while it is down, retried with backoff, and abandoned at once on a stop."""
+        return self._until_kafka_answers(
+            "read the site topic",
+            lambda: TopicFollower(
+                self.settings.kafka, self.site_topic, self.codec, self.settings.site.kinds
+            ),
+            stop,
+            discard=TopicFollower.close,
+        )
+
+    def _open_producer(
+        self, on_failure: Callable[[TransactionFailed], None], halt: threading.Event
+    ) -> TransactionalProducer:
+        """The site's transactional producer (id: the site topic's name), every message headed
+        with this instance's id. Opening it fences the site's previous producer, which waits
+        for the transaction coordinator (loading after a broker restart, say): retried while
+        Kafka fails it, given up on `halt`; an abandoned producer has nothing queued and is
+        dropped when its call returns."""
+        return self._until_kafka_answers(
+            "open the producer",
+            lambda: TransactionalProducer(
+                self.settings.kafka,
+                self.site_topic,
+                {INSTANCE_HEADER: self.instance.encode()},
+                on_failure,
+                on_error=self._producer_error,
+            ),
+            halt,
+        )
+
+    def _producer_error(self, error: str) -> None:
+        """The producer's client errors (brokers out of reach): the term's poller is degraded
+        by them, or, while no poller runs, the election."""
+        active = self._active
+        if active is not None:
+            active.health.kafka_failed(error)
+        else:
+            self._kafka_trouble(error)
+
+    def _read_to_end(self, follower: TopicFollower, halt: threading.Event) -> None:
+        """Read the site topic to its end. Only once the previous producer is fenced and its
+        last transaction ended is that end everything it will ever have published."""
+        if not follower.catch_up(halt=halt):
+            raise Stopped("the term ended while reading the site topic")
+
+    def _stand_by(
+        self, lease: Lease, follower: TopicFollower, stop: threading.Event, once: bool
+    ) -> Literal["held", "stopped", "rejoin"]:
+        """Poll the lease until it is held or `stop` is set; "rejoin" when no poller of the site
+        has published for `stall_after()` seconds while the site topic reads to its end: no
+        instance publishes, and this one has not been given the lease (a group client stuck
+        without an assignment, as librdkafka has had bugs of; or a member of the lease group
+        that holds the lease and does not poll). Counted, said by /readyz until a message or
+        the lease comes."""
         log.info("%s: standby for site %s (lease %s)", self.instance, self.site, self.lease_topic)
-        deadline = time.monotonic() + 3 * self.settings.site.lease_timeout
+        began = time.monotonic()
+        deadline = began + 3 * self.settings.site.lease_timeout
+        stall_after = self.stall_after()
         while not stop.is_set():
             if lease.poll(LEASE_POLL):
-                return True
-            if once and time.monotonic() > deadline:
+                self._stalled = None
+                return "held"
+            now = time.monotonic()
+            if once and now > deadline:
                 raise LeaseUnavailable(
                     f"another poller of site {self.site} holds its lease ({self.lease_topic}); "
                     "--once runs only when none is active"
                 )
-        return False
+            silent = now - follower.last_message_at
+            answered = follower.reached_end_at is not None and follower.reached_end_at > now - (
+                FOLLOW_INTERVAL + LEASE_STALL_READ
+            )
+            if silent < stall_after:
+                self._stalled = None
+            elif answered and now - began >= stall_after:
+                self._stalled = (
+                    f"no poller of site {self.site} has published for {silent:.0f} s while "
+                    f"Kafka answers, and this standby has not been given the lease"
+                )
+                log.warning("%s: %s: rejoining the lease group", self.instance, self._stalled)
+                self.metrics.lease_rejoins.labels(self.site).inc()
+                return "rejoin"
+        return "stopped"
+
+    def stall_after(self) -> float:
+        """Seconds of a silent site topic after which a standby rejoins the lease group: six
+        heartbeats of an active poller missed, and never less than three lease timeouts (a
+        take-over's own gap)."""
+        site = self.settings.site
+        return max(LEASE_STALL_HEARTBEATS * site.heartbeat_interval, 3 * site.lease_timeout)
 
     def _be_active(
         self,
@@ -259,7 +343,6 @@ class Election:
     ) -> None:
         """One term: fence, read what is new, run the poller until the term ends; a failed or
         fenced transaction ends it quietly (a standby again), other errors propagate."""
-        started = time.monotonic()
         log.info("%s: holds the lease of site %s, taking over", self.instance, self.site)
         # Set when the term must end: stop, the lease lost, the producer fenced or failed.
         term = threading.Event()
@@ -273,45 +356,10 @@ class Election:
             failed.append(failure)
             term.set()
 
-        def on_error(error: str) -> None:
-            # The producer's client errors (brokers out of reach): the term's poller is
-            # degraded by them, or, while the term starts, the election.
-            active = self._active
-            if active is not None:
-                active.health.kafka_failed(error)
-            else:
-                self._kafka_trouble(error)
-
         lost = False
         self._starting = True
         try:
-            follower.stop_following()
-            followed = follower.restored.messages
-            # Fencing waits for the transaction coordinator (loading after a broker restart,
-            # say): retried while Kafka fails it, given up when the term ends (stop, lease lost);
-            # an abandoned producer has nothing queued and is dropped when its call returns.
-            producer = self._until_kafka_answers(
-                "open the producer",
-                lambda: open_site_producer(self.settings, on_failure, on_error),
-                term,
-            )
-            # Only now, with the previous producer fenced and its last transaction ended, is
-            # the end of the topic the end of everything it will ever have published.
-            if not follower.catch_up(halt=term):
-                raise Stopped("the term ended while reading the site topic")
-            active = make_active(producer, follower.restored)
-            self._active = active
-            self._starting = False
-            self.metrics.active.labels(self.site).set(1)
-            log.info(
-                "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
-                "site topic read as a standby, %d after)",
-                self.instance,
-                self.site,
-                time.monotonic() - started,
-                followed,
-                follower.restored.messages - followed,
-            )
+            active = self._start_term(follower, term, on_failure, make_active)
             active.run(term, once)
             lost = term.is_set() and not stop.is_set() and not failed
         except TransactionFailed as exc:
@@ -336,6 +384,35 @@ class Election:
             raise LeaseUnavailable(f"lost the lease of site {self.site} during --once")
         if lost:
             log.warning("%s: lost the lease of site %s, standing by", self.instance, self.site)
+
+    def _start_term(
+        self,
+        follower: TopicFollower,
+        term: threading.Event,
+        on_failure: Callable[[TransactionFailed], None],
+        make_active: Callable[[TransactionalProducer, Restored], Active],
+    ) -> Active:
+        """Fence the previous producer, read what is new in the site topic, make the term's
+        poller; Stopped when the term ends first."""
+        started = time.monotonic()
+        follower.stop_following()
+        followed = follower.restored.messages
+        producer = self._open_producer(on_failure, term)
+        self._read_to_end(follower, term)
+        active = make_active(producer, follower.restored)
+        self._active = active
+        self._starting = False
+        self.metrics.active.labels(self.site).set(1)
+        log.info(
+            "%s: active for site %s, %.1f s after getting the lease (%d message(s) of the "
+            "site topic read as a standby, %d after)",
+            self.instance,
+            self.site,
+            time.monotonic() - started,
+            followed,
+            follower.restored.messages - followed,
+        )
+        return active
 
     def _watch(self, lease: Lease, stop: threading.Event, term: threading.Event) -> None:
         """End the term when `stop` is set or the lease is lost. A lease in doubt (this
@@ -382,9 +459,3 @@ def close_within(close: Callable[[], None], seconds: float, what: str) -> None:
     thread.join(seconds)
     if thread.is_alive():
         log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)
-
-
-def _site_name(settings: Settings) -> str:
-    if not settings.site.name:
-        raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
-    return settings.site.name

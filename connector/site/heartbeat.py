@@ -30,18 +30,27 @@ class KindHealth:
     unparseable: int = 0
     #: tombstones a resync held back (mass vanish guard) until the next resync agrees
     held_back: int = 0
+    #: the site lists the poller's own projects only (no admin role): the site is seen in part
+    unprivileged: bool = False
 
 
 class Health:
     """Thread-safe health of one site's poller: per-kind poll outcomes and Kafka delivery errors."""
 
     def __init__(
-        self, kinds: Iterable[str], metrics: SiteMetrics, poll_interval: float | None = None
+        self,
+        kinds: Iterable[str],
+        metrics: SiteMetrics,
+        poll_interval: float | None = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         #: seconds between incremental polls, in the heartbeat (`poll.interval`): the top
         #: consumer tells from it when a storming site went quiet
         self._poll_interval = poll_interval
+        #: seconds between heartbeats (`heartbeat.interval`): the top consumer counts a site
+        #: offline after a few of them without a word
+        self._heartbeat_interval = heartbeat_interval
         self._kinds = {kind: KindHealth() for kind in kinds}
         self._metrics = metrics
         self._produce_errors = 0
@@ -97,6 +106,12 @@ class Health:
             self._kinds[kind].held_back = count
         self._update_gauge()
 
+    def set_unprivileged(self, kind: str, unprivileged: bool) -> None:
+        """Whether the site shows the kind's objects of the poller's own projects only."""
+        with self._lock:
+            self._kinds[kind].unprivileged = unprivileged
+        self._update_gauge()
+
     def kafka_failed(self, error: str) -> None:
         """A transient Kafka error: degraded until `kafka_ok`."""
         with self._lock:
@@ -127,7 +142,10 @@ class Health:
 
     def _degraded(self) -> bool:
         return (
-            any(s.error is not None or s.unparseable or s.held_back for s in self._kinds.values())
+            any(
+                s.error is not None or s.unparseable or s.held_back or s.unprivileged
+                for s in self._kinds.values()
+            )
             or self._produce_errors > self._produce_errors_seen
             or self._poll_failures > self._poll_failures_seen
             or self._kafka_error is not None
@@ -160,9 +178,12 @@ class Health:
             details[f"{kind}.objects"] = state.objects
             details[f"{kind}.unparseable"] = state.unparseable
             details[f"{kind}.held_back"] = state.held_back
+            details[f"{kind}.partial"] = state.unprivileged
         details["produce.errors"] = self._produce_errors
         details["produce.error"] = self._produce_error
         details["kafka.error"] = self._kafka_error
         if self._poll_interval is not None:
             details["poll.interval"] = self._poll_interval
+        if self._heartbeat_interval is not None:
+            details["heartbeat.interval"] = self._heartbeat_interval
         return details

@@ -3,7 +3,8 @@
 Each row says how to list the kind (service proxy, listing path, collection key, fixed query),
 which incremental filter the service really honours, and where the status fields are in the
 service's JSON (wire names, one line each, as openstacksdk declares its resources). Adding a kind
-(routers, networks, snapshots, ...) is one row: the poller only speaks to rows.
+(routers, networks, snapshots, ...) is one row, and its name in `records.model.KIND_NAMES` (which
+the settings check without importing openstacksdk): the poller only speaks to rows.
 
 Listings go through openstacksdk's service proxies (auth, endpoints, microversions, retries) but
 are parsed straight from JSON (`listing.py`): building an openstacksdk `Resource` per object cost
@@ -22,6 +23,7 @@ from typing import Any
 import openstack.exceptions
 
 from connector.errors import ConfigError
+from connector.records.checks import resolve_kind_names
 from connector.records.model import DetailValue
 from connector.site.listing import QueryValue, pages, prefetched
 
@@ -45,6 +47,9 @@ class Observation:
     revision: int | None = None
     #: the listing reported the object as deleted (Nova `changes-since` shows DELETED servers)
     deleted: bool = False
+    #: the object was listed without the field only admins see (`Kind.admin_field`): the
+    #: poller's credentials see their own projects only, not the whole site
+    unprivileged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,14 @@ class Kind:
     projected: bool = False
     #: the service's incremental filter; None: every poll is a full listing
     since: Since | None = None
+    #: the filter on creation time, listed with `since` at every incremental poll, where the
+    #: service leaves an object's change time empty until its first update (Cinder: a volume
+    #: stuck in `creating` is never listed by `updated_at`)
+    created: Since | None = None
+    #: a field the service shows only to callers allowed to list every project; an object
+    #: listed without it means the `all_tenants` query was dropped silently (Cinder does so
+    #: for a user without the admin role) and the site is seen in part
+    admin_field: str | None = None
     #: when `since` is unavailable: the fields (wire names) of a cheap listing diffed by revision;
     #: only changed ids are then listed in full
     revision_projection: Sequence[str] = ()
@@ -157,6 +170,8 @@ class Kind:
         """The wire names this row reads, for a `fields=` projection."""
         wire = self.wire
         names = {wire.id, wire.status, wire.name, wire.project_id, wire.updated_at}
+        if self.admin_field is not None:
+            names.add(self.admin_field)
         if wire.revision is not None:
             names.add(wire.revision)
         names.update(how for how in self.details.values() if isinstance(how, str))
@@ -191,6 +206,7 @@ class Kind:
             source_updated_at=updated,
             revision=revision,
             deleted=status in self.deleted_statuses,
+            unprivileged=self.admin_field is not None and self.admin_field not in raw,
         )
 
     def object_id(self, raw: Mapping[str, Any]) -> str:
@@ -362,6 +378,10 @@ KINDS: Mapping[str, Kind] = {
             query={"all_tenants": "True"},
             #: deleted volumes are not listed: they vanish, and a resync turns them into tombstones
             since=Since("updated_at", template="gte:{}", min_microversion="3.60"),
+            #: a new volume's `updated_at` is null until its first update
+            created=Since("created_at", template="gte:{}", min_microversion="3.60"),
+            #: volume_extension:volume_host_attribute, admin only by default
+            admin_field="os-vol-host-attr:host",
             #: `updated_at` has microseconds and no zone (UTC)
             wire=Wire(project_id="os-vol-tenant-attr:tenant_id"),
             #: deleted volumes vanish from lists: the summary's count (3.12+) tells when, and the
@@ -443,20 +463,6 @@ KINDS: Mapping[str, Kind] = {
         ),
     )
 }
-
-
-def resolve_kind_names(names: Iterable[str]) -> list[str]:
-    """Kind names from the table, in the order given; plural forms ("servers") are accepted."""
-    out: list[str] = []
-    for raw in names:
-        name = raw.strip().lower()
-        if name not in KINDS and name.endswith("s") and name[:-1] in KINDS:
-            name = name[:-1]
-        if name not in KINDS:
-            raise ValueError(f"unknown kind {raw!r}; known kinds: {', '.join(KINDS)}")
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def kinds_for(names: Iterable[str]) -> list[Kind]:

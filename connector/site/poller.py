@@ -51,6 +51,7 @@ import openstack.utils
 
 from connector.config import SiteSettings
 from connector.kafka.producer import ProduceInterrupted
+from connector.site.backoff import backoff_delay
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, Observation, Since, Unreadable
@@ -103,13 +104,6 @@ class EarlyListing:
         if self._oldest is None or self._newest is None:
             return 0.0
         return (self._newest - self._oldest).total_seconds()
-
-
-def backoff_delay(settings: SiteSettings, failures: int, jitter: float) -> float:
-    """Seconds to wait after `failures` consecutive failures: doubling from the initial delay up
-    to the maximum, then jittered (`jitter` in [0, 1)) into its upper half so pollers spread."""
-    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(failures - 1, 30))
-    return float(ceiling * (0.5 + 0.5 * jitter))
 
 
 class KindPoller:
@@ -166,6 +160,8 @@ class KindPoller:
         self._early_listing: EarlyListing | None = None
         #: an early poll ran between the pages of the poll under way (and moved the watermark)
         self._early_between = False
+        #: the last listing showed the poller's own projects only (`_judge_view`)
+        self._unprivileged = False
 
     def __repr__(self) -> str:
         return (
@@ -267,15 +263,22 @@ class KindPoller:
         run between two of its pages (with a trigger)."""
         since = self.kind.since
         if since is not None and not self._since_rejected and self._honoured(since):
-            query = {since.param: since.value(datetime.fromtimestamp(since_epoch, UTC))}
+            at = datetime.fromtimestamp(since_epoch, UTC)
             paced = interval_start if self.trigger is not None else None
             try:
-                for page in self.kind.observation_pages(
-                    self._proxy, query, since.min_microversion, self._skip, prefetch=paced is None
-                ):
-                    self._publish(page)
-                    if paced is not None:
-                        self._early_between_pages(paced)
+                for filter_ in (since, self.kind.created):
+                    if filter_ is None:
+                        continue
+                    for page in self.kind.observation_pages(
+                        self._proxy,
+                        {filter_.param: filter_.value(at)},
+                        filter_.min_microversion,
+                        self._skip,
+                        prefetch=paced is None,
+                    ):
+                        self._publish(page)
+                        if paced is not None:
+                            self._early_between_pages(paced)
             except openstack.exceptions.BadRequestException as exc:
                 if not since.may_be_rejected:
                     raise
@@ -323,6 +326,7 @@ class KindPoller:
         """Publish every listed object; returns the ids of those that exist."""
         seen: set[str] = set()
         count = 0
+        unprivileged = False
         for obs in observations:
             count += 1
             if self._unreadable.pop(obs.id, None) is not None or obs.id in self._logged:
@@ -338,8 +342,30 @@ class KindPoller:
                     self._revisions[obs.id] = obs.revision
             if self._early_listing is not None:
                 self._early_listing.add(obs.source_updated_at)
+            unprivileged = unprivileged or obs.unprivileged
         self._metrics.objects_seen.labels(self._metrics.site, self.kind.name).inc(count)
+        if count:
+            self._judge_view(unprivileged)
         return seen
+
+    def _judge_view(self, unprivileged: bool) -> None:
+        """Whether the last listing showed the whole site: a listing without the field only
+        admins see means the service dropped `all_tenants` and shows the poller's own projects
+        only. Logged when it starts and ends; degraded (heartbeat, /readyz) while it lasts."""
+        if unprivileged == self._unprivileged:
+            return
+        self._unprivileged = unprivileged
+        if unprivileged:
+            log.error(
+                "%s: the site lists only the projects of the poller's own credentials (%s "
+                "missing from the objects listed: no admin role?); objects of other projects "
+                "are not published",
+                self.kind.name,
+                self.kind.admin_field,
+            )
+        else:
+            log.info("%s: the site lists every project again", self.kind.name)
+        self._health.set_unprivileged(self.kind.name, unprivileged)
 
     def _resync(self) -> None:
         self._revisions = {}

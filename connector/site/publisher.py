@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from connector.kafka import ClientError
-from connector.kafka.producer import DeliveryCallback, Producer
+from connector.kafka.client import RepeatedErrors
+from connector.kafka.producer import DeliveryCallback
 from connector.records.codec import Codec
 from connector.records.messages import KafkaMessage, to_message
 from connector.records.model import (
@@ -35,6 +37,8 @@ from connector.site.kinds import Observation
 from connector.site.site_metrics import SiteMetrics
 
 log = logging.getLogger(__name__)
+#: A broker outage fails every message in flight alike: a line per error, not per message.
+_DELIVERY_ERRORS = RepeatedErrors(log)
 
 #: A key whose last message failed: whatever is observed next is sent.
 DIRTY = -1
@@ -67,6 +71,19 @@ def observation_fingerprint(obs: Observation) -> int:
     return fingerprint(obs.status, obs.name, obs.project_id, obs.details)
 
 
+class Outlet(Protocol):
+    """What the publisher needs of a producer: a `Producer`, or the site's transactional one."""
+
+    def produce(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        on_delivery: DeliveryCallback,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None: ...
+
+
 class Publisher:
     """Publishes one site's changes to its topic; thread-safe, one instance per site."""
 
@@ -74,7 +91,7 @@ class Publisher:
         self,
         site: str,
         topic: str,
-        producer: Producer,
+        producer: Outlet,
         codec: Codec,
         metrics: SiteMetrics,
         health: Health,
@@ -195,12 +212,16 @@ class Publisher:
                     elif sent == DELETING:
                         del fps[object_id]
             if err is not None:
-                log.error("delivery of %s failed, will resend: %s", key, err)
+                _DELIVERY_ERRORS.report(
+                    logging.ERROR, str(err), f"delivery failed, will resend ({key} first): "
+                )
                 self._health.delivery_failed(f"{key}: {err}")
 
         return delivered
 
     def _on_heartbeat_delivery(self, key: str, err: ClientError | None, _p: int, _o: int) -> None:
         if err is not None:
-            log.error("delivery of heartbeat %s failed: %s", key, err)
+            _DELIVERY_ERRORS.report(
+                logging.ERROR, str(err), f"delivery failed ({key}, a heartbeat, first): "
+            )
             self._health.delivery_failed(f"{key}: {err}")

@@ -1,7 +1,8 @@
 """`cascade-connector produce`: one site's poller process, from settings to a clean exit.
 
-Stands by until this process holds the site's lease (`election.py`: one publishing poller per site),
-then ensures the site topic, rebuilds the publisher's state from it, connects to the site (one
+Ensures the site topic, stands by until this process holds the site's lease (`election.py`: one
+publishing poller per site, which opens the producer and rebuilds the publisher's state from the
+topic), then builds the poller on what the election made, connects to the site (one
 openstacksdk connection per kind, each in its own thread so a failing service does not hold up
 the others), publishes in transactions with a heartbeat every few seconds, and serves /metrics,
 /readyz and /livez (a standby too, ready). SIGTERM and SIGINT stop the pollers, flush the
@@ -21,32 +22,35 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
+import keystoneauth1.exceptions
 import openstack
 import openstack.config
 import openstack.exceptions
+import os_service_types
 from prometheus_client import CollectorRegistry
 
-from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
-from connector.kafka.producer import Producer
-from connector.kafka.topics import TopicReport, ensure_site_topic, site_topic
+from connector.kafka.topics import site_topic
+from connector.kafka.transactions import TransactionalProducer
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less
 from connector.ops.ops_server import OpsServer
 from connector.ops.signals import stop_on_signals
+from connector.records.codec import Codec
 from connector.site.clock import SiteClock
-from connector.site.election import Election, instance_id, open_site_producer
+from connector.site.election import Election, instance_id
 from connector.site.heartbeat import Health
 from connector.site.kinds import Kind, kinds_for
 from connector.site.notifications import Notifications
 from connector.site.poller import KindPoller
 from connector.site.publisher import Publisher
-from connector.site.restore import Restored, restore_from_topic
+from connector.site.restore import Restored
 from connector.site.site_metrics import SiteMetrics
-from connector.site.startup import Stopped, until_kafka_answers
+from connector.site.startup import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -63,92 +67,60 @@ COMMIT_EVERY = 0.2
 #: Seconds the final flush of a `--once` run may take.
 FLUSH_TIMEOUT = 60.0
 
-T = TypeVar("T")
-
 
 class SitePollFailed(ConnectorError):
     """A `--once` run could not poll every kind; the heartbeat says which and why."""
 
 
 class SitePoller:
-    """One site's poller, assembled: topic ensured, state restored, a KindPoller per kind.
+    """One site's poller, assembled on what its election's term made: the producer (which
+    fenced the previous one) and the state restored from the site topic; a KindPoller per kind.
 
-    `run_site` drives it; tests and benchmarks call `cycle` to poll on their own schedule.
-    Kafka trouble while starting is retried with backoff until it passes or `stop` is set
-    (then Stopped); /healthz and the metrics can be served from `on_health` on, before it.
+    `run_site` drives it; tests and benchmarks make one with `open_site_poller` and call
+    `cycle` to poll on their own schedule.
     """
 
     def __init__(
         self,
         settings: Settings,
-        registry: CollectorRegistry | None = None,
-        metrics: SiteMetrics | None = None,
-        producer: Producer | None = None,
-        restored: Restored | None = None,
-        stop: threading.Event | None = None,
-        on_health: Callable[[SitePoller], None] | None = None,
+        metrics: SiteMetrics,
+        codec: Codec,
+        producer: TransactionalProducer,
+        restored: Restored,
     ) -> None:
-        site = settings.site.name
-        if not site:
-            raise ConfigError("site.name: required (--site or CASCADE_SITE_NAME)")
+        _check_cloud(settings.site)
         self.settings = settings
         self.instance = instance_id(settings.site)
-        self._stop = stop or threading.Event()
-        kinds = kinds_for(settings.site.kinds)
-        codec = codec_from_settings(settings.kafka)
-        self.topic = site_topic(settings.kafka.topic_prefix, site)
-        _check_cloud(settings.site)
-        self.registry = registry or CollectorRegistry()
-        self.metrics = metrics or SiteMetrics(self.registry, site)
-        self.health = Health([k.name for k in kinds], self.metrics, settings.site.interval)
-        if on_health is not None:
-            on_health(self)
-        report: TopicReport = self._until_kafka_answers(
-            "ensure the topic",
-            lambda: ensure_site_topic(settings.kafka, site),
-        )
-        for line in report.lines():
-            log.info("%s", line)
-        # Opened before the restore: it fences the previous producer and ends its transaction,
-        # so the restore reads everything that producer will ever have published.
-        # `is None`, not `or`: a producer with nothing queued is falsy (it has a length), and
-        # a second one opened here would fence the election's, whose failures end the term.
-        self.producer = (
-            producer
-            if producer is not None
-            else self._until_kafka_answers(
-                "open the producer",
-                lambda: open_site_producer(
-                    settings, on_failure=lambda _failure: None, on_error=self._kafka_trouble
-                ),
-            )
-        )
-        if restored is None:
-            names = [k.name for k in kinds]
-            restored = self._until_kafka_answers(
-                "restore", lambda: restore_from_topic(settings.kafka, self.topic, codec, names)
-            )
+        self.metrics = metrics
+        self.producer = producer
         self.restored = restored
-        self.health.kafka_ok()
+        kinds = kinds_for(settings.site.kinds)
+        self.topic = site_topic(settings.kafka.topic_prefix, metrics.site)
+        self.health = Health(
+            [k.name for k in kinds],
+            metrics,
+            settings.site.interval,
+            settings.site.heartbeat_interval,
+        )
         log.info(
             "restored %d key(s) and sequence %d from %d message(s) in %s",
-            sum(len(fps) for fps in self.restored.fingerprints.values()),
-            self.restored.last_sequence,
-            self.restored.messages,
+            sum(len(fps) for fps in restored.fingerprints.values()),
+            restored.last_sequence,
+            restored.messages,
             self.topic,
         )
         self.publisher = Publisher(
-            site,
+            metrics.site,
             self.topic,
-            self.producer,
+            producer,
             codec,
-            self.metrics,
+            metrics,
             self.health,
-            self.restored.fingerprints,
-            self.restored.last_sequence,
+            restored.fingerprints,
+            restored.last_sequence,
         )
         self.pollers = [self._kind_poller(kind) for kind in kinds]
-        self.notifications = _notifications(settings, self.pollers, self.registry)
+        self.notifications = _notifications(settings, self.pollers, metrics.registry)
 
     def _kind_poller(self, kind: Kind) -> KindPoller:
         site_clock = SiteClock()
@@ -171,12 +143,6 @@ class SitePoller:
             connect=connect,
             site_clock=site_clock,
         )
-
-    def _until_kafka_answers(self, what: str, call: Callable[[], T]) -> T:
-        return until_kafka_answers(what, call, self._stop, self.settings.site, self._kafka_trouble)
-
-    def _kafka_trouble(self, error: str) -> None:
-        self.health.kafka_failed(error)
 
     def __repr__(self) -> str:
         return f"SitePoller({self.topic}, sequence={self.publisher.sequence}, {self.pollers})"
@@ -264,22 +230,38 @@ def run_site(
         election = Election(settings, registry)
         ops = None
         if settings.site.metrics_port is not None:
-            ops = OpsServer(registry, election.ready, port=settings.site.metrics_port)
+            ops = OpsServer(
+                registry,
+                election.ready,
+                host=settings.site.metrics_host,
+                port=settings.site.metrics_port,
+            )
             ops.start()
-            log.info("serving /metrics, /readyz and /livez on port %d", ops.port)
+            log.info("serving /metrics, /readyz and /livez on port %d (%s)", ops.port, ops.host)
         try:
             with cleanup_after(*([] if ops is None else [ops.stop])):
                 # Only the instance holding the site's lease polls and publishes (site/election.py).
-                metrics = election.metrics
-                election.run(
-                    stop,
-                    once,
-                    lambda producer, restored: SitePoller(
-                        settings, registry, metrics, producer, restored, stop
-                    ),
-                )
+                election.run(stop, once, partial(_site_poller, settings, election))
         except Stopped as exc:
             log.info("%s", exc)
+
+
+def open_site_poller(settings: Settings, registry: CollectorRegistry | None = None) -> SitePoller:
+    """The poller of `settings.site` without the election: the start-up of an active term (the
+    topics ensured, the producer opened, the site topic read) done at once, for tests and
+    benchmarks, which poll on their own schedule. Its metrics go to `registry`."""
+    stop = threading.Event()  # never set: Kafka trouble at start-up is waited out, retried
+    election = Election(settings, registry or CollectorRegistry())
+    election.start_up(stop)
+    producer, restored = election.take_over(stop)
+    return _site_poller(settings, election, producer, restored)
+
+
+def _site_poller(
+    settings: Settings, election: Election, producer: TransactionalProducer, restored: Restored
+) -> SitePoller:
+    """A term's poller, reporting into the election's metrics (made once for every term)."""
+    return SitePoller(settings, election.metrics, election.codec, producer, restored)
 
 
 def _notifications(
@@ -296,24 +278,35 @@ def _notifications(
     return notifications
 
 
-def _stop_all(servers: list[OpsServer]) -> None:
-    for server in servers:
-        server.stop()
+#: The interfaces keystoneauth can choose an endpoint by (and their old v2 spellings).
+INTERFACES = frozenset({"public", "internal", "admin", "publicURL", "internalURL", "adminURL"})
 
 
 def _check_cloud(site: SiteSettings) -> None:
-    """ConfigError when the clouds.yaml entry cannot be used (no network involved)."""
+    """ConfigError when the clouds.yaml entry cannot be used (no network involved): an unknown
+    cloud, an unknown auth type, missing auth options, an interface that does not exist."""
     cloud = site.cloud or site.name
     try:
-        openstack.config.OpenStackConfig().get_one(cloud=cloud)
-    except openstack.exceptions.ConfigException as exc:
+        region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    except (
+        openstack.exceptions.ConfigException,
+        keystoneauth1.exceptions.AuthPluginException,
+    ) as exc:
         raise ConfigError(f"site.cloud: cannot use clouds.yaml entry {cloud!r}: {exc}") from exc
+    for key, value in region.config.items():
+        if (key == "interface" or key.endswith("_interface")) and value not in INTERFACES:
+            raise ConfigError(
+                f"site.cloud: clouds.yaml entry {cloud!r}: {key} {value!r} is not an interface "
+                f"(one of {', '.join(sorted(INTERFACES))})"
+            )
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: SiteClock) -> Any:
     """The service proxy of a fresh connection for `kind`, its requests counted and the site's
     clock read from their Date headers. Making it asks Keystone for the catalog: a site fault
-    when Keystone is down, raised in the kind's poll."""
+    when Keystone is down, raised in the kind's poll; a ConfigError when the catalog has no
+    endpoint for the entry's region and interface, or none of a version the entry asks for
+    (keystoneauth says "Programming error choosing an endpoint", a ValueError)."""
     cloud = site.cloud or site.name
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
@@ -333,7 +326,38 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: Sit
         received.inc(len(response.content))
 
     conn.session.session.hooks["response"].append(count)
-    return getattr(conn, kind.service)
+    try:
+        proxy = getattr(conn, kind.service)
+        endpoint = proxy.get_endpoint()
+    except (ValueError, openstack.exceptions.NotSupported) as exc:
+        raise ConfigError(_no_endpoint(cloud, conn, kind, exc)) from exc
+    if not endpoint:
+        raise ConfigError(_no_endpoint(cloud, conn, kind, None))
+    return proxy
+
+
+def _no_endpoint(cloud: str | None, conn: Any, kind: Kind, exc: Exception | None) -> str:
+    """Why the catalog gives `kind` no endpoint, naming the entry's choice and what it offers."""
+    config = conn.config
+    service_type = config.get_service_type(kind.service.replace("_", "-"))
+    region = config.get_region_name(service_type)
+    interface = config.get_interface(service_type)
+    offered = set()
+    types = set(os_service_types.ServiceTypes().get_all_types(service_type))
+    for entry in conn.session.auth.get_access(conn.session).service_catalog.catalog:
+        if entry.get("type") in types:
+            for endpoint in entry.get("endpoints", ()):
+                offered.add(f"{endpoint.get('region_id')}/{endpoint.get('interface')}")
+    if isinstance(exc, openstack.exceptions.NotSupported):
+        why = str(exc)
+    else:
+        why = f"the catalog has no {service_type} endpoint in region {region!r} at interface "
+        why += f"{interface!r}"
+    listed = ", ".join(sorted(offered)) or "none"
+    return (
+        f"site.cloud: clouds.yaml entry {cloud!r} ({kind.name}): {why}; the catalog offers "
+        f"(region/interface): {listed}"
+    )
 
 
 def _run_once(pollers: list[KindPoller], site: SitePoller, stop: threading.Event) -> None:
@@ -383,6 +407,12 @@ def _start(
     def guarded(poller: KindPoller) -> None:
         try:
             target(poller)
+        except ConfigError as exc:
+            # The settings do not fit the site (no endpoint for the region): no traceback,
+            # the main thread raises it and the process exits 2 naming it.
+            log.error("poller of %s stopped: %s", poller.kind.name, exc)
+            crash.error = crash.error or exc
+            stop.set()
         except Exception as exc:
             # Not a site fault (those are retried): a bug or a broken record. Stop everything
             # and let the main thread raise it, rather than poll on with one kind dead.

@@ -17,7 +17,7 @@ from typing import TypeVar
 from connector.config import SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaAccessError, KafkaError
 from connector.kafka.topics import TopicConfigError
-from connector.site.poller import backoff_delay
+from connector.site.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -19,21 +19,43 @@ OLDEST_PENDING = "cascade_consumer_site_oldest_pending_seconds"
 
 
 class _HeartbeatAges(Collector):
-    """Seconds since each site's last heartbeat was observed, computed at scrape time."""
+    """Per site, seconds since its last heartbeat reached the top layer, by the top's own clock
+    (a site clock ahead or behind moves nothing), and apart from it how late that heartbeat came:
+    the top's clock when applied minus the site's when stamped (the site clock's offset plus the
+    delivery delay). Computed at scrape time; a site whose partitions this member no longer holds
+    is forgotten, so only the member reading a site reports it."""
 
-    def __init__(self) -> None:
-        self.observed: dict[str, float] = {}
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        #: site -> (the top's time its last heartbeat was applied, that heartbeat's delay)
+        self._heard: dict[str, tuple[float, float]] = {}
+
+    def heard(self, site: str, stamped: float) -> None:
+        """A heartbeat of `site`, stamped `stamped` (POSIX seconds, the site's clock), applied."""
+        now = self._clock()
+        self._heard[site] = (now, now - stamped)
+
+    def forget(self, site: str) -> None:
+        self._heard.pop(site, None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        age = GaugeMetricFamily(
             "cascade_site_heartbeat_age_seconds",
-            "Seconds since the site's poller last reported (as seen by the top consumer).",
+            "Seconds since the site's last heartbeat reached the top layer (the top's clock).",
             labels=["site"],
         )
-        now = time.time()
-        for site, observed in sorted(self.observed.items()):
-            family.add_metric([site], now - observed)
-        yield family
+        delay = GaugeMetricFamily(
+            "cascade_site_heartbeat_delay_seconds",
+            "How late the site's last heartbeat reached the top layer: the top's clock then "
+            "minus the site's when it was stamped (clock offset plus delivery delay).",
+            labels=["site"],
+        )
+        now = self._clock()
+        for site, (applied, late) in sorted(self._heard.items()):
+            age.add_metric([site], max(0.0, now - applied))
+            delay.add_metric([site], late)
+        yield age
+        yield delay
 
 
 class _Pending(Collector):
@@ -66,7 +88,7 @@ class _Pending(Collector):
 class ConsumerMetrics:
     """Counters and gauges of the top consumer."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
         self.records = Counter(
             "cascade_consumer_records",
             "Records consumed from site topics.",
@@ -119,6 +141,17 @@ class ConsumerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.wrong_site = Counter(
+            "cascade_consumer_wrong_site_records",
+            "Records in a site's topic about another site, sent to the dead-letter topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.dead_letter_failures = Counter(
+            "cascade_consumer_dead_letter_delivery_failures",
+            "Deliveries of dead letters that failed (retried later; their window waits).",
+            registry=registry,
+        )
         self.lag = Gauge(
             "cascade_consumer_lag_records",
             "Records between the committed offset and the log end, per partition.",
@@ -155,7 +188,7 @@ class ConsumerMetrics:
             "The rate limit (consumer.max_rate): changes per second to the sink at most; 0: none.",
             registry=registry,
         )
-        self.heartbeats = _HeartbeatAges()
+        self.heartbeats = _HeartbeatAges(clock)
         registry.register(self.heartbeats)
         self.pending = _Pending()
         registry.register(self.pending)

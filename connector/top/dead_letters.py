@@ -1,9 +1,13 @@
-"""Dead letters: records that could not be decoded or that the sink refused, delivered to the
-dead-letter topic with headers saying why, before their offsets are committed.
+"""Dead letters: records that could not be turned into a change, or that the sink refused,
+delivered to the dead-letter topic with headers saying why, before their offsets are committed.
 
-Delivery is all or nothing per call: on any failure what is still queued is purged (so a retry
-does not deliver it twice) and the caller retries later; after `MAX_ATTEMPTS` failed deliveries
-in a row the consumer stops with an error rather than stall silently.
+A dead letter always fits what Kafka accepts: the error text and the copied key are cut to a
+bound, and so is the copied value past its own bound, each cut saying the original size in a
+header (`original.key.bytes`, `original.value.bytes`, the error's last words). Delivery is all
+or nothing per call: on any failure what is still queued is purged and the caller retries later
+(the window waits, its offsets uncommitted); each failed attempt is counted and logged, and none
+ends the process: dead letters that cannot be delivered hold their site's commits, never the
+consumer.
 """
 
 from __future__ import annotations
@@ -15,12 +19,21 @@ from dataclasses import dataclass
 from connector.errors import KafkaError
 from connector.kafka import KafkaException
 from connector.kafka.producer import Producer
+from connector.records.errors import WrongSiteError
 from connector.top.consumer_metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
-#: Deliveries in a row that failed before the consumer gives up.
-MAX_ATTEMPTS = 5
+#: The most bytes of the error text a dead letter carries (a header).
+MAX_ERROR_BYTES = 1024
+#: The most bytes of the original key a dead letter carries.
+MAX_KEY_BYTES = 1024
+#: The most bytes of the original value a dead letter carries: with the key and headers above,
+#: it stays under librdkafka's default message.max.bytes (1,000,000), which a record near the
+#: broker's own limit (1 MiB) would pass otherwise, failing every delivery.
+MAX_VALUE_BYTES = 990_000
+#: Seconds one delivery may wait for the broker; the loop waits with it.
+FLUSH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,44 @@ class DeadLetter:
         return (self.topic, self.partition)
 
 
+@dataclass(frozen=True)
+class Bounded:
+    """What is produced for one dead letter: key, value and headers, each within its bound."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def bounded(letter: DeadLetter) -> Bounded:
+    """`letter` as produced: the original key and value (cut past their bounds, the original
+    size in a header) and the headers saying why."""
+    headers = {
+        "reason": letter.reason.encode(),
+        "error": _cut_text(letter.detail, MAX_ERROR_BYTES),
+        "original.topic": letter.topic.encode(),
+        "original.partition": str(letter.partition).encode(),
+        "original.offset": str(letter.offset).encode(),
+    }
+    key, value = letter.key, letter.value
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        headers["original.key.bytes"] = str(len(key)).encode()
+        key = key[:MAX_KEY_BYTES]
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        headers["original.value.bytes"] = str(len(value)).encode()
+        value = value[:MAX_VALUE_BYTES]
+    return Bounded(key, value, headers)
+
+
+def _cut_text(text: str, limit: int) -> bytes:
+    data = text.encode()
+    if len(data) <= limit:
+        return data
+    tail = f"... (cut: {len(data)} bytes in all)".encode()
+    # Cut on a character boundary, so the header stays valid UTF-8.
+    return data[: limit - len(tail)].decode(errors="ignore").encode() + tail
+
+
 class DeadLetterQueue:
     """Delivers dead letters to one topic and counts failed attempts."""
 
@@ -47,61 +98,63 @@ class DeadLetterQueue:
         self._producer = producer
         self.topic = topic
         self._metrics = metrics
-        self._failures = 0
+        self._failures = 0  #: failed deliveries in a row
 
     def deliver(self, letters: Sequence[DeadLetter]) -> bool:
-        """Deliver `letters` and wait for it; False if any failed (retry later). Raises
-        KafkaError after MAX_ATTEMPTS failures in a row."""
+        """Deliver `letters` and wait for it; False if any failed (counted, logged: retry
+        later)."""
         failures: list[str] = []
 
         def on_delivery(key: str, err: object, _partition: int, _offset: int) -> None:
             if err is not None:
-                failures.append(f"{key}: {err}")
+                failures.append(f"{key[:100]}: {err}")
 
         try:
             for letter in letters:
+                out = bounded(letter)
                 self._producer.produce(
                     self.topic,
-                    key=letter.key,
-                    value=letter.value,
+                    key=out.key,
+                    value=out.value,
                     on_delivery=on_delivery,
-                    headers={
-                        "reason": letter.reason.encode(),
-                        "error": letter.detail.encode(),
-                        "original.topic": letter.topic.encode(),
-                        "original.partition": str(letter.partition).encode(),
-                        "original.offset": str(letter.offset).encode(),
-                    },
+                    headers=out.headers,
                 )
-            self._producer.flush(30.0)
+            self._producer.flush(FLUSH_SECONDS)
         except (KafkaError, KafkaException) as exc:
             failures.append(str(exc))
         if failures:
             self._producer.purge()
             self._failures += 1
-            detail = "; ".join(failures[:5])
-            if self._failures >= MAX_ATTEMPTS:
-                raise KafkaError(
-                    f"dead letters could not be delivered to {self.topic} "
-                    f"{self._failures} times in a row: {detail}"
-                )
-            log.error("dead letters not delivered, will retry: %s", detail)
+            self._metrics.dead_letter_failures.inc()
+            log.error(
+                "%d dead letters not delivered to %s (attempt %d in a row; will retry): %s",
+                len(letters),
+                self.topic,
+                self._failures,
+                "; ".join(failures[:5]),
+            )
             return False
+        if self._failures:
+            log.info(
+                "dead letters delivered to %s again after %d failures", self.topic, self._failures
+            )
         self._failures = 0
         for letter in letters:
             self._metrics.dead_letters.labels(letter.reason).inc()
+            if letter.reason == WrongSiteError.category:
+                self._metrics.wrong_site.labels(letter.topic).inc()
             log.warning(
                 "dead letter %s[%d]@%d (%s): %s",
                 letter.topic,
                 letter.partition,
                 letter.offset,
                 letter.reason,
-                letter.detail,
+                letter.detail[:MAX_ERROR_BYTES],
             )
         return True
 
     def close(self) -> None:
         try:
-            self._producer.flush(10.0)
+            self._producer.flush(FLUSH_SECONDS)
         finally:
             self._producer.close()

@@ -33,6 +33,7 @@ from connector.ops.cleanup import cleanup_after
 from connector.records.errors import DecodeError, RegistryError
 from connector.records.model import Change, StatusRecord
 from connector.sinks.base import Sink, SinkBackpressureError
+from connector.top.availability import Availability
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterQueue
 from connector.top.fair import FairShare
@@ -41,8 +42,9 @@ from connector.top.window import Applied, Partition, Pending, SiteQueue, Taken, 
 
 log = logging.getLogger(__name__)
 
-#: Turns one consumed Kafka message into a Change; raises DecodeError for bad bytes.
-Decoder = Callable[[Message], Change]
+#: Turns one consumed Kafka message of the topic of a site (the second argument) into a Change;
+#: raises DecodeError for whatever cannot be one, WrongSiteError for another site's message.
+Decoder = Callable[[Message, str], Change]
 
 #: How long to wait before reading again what needed an unanswering schema registry, and before
 #: retrying dead letters that could not be delivered.
@@ -110,6 +112,7 @@ class TopConsumer:
         limiter: RateLimiter,
         policy: WindowPolicy,
         metrics: ConsumerMetrics,
+        availability: Availability,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -120,6 +123,8 @@ class TopConsumer:
         self._limiter = limiter
         self._policy = policy
         self._metrics = metrics
+        self._availability = availability
+        self._availability_retry = 0.0
         # Exported so a dashboard can draw rows/s against the limit.
         metrics.max_rate.set(limiter.max_rate or 0)
         self._priority = {kind: i for i, kind in enumerate(policy.kind_priority)}
@@ -185,6 +190,7 @@ class TopConsumer:
             else:
                 self._metrics.rate_limited_seconds.inc(waited)
         self._take(messages)
+        self._judge_sites(waited=self.last_poll - started)
         if self._ready() and self._may_call(reading=bool(messages)):
             self._call()
         self._finish_windows()
@@ -316,12 +322,13 @@ class TopConsumer:
             q = self._queue(topic)
             window = q.filling
             try:
-                change = self._decode(msg)
+                change = self._decode(msg, q.site)
             except DecodeError as exc:
                 window.read(tp, offset, now)
-                window.dead(
-                    DeadLetter(topic, partition, offset, msg.key(), msg.value(), "decode", str(exc))
+                letter = DeadLetter(
+                    topic, partition, offset, msg.key(), msg.value(), exc.category, str(exc)
                 )
+                window.dead(letter)
                 continue
             except RegistryError as exc:
                 # The bytes may be fine; the registry is not. Read this partition again from
@@ -341,8 +348,30 @@ class TopConsumer:
                 interval = change.details.get("poll.interval")
                 if isinstance(interval, int | float) and interval > 0:
                     q.poll_interval = float(interval)
+                if change.site == q.site:
+                    beat = change.details.get("heartbeat.interval")
+                    every = float(beat) if isinstance(beat, int | float) else None
+                    self._availability.heartbeat(q.site, tp, change.status, every, now)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
             window.put(entry, self._applied.get(tp, change.key))
+
+    def _judge_sites(self, waited: float) -> None:
+        """Update the sites' availability (`waited`: seconds the last poll waited for records),
+        and hand its changes to the sink in calls of their own (a busy sink: tried again after
+        RETRY_SECONDS)."""
+        now = time.monotonic()
+        held = [q.site for q in self._sites.values() if q.held]
+        self._availability.tick(now, waited, paused=held)
+        states = self._availability.unwritten()
+        if not states or now < self._availability_retry:
+            return
+        try:
+            self._sink.set_availability(states)
+        except SinkBackpressureError as exc:
+            log.warning("sink refused site availability for now (%s)", exc)
+            self._availability_retry = now + RETRY_SECONDS
+            return
+        self._availability.written(states)
 
     def _queue(self, topic: str) -> SiteQueue:
         q = self._sites.get(topic)
@@ -363,6 +392,8 @@ class TopConsumer:
         for topic, n in shares.items():
             q = self._sites[topic]
             taken.append((q, q.take(n, self._applied)))
+        # Distinct keys, as the sink requires: a window holds one entry per key, and the decoder
+        # lets into a site's window only keys of that site, so no two sites share one.
         entries = [e for _q, part in taken for e in part.entries]
         if not entries:
             # All of it was already held by the top layer: nothing to write, nothing to pace.
@@ -395,7 +426,7 @@ class TopConsumer:
         for e in entries:
             change = e.change
             if isinstance(change, StatusRecord) and change.is_heartbeat:
-                self._metrics.heartbeats.observed[change.site] = change.observed_at.timestamp()
+                self._metrics.heartbeats.heard(change.site, change.observed_at.timestamp())
                 self._metrics.heartbeats_applied.inc()
 
     def _settle(self, taken: list[tuple[SiteQueue, Taken]]) -> None:
@@ -557,7 +588,12 @@ class TopConsumer:
         for q in self._sites.values():
             q.drop(gone)
         self._applied.forget(gone)
+        self._availability.forget(gone)
         self._assigned -= gone
+        held = {topic for topic, _p in self._assigned}
+        for topic in {topic for topic, _p in gone} - held:
+            # Its next owner reports the site's heartbeats; an age kept here would only grow.
+            self._metrics.heartbeats.forget(topic.removeprefix(self._prefix))
         self._unread -= gone
         for tp in gone:
             self._committed.pop(tp, None)

@@ -22,6 +22,7 @@ from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
+from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
 from connector.top.loop import Decoder, TopConsumer, WindowPolicy
@@ -55,7 +56,7 @@ def build_consumer(
         consumer=Consumer(kafka, options.group),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
-        decode=decode or (lambda msg: change_from_message(msg, codec)),
+        decode=decode or (lambda msg, site: change_from_message(msg, codec, site)),
         sink=sink,
         dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
@@ -68,6 +69,10 @@ def build_consumer(
             site_weights=options.site_weights,
         ),
         metrics=metrics,
+        availability=Availability(
+            AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
+            AvailabilityMetrics(registry),
+        ),
     )
 
 
@@ -91,11 +96,14 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             server = OpsServer(
                 registry,
                 polled_within(STALL_SECONDS),
+                host=settings.consumer.metrics_host,
                 port=settings.consumer.metrics_port,
                 live=polled_within(STUCK_SECONDS),
             ).start()
             cleanup.callback(server.stop)
-            log.info("serving /metrics, /readyz and /livez on port %d", server.port)
+            log.info(
+                "serving /metrics, /readyz and /livez on port %d (%s)", server.port, server.host
+            )
 
         def stop() -> None:
             loop.stop()

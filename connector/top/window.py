@@ -51,7 +51,9 @@ class Pending:
 
 
 class Applied:
-    """Per partition and key, the fingerprint of the change last applied. A partition revoked or
+    """Per partition and key, the fingerprint of the change last applied. A deleted key is
+    dropped (its memory would grow with every object a site ever had; a second tombstone of it
+    is written again, which the sink's sequence check makes harmless). A partition revoked or
     lost is forgotten, so its next owner (or this member, assigned it again) writes its first
     change for every key."""
 
@@ -64,7 +66,13 @@ class Applied:
 
     def remember(self, entries: Iterable[Pending]) -> None:
         for entry in entries:
-            self._by_partition.setdefault(entry.partition, {})[entry.change.key] = entry.fingerprint
+            if isinstance(entry.change, Deletion):
+                known = self._by_partition.get(entry.partition)
+                if known is not None:
+                    known.pop(entry.change.key, None)
+            else:
+                keys = self._by_partition.setdefault(entry.partition, {})
+                keys[entry.change.key] = entry.fingerprint
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:

@@ -2,12 +2,14 @@
 `sql_url`, a fresh empty database per test on SQLite and on that PostgreSQL; `open_sim`, a
 simulated site whose clouds.yaml entry openstacksdk finds; for the registry framing, a real
 Schema Registry (session-scoped); `private_kafka`, a broker of the tests' own that a test may
-stop, start or freeze (session-scoped: one JVM for every such test).
+stop, start or freeze (session-scoped: one JVM for every such test); `real_cloud`, a real
+Keystone and cinder-api (session-scoped: one pair for every test that needs them).
 
 The cluster comes from `connector.dev.local_postgres` (Debian's binaries, installed by
 `make postgres`); the registry is Apicurio Registry from Maven Central
-(scripts/ensure-schema-registry.sh). A service that cannot start fails the tests; it never
-skips them.
+(scripts/ensure-schema-registry.sh); Keystone and cinder-api come from their own venv
+(scripts/ensure-openstack.sh, `connector.dev.local_openstack`). A service that cannot start
+fails the tests; it never skips them.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import sqlalchemy as sa
 
 from connector.dev import free_port, free_port_run
 from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_openstack import LocalOpenStack
 from connector.dev.local_postgres import LocalPostgres
 from connector.dev.sim import RunningSim, start_sim
 from connector.errors import LocalKafkaError
 from connector.sinks.sql import sqlalchemy_url
 from tests.support.kafka import BROKER_START
+from tests.support.openstack import RealCloud
 from tests.support.services import running
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
@@ -104,7 +108,9 @@ def open_sim(
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
 
     def open_(**options: Any) -> RunningSim:
-        name = unique_name("site").replace("test.", "", 1)[-60:].lstrip(".-")
+        # A second site of the same test gets a name of its own.
+        what = f"site{len(started)}" if started else "site"
+        name = unique_name(what).replace("test.", "", 1)[-60:].lstrip(".-")
         sim = start_sim(name, **options)
         started.append(sim)
         sim.write_clouds_yaml(tmp_path / "clouds.yaml")
@@ -113,6 +119,13 @@ def open_sim(
     yield open_
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture(scope="session")
+def real_cloud() -> Iterator[RealCloud]:
+    """Keystone and cinder-api, running (about 15 s to start; installed first if missing)."""
+    with running(LocalOpenStack(), "a real Keystone and cinder-api") as services:
+        yield RealCloud(services)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from connector.dev.sim import RunningSim
 from connector.errors import KafkaError
 from connector.records.model import StatusRecord
-from connector.site.runner import SitePoller, run_site
+from connector.site.runner import open_site_poller, run_site
 from tests.support import wait_for
 from tests.support.sim import Topic, control, differences, site_settings, truth
 
@@ -123,7 +123,7 @@ def test_a_failing_flush_does_not_hide_why_the_run_failed(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = open_sim(servers=5, volumes=5, ports=5)
-    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds="server"))
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds="server"))
 
     def broken_heartbeat() -> None:
         raise RuntimeError("the heartbeat broke")

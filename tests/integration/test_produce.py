@@ -21,7 +21,7 @@ from connector.dev.sim import RunningSim
 from connector.records.codec import Codec
 from connector.records.model import Deletion, StatusRecord
 from connector.site.restore import Restored, restore_from_topic
-from connector.site.runner import SitePoller, run_site
+from connector.site.runner import SitePoller, open_site_poller, run_site
 from tests.support.kafka import Writer
 from tests.support.sim import (
     Topic,
@@ -119,7 +119,7 @@ def test_storm_between_two_polls_gives_at_most_one_record_per_object(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
 ) -> None:
     sim = open_sim(servers=200, volumes=200, ports=300, seed=7)
-    site = SitePoller(site_settings(kafka_bootstrap, sim))
+    site = open_site_poller(site_settings(kafka_bootstrap, sim))
     topic = Topic(kafka_bootstrap, site.topic)
     site.cycle(resync=True)
     site.flush()
@@ -160,7 +160,7 @@ def test_incremental_cycle_at_one_percent_churn_is_a_small_fraction_of_a_full_li
     kinds = "server,volume,port"
     # No skew tolerance: the watermark is then the resync's start (floored to the second), so
     # the incremental cycle lists what the churn changed and nothing the resync already saw.
-    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds=kinds, clock_skew=0))
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds=kinds, clock_skew=0))
     site.cycle(resync=True)
     # One incremental cycle first: it pays once for what a running poller pays once (Cinder's
     # version discovery, Neutron's answer to changed_since).

@@ -26,7 +26,7 @@ from connector.dev.sim.model import PORT, SERVER, VOLUME
 from connector.records.model import StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
-from connector.site.runner import SitePoller, run_site
+from connector.site.runner import open_site_poller, run_site
 from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.kafka import BROKER_START
@@ -73,7 +73,10 @@ def test_deletions_reach_the_topic_within_two_polls_without_full_listings(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
 ) -> None:
     sim = open_sim(servers=30, volumes=30, ports=30, neutron_changed_since="accept")
-    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds=KINDS, deletion_sweep_every=2))
+    registry = CollectorRegistry()
+    site = open_site_poller(
+        site_settings(kafka_bootstrap, sim, kinds=KINDS, deletion_sweep_every=2), registry
+    )
     site.cycle(resync=True)
     delete_one_of_each(sim)
     sim_requests(sim)
@@ -85,11 +88,13 @@ def test_deletions_reach_the_topic_within_two_polls_without_full_listings(
     requests = sim_requests(sim)
     assert requests["GET /volume/v3/{id}/volumes/summary"] == 2, "a count every poll"
     assert requests["GET /volume/v3/{id}/volumes"] == 1, "one id sweep, on the mismatch"
-    assert requests["GET /volume/v3/{id}/volumes/detail"] == 2, "incremental listings only"
+    # Two incremental polls, each listing by updated_at and by created_at (Cinder leaves
+    # updated_at null on a new volume), and no full listing.
+    assert requests["GET /volume/v3/{id}/volumes/detail"] == 4, "incremental listings only"
     assert requests["GET /networking/v2.0/ports"] == 3, "two incremental, one id sweep"
     sweeps = "cascade_site_deletion_sweeps_total"
     labels = {"site": sim.cloud, "kind": "volume", "reason": "count"}
-    assert sample(site.registry, sweeps, **labels) == 1
+    assert sample(registry, sweeps, **labels) == 1
 
 
 def test_corrupt_servers_are_skipped_and_everything_else_is_published(
@@ -127,9 +132,10 @@ def test_a_site_clock_a_minute_off_loses_no_change(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], skew: float
 ) -> None:
     sim = open_sim(servers=20, volumes=20, ports=20, clock_skew=skew)
-    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds=KINDS))
+    registry = CollectorRegistry()
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds=KINDS), registry)
     site.cycle(resync=True)
-    offset = sample(site.registry, "cascade_site_clock_offset_seconds", site=sim.cloud, kind="port")
+    offset = sample(registry, "cascade_site_clock_offset_seconds", site=sim.cloud, kind="port")
     assert abs(offset - skew) < 2.0, f"measured {offset}"
     for _ in range(3):
         control(sim, "/_sim/churn", {"changes": 20})
@@ -142,7 +148,7 @@ def test_a_cell_going_down_does_not_tombstone_its_servers(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
 ) -> None:
     sim = open_sim(servers=100, volumes=10, ports=10)
-    site = SitePoller(site_settings(kafka_bootstrap, sim, kinds="server"))
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds="server"))
     site.cycle(resync=True)
     control(sim, "/_sim/faults", {"seconds": 60, "hide": {"kind": "server", "share": 0.3}})
     assert len(control(sim, "/_sim/truth?kind=server")["objects"]) == 100, "hidden, not gone"

@@ -4,6 +4,7 @@ forward, replays never regress, deletions in both modes, heartbeats, rejections,
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -312,5 +313,33 @@ def test_a_server_that_went_away_is_backpressure() -> None:
     try:
         with pytest.raises(SinkBackpressureError):
             sink.apply([rec("vm1", 2)])
+    finally:
+        sink.close()
+
+
+def test_members_starting_together_create_the_tables_once(postgres_database: str) -> None:
+    # Several members of a fresh group against an empty database: each creates the tables it
+    # finds missing, at the same moment. None may fail on the others' CREATE TABLE.
+    members = 8
+    barrier = threading.Barrier(members)
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            SqlSink(postgres_database).close()
+        except BaseException as exc:  # collected for the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(members)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures
+    sink = SqlSink(postgres_database)
+    try:
+        sink.apply([rec("vm-1", 1)])
+        assert rows(sink) == {"vm-1": ("ACTIVE", 1, False)}
     finally:
         sink.close()

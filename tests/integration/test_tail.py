@@ -77,7 +77,7 @@ def test_tail_prints_records_tombstones_and_goes_on_past_garbage(
 
     result = _tail(kafka_bootstrap, prefix, "--from-beginning", "--exit-at-end")
     assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(line["partition"], line["offset"]) for line in lines] == [(0, n) for n in range(7)]
     assert [line["key"] for line in lines] == [
         EXAMPLES[0].key,
@@ -109,7 +109,7 @@ def test_tail_limit_stops_after_n_records(kafka_bootstrap: str, topic: tuple[str
 
     result = _tail(kafka_bootstrap, prefix, "--from-beginning", "--limit", "2")
     assert result.exit_code == 0, result.output
-    keys = [json.loads(line)["key"] for line in result.output.splitlines()]
+    keys = [json.loads(line)["key"] for line in result.stdout.splitlines()]
     assert keys == [EXAMPLES[0].key, EXAMPLES[1].key]
 
 
@@ -158,7 +158,7 @@ def test_exit_at_end_ends_while_the_topic_keeps_growing(
         after = writer.written
     [result] = results
     assert result.exit_code == 0, result.output
-    offsets = [json.loads(line)["offset"] for line in result.output.splitlines()]
+    offsets = [json.loads(line)["offset"] for line in result.stdout.splitlines()]
     # Everything up to the end the read started with, in order, and nothing past it.
     assert offsets == list(range(len(offsets)))
     assert 20 + before <= len(offsets) <= 20 + after

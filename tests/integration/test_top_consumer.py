@@ -26,6 +26,7 @@ from connector.records.errors import RegistryError
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
+from connector.sinks.base import SiteAvailability
 from connector.sinks.sql import create_engine
 from connector.top import loop as top
 from connector.top.loop import TopConsumer
@@ -53,6 +54,9 @@ class Recording:
         keys = len({c.key for c in changes})
         self.calls.append((time.monotonic(), len(changes), keys, result.written))
         return result
+
+    def set_availability(self, states: Sequence[SiteAvailability]) -> None:
+        self.sink.set_availability(states)
 
     def close(self) -> None:
         self.sink.close()
@@ -375,12 +379,12 @@ def test_registry_outage_rolls_back_and_recovers(
     codec = Codec()
     outages = [2]
 
-    def decode_during_outage(msg: Message) -> Change:
+    def decode_during_outage(msg: Message, site: str) -> Change:
         """The registry is down for the first two decodes that need it."""
         if outages[0]:
             outages[0] -= 1
             raise RegistryError("registry at http://127.0.0.1:1 refused the connection")
-        return change_from_message(msg, codec)
+        return change_from_message(msg, codec, site)
 
     loop = build_consumer(
         settings, open_sink(settings.sink), CollectorRegistry(), decode=decode_during_outage

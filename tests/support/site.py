@@ -27,13 +27,13 @@ class FakeProducer:
     def produce(
         self,
         topic: str,
-        key: str | bytes,
+        key: str | bytes | None,
         value: bytes | None,
         on_delivery: Callable[..., None],
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
         # As the real Producer: the delivery report names the key as text.
-        key = key.decode() if isinstance(key, bytes) else key
+        key = key.decode() if isinstance(key, bytes) else key or ""
         self.sent.append((key, value, dict(headers or {})))
         self._pending.append((key, on_delivery))
 
@@ -54,7 +54,7 @@ def make_publisher(
     publisher = Publisher(
         "s1",
         "cascade.status.s1",
-        producer,  # type: ignore[arg-type]
+        producer,
         Codec(),
         metrics,
         health,

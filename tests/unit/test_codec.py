@@ -18,7 +18,7 @@ from connector.codecs import codec_from_settings
 from connector.config import KafkaSettings
 from connector.records.checks import record_problem
 from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
-from connector.records.errors import DecodeError, EncodeError
+from connector.records.errors import DecodeError, EncodeError, WrongSiteError
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import (
     HEARTBEAT_KIND,
@@ -231,6 +231,9 @@ def test_tombstone_without_sequence_header(codec: Codec) -> None:
         (b"site-a/server/x", None, [(SEQUENCE_HEADER, b"12x")], "not a decimal"),
         (b"site-a/server/x", None, [(SEQUENCE_HEADER, "\u0663".encode())], "not a decimal"),
         (b"site-a/server/x", b"garbage", None, "unknown framing"),
+        # Past Python's 4,300 digits int() raises a ValueError of its own, which ended the
+        # consumer before every failure became a DecodeError.
+        (b"site-a/server/x", None, [(SEQUENCE_HEADER, b"9" * 5000)], "unreadable message"),
     ],
 )
 def test_bad_messages_are_decode_errors(
@@ -249,6 +252,42 @@ def test_a_value_that_disagrees_with_its_key_is_a_decode_error(codec: Codec) -> 
     other_key = b"site-a/server/someone-else"
     with pytest.raises(DecodeError, match="disagrees"):
         change_from_message(_message(other_key, value), codec)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        # A status record, a tombstone and a heartbeat about site-b, read from site-a's topic.
+        (b"site-b/server/x", "record"),
+        (b"site-b/server/x", None),
+        (b"site-b/site/site-b", "heartbeat"),
+        # A heartbeat (or its tombstone) of site-a's key naming site-b as the site it is.
+        (b"site-a/site/site-b", None),
+    ],
+)
+def test_a_message_about_another_site_is_a_wrong_site_error(
+    codec: Codec, key: bytes, value: str | None
+) -> None:
+    site = key.decode().split("/")[0]
+    records = {
+        "record": replace(EXAMPLES[0], site=site, id="x"),
+        "heartbeat": StatusRecord(site, HEARTBEAT_KIND, site, "ok", 7, NOW),
+    }
+    encoded = None if value is None else codec.encode(records[value])
+    with pytest.raises(WrongSiteError, match="site-b") as caught:
+        change_from_message(_message(key, encoded), codec, site="site-a")
+    assert caught.value.category == "wrong site"
+    # Without a site to check against (tail, a site's restore), the same message reads.
+    if key != b"site-a/site/site-b":
+        assert change_from_message(_message(key, encoded), codec).site == "site-b"
+
+
+def test_a_message_about_its_own_site_reads(codec: Codec) -> None:
+    record = replace(EXAMPLES[0], site="site-a")
+    beat = StatusRecord("site-a", HEARTBEAT_KIND, "site-a", "ok", 7, NOW)
+    for change in (record, beat):
+        msg = to_message(change, codec)
+        assert change_from_message(_message(msg.key, msg.value), codec, site="site-a") == change
 
 
 # --- fuzzing -------------------------------------------------------------------------------
@@ -300,6 +339,30 @@ def _decodes_or_refuses(codec: Codec, data: bytes) -> None:
         assert exc.reason
     else:
         assert record_problem(record) is None
+
+
+_headers = st.lists(
+    st.tuples(st.sampled_from([SEQUENCE_HEADER, "other"]), st.none() | st.binary(max_size=30)),
+    max_size=3,
+)
+
+
+@_fuzz
+@given(
+    key=st.none() | st.binary(max_size=40) | st.sampled_from([b"site-a/server/x", b"a/b/c"]),
+    value=st.none() | st.binary(max_size=60),
+    headers=st.none() | _headers,
+)
+def test_fuzz_arbitrary_messages_read_or_are_decode_errors(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]] | None
+) -> None:
+    message = _message(key, value, headers)  # type: ignore[arg-type]
+    try:
+        change = change_from_message(message, Codec(), site="site-a")
+    except DecodeError as exc:
+        assert exc.reason
+    else:
+        assert change.site == "site-a"
 
 
 @_fuzz

@@ -12,7 +12,9 @@ import pytest
 
 from connector.config import load_settings
 from connector.errors import ConfigError
-from connector.site.kinds import KINDS, Since, kinds_for, resolve_kind_names
+from connector.records.checks import resolve_kind_names
+from connector.records.model import KIND_NAMES
+from connector.site.kinds import KINDS, Since, kinds_for
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack-samples"
 
@@ -98,6 +100,10 @@ def test_incremental_filters_on_the_wire() -> None:
     assert volume is not None and volume.min_microversion == "3.60"
     assert volume.value(when) == "gte:2024-05-01T12:30:45Z"
     assert KINDS["port"].since is not None and KINDS["port"].since.may_be_rejected
+
+
+def test_the_settings_know_the_kinds_of_the_table() -> None:
+    assert tuple(KINDS) == KIND_NAMES
 
 
 def test_kind_names_accept_plurals_and_name_the_known_ones() -> None:

@@ -16,6 +16,7 @@ from connector.errors import KafkaError
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import GC_THRESHOLD, collect_less
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
+from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.loop import TopConsumer, WindowPolicy
 from connector.top.rate import RateLimiter
@@ -114,12 +115,13 @@ def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after
         consumer=BrokenConsumer(),  # type: ignore[arg-type]
         pattern=r"^site\..+",
         topic_prefix="site",
-        decode=lambda _msg: pytest.fail("nothing to decode"),
+        decode=lambda _msg, _site: pytest.fail("nothing to decode"),
         sink=None,  # type: ignore[arg-type]
         dead_letters=dead_letters,  # type: ignore[arg-type]
         limiter=RateLimiter(None, None),
         policy=WindowPolicy(call_size=10, wait=0.1, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(CollectorRegistry()),
+        availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
     )
     with pytest.raises(KafkaError, match="the broker is gone"):
         loop.run()

@@ -102,16 +102,20 @@ def poller(
     row: Kind = ROW,
     jitter: Callable[[], float] = lambda: 1.0,
     site_clock: SiteClock | None = None,
+    metrics: SiteMetrics | None = None,
+    health: Health | None = None,
     **settings: Any,
 ) -> tuple[KindPoller, FakeProducer]:
+    """A poller of `row` on `proxy`, reporting into `metrics` and `health` (built on them) when
+    the test reads them."""
     publisher, producer, _ = make_publisher()
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    metrics = metrics or SiteMetrics(CollectorRegistry(), "s1")
     return (
         KindPoller(
             row,
             proxy,
             publisher,
-            Health([row.name], metrics),
+            health or Health([row.name], metrics),
             metrics,
             SiteSettings(name="s1", **settings),
             clock=lambda: clock[0],
@@ -228,26 +232,33 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half(ports: Fake
 @pytest.mark.parametrize(
     ("site_max", "mode", "sent"),
     [
-        ("3.59", "resync", (None, {"all_tenants": "True"})),
+        ("3.59", "resync", [(None, {"all_tenants": "True"})]),
         (
             "3.70",
             "incremental",
-            ("3.60", {"all_tenants": "True", "updated_at": "gte:2023-11-14T22:13:17Z"}),
+            [
+                ("3.60", {"all_tenants": "True", "updated_at": "gte:2023-11-14T22:13:17Z"}),
+                ("3.60", {"all_tenants": "True", "created_at": "gte:2023-11-14T22:13:17Z"}),
+            ],
         ),
     ],
 )
-def test_cinder_filter_only_from_microversion_3_60(
-    site_max: str, mode: str, sent: tuple[str | None, dict[str, Any]]
+def test_cinder_filters_only_from_microversion_3_60(
+    site_max: str, mode: str, sent: list[tuple[str | None, dict[str, Any]]]
 ) -> None:
     volumes = FakeProxy("volumes", max_microversion=site_max)
-    volumes.objects["v1"] = {"id": "v1", "status": "available", "attachments": []}
+    volumes.objects["v1"] = {
+        "id": "v1",
+        "status": "available",
+        "attachments": [],
+        "os-vol-host-attr:host": None,
+    }
     p, _ = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
     p.poll(resync=True)
     assert volumes.requests == [("/volumes/detail", {"all_tenants": "True"}, None)]
     assert p.poll(resync=False) == mode
-    detail = [r for r in volumes.requests if r[0] == "/volumes/detail"]
-    _url, query, microversion = detail[-1]
-    assert (microversion, query) == sent
+    detail = [r for r in volumes.requests if r[0] == "/volumes/detail"][1:]
+    assert [(microversion, query) for _url, query, microversion in detail] == sent
 
 
 class FlakyFullListings(FakeProxy):
@@ -334,7 +345,12 @@ def test_a_failed_delivery_makes_the_next_poll_a_resync(ports: FakeProxy) -> Non
 def test_a_deleted_volume_is_found_by_the_summary_count_then_an_id_sweep() -> None:
     volumes = FakeProxy("volumes", max_microversion="3.70")
     for name in ("v1", "v2", "v3"):
-        volumes.objects[name] = {"id": name, "status": "available", "attachments": []}
+        volumes.objects[name] = {
+            "id": name,
+            "status": "available",
+            "attachments": [],
+            "os-vol-host-attr:host": None,
+        }
     p, producer = poller(volumes, [1_700_000_000.0], row=KINDS["volume"])
     p.poll(resync=True)
     sent_keys(producer)
@@ -374,7 +390,9 @@ def test_unreadable_objects_are_skipped_counted_logged_once_and_degrade(
 ) -> None:
     for name in ("a", "b", "c", "d"):
         put(ports, name, "ACTIVE", 1)
-    p, producer = poller(ports, [1_700_000_000.0])
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(["port"], metrics)
+    p, producer = poller(ports, [1_700_000_000.0], metrics=metrics, health=health)
     p.poll(resync=True)
     sent_keys(producer)
     ports.objects["b"]["updated_at"] = "yesterday-ish"
@@ -384,36 +402,38 @@ def test_unreadable_objects_are_skipped_counted_logged_once_and_degrade(
     for _ in range(2):
         assert p.poll(resync=True) == "resync"
     assert sent_keys(producer) == [("s1/port/e", False)], "b and c keep their records"
-    registry = p._metrics.registry
+    registry = metrics.registry
     labels = {"site": "s1", "kind": "port"}
     value = registry.get_sample_value("cascade_site_unparseable_objects_total", labels)
     assert value == 6, "three objects, two listings"
     skipped = [r for r in caplog.records if "cannot read" in r.getMessage()]
     assert len(skipped) == 3, "logged once per object"
-    healthy, details = p._health.snapshot()
+    healthy, details = health.snapshot()
     assert not healthy and details["port.unparseable"] == 3
 
     ports.objects["b"]["updated_at"] = "2026-01-01T00:00:00Z"
     ports.objects["c"]["status"] = "ACTIVE"
     del ports.objects["x"]
     p.poll(resync=True)
-    assert p._health.snapshot()[0] and p._health.snapshot()[1]["port.unparseable"] == 0
+    assert health.snapshot()[0] and health.snapshot()[1]["port.unparseable"] == 0
 
 
 def test_a_mass_vanish_is_held_back_until_the_next_listing_agrees(ports: FakeProxy) -> None:
     for n in range(100):
         put(ports, f"p{n:03d}", "ACTIVE", 1)
-    p, producer = poller(ports, [1_700_000_000.0], vanish_guard=0.2)
+    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(["port"], metrics)
+    p, producer = poller(ports, [1_700_000_000.0], vanish_guard=0.2, metrics=metrics, health=health)
     p.poll(resync=True)
     sent_keys(producer)
     hidden = {f"p{n:03d}": ports.objects.pop(f"p{n:03d}") for n in range(30)}
     p.poll(resync=True)
     assert sent_keys(producer) == [], "30% vanished at once: held back"
-    healthy, details = p._health.snapshot()
+    healthy, details = health.snapshot()
     assert not healthy and details["port.held_back"] == 30
     ports.objects.update(hidden)
     p.poll(resync=True)
-    assert sent_keys(producer) == [] and p._health.snapshot()[0], "they came back: nothing lost"
+    assert sent_keys(producer) == [] and health.snapshot()[0], "they came back: nothing lost"
 
     for n in range(30):
         del ports.objects[f"p{n:03d}"]
@@ -421,7 +441,7 @@ def test_a_mass_vanish_is_held_back_until_the_next_listing_agrees(ports: FakePro
     assert sent_keys(producer) == []
     p.poll(resync=True)
     assert len(sent_keys(producer)) == 30, "the next listing agreed: tombstones"
-    assert p._health.snapshot()[0]
+    assert health.snapshot()[0]
     del ports.objects["p099"]
     p.poll(resync=True)
     assert sent_keys(producer) == [("s1/port/p099", True)], "a few deletions are not held"
@@ -456,18 +476,19 @@ def test_the_proxy_is_made_in_the_first_poll_and_a_failure_is_a_site_fault(
 
     publisher, producer, _ = make_publisher()
     metrics = SiteMetrics(CollectorRegistry(), "s1")
+    health = Health([ROW.name], metrics)
     p = KindPoller(
         ROW,
         None,
         publisher,
-        Health([ROW.name], metrics),
+        health,
         metrics,
         SiteSettings(name="s1", backoff_initial=0.01),
         connect=connect,
     )
-    assert not p._attempt(True, threading.Event())
-    assert not p._health.snapshot()[0]
-    assert p._attempt(True, threading.Event())
+    assert not p.run_once(threading.Event(), attempts=1)
+    assert not health.snapshot()[0]
+    assert p.run_once(threading.Event(), attempts=1)
     assert [key for key, _v, _cb in producer.sent] == ["s1/port/a"]
 
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from connector.errors import KafkaError
 from connector.kafka.group_consumer import Partition, PartitionsCallback
 from connector.top import loop as top
+from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.loop import TopConsumer, WindowPolicy
 from connector.top.rate import RateLimiter
@@ -79,12 +80,13 @@ def top_consumer(consumer: SlowCoordinator) -> TopConsumer:
         consumer=consumer,  # type: ignore[arg-type]
         pattern=r"^site\..+",
         topic_prefix="site",
-        decode=lambda _msg: pytest.fail("nothing to decode"),
+        decode=lambda _msg, _site: pytest.fail("nothing to decode"),
         sink=None,  # type: ignore[arg-type]
         dead_letters=DeadLetters(),  # type: ignore[arg-type]
         limiter=RateLimiter(None, None),
         policy=WindowPolicy(call_size=10, wait=0.1, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(CollectorRegistry()),
+        availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
     )
 
 

@@ -188,3 +188,17 @@ def test_the_last_change_of_an_object_is_when_the_site_was_last_seen_changing() 
     # A heartbeat whose details differ is churn (a write), but no sign of the site changing.
     put(q, applied, rec("a", "degraded", 5, kind="site", details={"poll.interval": 2.0}), P0, 7)
     assert q.filling.churn == 2 and q.filling.last_churn == 5.0
+
+
+def test_a_deleted_key_leaves_the_applied_index() -> None:
+    applied = Applied()
+    for i in range(1000):
+        created = rec(str(i), "ACTIVE", 2 * i)
+        deleted = Deletion("a", "server", str(i), 2 * i + 1)
+        for change in (created, deleted):
+            applied.remember([Pending(change, P0, i, b"raw", fingerprint(change), 0.0)])
+    assert len(applied) == 0
+    # Re-created after its deletion, a key is remembered (and skipped) again.
+    again = rec("7", "ACTIVE", 5000)
+    applied.remember([Pending(again, P0, 5000, b"raw", fingerprint(again), 0.0)])
+    assert applied.get(P0, again.key) == fingerprint(again) and len(applied) == 1

@@ -1,11 +1,14 @@
 """Cinder (block storage v3) for a simulated site: version documents and volume listing.
 
-Listing follows Cinder: newest first, pages of at most 1000 with a `volumes_links` next link,
-`all_tenants` for other projects, deleted volumes gone from lists. The time filter
-`updated_at=<op>:<time>` (gt, gte, lt, lte, eq) is honoured only from microversion 3.60; below
-it the parameter is ignored without an error, as Cinder does. `GET /volumes/summary` (3.12 and
-later; below, "summary" is taken for a volume id and answers 404) gives the count and total size
-of the volumes a listing would show, with `all_tenants` for every project.
+Listing follows cinder-api 29.0.0 as tried against it (tests/integration/test_real_cinder.py
+compares the two): newest first, pages of at most 1000 with a `volumes_links` next link,
+`all_tenants` for other projects, deleted volumes gone from lists, an unknown marker a 404, a
+query key the list does not know an empty list. `updated_at` stays null until a volume's first
+update, and the time filters `updated_at=` / `created_at=<op>:<time>` (gt, gte, lt, lte, eq;
+a null time never matches) are honoured from microversion 3.31; below it they are ignored
+without an error, as Cinder does. `GET /volumes/summary` (3.12 and later; below, "summary" is
+taken for a volume id and answers 404) gives the count and total size of the volumes a listing
+would show, with `all_tenants` for every project.
 """
 
 from __future__ import annotations
@@ -31,12 +34,38 @@ from connector.dev.sim.store import Site, TimeRange
 MIN_VERSION = "3.0"
 MAX_VERSION = "3.71"
 MAX_LIMIT = 1000
-#: The first microversion whose volume list honours the created_at/updated_at filters.
-TIME_FILTER_VERSION = (3, 60)
+#: The first microversion whose volume list honours the created_at/updated_at filters: 3.60
+#: in the API reference, 3.31 (generic filtering) in cinder-api 29.0.0 as tried.
+TIME_FILTER_VERSION = (3, 31)
+#: Query keys the volume list knows; any other is taken as a column filter that no volume
+#: matches, and the list is empty (as cinder-api 29.0.0 answers, with a 200).
+LIST_KEYS = frozenset(
+    {
+        "all_tenants",
+        "project_id",
+        "limit",
+        "marker",
+        "offset",
+        "sort",
+        "sort_key",
+        "sort_dir",
+        "with_count",
+        "status",
+        "name",
+        "created_at",
+        "updated_at",
+    }
+)
 #: `GET /volumes/summary` exists from 3.12 (below it, "summary" is a volume id: 404); its
 #: answer gains `metadata` at 3.36.
 SUMMARY_VERSION = (3, 12)
 SUMMARY_METADATA_VERSION = (3, 36)
+
+
+def never_updated(obj: SimObject) -> bool:
+    """Cinder leaves `updated_at` null until a volume's first update (the seeded population
+    was updated since it was created; a volume created through the API was not)."""
+    return obj.updated == obj.created
 
 
 class Cinder:
@@ -128,7 +157,9 @@ class Cinder:
             arg("all_tenants") or "", "all_tenants", compute_fault
         )
         owner = arg("project_id") if all_tenants else (token_project or path_project)
-        span = self._span(arg("updated_at")) if version >= TIME_FILTER_VERSION else None
+        time_filters = version >= TIME_FILTER_VERSION
+        span = self._span(arg("updated_at")) if time_filters else None
+        created = self._span(arg("created_at")) if time_filters else None
         status = arg("status")
         name = arg("name")
         limit = parse_limit(request, compute_fault, MAX_LIMIT)
@@ -139,6 +170,9 @@ class Cinder:
                 (owner is None or obj.project_id == owner)
                 and (status is None or obj.status == status)
                 and (name is None or obj.name == name)
+                # SQL's comparison with a null `updated_at` is never true
+                and (span is None or not never_updated(obj))
+                and (created is None or created.holds(obj.created))
             )
 
         with self.site.lock:
@@ -148,9 +182,10 @@ class Cinder:
             if marker is not None:
                 marker_obj = table.by_id.get(marker)
                 if marker_obj is None:
-                    raise ApiError(400, compute_fault(400, f"Marker {marker} could not be found."))
+                    raise ApiError(404, compute_fault(404, f"Volume {marker} could not be found."))
                 after = marker_obj.key
-            page = table.scan(after=after, span=span, match=wanted, limit=limit)
+            unknown = set(request.query) - LIST_KEYS
+            page = [] if unknown else table.scan(after=after, span=span, match=wanted, limit=limit)
             volumes = [
                 self.site.spoil(VOLUME, obj.id, self.render(obj, path_project), "updated_at")
                 if detail
@@ -199,13 +234,11 @@ class Cinder:
             return None
         op, sep, value = raw.partition(":")
         if not sep or op not in ("gt", "gte", "lt", "lte", "eq"):
-            op, value = "eq", raw
+            raise ApiError(400, compute_fault(400, f"Invalid {op} operator"))
         try:
             at = parse_time(value)
         except ValueError as exc:
-            raise ApiError(
-                400, compute_fault(400, f"Invalid input received: Invalid time {raw!r}.")
-            ) from exc
+            raise ApiError(400, compute_fault(400, f"Invalid {value} value")) from exc
         return {
             "gt": TimeRange(lo=at, lo_inclusive=False),
             "gte": TimeRange(lo=at),
@@ -245,7 +278,7 @@ class Cinder:
             "bootable": "false",
             "consistencygroup_id": None,
             "created_at": iso_micro(obj.created),
-            "updated_at": iso_micro(obj.updated),
+            "updated_at": None if never_updated(obj) else iso_micro(obj.updated),
             "description": None,
             "encrypted": False,
             "links": self._links(project_id, obj.id),

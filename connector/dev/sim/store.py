@@ -51,12 +51,18 @@ _first = itemgetter(0)
 
 @dataclass(frozen=True, slots=True)
 class TimeRange:
-    """Bounds on `updated`; None means unbounded on that side."""
+    """Bounds on a time (`updated` in `Table.scan`); None means unbounded on that side."""
 
     lo: float | None = None
     lo_inclusive: bool = True
     hi: float | None = None
     hi_inclusive: bool = True
+
+    def holds(self, at: float) -> bool:
+        """Whether `at` is within the bounds."""
+        above = self.lo is None or (at >= self.lo if self.lo_inclusive else at > self.lo)
+        below = self.hi is None or (at <= self.hi if self.hi_inclusive else at < self.hi)
+        return above and below
 
 
 class Table:

@@ -1,0 +1,301 @@
+"""The poller against a real Keystone 30.0.0 and a real cinder-api 29.0.0 (`real_cloud`, one
+pair for the session): new volumes found by the incremental poll although Cinder leaves their
+`updated_at` null, clouds.yaml entries that do not fit the catalog ending with exit 2, a user
+without the admin role reported, churn in two projects reaching the top, a token revoked, a
+Keystone restart, an application credential, a region and an interface chosen."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+
+from connector.config import Settings, load_settings
+from connector.records.model import Deletion, StatusRecord
+from connector.sinks import open_sink
+from connector.sinks.sql import create_engine
+from connector.site.runner import SitePoller, run_site
+from connector.top.service import build_consumer
+from tests.support import wait_for
+from tests.support.cli import run
+from tests.support.openstack import RealCloud
+from tests.support.sim import Topic
+
+#: The poll interval of the churn test, seconds.
+INTERVAL = 2.0
+
+
+@pytest.fixture
+def clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The clouds.yaml openstacksdk reads in this test (entries added by the test)."""
+    path = tmp_path / "clouds.yaml"
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    return path
+
+
+def settings(bootstrap: str, cloud: str, prefix: str, **site: Any) -> Settings:
+    return load_settings(
+        flags={
+            "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix},
+            "site": {"name": cloud, "kinds": "volume", "clock_skew": 1.0, **site},
+        }
+    )
+
+
+def published(topic: Topic) -> dict[str, str | None]:
+    """Volume id -> latest status on the topic (None: a tombstone)."""
+    out: dict[str, str | None] = {}
+    for change in topic.all():
+        if isinstance(change, StatusRecord) and change.kind == "volume":
+            out[change.id] = change.status
+        elif isinstance(change, Deletion) and change.kind == "volume":
+            out[change.id] = None
+    return out
+
+
+def test_a_volume_cinder_never_updated_is_published_by_the_next_incremental_poll(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    account = real_cloud.account()
+    real_cloud.write_cloud(clouds_yaml, "fresh", account.auth(real_cloud.auth_url))
+    site = SitePoller(settings(kafka_bootstrap, "fresh", unique_name("status")))
+    topic = Topic(kafka_bootstrap, site.topic)
+    site.cycle(resync=True)
+    conn = real_cloud.connect(account.auth(real_cloud.auth_url))
+    [new] = real_cloud.create_volumes(conn, 1, "fresh")
+    shown = real_cloud.cinder("get", f"/volumes/{new}")["volume"]
+    assert shown["updated_at"] is None, "Cinder stamps no update time on create"
+    assert site.cycle(resync=False) == {"volume": "incremental"}
+    site.flush()
+    assert published(topic).get(new) == "creating", "the new volume waited for a resync"
+
+
+def test_clouds_yaml_entries_that_do_not_fit_the_site_exit_2_naming_what_is_wrong(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    auth = real_cloud.account().auth(real_cloud.auth_url)
+    real_cloud.write_cloud(clouds_yaml, "elsewhere", auth, region_name="RegionTwo")
+    real_cloud.write_cloud(clouds_yaml, "typo", auth, interface="pubilc")
+    real_cloud.write_cloud(clouds_yaml, "inside", auth, block_storage_interface="intranet")
+    real_cloud.write_cloud(clouds_yaml, "plugin", auth, auth_type="v3nosuch")
+    env = {
+        "OS_CLIENT_CONFIG_FILE": str(clouds_yaml),
+        "CASCADE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CASCADE_KAFKA_TOPIC_PREFIX": unique_name("status"),
+    }
+    expected = {
+        "elsewhere": "no block-storage endpoint in region 'RegionTwo'",
+        "typo": "interface 'pubilc' is not an interface",
+        "inside": "block_storage_interface 'intranet' is not an interface",
+        "plugin": "v3nosuch could not be found",
+        "nowhere": "nowhere was not found",
+    }
+    for cloud, why in expected.items():
+        done = run(
+            "produce",
+            "--site",
+            cloud,
+            "--kinds",
+            "volume",
+            "--once",
+            env=env,
+        )
+        assert done.returncode == 2, f"{cloud}: exit {done.returncode}: {done.stderr[-800:]}"
+        assert f"clouds.yaml entry {cloud!r}" in done.stderr and why in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        if cloud == "elsewhere":
+            assert "the catalog offers (region/interface): RegionOne/admin" in done.stderr
+
+
+def test_a_poller_without_the_admin_role_says_it_sees_part_of_the_site(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    other = real_cloud.account()
+    real_cloud.create_volumes(real_cloud.connect(other.auth(real_cloud.auth_url)), 2, "other")
+    member = real_cloud.account(role="member")
+    auth = member.auth(real_cloud.auth_url)
+    real_cloud.create_volumes(real_cloud.connect(auth), 1, "own")
+    real_cloud.write_cloud(clouds_yaml, "member", auth)
+    site = SitePoller(settings(kafka_bootstrap, "member", unique_name("status")))
+    site.cycle(resync=True)
+    healthy, details = site.health.snapshot()
+    assert not healthy and details["volume.partial"] is True, details
+    assert "lists only the projects of the poller's own credentials" in caplog.text
+    site.heartbeat()
+    site.flush()
+    [beat] = [
+        c
+        for c in Topic(kafka_bootstrap, site.topic).all()
+        if isinstance(c, StatusRecord) and c.is_heartbeat
+    ]
+    assert beat.status == "degraded" and beat.details["volume.partial"] is True
+
+
+def live_rows(db: Path) -> dict[tuple[str, str], tuple[str | None, str | None, str | None]]:
+    """What the SQL sink holds: (kind, id) -> (status, name, project) of every live row."""
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT kind, id, status, name, project_id, deleted FROM resource_status")
+            )
+            return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows if r[0] != "site" and not r[5]}
+    except sa.exc.OperationalError:
+        return {}  # the consumer has not made the table yet
+    finally:
+        engine.dispose()
+
+
+class Churn:
+    """A poller (run_site, short interval) and a consumer into SQLite, running in threads."""
+
+    def __init__(self, bootstrap: str, cloud: str, name: Callable[[str], str], db: Path) -> None:
+        self.settings = Settings.model_validate(
+            {
+                "kafka": {"bootstrap": bootstrap, "topic_prefix": name("status")},
+                "site": {
+                    "name": cloud,
+                    "kinds": "volume",
+                    "interval": INTERVAL,
+                    "heartbeat_interval": 1,
+                    "clock_skew": 1.0,
+                },
+                "sink": {"url": f"sqlite:///{db}"},
+                "consumer": {
+                    "group": name("group"),
+                    "dead_letter_topic": name("dlq"),
+                    "batch_wait_ms": 100,
+                },
+            }
+        )
+        self.stop = threading.Event()
+        self.registry = CollectorRegistry()
+        self.poller = threading.Thread(
+            target=run_site,
+            args=(self.settings,),
+            kwargs={"registry": self.registry, "stop": self.stop},
+        )
+        self.consumer = build_consumer(
+            self.settings, open_sink(self.settings.sink), CollectorRegistry()
+        )
+        self.consuming = threading.Thread(target=self.consumer.run)
+
+    def __enter__(self) -> Churn:
+        self.poller.start()
+        self.consuming.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.consumer.stop()
+        self.poller.join(15)
+        self.consuming.join(30)
+        assert not self.poller.is_alive() and not self.consuming.is_alive()
+
+    def published(self) -> float:
+        """Records published so far: changes and tombstones."""
+        labels = {"site": self.settings.site.name, "kind": "volume"}
+        names = ("cascade_site_changes_published_total", "cascade_site_tombstones_total")
+        return sum(self.registry.get_sample_value(name, labels) or 0.0 for name in names)
+
+
+@pytest.fixture
+def churn_db(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "top.sqlite"
+
+
+@pytest.mark.timeout(600)
+def test_volume_churn_in_two_projects_reaches_the_top_after_every_phase(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+    churn_db: Path,
+) -> None:
+    poller_account = real_cloud.account()
+    real_cloud.write_cloud(clouds_yaml, "churn", poller_account.auth(real_cloud.auth_url))
+    projects = [real_cloud.account(role="member") for _ in range(2)]
+    conns = [real_cloud.connect(p.auth(real_cloud.auth_url)) for p in projects]
+    volumes = [
+        v for i, conn in enumerate(conns) for v in real_cloud.create_volumes(conn, 100, f"p{i}")
+    ]
+    for volume in volumes[:100]:
+        real_cloud.reset_status(volume, "available")
+    figures: list[str] = []
+
+    def converge(phase: str, changes: int, started: float, published_before: float) -> float:
+        def equal() -> bool:
+            return live_rows(churn_db) == real_cloud.listed()
+
+        try:
+            wait_for(equal, 120, f"the top to equal Cinder's listing after {phase}")
+        except AssertionError:
+            expected, rows = real_cloud.listed(), live_rows(churn_db)
+            wrong = [k for k in expected.keys() | rows.keys() if expected.get(k) != rows.get(k)]
+            raise AssertionError(f"{phase}: {len(wrong)} rows differ, e.g. {wrong[:3]}") from None
+        took = time.monotonic() - started
+        figures.append(
+            f"{phase:<26} {changes:>4} changes  {churn.published() - published_before:>5.0f} "
+            f"records published  converged in {took:5.1f} s"
+        )
+        return took
+
+    with Churn(kafka_bootstrap, "churn", unique_name, churn_db) as churn:
+        converge("first sync", len(volumes), time.monotonic(), 0.0)
+
+        def phase(name: str, changes: int, act: Callable[[], None]) -> float:
+            before = churn.published()
+            act()
+            return converge(name, changes, time.monotonic(), before)
+
+        phase(
+            "status resets",
+            60,
+            lambda: [
+                real_cloud.reset_status(v, s)
+                for v, s in zip(
+                    volumes[50:110], ["error", "available", "maintenance"] * 20, strict=True
+                )
+            ],
+        )
+        phase(
+            "renames",
+            30,
+            lambda: [real_cloud.update(v, name=f"{v[:8]}-renamed") for v in volumes[110:140]],
+        )
+        phase(
+            "metadata changes",
+            30,
+            lambda: [real_cloud.update(v, metadata={"tier": "gold"}) for v in volumes[140:170]],
+        )
+
+        def delete() -> None:
+            for i, volume in enumerate(volumes[170:200]):
+                real_cloud.reset_status(volume, "error" if i % 2 else "available")
+                real_cloud.delete(volume, force=bool(i % 2))
+
+        deletions = phase("deletions", 30, delete)
+        phase(
+            "creations",
+            20,
+            lambda: [real_cloud.create_volumes(conns[i % 2], 1, f"late{i}") for i in range(20)],
+        )
+    print("\nvolume churn against cinder-api 29.0.0, poll interval", INTERVAL, "s:")
+    print("\n".join(figures))
+    assert deletions < 2 * INTERVAL + 10, f"deletions took {deletions:.1f} s"

@@ -1,0 +1,134 @@
+"""A real Keystone and cinder-api for integration tests (connector.dev.local_openstack): the
+admin's connection, projects and users made for a test, clouds.yaml entries that reach them,
+volumes created and changed through Cinder's API, and what Cinder lists."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openstack
+import yaml
+
+from connector.dev.local_openstack import PASSWORD, REGION, LocalOpenStack
+
+#: The microversion of the requests tests make (the poller negotiates its own).
+MICROVERSION = "3.60"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user with a role in a project of its own, and its password."""
+
+    project_id: str
+    project_name: str
+    user_id: str
+    user_name: str
+    password: str
+
+    def auth(self, auth_url: str) -> dict[str, str]:
+        return {
+            "auth_url": auth_url,
+            "username": self.user_name,
+            "password": self.password,
+            "project_name": self.project_name,
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+
+
+class RealCloud:
+    """The running services, seen by their admin."""
+
+    def __init__(self, services: LocalOpenStack) -> None:
+        self.services = services
+        self.auth_url = services.endpoints.auth_url
+        self.admin = self.connect(
+            {
+                "auth_url": self.auth_url,
+                "username": "admin",
+                "password": PASSWORD,
+                "project_name": "admin",
+                "user_domain_name": "Default",
+                "project_domain_name": "Default",
+            }
+        )
+        # Cinder's default quota is 10 volumes a project.
+        self.cinder(
+            "put",
+            "/os-quota-class-sets/default",
+            json={"quota_class_set": {"volumes": -1, "gigabytes": -1}},
+        )
+
+    def connect(self, auth: dict[str, str]) -> Any:
+        return openstack.connect(auth=auth, region_name=REGION)
+
+    def cinder(self, method: str, path: str, conn: Any = None, **kwargs: Any) -> Any:
+        """One request to cinder-api (as the admin unless `conn`); the parsed answer."""
+        proxy = (conn or self.admin).block_storage
+        response = getattr(proxy, method)(path, microversion=MICROVERSION, **kwargs)
+        assert response.status_code < 300, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        return response.json() if response.content else None
+
+    def account(self, role: str = "admin") -> Account:
+        """A new project and a user with `role` in it."""
+        suffix = uuid.uuid4().hex[:8]
+        identity: Any = self.admin.identity
+        project = identity.create_project(name=f"p-{suffix}", domain_id="default")
+        password = uuid.uuid4().hex
+        user = identity.create_user(name=f"u-{suffix}", password=password, domain_id="default")
+        identity.assign_project_role_to_user(project, user, identity.find_role(role))
+        return Account(project.id, project.name, user.id, user.name, password)
+
+    def write_cloud(self, path: Path, name: str, auth: dict[str, str], **entry: Any) -> None:
+        """Add `clouds.<name>` to the clouds.yaml at `path` (region RegionOne unless given)."""
+        doc = yaml.safe_load(path.read_text()) if path.exists() else None
+        clouds = (doc or {}).get("clouds", {})
+        auth_type = entry.pop("auth_type", None)
+        clouds[name] = {
+            "region_name": REGION,
+            **entry,
+            "auth": auth,
+            **({"auth_type": auth_type} if auth_type else {}),
+        }
+        path.write_text(yaml.safe_dump({"clouds": clouds}))
+
+    def create_volumes(self, conn: Any, count: int, prefix: str) -> list[str]:
+        """`count` volumes in the project of `conn`; their ids. They stay `creating`."""
+        return [
+            self.cinder(
+                "post", "/volumes", conn, json={"volume": {"size": 1, "name": f"{prefix}-{i}"}}
+            )["volume"]["id"]
+            for i in range(count)
+        ]
+
+    def action(self, volume_id: str, action: dict[str, Any]) -> None:
+        self.cinder("post", f"/volumes/{volume_id}/action", json=action)
+
+    def reset_status(self, volume_id: str, status: str) -> None:
+        self.action(volume_id, {"os-reset_status": {"status": status}})
+
+    def update(self, volume_id: str, **fields: Any) -> None:
+        self.cinder("put", f"/volumes/{volume_id}", json={"volume": fields})
+
+    def delete(self, volume_id: str, force: bool = False) -> None:
+        if force:
+            self.action(volume_id, {"os-force_delete": {}})
+        else:
+            self.cinder("delete", f"/volumes/{volume_id}")
+
+    def listed(self) -> dict[tuple[str, str], tuple[str, str, str]]:
+        """What Cinder lists (every project): ("volume", id) -> (status, name, project id)."""
+        out: dict[tuple[str, str], tuple[str, str, str]] = {}
+        path: str | None = "/volumes/detail?all_tenants=True&limit=1000"
+        while path is not None:
+            doc = self.cinder("get", path)
+            for v in doc["volumes"]:
+                out["volume", v["id"]] = (v["status"], v["name"], v["os-vol-tenant-attr:tenant_id"])
+            links = [link["href"] for link in doc.get("volumes_links", ()) if link["rel"] == "next"]
+            path = links[0] if links else None
+        return out

@@ -1,0 +1,98 @@
+"""Dead letters: always within what Kafka accepts (the error, key and value cut, the original
+sizes said), and a delivery that keeps failing is counted, logged and retried, never the end of
+the consumer. The real-broker version is in tests/integration/test_top_isolation.py."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.errors import KafkaError
+from connector.top.consumer_metrics import ConsumerMetrics
+from connector.top.dead_letters import (
+    MAX_ERROR_BYTES,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    DeadLetter,
+    DeadLetterQueue,
+    bounded,
+)
+
+
+def letter(
+    key: bytes | None = b"a/server/x", value: bytes | None = b"v", detail: str = "bad"
+) -> DeadLetter:
+    return DeadLetter("status.a", 0, 7, key, value, "decode", detail)
+
+
+def test_a_small_letter_is_copied_whole() -> None:
+    out = bounded(letter())
+    assert (out.key, out.value) == (b"a/server/x", b"v")
+    assert out.headers == {
+        "reason": b"decode",
+        "error": b"bad",
+        "original.topic": b"status.a",
+        "original.partition": b"0",
+        "original.offset": b"7",
+    }
+
+
+def test_error_key_and_value_are_cut_saying_their_original_size() -> None:
+    # The error quotes a huge key (repr: four characters a byte), in characters of 2 bytes.
+    out = bounded(letter(key=b"\xff" * 300_000, value=b"v" * 1_048_000, detail="é" * 600_000))
+    assert out.key == b"\xff" * MAX_KEY_BYTES
+    assert out.headers["original.key.bytes"] == b"300000"
+    assert out.value == b"v" * MAX_VALUE_BYTES
+    assert out.headers["original.value.bytes"] == b"1048000"
+    error = out.headers["error"]
+    assert len(error) <= MAX_ERROR_BYTES
+    assert error.decode().endswith("(cut: 1200000 bytes in all)")
+    size = len(out.key) + len(out.value) + sum(len(k) + len(v) for k, v in out.headers.items())
+    assert size < 1_000_000, "over librdkafka's default message.max.bytes"
+
+
+class FailingProducer:
+    """A producer whose broker refuses every dead letter, until told otherwise."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.produced: list[dict[str, Any]] = []
+        self.purges = 0
+
+    def produce(self, topic: str, **message: Any) -> None:
+        if self.failing:
+            raise KafkaError("Broker: Message size too large")
+        self.produced.append(message)
+
+    def flush(self, _timeout: float) -> None:
+        pass
+
+    def purge(self) -> None:
+        self.purges += 1
+
+
+def test_a_delivery_that_keeps_failing_is_counted_and_retried_never_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = FailingProducer()
+    registry = CollectorRegistry()
+    queue = DeadLetterQueue(producer, "dlq", ConsumerMetrics(registry))  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO)
+    for _ in range(20):
+        assert queue.deliver([letter()]) is False
+    assert producer.purges == 20
+    assert registry.get_sample_value("cascade_consumer_dead_letter_delivery_failures_total") == 20
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 20 and "attempt 20 in a row" in errors[-1]
+    assert "Message size too large" in errors[-1]
+
+    producer.failing = False
+    assert queue.deliver([letter()]) is True
+    assert len(producer.produced) == 1
+    assert (
+        registry.get_sample_value("cascade_consumer_dead_letters_total", {"reason": "decode"}) == 1
+    )
+    assert any("delivered to dlq again after 20 failures" in r.getMessage() for r in caplog.records)
