@@ -76,6 +76,8 @@ from connector.sinks.sql import create_engine, resource_status
 
 SAMPLE_SECONDS = 2.0
 PROCESS_KINDS = ("sim", "poller", "consumer", "broker", "postgres")
+#: Consumer counters a phase reports as differences (a killed member's last count stays in).
+COUNTED = ("cascade_consumer_rows_applied_total", "cascade_consumer_batches_total")
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Bench:
         self.sites = [f"site-{i:03d}" for i in range(a.sites)]
         self.sims: dict[str, str] = {}
         self.consumers: dict[str, str] = {}  # process name -> metrics URL
+        #: metric -> what killed members had counted when last read, so totals never go back
+        self.gone: dict[str, float] = {}
         self.sink_url = pg.url
         self.steady_p99 = self.storm_after = float("nan")
         self.usage = Usage()
@@ -142,9 +146,10 @@ class Bench:
                 with self._lock:
                     self.usage.sample(self.pids())
                     consumers = list(self.consumers.values())
+                    rows = self.gone.get(COUNTED[0], 0.0)
                 now = time.monotonic() - self.started
                 changes = float(SiteCounters.read(self.sims.values()).status_changes)
-                rows = lag = 0.0
+                lag = 0.0
                 for url in consumers:
                     text = http_text(url)
                     rows += metric_total(text, "cascade_consumer_rows_applied_total")
@@ -280,10 +285,12 @@ class Bench:
             time.sleep(a.storm_seconds / 2)  # halfway through the storm, by design
             name = sorted(self.consumers)[0]
             victim = self.procs.children(name)[0]
-            victim.kill()
-            victim.wait()
             with self._lock:
-                del self.consumers[name]
+                counted = http_text(self.consumers.pop(name))
+                for metric in COUNTED:
+                    self.gone[metric] = self.gone.get(metric, 0.0) + metric_total(counted, metric)
+                victim.kill()
+            victim.wait()
             self.procs.stop(name)
             killed = f"{name} SIGKILLed {time.monotonic() - storm_at:.1f} s into the storm"
             print(f"  {killed}")
@@ -382,7 +389,8 @@ class Bench:
     def consumer_total(self, metric: str) -> float:
         with self._lock:
             urls = list(self.consumers.values())
-        return sum(metric_total(http_text(url), metric) for url in urls)
+            gone = self.gone.get(metric, 0.0)
+        return gone + sum(metric_total(http_text(url), metric) for url in urls)
 
     def finish(self) -> None:
         self._stop.set()
