@@ -540,11 +540,12 @@ def _plan(changes: Sequence[Change], applied_at: datetime) -> _Plan:
                 }
             )
         else:
-            plan.statuses.append(_status_row(change, applied_at))
+            plan.statuses.append(status_row(change, applied_at))
     return plan
 
 
-def _status_row(record: StatusRecord, applied_at: datetime) -> dict[str, Any]:
+def status_row(record: StatusRecord, applied_at: datetime) -> dict[str, Any]:
+    """The resource_status row of `record`, as applied at `applied_at`."""
     source = record.source_updated_at
     return {
         "site": record.site,
