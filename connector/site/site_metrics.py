@@ -86,7 +86,8 @@ class SiteMetrics:
         )
         self.unparseable = Counter(
             "cascade_site_unparseable_objects_total",
-            "Listed objects skipped because a field could not be read (no id, a bad time, ...).",
+            "Listed objects skipped: a field could not be read (no id, a bad time, ...), or the "
+            "record could not be encoded or produced.",
             per_kind,
             registry=registry,
         )
@@ -121,9 +122,23 @@ class SiteMetrics:
             ["site"],
             registry=registry,
         )
+        self.lease_rejoins = Counter(
+            "cascade_site_lease_rejoins_total",
+            "Times a standby rejoined the lease group with a new client: its site topic was "
+            "silent while Kafka answered and the lease had not come to it.",
+            ["site"],
+            registry=registry,
+        )
         self.active = Gauge(
             "cascade_site_active",
             "1 while this instance holds the site's lease and publishes, 0 while it stands by.",
+            ["site"],
+            registry=registry,
+        )
+        self.sequence_epochs = Counter(
+            "cascade_site_sequence_epochs_total",
+            "Times the site sequence could not grow further (64 bits) and started again from "
+            "the clock.",
             ["site"],
             registry=registry,
         )
