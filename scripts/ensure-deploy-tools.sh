@@ -2,8 +2,9 @@
 # Makes sure the tools that validate deploy/ are on this machine, each from its own ecosystem's
 # registry, and prints where they are as NAME=PATH lines (tests/deploy reads them). Everything is
 # cached under $XDG_CACHE_HOME/cascade-connector/deploy-tools, so a warm run only checks stamps.
-#  - promtool, from Debian's prometheus package: the .deb is fetched with `apt-get download` and
-#    only promtool is unpacked (installing the package would start a Prometheus server here);
+#  - promtool and the prometheus server, from Debian's prometheus package: the .deb is fetched
+#    with `apt-get download` and only the two binaries are unpacked (installing the package would
+#    start a Prometheus service here; the alert tests start throwaway servers of their own);
 #  - systemd-analyze, from Debian's systemd package (installed when missing);
 #  - deploycheck (tests/deploy/deploycheck): compose-go and kustomize's API from the Go module
 #    proxy, built with the machine's Go, rebuilt when its sources change;
@@ -33,12 +34,13 @@ apt_install() {
         install -y -q --no-install-recommends "$@" >&2
 }
 
-if [ ! -x "$cache/bin/promtool" ]; then
-    echo "ensure-deploy-tools: fetching promtool from Debian's prometheus package" >&2
+if [ ! -x "$cache/bin/promtool" ] || [ ! -x "$cache/bin/prometheus" ]; then
+    echo "ensure-deploy-tools: fetching promtool and prometheus from Debian's prometheus package" >&2
     download() { (cd "$tmp" && apt-get -q -o APT::Sandbox::User=root download prometheus >&2); }
     download || { "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && download; }
     dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/prometheus"
     install -m 0755 "$tmp/prometheus/usr/bin/promtool" "$cache/bin/promtool"
+    install -m 0755 "$tmp/prometheus/usr/bin/prometheus" "$cache/bin/prometheus"
 fi
 
 if ! command -v systemd-analyze >/dev/null; then
@@ -69,6 +71,7 @@ if [ ! -f "$crd" ]; then
 fi
 
 echo "promtool=$cache/bin/promtool"
+echo "prometheus=$cache/bin/prometheus"
 echo "systemd-analyze=$(command -v systemd-analyze)"
 echo "deploycheck=$cache/bin/deploycheck"
 echo "podmonitor-crd=$crd"

@@ -19,6 +19,7 @@ DEPLOY = ROOT / "deploy"
 @dataclass(frozen=True)
 class Tools:
     promtool: Path
+    prometheus: Path
     systemd_analyze: Path
     deploycheck: Path
     podmonitor_crd: Path
@@ -43,6 +44,7 @@ def tools() -> Tools:
     found = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     return Tools(
         promtool=Path(found["promtool"]),
+        prometheus=Path(found["prometheus"]),
         systemd_analyze=Path(found["systemd-analyze"]),
         deploycheck=Path(found["deploycheck"]),
         podmonitor_crd=Path(found["podmonitor-crd"]),
