@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -55,6 +55,11 @@ IN_DOUBT_LEASES = 3
 #: Seconds leaving the lease group may take before it is left to finish on its own thread: with
 #: the broker down librdkafka's close waits for it far longer than a stop may (10 s in all).
 LEASE_CLOSE = 2.0
+LEASE_LEAVE = "leave the lease group"
+#: Heartbeats a standby sees missed from its site before it suspects its lease client (`_stand_by`).
+LEASE_STALL_HEARTBEATS = 6
+#: Seconds a standby's last read of the site topic may be old and still count as Kafka answering.
+LEASE_STALL_READ = 10.0
 
 
 class LeaseUnavailable(ConnectorError):
@@ -95,6 +100,8 @@ class Election:
         #: the last Kafka error of a step outside an active term, until a step succeeds
         self._kafka_error: str | None = None
         self._error: ConnectorError | None = None
+        #: why this standby suspects its lease client (see `_stand_by`), until it is not
+        self._stalled: str | None = None
         self.metrics.active.labels(self.site).set(0)
 
     def __repr__(self) -> str:
@@ -114,7 +121,10 @@ class Election:
             error = self._kafka_error
             if error is not None:
                 details["kafka.error"] = error
-            return error is None, details
+            stalled = self._stalled
+            if stalled is not None:
+                details["lease.stalled"] = stalled
+            return error is None and stalled is None, details
         healthy, details = active.health.snapshot()
         return healthy, {"role": "active", "instance": self.instance, **details}
 
@@ -193,22 +203,30 @@ class Election:
         once: bool,
         make_active: Callable[[TransactionalProducer, Restored], Active],
     ) -> None:
-        """One turn: stand by until the lease comes, then one active term."""
+        """One turn: stand by until the lease comes, then one active term. A standby that sees
+        its site silent while Kafka answers rejoins the lease group with a new client."""
         if not stop.is_set():
             with ExitStack() as cleanup:
-                lease = Lease(
-                    self.settings.kafka,
-                    self.lease_topic,
-                    self.lease_topic,
-                    self.settings.site.lease_timeout,
-                    client_id=self.instance,
-                )
-                cleanup.callback(close_within, lease.close, LEASE_CLOSE, "leave the lease group")
+                lease = self._join_lease()
+                # A lambda, not lease.close itself: it closes whichever client is current then.
+                cleanup.callback(lambda: close_within(lease.close, LEASE_CLOSE, LEASE_LEAVE))
                 follower = self._follower(stop)
                 cleanup.callback(follower.close)
                 follower.follow(FOLLOW_INTERVAL)
-                if self._stand_by(lease, stop, once):
+                while (outcome := self._stand_by(lease, follower, stop, once)) == "rejoin":
+                    close_within(lease.close, LEASE_CLOSE, LEASE_LEAVE)
+                    lease = self._join_lease()
+                if outcome == "held":
                     self._be_active(lease, follower, stop, once, make_active)
+
+    def _join_lease(self) -> Lease:
+        return Lease(
+            self.settings.kafka,
+            self.lease_topic,
+            self.lease_topic,
+            self.settings.site.lease_timeout,
+            client_id=self.instance,
+        )
 
     def take_over(self, stop: threading.Event) -> tuple[TransactionalProducer, Restored]:
         """What a term does before its poller runs, without the lease: for a poller that does
@@ -269,19 +287,51 @@ class Election:
         if not follower.catch_up(halt=halt):
             raise Stopped("the term ended while reading the site topic")
 
-    def _stand_by(self, lease: Lease, stop: threading.Event, once: bool) -> bool:
-        """Poll the lease until it is held (True) or `stop` is set (False)."""
+    def _stand_by(
+        self, lease: Lease, follower: TopicFollower, stop: threading.Event, once: bool
+    ) -> Literal["held", "stopped", "rejoin"]:
+        """Poll the lease until it is held or `stop` is set; "rejoin" when no poller of the site
+        has published for `stall_after()` seconds while the site topic reads to its end: no
+        instance publishes, and this one has not been given the lease (a group client stuck
+        without an assignment, as librdkafka has had bugs of; or a member of the lease group
+        that holds the lease and does not poll). Counted, said by /readyz until a message or
+        the lease comes."""
         log.info("%s: standby for site %s (lease %s)", self.instance, self.site, self.lease_topic)
-        deadline = time.monotonic() + 3 * self.settings.site.lease_timeout
+        began = time.monotonic()
+        deadline = began + 3 * self.settings.site.lease_timeout
+        stall_after = self.stall_after()
         while not stop.is_set():
             if lease.poll(LEASE_POLL):
-                return True
-            if once and time.monotonic() > deadline:
+                self._stalled = None
+                return "held"
+            now = time.monotonic()
+            if once and now > deadline:
                 raise LeaseUnavailable(
                     f"another poller of site {self.site} holds its lease ({self.lease_topic}); "
                     "--once runs only when none is active"
                 )
-        return False
+            silent = now - follower.last_message_at
+            answered = follower.reached_end_at is not None and follower.reached_end_at > now - (
+                FOLLOW_INTERVAL + LEASE_STALL_READ
+            )
+            if silent < stall_after:
+                self._stalled = None
+            elif answered and now - began >= stall_after:
+                self._stalled = (
+                    f"no poller of site {self.site} has published for {silent:.0f} s while "
+                    f"Kafka answers, and this standby has not been given the lease"
+                )
+                log.warning("%s: %s: rejoining the lease group", self.instance, self._stalled)
+                self.metrics.lease_rejoins.labels(self.site).inc()
+                return "rejoin"
+        return "stopped"
+
+    def stall_after(self) -> float:
+        """Seconds of a silent site topic after which a standby rejoins the lease group: six
+        heartbeats of an active poller missed, and never less than three lease timeouts (a
+        take-over's own gap)."""
+        site = self.settings.site
+        return max(LEASE_STALL_HEARTBEATS * site.heartbeat_interval, 3 * site.lease_timeout)
 
     def _be_active(
         self,

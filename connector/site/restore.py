@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -66,6 +67,10 @@ class TopicFollower:
         self._reader = TopicReader(kafka, topic, from_beginning=True)
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        #: monotonic time a message was last read (the follower's start until the first one)
+        self.last_message_at = time.monotonic()
+        #: monotonic time a read last reached the topic's end (the broker answered), or None
+        self.reached_end_at: float | None = None
 
     def __repr__(self) -> str:
         return f"TopicFollower({self.topic}, {self.restored.messages} message(s) read)"
@@ -81,10 +86,13 @@ class TopicFollower:
         try:
             for msg in messages:
                 _apply(self.restored, msg, self._codec, self._wanted)
+                self.last_message_at = time.monotonic()
                 if halt.is_set():
                     break
         finally:
             messages.close()  # a read left midway goes on from the next message next time
+        if not halt.is_set():
+            self.reached_end_at = time.monotonic()
         if self.restored.undecodable > undecodable:
             skipped = self.restored.undecodable - undecodable
             log.warning(

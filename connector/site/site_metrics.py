@@ -121,6 +121,13 @@ class SiteMetrics:
             ["site"],
             registry=registry,
         )
+        self.lease_rejoins = Counter(
+            "cascade_site_lease_rejoins_total",
+            "Times a standby rejoined the lease group with a new client: its site topic was "
+            "silent while Kafka answered and the lease had not come to it.",
+            ["site"],
+            registry=registry,
+        )
         self.active = Gauge(
             "cascade_site_active",
             "1 while this instance holds the site's lease and publishes, 0 while it stands by.",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,9 @@ from connector.dev import free_port
 from connector.dev.demo.observe import SinkReader, compare, metric_total
 from connector.dev.demo.observe import truth as site_truth
 from connector.dev.sim import RunningSim
+from connector.kafka.lease import Lease
 from connector.kafka.reader import TopicReader
+from connector.kafka.topics import ensure_lease_topic, lease_topic
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message, instance_of
 from connector.records.model import Change, StatusRecord
@@ -89,8 +91,11 @@ class Poller:
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         url = f"http://127.0.0.1:{self.port}/readyz"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, json.loads(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except HTTPError as error:  # 503: not ready, with the reasons
+            return error.code, json.loads(error.read())
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
@@ -107,10 +112,13 @@ class Poller:
 def pollers(
     kafka_bootstrap: str, open_sim: Callable[..., RunningSim], tmp_path: Path
 ) -> Iterator[Callable[..., tuple[RunningSim, Settings, list[Poller]]]]:
-    """`pollers("a", "b")`: a small simulated site and one `produce` process per instance id."""
+    """`pollers("a", "b")`: a small simulated site and one `produce` process per instance id
+    (`before(settings)` is called first, when given)."""
     started: list[Poller] = []
 
-    def start(*instances: str) -> tuple[RunningSim, Settings, list[Poller]]:
+    def start(
+        *instances: str, before: Callable[[Settings], None] | None = None
+    ) -> tuple[RunningSim, Settings, list[Poller]]:
         sim = open_sim(servers=30, volumes=30, ports=30)
         prefix = f"test.ha.{sim.cloud}"
         settings = load_settings(
@@ -136,6 +144,8 @@ def pollers(
             "CASCADE_KAFKA_TOPIC_PREFIX": prefix,
             "CASCADE_SITE_HEARTBEAT_INTERVAL": "1",
         }
+        if before is not None:
+            before(settings)
         for instance in instances:
             started.append(Poller(instance, command, env, tmp_path))
         return sim, settings, started[-len(instances) :]
@@ -311,6 +321,50 @@ def test_a_paused_active_is_fenced_after_the_takeover_and_stands_by(
     for poller in (old, new):
         assert poller.proc.wait(timeout=30) == 0, poller.tail()
     print(f"both stopped {time.monotonic() - stopping:.1f} s after SIGTERM")
+
+
+def test_a_standby_that_never_gets_the_lease_of_a_silent_site_says_so_and_rejoins(
+    pollers: Callable[..., tuple[RunningSim, Settings, list[Poller]]],
+) -> None:
+    """A member of the lease group that holds the lease and publishes nothing (a client stuck
+    as librdkafka's have been, or a process that joined and hung) leaves the site silent: the
+    standby says so on /readyz, rejoins with a new client (counted, and again every 18 s here), and takes
+    over as soon as the lease is free."""
+    squatter: list[Lease] = []
+    polling = threading.Event()
+
+    def squat(settings: Settings) -> None:
+        ensure_lease_topic(settings.kafka, settings.site.name)
+        topic = lease_topic(settings.kafka.topic_prefix, settings.site.name)
+        squatter.append(Lease(settings.kafka, topic, topic, LEASE_TIMEOUT, client_id="squatter"))
+        wait_for(lambda: squatter[0].poll(0.1), timeout=60, what="the squatter to hold the lease")
+
+        def keep() -> None:
+            while not polling.is_set():
+                squatter[0].poll(0.2)
+
+        threading.Thread(target=keep, name="squatter", daemon=True).start()
+
+    try:
+        sim, settings, [standby] = pollers("s", before=squat)
+        rejoins = "cascade_site_lease_rejoins_total"
+        wait_for(lambda: (standby.metric(rejoins) or 0) >= 1, timeout=90, what="a rejoin")
+        status, health = standby.readyz()
+        assert status == 503 and "has published for" in health["lease.stalled"], health
+        assert standby.active() == 0.0
+    finally:
+        polling.set()
+        for lease in squatter:
+            lease.close()
+    freed = time.monotonic()
+    wait_for(
+        lambda: standby.active() == 1.0, timeout=60, what="the take-over once the lease is free"
+    )
+    expected = truth(sim, KINDS)
+    wait_for(lambda: on_topic(settings, expected), timeout=60, what="the site on the topic")
+    print(f"\ntook over {time.monotonic() - freed:.1f} s after the squatter left")
+    wait_for(lambda: standby.readyz()[0] == 200, timeout=30, what="ready again")
+    assert "lease.stalled" not in standby.readyz()[1]
 
 
 def topic_of(settings: Settings) -> str:
