@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 export CASCADE_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(KAFKA_PORT)
 
-.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry clean
+.PHONY: demo test lint typecheck unit kafka-up kafka-down postgres rabbitmq deploy-tools schema-registry openstack clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,13 @@ deploy-tools:
 schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
+# Real Keystone and cinder-api (pinned, from PyPI) in a venv of their own outside the repository.
+openstack:
+	bash scripts/ensure-openstack.sh >/dev/null
+
 # The tests' broker: started here unless one already runs on KAFKA_PORT, and then stopped
 # when the tests end, pass or fail (a broker that was already running is left alone).
-test: lint typecheck postgres rabbitmq deploy-tools schema-registry
+test: lint typecheck postgres rabbitmq deploy-tools schema-registry openstack
 	@kafka="$(BIN)/cascade-connector local-kafka --port $(KAFKA_PORT)"; \
 	if $$kafka status >/dev/null 2>&1; then started=; else $$kafka start || exit 1; started=1; fi; \
 	$(BIN)/pytest -q -ra --durations=25; status=$$?; \

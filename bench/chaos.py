@@ -9,6 +9,11 @@ Scenarios (all by default; pick with --scenario a,b):
   faults         5 minutes of site faults: 30% 5xx, 10 s latency spikes, tokens revoked each minute
   fuzz-records   100,000 fuzzed record values on a site topic
   fuzz-settings  2,000 fuzzed settings files and environment values (hypothesis)
+  hostile        100,000 hostile messages in a site topic (other sites' records, sizes near
+                 Kafka's limits, ...) among 10,000 good ones, read by a real consume into SQLite;
+                 then 10,000 hostile API objects among 3,000 good ones, served by the sim to a
+                 real produce, through churn and a standby's take-over (bench/hostile.py runs
+                 only this one)
 
 Prints progress and figures, saves them as JSON in bench/out/chaos.json and a plot of the broker
 rounds in bench/out/chaos-broker.png. Exit 1 if any check failed. `--quick` runs small sizes.
@@ -32,13 +37,13 @@ from typing import TypedDict
 from common import KAFKA_PORT, broker
 
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.fuzz import fuzz_records, fuzz_settings
+from connector.dev.chaos.fuzz import fuzz_records, fuzz_settings, hostile_records
 from connector.dev.chaos.kill import consumer_kills
-from connector.dev.chaos.live import SiteSize, broker_restarts, site_faults
+from connector.dev.chaos.live import SiteSize, broker_restarts, hostile_objects, site_faults
 from connector.dev.local_postgres import LocalPostgres
 
 OUT = Path(__file__).parent / "out"
-SCENARIOS = ("kill", "broker", "faults", "fuzz-records", "fuzz-settings")
+SCENARIOS = ("kill", "broker", "faults", "fuzz-records", "fuzz-settings", "hostile")
 
 
 def main() -> None:
@@ -115,6 +120,24 @@ def main() -> None:
             "fuzz-settings": lambda d: fuzz_settings(
                 examples=300 if q else 2000, processes=5 if q else 20, echo=echo
             ),
+            "hostile": lambda d: both(
+                "hostile input",
+                hostile_records(
+                    bootstrap,
+                    f"sqlite:///{d / 'hostile.sqlite'}",
+                    d,
+                    count=5_000 if q else 100_000,
+                    echo=echo,
+                ),
+                hostile_objects(
+                    bootstrap,
+                    d,
+                    hostile=1_500 if q else 10_000,
+                    good=100 if q else 1_000,
+                    churn=50 if q else 300,
+                    echo=echo,
+                ),
+            ),
         }
         outcomes: list[Outcome] = []
         for name in chosen:
@@ -174,6 +197,15 @@ def save(outcomes: list[Outcome], quick: bool, options: dict[str, object]) -> Pa
         )
     )
     return saved
+
+
+def both(name: str, *parts: Outcome) -> Outcome:
+    """One outcome of several: their figures and problems, each named by its part."""
+    out = Outcome(name)
+    for part in parts:
+        out.figures |= {f"{part.scenario}: {k}": v for k, v in part.figures.items()}
+        out.problems += [f"{part.scenario}: {p}" for p in part.problems]
+    return out
 
 
 def _with_postgres(run: Callable[[str], Outcome]) -> Outcome:

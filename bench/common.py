@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -220,14 +220,20 @@ def quiet_port() -> int:
 
 
 def start_pollers(
-    procs: Processes, workdir: Path, sites: list[str], **options: object
+    procs: Processes,
+    workdir: Path,
+    sites: list[str],
+    clouds: Mapping[str, Path] | None = None,
+    **options: object,
 ) -> list[str]:
-    """A `cascade-connector produce` per site; returns their metrics URLs."""
+    """A `cascade-connector produce` per site, reaching it through `clouds[site]` (default
+    `<workdir>/clouds-<site>.yaml`); returns their metrics URLs."""
     urls = []
     for site in sites:
         port = quiet_port()
         urls.append(f"http://127.0.0.1:{port}/metrics")
-        procs.env["OS_CLIENT_CONFIG_FILE"] = str(workdir / f"clouds-{site}.yaml")
+        path = clouds[site] if clouds is not None else workdir / f"clouds-{site}.yaml"
+        procs.env["OS_CLIENT_CONFIG_FILE"] = str(path)
         procs.start(f"poller-{site}", "produce", *flags(site=site, metrics_port=port, **options))
     return urls
 
@@ -285,3 +291,106 @@ class Progress:
             return False
         self._last = now
         return True
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of a process so far; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set now (VmRSS), in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def with_children(pid: int) -> list[int]:
+    """`pid` and its direct children (PostgreSQL's backends, a JVM's launcher's child)."""
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes on disk under `root` (allocated blocks, as du counts them)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with suppress(OSError):  # a segment deleted while we walk
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
+class Usage:
+    """CPU seconds and resident memory per kind of process, sampled: `sample(pids)` with the
+    pids of each kind now; a process that ended keeps the CPU it last showed, so a phase's CPU
+    is a difference of `cpu()` taken at its start and end."""
+
+    def __init__(self) -> None:
+        self._cpu: dict[str, dict[int, float]] = {}
+        self._peak: dict[str, tuple[int, int]] = {}  # kind -> (largest process, all together)
+
+    def sample(self, pids: Mapping[str, list[int]]) -> None:
+        for kind, chosen in pids.items():
+            seen = self._cpu.setdefault(kind, {})
+            for pid in chosen:
+                used = cpu_seconds(pid)
+                if used is not None:
+                    seen[pid] = used
+            sizes = [rss_kib(pid) for pid in chosen]
+            largest, together = self._peak.get(kind, (0, 0))
+            self._peak[kind] = (max(largest, *sizes, 0), max(together, sum(sizes)))
+
+    def cpu(self) -> dict[str, float]:
+        return {kind: sum(seen.values()) for kind, seen in self._cpu.items()}
+
+    def take_peaks(self) -> dict[str, tuple[int, int]]:
+        """Peak RSS (KiB) per kind since the last call: (largest process, all together)."""
+        peaks, self._peak = self._peak, {}
+        return peaks
+
+
+def plot_timeline(
+    path: Path,
+    title: str,
+    series: Mapping[str, list[tuple[float, float]]],
+    marks: list[tuple[float, str]],
+) -> None:
+    """One panel per series over the same time axis (seconds), with a vertical line and a
+    label at each of `marks` (the phases' starts)."""
+    import matplotlib  # here, not at the top: the bench's children start faster without it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.4 * len(series)), sharex=True)
+    for ax, (label, points) in zip(axes, series.items(), strict=True):
+        ax.plot([t for t, _ in points], [v for _, v in points], linewidth=1)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        for at, name in marks:
+            ax.axvline(at, color="grey", linestyle=":", linewidth=0.8)
+            if ax is axes[0]:
+                ax.annotate(name, (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7)
+    axes[0].set_title(title, fontsize=9)
+    axes[-1].set_xlabel("seconds since start")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

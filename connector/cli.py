@@ -185,6 +185,78 @@ def _topic_flags(
     return {"kafka": {**kafka_flags(bootstrap, librdkafka), "topic_prefix": prefix, **more}}
 
 
+@cli.command("audit")
+@kafka_options
+@click.option("--prefix", default=None, help="Site topic prefix [env CASCADE_KAFKA_TOPIC_PREFIX].")
+@click.option("--site", required=True, help="The site to audit; its topic is <prefix>.<site>.")
+@click.option(
+    "--sink", "sink_url", default=None, metavar="URL", help="SQL sink [env CASCADE_SINK_URL]."
+)
+@click.option("--repair", is_flag=True, help="Write the fixes through the sink, then audit again.")
+@click.option(
+    "--against-site",
+    is_flag=True,
+    help="Also compare the topic with a fresh listing of the site's APIs (clouds.yaml entry "
+    "site.cloud, kinds site.kinds); that drift is the poller's to fix, reported only.",
+)
+@click.pass_obj
+def audit(
+    obj: _Context,
+    bootstrap: str | None,
+    librdkafka: dict[str, str],
+    prefix: str | None,
+    site: str,
+    sink_url: str | None,
+    repair: bool,
+    against_site: bool,
+) -> None:
+    """Compare the top layer's rows of a site with the last record per key in its topic; print
+    the drift (missing, extra, different: counts and first keys). Exit 0 no drift (after
+    --repair: none left), 1 drift, 2 bad settings, 3 the sink or the site could not be read,
+    4 Kafka trouble."""
+    from connector.sinks import SinkBackpressureError, SinkError
+    from connector.sinks.sql import SqlSink
+    from connector.sinks.sql_audit import site_rows
+    from connector.site.snapshot import SiteListingFailed, list_site
+    from connector.top import audit as audits
+
+    flags = {**_topic_flags(bootstrap, librdkafka, prefix), "sink": {"url": sink_url}}
+    settings = obj.settings({**flags, "site": {"name": site}})
+    if settings.sink.url.partition(":")[0].lower() in ("http", "https"):
+        raise ConnectorError("audit reads an SQL sink; an HTTP sink's rows are the service's")
+    try:
+        sink = SqlSink(
+            settings.sink.url,
+            on_delete=settings.sink.on_delete,
+            retry_after=settings.sink.retry_after,
+        )
+        try:
+            topic = audits.read_topic(settings, site)
+            drift = audits.compare(site, topic, site_rows(sink, site))
+            _echo_lines(drift.lines())
+            if repair and drift.found:
+                written = audits.repair(sink, drift)
+                planned = len(drift.apply) + len(drift.restore)
+                click.echo(f"repaired: {written} of {planned} rows written; audited again:")
+                drift = audits.audit_site(settings, sink, site)
+                _echo_lines(drift.lines())
+            drifts = [drift]
+            if against_site:
+                drifts.append(audits.compare_listing(site, topic, list_site(settings.site)))
+                _echo_lines(drifts[-1].lines())
+        finally:
+            sink.close()
+    except (SinkError, SinkBackpressureError, SiteListingFailed) as exc:
+        click.echo(redact_text(f"error: {exc}"), err=True)
+        sys.exit(STATUS_UNREADABLE)
+    sys.exit(1 if any(d.found for d in drifts) else 0)
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
 _prefix_option = click.option(
     "--prefix",
     default=None,

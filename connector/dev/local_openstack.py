@@ -55,9 +55,10 @@ class LocalOpenStackError(ConnectorError):
     exit_code = 3
 
 
-def ensure_installed() -> Path:
-    """The bin directory of the services' venv, installed by `scripts/ensure-openstack.sh` when
-    missing (once; it takes about half a minute with a warm pip cache)."""
+def ensure_installed() -> tuple[Path, bool]:
+    """The bin directory of the services' venv, and whether it was installed just now by
+    `scripts/ensure-openstack.sh` because it was missing (once; about half a minute with a warm
+    pip cache: `make openstack`, which `make test` runs first, does it outside any test)."""
     script = _ROOT / "scripts" / "ensure-openstack.sh"
     try:
         done = subprocess.run(
@@ -68,7 +69,7 @@ def ensure_installed() -> Path:
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-5:])
         raise LocalOpenStackError(f"{script.name} exited with {done.returncode}: {tail}")
-    return Path(done.stdout.strip().splitlines()[-1])
+    return Path(done.stdout.strip().splitlines()[-1]), "installing" in done.stderr
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class LocalOpenStack(LocalService):
     def start(self, timeout: float = 120.0) -> str:
         if self.root is not None:
             raise LocalOpenStackError(f"{self!r} is already started")
-        bin_dir = self._bin_dir or ensure_installed()
+        bin_dir = self._bin_dir or ensure_installed()[0]
         self._bin_dir = bin_dir
         self.root = root = Path(tempfile.mkdtemp(prefix="cascade-openstack-"))
         try:

@@ -22,7 +22,7 @@ from confluent_kafka import TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
-from connector.kafka.errors import not_authorized
+from connector.kafka.errors import admin_result, not_authorized
 from connector.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 
 PartitionsCallback = Callable[[list[Partition]], None]
+
+#: Makes the librdkafka consumer from its configuration (tests make one that never joins).
+ClientFactory = Callable[[dict[str, Any]], confluent_kafka.Consumer]
 
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
@@ -69,13 +72,24 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 class Consumer:
     """A subscribed group member; rebalance events reach the callbacks given to `subscribe`."""
 
-    def __init__(self, settings: KafkaSettings, group: str, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group: str,
+        *,
+        make_client: ClientFactory = confluent_kafka.Consumer,
+        **overrides: Any,
+    ) -> None:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
         config["group.id"] = group
         config.setdefault("error_cb", log_client_error)
         self._settings = settings
         self._group = group
-        self._consumer = new_client(confluent_kafka.Consumer, config)
+        self._config = config
+        self._make_client = make_client
+        self._consumer = new_client(make_client, dict(config))
+        #: what `subscribe` was given, for `rejoin`
+        self._subscription: tuple[Any, ...] | None = None
         #: partitions held back by the caller (`hold`), until it releases them
         self._held: set[Partition] = set()
         #: partitions rewound and paused by `trigger_backpressure`, with when to resume them
@@ -105,9 +119,43 @@ class Consumer:
 
             return forget
 
-        self._consumer.subscribe(
-            [pattern], on_assign=assigned, on_revoke=gone(on_revoke), on_lost=gone(on_lost)
+        self._subscription = ([pattern], assigned, gone(on_revoke), gone(on_lost))
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        assert self._subscription is not None
+        topics, on_assign, on_revoke, on_lost = self._subscription
+        self._consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+
+    def rejoin(self) -> None:
+        """Leave the group, close this client and join again, subscribed as before, with a new
+        one: for a client that holds no partition while others go unread (librdkafka has had
+        bugs of that kind). Partitions it held are revoked through the callbacks first."""
+        self._consumer.close()
+        self._consumer = new_client(self._make_client, dict(self._config))
+        self._subscribe()
+
+    def unserved(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
+        """The partitions of the topics matching `pattern` that no other member of the group
+        is assigned, as the broker tells: unread ones, or ones the broker gives this member
+        when it holds them not. KafkaError when Kafka does not answer."""
+        partitions = self.partitions_matching(pattern)
+        member = self._consumer.memberid()
+
+        def describe(admin: Any) -> Any:
+            future = admin.describe_consumer_groups([self._group], request_timeout=timeout)
+            return future[self._group].result(timeout=timeout)
+
+        group = admin_result(
+            self._settings, f"describe consumer group {self._group}", describe, timeout
         )
+        others = {
+            (tp.topic, tp.partition)
+            for m in group.members
+            if m.member_id != member and m.assignment is not None
+            for tp in m.assignment.topic_partitions
+        }
+        return [tp for tp in partitions if tp not in others]
 
     def consume(self, max_messages: int, timeout: float) -> list[confluent_kafka.Message]:
         """Up to `max_messages` messages; also serves rebalance callbacks and resumes partitions

@@ -39,6 +39,18 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
 _PURGED = {confluent_kafka.KafkaError._PURGE_QUEUE, confluent_kafka.KafkaError._PURGE_INFLIGHT}
 
 
+#: What librdkafka refuses to queue because of the message itself, not the client's state.
+_ABOUT_THE_MESSAGE = {
+    confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+    confluent_kafka.KafkaError._INVALID_ARG,
+}
+
+
+class MessageRefused(KafkaError):
+    """librdkafka refused to queue this one message (larger than `message.max.bytes`, say);
+    the producer and the messages around it are fine."""
+
+
 class ProduceInterrupted(KafkaError):
     """`interrupt()` was called while `produce` waited for room in a full local queue."""
 
@@ -88,7 +100,8 @@ class Producer:
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
         """Queue one message; waits (serving delivery reports) while the local queue is full,
-        until `interrupt()` (then ProduceInterrupted: the message is not queued)."""
+        until `interrupt()` (then ProduceInterrupted: the message is not queued). MessageRefused
+        when librdkafka will not queue this message (too large): nothing else is affected."""
 
         name = key.decode("utf-8", "replace") if isinstance(key, bytes) else (key or "")
 
@@ -119,6 +132,11 @@ class Producer:
                     on_delivery=report,
                 )
                 break
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if err.code() not in _ABOUT_THE_MESSAGE:
+                    raise
+                raise MessageRefused(f"{topic}: {name}: {err.str()}") from exc
             except BufferError:
                 # A full queue means the broker is out of reach; a stop must not wait for it.
                 if self._interrupted.is_set():

@@ -7,16 +7,17 @@ consumer never sees a value that only looks right.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from connector.records.model import HEARTBEAT_KIND, KIND_NAMES, StatusRecord
+from connector.records.model import HEARTBEAT_KIND, KIND_NAMES, SEQUENCE_MAX, StatusRecord
 
 #: A site name is the first part of every key and the suffix of its Kafka topic, so it keeps to
 #: the characters a topic name allows (`connector.kafka.topics` applies Kafka's own rules).
 _SITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_LONG_MIN, _LONG_MAX = -(2**63), SEQUENCE_MAX
 
 
 def site_name_problem(site: str) -> str | None:
@@ -83,6 +84,9 @@ def record_problem(record: StatusRecord, from_avro: bool = False) -> str | None:
 def _detail_problem(key: object, value: object) -> str | None:
     if not isinstance(key, str):
         return f"details key {key!r} must be a string"
+    if isinstance(value, float) and not math.isfinite(value):
+        # Avro carries it, but no JSON sink can: the top layer would refuse it.
+        return f"details[{key!r}] = {value} is not a finite number"
     if value is None or isinstance(value, bool | float | str):
         return None
     if isinstance(value, int):

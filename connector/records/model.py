@@ -13,6 +13,9 @@ from datetime import datetime
 #: Kind-specific detail values: scalars, or a list of strings (e.g. attached server ids).
 DetailValue = None | bool | int | float | str | list[str]
 
+#: The highest site sequence an Avro long holds.
+SEQUENCE_MAX = 2**63 - 1
+
 #: Kind of the site heartbeat record; its id is the site name.
 HEARTBEAT_KIND = "site"
 

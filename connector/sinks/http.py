@@ -9,8 +9,10 @@ It owns the wire contract with that service (docs/sinks.md has it in full):
   how many objects changed and which changes were refused for good.
 - 429 or 503: the service is busy; SinkBackpressureError with its Retry-After (seconds or an HTTP
   date), so the consumer pauses. Connection errors, timeouts and other 5xx are retried here with
-  exponential backoff and jitter, then become SinkBackpressureError too. All attempts and their
-  backoff keep within `apply_timeout`, and a stopping consumer interrupts the backoff.
+  exponential backoff and jitter, then become SinkBackpressureError too. An attempt ends at
+  `timeout` seconds in all (connect, request, answer), however the service trickles its answer;
+  all attempts and their backoff keep within `apply_timeout`, and a stopping consumer interrupts
+  the backoff.
 - Any other status: SinkError naming the status and the start of the body.
 - A site's availability changes (online, degraded, offline) come as calls of their own,
   `{"batch_id": ..., "site_states": [...]}`, with the same answers and retries.
@@ -18,18 +20,24 @@ It owns the wire contract with that service (docs/sinks.md has it in full):
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from connector.records.model import Change, Deletion
 from connector.redact import redact_text, redact_url
@@ -42,6 +50,9 @@ _BODY_EXCERPT = 300
 #: A Retry-After longer than this is read as this: a service asking for hours would otherwise
 #: stall the consumer without a word.
 MAX_RETRY_AFTER = 600.0
+#: A Retry-After shorter than this (0, a date already past) is read as this: taken at its word,
+#: the consumer asked again at once, in a tight loop, for as long as the service was busy.
+MIN_RETRY_AFTER = 1.0
 
 
 def change_json(change: Change) -> dict[str, Any]:
@@ -85,20 +96,128 @@ def idempotency_key(changes: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_retry_after(value: str | None, default: float, now: datetime | None = None) -> float:
-    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); `default` when
-    absent or unreadable."""
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), within
+    [MIN_RETRY_AFTER, MAX_RETRY_AFTER]; `default` when absent or unreadable."""
     if value is None:
         return default
     text = value.strip()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return min(float(text), MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(MAX_RETRY_AFTER, max(0.0, (when - (now or datetime.now(UTC))).total_seconds()))
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds))
+
+
+class _Attempt:
+    """One POST's deadline: when it passes, the connection the POST runs on is shut down.
+
+    requests' timeout bounds each wait on the socket, not the attempt: a service that trickled
+    its answer (a byte within each timeout) held the attempt, and the consumer with it, for as
+    long as it went on. The connection classes below tell the attempt of this thread which
+    connection it runs on.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._done = False
+        self._connection: HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Attempt:
+        _Attempt._current.attempt = self
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        with self._lock:
+            # A connection going back to the pool must not be shut down by a late timer.
+            self._done = True
+        _Attempt._current.attempt = None
+
+    @classmethod
+    def runs_on(cls, connection: HTTPConnection) -> None:
+        """`connection` carries this thread's attempt (if any): shut it down when it expires."""
+        attempt: _Attempt | None = getattr(cls._current, "attempt", None)
+        if attempt is None:
+            return
+        with attempt._lock:
+            attempt._connection = connection
+            expired = attempt.expired
+        if expired:
+            _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            connection = self._connection
+        if connection is not None:
+            _shut(connection)
+
+
+def _shut(connection: HTTPConnection) -> None:
+    """End what `connection` waits for: its reads see the end of the stream at once."""
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: nothing waits on it
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Connection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _Attempt.runs_on(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _Attempt.runs_on(self)
+        super().request(*args, **kwargs)
+
+
+class _TlsConnection(_Connection, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TlsPool(HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
+
+
+_POOLS = {"http": _Pool, "https": _TlsPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter on connections an attempt's deadline can end (also through an HTTP
+    proxy; through a SOCKS proxy only requests' own timeout applies)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
 class HttpSink:
@@ -126,6 +245,8 @@ class HttpSink:
         self.apply_timeout = apply_timeout
         self._interrupted = threading.Event()
         self._session = requests.Session()
+        self._session.mount("http://", _Adapter())
+        self._session.mount("https://", _Adapter())
 
     def __repr__(self) -> str:
         return f"HttpSink({self.safe_url!r}, timeout={self.timeout}, retries={self.retries})"
@@ -206,21 +327,26 @@ class HttpSink:
     def _post(
         self, payload: str, headers: dict[str, str], timeout: float
     ) -> requests.Response | str:
-        """The response to act on, or why this attempt is worth retrying."""
+        """The response to act on, or why this attempt is worth retrying. The attempt ends at
+        `timeout` seconds in all, answer read to its end included."""
+        attempt = _Attempt(timeout)
         try:
-            response = self._session.post(
-                self.url,
-                data=payload.encode(),
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
+            with attempt:
+                response = self._session.post(
+                    self.url,
+                    data=payload.encode(),
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
         except (
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
         ) as exc:
+            if attempt.expired or isinstance(exc, requests.ReadTimeout):
+                return f"no complete answer within {timeout:g} s"
             return redact_text(f"{type(exc).__name__}: {exc}")
         except requests.RequestException as exc:
             # A URL requests cannot use (no host, a bad port): no retry fixes it. Its message

@@ -127,6 +127,13 @@ _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 _TRANSIENT_SQLSTATES = ("55P03",)
 #: ...except these, which no retry fixes: the database was dropped, a configured limit was hit.
 _PERMANENT_SQLSTATES = ("57P04", "53400")
+#: A connection lost under a statement has no SQLSTATE either; these messages (from libpq) say
+#: the connection broke (through TLS, libpq reports an EOF in SSL terms), which a new one fixes.
+_LOST_CONNECTION_ERRORS = (
+    "SSL SYSCALL error",
+    "EOF detected",
+    "SSL connection has been closed unexpectedly",
+)
 #: A connection that fails before the server says anything has no SQLSTATE; these messages (from
 #: libpq) mean a wrong login or database, which no retry fixes either.
 _PERMANENT_CONNECT_ERRORS = (
@@ -149,7 +156,8 @@ def create_engine(url: str) -> sa.Engine:
     """An engine for `url`; SQLite files get WAL, so `status` can read while the consumer writes.
 
     A locked SQLite file is waited for `?timeout=` seconds (the driver's default is 5) before the
-    apply fails with backpressure; PostgreSQL takes libpq options such as `?options=-c%20...`.
+    apply fails with backpressure; PostgreSQL takes libpq options such as `?options=-c%20...`,
+    and gets POSTGRESQL_DEFAULTS (connect timeout, TCP keepalives) where the URL sets none.
     """
     try:
         engine = sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
@@ -157,9 +165,32 @@ def create_engine(url: str) -> sa.Engine:
         raise SinkError(redact_text(f"unusable SQL sink URL {url!r}: {exc}")) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif engine.dialect.name != "postgresql":
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "do_connect", _postgresql_defaults)
+    else:
         raise SinkError(f"SQL sink supports SQLite and PostgreSQL, not {engine.dialect.name}")
     return engine
+
+
+#: libpq settings of every PostgreSQL connection, unless its URL sets them (`?connect_timeout=`):
+#: a server that does not answer fails a connect in 10 s (backpressure, retried) rather than
+#: libpq's never; TCP keepalives notice a peer gone without a word (a host down, a firewall
+#: dropping the connection) within about a minute, not the kernel's two hours, during which a
+#: statement waited on it.
+POSTGRESQL_DEFAULTS: Mapping[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def _postgresql_defaults(
+    _dialect: object, _record: ConnectionPoolEntry, _args: list[Any], params: dict[str, Any]
+) -> None:
+    for name, value in POSTGRESQL_DEFAULTS.items():
+        params.setdefault(name, value)
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -200,12 +231,14 @@ def _is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
     if hasattr(orig, "sqlstate"):
         sqlstate = getattr(orig, "sqlstate", None)
         if sqlstate is None:
-            # psycopg raises OperationalError without a SQLSTATE when it cannot reach the server:
-            # worth a retry, unless libpq says the login or the database is wrong.
+            # psycopg raises OperationalError without a SQLSTATE when it cannot reach the server
+            # or lost it: worth a retry, unless libpq says the login or the database is wrong.
             text = str(orig)
-            return isinstance(exc, sa.exc.OperationalError) and not any(
-                reason in text for reason in _PERMANENT_CONNECT_ERRORS
-            )
+            if not isinstance(exc, sa.exc.OperationalError):
+                return False
+            if any(reason in text for reason in _LOST_CONNECTION_ERRORS):
+                return True
+            return not any(reason in text for reason in _PERMANENT_CONNECT_ERRORS)
         if sqlstate in _PERMANENT_SQLSTATES:
             return False
         return str(sqlstate).startswith(_TRANSIENT_SQLSTATE_CLASSES) or (
@@ -625,11 +658,20 @@ def _plan(
                 }
             )
         else:
-            plan.statuses.append(_status_row(change, details, time_of(applied_at), time_of))
+            plan.statuses.append(_status_tuple(change, details, time_of(applied_at), time_of))
     return plan
 
 
-def _status_row(
+def status_row(record: StatusRecord, applied_at: datetime) -> dict[str, Any]:
+    """The resource_status row of `record`, as applied at `applied_at`, for a SQLAlchemy
+    statement (details as a mapping, which the column's JSON type serialises)."""
+    values = _status_tuple(record, None, applied_at, _same_time)
+    row = dict(zip(STATUS_COLUMNS, values, strict=True))
+    row["details"] = dict(record.details)
+    return row
+
+
+def _status_tuple(
     record: StatusRecord,
     details: str | None,
     applied_at: Any,

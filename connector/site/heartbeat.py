@@ -61,6 +61,9 @@ class Health:
         self._poll_failures_seen = 0
         #: the last transient Kafka error (start-up, broker down), until Kafka answers again
         self._kafka_error: str | None = None
+        #: what the last new sequence epoch said (degraded from then on: rows at the top may
+        #: refuse this site's changes until an operator clears them)
+        self._epoch: str | None = None
 
     def poll_ok(self, kind: str, started: datetime, objects: int) -> None:
         with self._lock:
@@ -112,6 +115,12 @@ class Health:
             self._kinds[kind].unprivileged = unprivileged
         self._update_gauge()
 
+    def new_epoch(self, what: str) -> None:
+        """The site sequence started a new epoch (connector.site.publisher)."""
+        with self._lock:
+            self._epoch = what
+        self._update_gauge()
+
     def kafka_failed(self, error: str) -> None:
         """A transient Kafka error: degraded until `kafka_ok`."""
         with self._lock:
@@ -149,6 +158,7 @@ class Health:
             or self._produce_errors > self._produce_errors_seen
             or self._poll_failures > self._poll_failures_seen
             or self._kafka_error is not None
+            or self._epoch is not None
         )
 
     def _update_gauge(self) -> None:
@@ -182,6 +192,8 @@ class Health:
         details["produce.errors"] = self._produce_errors
         details["produce.error"] = self._produce_error
         details["kafka.error"] = self._kafka_error
+        if self._epoch is not None:
+            details["sequence.epoch"] = self._epoch
         if self._poll_interval is not None:
             details["poll.interval"] = self._poll_interval
         if self._heartbeat_interval is not None:

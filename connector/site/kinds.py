@@ -33,6 +33,10 @@ Extractor = Callable[[Mapping[str, Any]], DetailValue]
 #: Pages fetched ahead of the one being converted.
 PREFETCH_PAGES = 1
 
+#: The longest object id the poller publishes: the services' ids are UUIDs or short names, and
+#: the top keeps ids of up to 255 characters (the SQL sink's column).
+ID_MAX_CHARS = 255
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -98,7 +102,8 @@ class Sweep:
 
 
 class Unreadable(ValueError):
-    """A listed object the poller cannot convert: it is skipped, counted and reported."""
+    """A listed object the poller cannot convert, or its record cannot be encoded or produced:
+    it is skipped, counted and reported."""
 
     def __init__(self, kind: str, object_id: str | None, reason: str) -> None:
         super().__init__(f"{kind} {object_id or '(no id)'}: {reason}")
@@ -180,19 +185,30 @@ class Kind:
     def observe(self, raw: Mapping[str, Any]) -> Observation:
         """Convert one listed object (parsed JSON) into an Observation; Unreadable when a field
         the poller relies on is missing or malformed (no id, a status that is not a string, a
-        time that does not parse, a revision that is not a number)."""
-        wire = self.wire
+        time that does not parse or is off the calendar in UTC, a revision that is not a
+        number) or anything else about the object fails the conversion."""
         object_id = self.object_id(raw)
+        try:
+            return self._observe(raw, object_id)
+        except Unreadable:
+            raise
+        except Exception as exc:
+            # The object is foreign input: whatever its fields make a conversion (an extractor
+            # included) raise is about this object, and must not end the listing.
+            raise Unreadable(self.name, object_id, f"{type(exc).__name__}: {exc}") from exc
+
+    def _observe(self, raw: Mapping[str, Any], object_id: str) -> Observation:
+        wire = self.wire
         status = raw.get(wire.status)
         if status is not None and not isinstance(status, str):
             raise Unreadable(self.name, object_id, f"{wire.status} is not a string: {status!r}")
         try:
             updated = _parse_time(raw.get(wire.updated_at))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise Unreadable(self.name, object_id, f"{wire.updated_at}: {exc}") from exc
         try:
             revision = None if wire.revision is None else _int_or_none(raw.get(wire.revision))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise Unreadable(self.name, object_id, f"{wire.revision}: {exc}") from exc
         return Observation(
             id=object_id,
@@ -210,12 +226,29 @@ class Kind:
         )
 
     def object_id(self, raw: Mapping[str, Any]) -> str:
-        """The listed object's id; Unreadable when there is none."""
+        """The listed object's id; Unreadable when there is none, or it is too long or not
+        UTF-8 (a lone surrogate)."""
         object_id = raw.get(self.wire.id) if isinstance(raw, Mapping) else None
         if object_id is None or isinstance(object_id, dict | list | bool) or object_id == "":
             name = raw.get(self.wire.name) if isinstance(raw, Mapping) else None
             raise Unreadable(self.name, None, f"no {self.wire.id} (name {name!r})")
-        return str(object_id)
+        text = str(object_id)
+        # The id goes into keys and into `?id=` queries: one that cannot be encoded, or is too
+        # long for a query or a row at the top, would fail the whole request, not this object.
+        shown = text[:80].encode("utf-8", "backslashreplace").decode()
+        if len(text) > ID_MAX_CHARS:
+            raise Unreadable(
+                self.name,
+                shown,
+                f"{self.wire.id} is {len(text)} characters (at most {ID_MAX_CHARS})",
+            )
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise Unreadable(
+                self.name, shown, f"{self.wire.id} is not UTF-8 (a lone surrogate)"
+            ) from None
+        return text
 
     def observations(
         self,
@@ -269,7 +302,7 @@ class Kind:
                     continue
                 try:
                     out[object_id] = _int_or_none(raw.get(revision_key))
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, OverflowError):
                     out[object_id] = None
         return out
 

@@ -26,7 +26,8 @@ changed before that, the interval poll's pages list.
 Deleted objects that the incremental filter cannot show (Cinder and Neutron do not list them)
 are found by a sweep of ids: on every incremental poll where the service has a cheap count that
 no longer matches (Cinder's volume summary), else every `deletion_sweep_every` polls. A listed
-object that cannot be read (no id, a bad time) is skipped, counted and reported, never fatal.
+object that cannot be read (no id, a bad time), or whose record cannot be encoded or produced (a
+64-bit overflow, a lone surrogate, too large), is skipped, counted and reported, never fatal.
 A listing that would tombstone more than `vanish_guard` of the kind's objects at once (a Nova
 cell down) is held back until the next one agrees.
 
@@ -329,11 +330,15 @@ class KindPoller:
         unprivileged = False
         for obs in observations:
             count += 1
+            try:
+                self._publisher.observe(self.kind.name, obs)
+            except Unreadable as exc:  # cannot be encoded or produced: as if unreadable
+                self._skip(exc)
+                continue
             if self._unreadable.pop(obs.id, None) is not None or obs.id in self._logged:
                 self._logged.discard(obs.id)
                 log.info("%s %s: readable again", self.kind.name, obs.id)
                 self._health.set_unparseable(self.kind.name, len(self._unreadable))
-            self._publisher.observe(self.kind.name, obs)
             if obs.deleted:
                 self._revisions.pop(obs.id, None)
             else:

@@ -7,7 +7,12 @@ next poll that sees the object sends it again: an error is counted and surfaced,
 
 Sequence numbers are `max(last + 1, now in microseconds)`: they grow across restarts because the
 last one is restored from the topic, and they keep growing even when the topic was emptied or
-lost, as long as the clock does not go back further than the restored state reaches.
+lost, as long as the clock does not go back further than the restored state reaches. A sequence
+that cannot grow further (a record near 2^63 in the topic) starts a new epoch from the clock:
+logged as an error, counted, and shown in the heartbeat (docs/site.md, *Sequence epochs*).
+
+An observation that cannot become a message (it breaks the record rules, cannot be encoded, or
+the producer refuses it) raises `Unreadable`: the poller skips that object, nothing else.
 """
 
 from __future__ import annotations
@@ -23,17 +28,18 @@ from typing import Protocol
 
 from connector.kafka import ClientError
 from connector.kafka.client import RepeatedErrors
-from connector.kafka.producer import DeliveryCallback
+from connector.kafka.producer import DeliveryCallback, MessageRefused
 from connector.records.codec import Codec
 from connector.records.messages import KafkaMessage, to_message
 from connector.records.model import (
     HEARTBEAT_KIND,
+    SEQUENCE_MAX,
     Deletion,
     DetailValue,
     StatusRecord,
 )
 from connector.site.heartbeat import Health
-from connector.site.kinds import Observation
+from connector.site.kinds import Observation, Unreadable
 from connector.site.site_metrics import SiteMetrics
 
 log = logging.getLogger(__name__)
@@ -155,9 +161,23 @@ class Publisher:
                 source_updated_at=obs.source_updated_at,
                 revision=obs.revision,
             )
-            message = to_message(record, self._codec)
+            try:
+                message = to_message(record, self._codec)
+            except Exception as exc:
+                # Any failure to encode one observation (EncodeError for the record rules, a
+                # UnicodeError for a key with a lone surrogate) is about that object only.
+                raise Unreadable(kind, obs.id, f"cannot encode: {exc}") from exc
+            previous = fps.get(obs.id)
             fps[obs.id] = fp
-            self._send(message, self._on_delivery(kind, obs.id, fp))
+            try:
+                self._send(message, self._on_delivery(kind, obs.id, fp))
+            except MessageRefused as exc:
+                # Never queued: the topic holds what it held before.
+                if previous is None:
+                    del fps[obs.id]
+                else:
+                    fps[obs.id] = previous
+                raise Unreadable(kind, obs.id, f"refused by the producer: {exc}") from exc
         self._metrics.published.labels(self.site, kind).inc()
         return True
 
@@ -185,7 +205,13 @@ class Publisher:
                 status=status,
                 sequence=self._next_sequence(),
                 observed_at=datetime.now(UTC),
-                details=details,
+                # Error texts quote what failed, which may not encode (a lone surrogate).
+                details={
+                    key: value.encode("utf-8", "backslashreplace").decode("utf-8")
+                    if isinstance(value, str)
+                    else value
+                    for key, value in details.items()
+                },
             )
             self._send(to_message(record, self._codec), self._on_heartbeat_delivery)
         self._metrics.heartbeats.labels(self.site).inc()
@@ -195,9 +221,29 @@ class Publisher:
         self._producer.produce(self.topic, message.key, message.value, on_delivery, headers)
 
     def _next_sequence(self) -> int:
-        self._sequence = max(self._sequence + 1, int(self._clock() * 1_000_000))
+        now = int(self._clock() * 1_000_000)
+        following = max(self._sequence + 1, now)
+        if following > SEQUENCE_MAX:
+            following = self._new_epoch(now)
+        self._sequence = following
         self._metrics.sequence.labels(self.site).set(self._sequence)
         return self._sequence
+
+    def _new_epoch(self, now: int) -> int:
+        """The sequence cannot grow past SEQUENCE_MAX: start again from the clock (see the
+        module's docstring), loudly."""
+        log.error(
+            "site %s: sequence %d cannot grow further (the 64-bit limit; a record with a "
+            "sequence near it is in the topic): a new epoch starts from the clock, at %d. The top "
+            "layer keeps refusing changes to rows whose sequence is higher (from the old epoch) "
+            "until they are cleared: see docs/site.md, 'Sequence epochs'",
+            self.site,
+            self._sequence,
+            now,
+        )
+        self._metrics.sequence_epochs.labels(self.site).inc()
+        self._health.new_epoch(f"sequence {self._sequence} could not grow; new epoch at {now}")
+        return now
 
     def _on_delivery(
         self, kind: str, object_id: str, sent: int

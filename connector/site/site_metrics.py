@@ -86,7 +86,8 @@ class SiteMetrics:
         )
         self.unparseable = Counter(
             "cascade_site_unparseable_objects_total",
-            "Listed objects skipped because a field could not be read (no id, a bad time, ...).",
+            "Listed objects skipped: a field could not be read (no id, a bad time, ...), or the "
+            "record could not be encoded or produced.",
             per_kind,
             registry=registry,
         )
@@ -131,6 +132,13 @@ class SiteMetrics:
         self.active = Gauge(
             "cascade_site_active",
             "1 while this instance holds the site's lease and publishes, 0 while it stands by.",
+            ["site"],
+            registry=registry,
+        )
+        self.sequence_epochs = Counter(
+            "cascade_site_sequence_epochs_total",
+            "Times the site sequence could not grow further (64 bits) and started again from "
+            "the clock.",
             ["site"],
             registry=registry,
         )

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from connector.kafka.group_consumer import Partition
 from connector.sinks.base import SiteAvailability
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 
 #: Seconds of a loop turn spent neither waiting for records nor blind: taking what was read.
 BLIND_AFTER = 1.0
-
-Partition = tuple[str, int]
 
 
 @dataclass(frozen=True)

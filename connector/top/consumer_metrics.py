@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from connector.errors import ConnectorError
+from connector.records.model import Change, StatusRecord
 
 PENDING = "cascade_consumer_site_pending_changes"
 OLDEST_PENDING = "cascade_consumer_site_oldest_pending_seconds"
@@ -192,6 +193,16 @@ class ConsumerMetrics:
         registry.register(self.heartbeats)
         self.pending = _Pending()
         registry.register(self.pending)
+
+    def call_applied(self, written: int, changes: Iterable[Change]) -> None:
+        """A sink call applied `changes`, writing `written` rows: count it, and the heartbeats
+        among them (heard now)."""
+        self.batches.labels("applied").inc()
+        self.rows_applied.inc(written)
+        for change in changes:
+            if isinstance(change, StatusRecord) and change.is_heartbeat:
+                self.heartbeats.heard(change.site, change.observed_at.timestamp())
+                self.heartbeats_applied.inc()
 
 
 def read_pending(urls: Iterable[str], timeout: float = 5.0) -> dict[str, tuple[int, float]]:

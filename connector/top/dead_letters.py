@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from connector.errors import KafkaError
-from connector.kafka import KafkaException
+from connector.kafka import KafkaException, Message
 from connector.kafka.producer import Producer
 from connector.records.errors import WrongSiteError
 from connector.top.consumer_metrics import ConsumerMetrics
@@ -48,9 +49,23 @@ class DeadLetter:
     reason: str  #: a short, low-cardinality category (for metrics)
     detail: str  #: the full error message
 
+    @classmethod
+    def of(cls, msg: Message, reason: str, detail: str) -> DeadLetter:
+        """The dead letter of the consumed record `msg`."""
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        return cls(topic, partition, offset, msg.key(), msg.value(), reason, detail)
+
     @property
     def partition_key(self) -> tuple[str, int]:
         return (self.topic, self.partition)
+
+
+class DeadLetterDelivery(Protocol):
+    """What the top consumer loop calls of its dead-letter queue (tests fake it)."""
+
+    def deliver(self, letters: Sequence[DeadLetter]) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

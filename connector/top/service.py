@@ -23,9 +23,10 @@ from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
 from connector.sinks import Sink, open_sink
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
+from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
-from connector.top.loop import Decoder, TopConsumer, WindowPolicy
+from connector.top.loop import Decoder, TopConsumer
 from connector.top.rate import RateLimiter
 
 log = logging.getLogger(__name__)

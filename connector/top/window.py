@@ -15,11 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from connector.kafka.group_consumer import Partition
 from connector.records.model import HEARTBEAT_KIND, Change, Deletion, DetailValue, StatusRecord
 from connector.top.dead_letters import DeadLetter
-
-#: A partition: (topic, partition number).
-Partition = tuple[str, int]
 
 
 def fingerprint(change: Change) -> int:
@@ -48,6 +46,12 @@ class Pending:
     value: bytes | None  #: the record's bytes, for a dead letter if the sink refuses it
     fingerprint: int
     since: float  #: monotonic time its first record in this window was read
+
+    def rejected(self, reason: str) -> DeadLetter:
+        """The dead letter for this change refused by the sink: its original record, and why."""
+        topic, partition = self.partition
+        key = self.change.key.encode()
+        return DeadLetter(topic, partition, self.offset, key, self.value, "rejected", reason)
 
 
 class Applied:
@@ -207,6 +211,8 @@ class SiteQueue:
         self.held = False  #: its partitions are paused because pending keys reached the cap
         #: seconds between the site's polls, from its heartbeats (None until one is read)
         self.poll_interval: float | None = None
+        #: monotonic time the closed window's dead letters may be tried again, after a failure
+        self.letters_due = 0.0
 
     @property
     def pending(self) -> int:
@@ -272,13 +278,18 @@ class SiteQueue:
             taken.entries.append(entry)
         return taken
 
-    def settle(self, taken: Taken) -> None:
+    def settle(self, taken: Taken, refused: Mapping[str, str]) -> None:
         """`taken` was applied (or left out): past it in the closed window, and the later
-        changes it used out of the filling window."""
+        changes it used out of the filling window. The changes the sink `refused` (key ->
+        why) become the closed window's dead letters."""
         assert self.closed is not None
         self.closed.advance(taken.count)
         for key in taken.replaced:
             self.filling.entries.pop(key, None)
+        for entry in taken.entries:
+            reason = refused.get(entry.change.key)
+            if reason is not None:
+                self.closed.window.dead(entry.rejected(reason))
 
     def drop(self, partitions: set[Partition]) -> None:
         self.filling.drop(partitions)

@@ -34,6 +34,9 @@ REQUIRED = {
     "cascade_site_notification_polls_total",
     "cascade_site_notifications_up",
     "cascade_site_unparseable_objects_total",
+    # Issue 28: site availability at the top.
+    "cascade_site_availability",
+    "cascade_site_availability_transitions_total",
 }
 
 

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 
 from connector.dev import free_port, free_port_run
 from connector.dev.local_kafka import LocalKafka
-from connector.dev.local_openstack import LocalOpenStack
+from connector.dev.local_openstack import LocalOpenStack, LocalOpenStackError, ensure_installed
 from connector.dev.local_postgres import LocalPostgres
 from connector.dev.sim import RunningSim, start_sim
 from connector.errors import LocalKafkaError
@@ -123,8 +124,21 @@ def open_sim(
 
 @pytest.fixture(scope="session")
 def real_cloud() -> Iterator[RealCloud]:
-    """Keystone and cinder-api, running (about 15 s to start; installed first if missing)."""
-    with running(LocalOpenStack(), "a real Keystone and cinder-api") as services:
+    """Keystone and cinder-api, running (about 15 s to start). Installed first if missing, with
+    a warning: `make openstack` (run by `make test`) installs them before any test."""
+    started = time.monotonic()
+    try:
+        bin_dir, installed = ensure_installed()
+    except LocalOpenStackError as exc:
+        pytest.fail(f"could not install a real Keystone and cinder-api: {exc}")
+    if installed:
+        took = time.monotonic() - started
+        warnings.warn(
+            f"Keystone and cinder-api were installed inside the test session ({took:.0f} s): "
+            "`make openstack` installs them before the tests",
+            stacklevel=1,
+        )
+    with running(LocalOpenStack(bin_dir), "a real Keystone and cinder-api") as services:
         yield RealCloud(services)
 
 

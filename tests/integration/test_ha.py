@@ -328,8 +328,8 @@ def test_a_standby_that_never_gets_the_lease_of_a_silent_site_says_so_and_rejoin
 ) -> None:
     """A member of the lease group that holds the lease and publishes nothing (a client stuck
     as librdkafka's have been, or a process that joined and hung) leaves the site silent: the
-    standby says so on /readyz, rejoins with a new client (counted, and again every 18 s here), and takes
-    over as soon as the lease is free."""
+    standby says so on /readyz, rejoins with a new client (counted; again every 18 s here), and
+    takes over as soon as the lease is free."""
     squatter: list[Lease] = []
     polling = threading.Event()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     #: the handler waits for this before answering (to make the client time out)
     hold: threading.Event | None = None
+    #: "headers" or "body": the handler sends that part of its answer a byte at a time, each
+    #: well within the client's timeout (a slow service or proxy; the answer never completes)
+    trickle: str | None = None
 
 
 @dataclass
@@ -55,6 +59,9 @@ def service() -> Iterator[Service]:
             reply = svc.replies.pop(0) if len(svc.replies) > 1 else svc.replies[0]
             if reply.hold is not None:
                 reply.hold.wait(timeout=10)
+            if reply.trickle is not None:
+                self.trickle(reply.trickle)
+                return
             body = b"" if reply.body is None else json.dumps(reply.body).encode()
             if isinstance(reply.body, str):
                 body = reply.body.encode()
@@ -64,6 +71,20 @@ def service() -> Iterator[Service]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def trickle(self, part: str) -> None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+            if part == "body":
+                head += b"\r\n"
+            self.wfile.write(head)
+            try:
+                for _ in range(100):  # 10 s, then the handler gives up
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the client hung up: what the test wants
+            self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on `svc.requests` instead."""
@@ -175,9 +196,22 @@ def test_5xx_that_persists_becomes_backpressure(service: Service) -> None:
 
 def test_a_timeout_is_retried_then_backpressure(service: Service) -> None:
     service.replies = [Reply(200, hold=threading.Event())]
-    with pytest.raises(SinkBackpressureError, match="Timeout"):
+    with pytest.raises(SinkBackpressureError, match=r"no complete answer within 0\.2 s"):
         sink_for(service, timeout=0.2, retries=1).apply([rec("a", 1)])
     assert len(service.requests) == 2
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_an_attempt_ends_at_its_timeout_however_the_answer_trickles(
+    service: Service, part: str
+) -> None:
+    # requests' timeout bounds each read: a byte every 0.1 s held an attempt for the 10 s the
+    # service went on.
+    service.replies = [Reply(trickle=part)]
+    started = time.monotonic()
+    with pytest.raises(SinkBackpressureError, match=r"no complete answer within 0\.5 s"):
+        sink_for(service, timeout=0.5, retries=0).apply([rec("a", 1)])
+    assert time.monotonic() - started < 3.0
 
 
 def test_an_unreachable_service_is_backpressure(service: Service) -> None:

@@ -134,7 +134,7 @@ def test_changes_since_sees_churn_and_deletions(sim: RunningSim, tmp_path: Path)
     assert not deleted & {s.id for s in after}
 
 
-def test_volume_time_filter_only_from_3_60(sim: RunningSim, tmp_path: Path) -> None:
+def test_volume_time_filters_from_3_31(sim: RunningSim, tmp_path: Path) -> None:
     since = whole_second_now()
     control(sim, "POST", "churn", changes=200)
     volumes = truth(sim, "volume")
@@ -142,12 +142,16 @@ def test_volume_time_filter_only_from_3_60(sim: RunningSim, tmp_path: Path) -> N
     assert recent and len(recent) < len(volumes)
 
     new = connect(sim, tmp_path)  # negotiates 3.71
-    got = new.block_storage.volumes(all_projects=True, updated_at=f"gte:{since}", limit=40)
-    assert {v.id for v in got} == recent
+    updated = new.block_storage.volumes(all_projects=True, updated_at=f"gte:{since}", limit=40)
+    created = new.block_storage.volumes(all_projects=True, created_at=f"gte:{since}", limit=40)
+    updated_ids, created_ids = {v.id for v in updated}, {v.id for v in created}
+    # A volume created since and not updated after has a null updated_at, as in Cinder.
+    assert updated_ids | created_ids == recent
+    assert all(v.updated_at is None for v in created if v.id not in updated_ids)
 
-    old = connect(sim, tmp_path, block_storage_default_microversion="3.59")
+    old = connect(sim, tmp_path, block_storage_default_microversion="3.30")
     ignored = old.block_storage.volumes(all_projects=True, updated_at=f"gte:{since}")
-    assert {v.id for v in ignored} == set(volumes)  # silently ignored below 3.60
+    assert {v.id for v in ignored} == set(volumes)  # silently ignored below 3.31
 
     bad = new.block_storage.get(
         "/volumes/detail", params={"updated_at": "gte:soon"}, microversion="3.60"

@@ -28,7 +28,7 @@ from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.base import SiteAvailability
 from connector.sinks.sql import create_engine
-from connector.top import loop as top
+from connector.top import offsets as top
 from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer
 from tests.support import wait_for

@@ -170,6 +170,9 @@ def test_well_formed_avro_breaking_the_record_rules_is_a_decode_error(codec: Cod
     [
         ({"observed_at": datetime(2025, 1, 1)}, "timezone-aware"),
         ({"details": {"big": 2**70}}, "does not fit in 64 bits"),
+        ({"details": {"load": float("nan")}}, "not a finite number"),
+        ({"details": {"load": float("-inf")}}, "not a finite number"),
+        ({"status": "ACTIVE\ud800"}, "surrogate"),
         ({"details": {"pair": ("a", "b")}}, "expected None, bool, int, float, str"),
         ({"details": {"mixed": ["a", 1]}}, "expected None, bool, int, float, str"),
         ({"sequence": -5}, "non-negative"),
@@ -303,7 +306,7 @@ _detail = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
     _text,
     st.lists(_text, max_size=4),
 )

@@ -17,8 +17,9 @@ from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import GC_THRESHOLD, collect_less
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
+from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
-from connector.top.loop import TopConsumer, WindowPolicy
+from connector.top.loop import TopConsumer
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -19,10 +20,13 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
+from connector.kafka.producer import MessageRefused
+from connector.records.codec import Codec
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
+from connector.site.publisher import Publisher
 from connector.site.site_metrics import SiteMetrics
 from connector.site.trigger import PollTrigger
 from tests.support.site import FakeProducer, make_publisher, response
@@ -639,3 +643,81 @@ def test_an_early_poll_listing_most_of_its_kind_changed_at_once_pauses_the_trigg
     change_all(lambda i: 30)  # all within one second
     p.poll(resync=False, early=True)
     assert storms == [local[0]]
+
+
+class RefusingProducer(FakeProducer):
+    """As librdkafka: a message larger than `message.max.bytes` is refused when produced."""
+
+    def produce(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        on_delivery: Callable[..., None],
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if value is not None and len(value) > 1_000_000:
+            raise MessageRefused(f"{topic}: Broker: Message size too large")
+        super().produce(topic, key, value, on_delivery, headers)
+
+
+HOSTILE_ROW = replace(ROW, details={"load": "load", "owner": "device_owner"})
+
+#: id -> fields of objects no poll may stop on (the field is what is wrong)
+HOSTILE: dict[str, dict[str, Any]] = {
+    "rev-70-bits": {"revision_number": 2**70},
+    "rev-inf": {"revision_number": float("inf")},
+    "rev-text": {"revision_number": "twelve"},
+    "load-nan": {"load": float("nan")},
+    "load-inf": {"load": float("-inf")},
+    "load-70-bits": {"load": -(2**70)},
+    "year-1": {"updated_at": "0001-01-01T00:00:00+01:00"},
+    "year-9999": {"updated_at": "9999-12-31T23:59:59-01:00"},
+    "surrogate-name": {"name": "vm-\ud800"},
+    "surrogate-detail": {"device_owner": ["ok", "\udfff"]},
+    "x\udc80": {},
+    "i" * 300: {},
+    "status-number": {"status": 5},
+    "huge-name": {"name": "n" * 2_000_000},
+}
+
+
+def test_no_hostile_object_stops_the_poll_each_is_skipped_counted_logged_once_and_shown(
+    ports: FakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in range(40):
+        put(ports, f"good-{n}", "ACTIVE", 1)
+    for object_id, fields in HOSTILE.items():
+        put(ports, object_id, "ACTIVE", 1)
+        ports.objects[object_id].update(fields)
+    registry = CollectorRegistry()
+    metrics = SiteMetrics(registry, "s1")
+    health = Health(["port"], metrics)
+    producer = RefusingProducer()
+    publisher = Publisher(
+        "s1",
+        "cascade.status.s1",
+        producer,
+        Codec(),
+        metrics,
+        health,
+        {},
+        0,
+    )
+    p = KindPoller(HOSTILE_ROW, ports, publisher, health, metrics, SiteSettings(name="s1"))
+    for _ in range(2):
+        assert p.poll(resync=True) == "resync"
+    ports.reject = {"changed_since"}  # on to the revision listing, and listings by id
+    assert p.poll(resync=False) == "revisions"
+    published = {key for key, _value, _ in producer.sent}
+    assert published == {f"s1/port/good-{n}" for n in range(40)}, "every good object, only them"
+    skipped = registry.get_sample_value(
+        "cascade_site_unparseable_objects_total", {"site": "s1", "kind": "port"}
+    )
+    assert skipped == 3 * len(HOSTILE), "each hostile object, at each listing"
+    logged = [r for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(logged) == len(HOSTILE), "logged once per object"
+    status, details = health.heartbeat()
+    assert status == "degraded" and details["port.unparseable"] == len(HOSTILE)
+    publisher.heartbeat(status, details)  # the heartbeat itself encodes
+    assert producer.sent[-1][0] == "s1/site/s1"

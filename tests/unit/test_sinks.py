@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from connector.config import load_settings
 from connector.errors import ConfigError
@@ -13,7 +16,7 @@ from connector.records.model import Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.base import SinkBackpressureError, SinkError
 from connector.sinks.http import HttpSink, change_json, idempotency_key, parse_retry_after
-from connector.sinks.sql import SqlSink, sqlalchemy_url
+from connector.sinks.sql import SqlSink, create_engine, sqlalchemy_url, translate_errors
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -63,9 +66,12 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     [
         (None, 5.0),
         ("12", 12.0),
-        ("0.5", 0.5),
+        # Taken at its word, 0 (or a date already past) made a tight retry loop: a floor of 1 s.
+        ("0", 1.0),
+        ("0.5", 1.0),
         ("Wed, 01 Jan 2025 00:01:00 GMT", 60.0),
-        ("Tue, 31 Dec 2024 23:00:00 GMT", 0.0),  # a date already past: retry now
+        ("Tue, 31 Dec 2024 23:00:00 GMT", 1.0),
+        ("86400", 600.0),
         ("soon", 5.0),
         ("-3", 5.0),
     ],
@@ -124,3 +130,59 @@ def test_backpressure_is_not_a_sink_error() -> None:
     except SinkBackpressureError as exc:
         outcome = f"retry after {exc.retry_after:g} s"
     assert outcome == "retry after 2 s"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "consuming input failed: SSL SYSCALL error: EOF detected",
+        "SSL connection has been closed unexpectedly",
+        "server closed the connection unexpectedly",
+    ],
+)
+def test_a_postgresql_connection_lost_is_backpressure(message: str) -> None:
+    # What psycopg raises when the server (or a TLS proxy before it) drops the connection under
+    # a statement: an OperationalError without a SQLSTATE.
+    lost = sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError(message))
+    with (
+        pytest.raises(SinkBackpressureError, match=message),
+        translate_errors("SQL sink apply failed", retry_after=1.0),
+    ):
+        raise lost
+
+
+def test_a_wrong_tls_setup_stays_a_sink_error() -> None:
+    refused = sa.exc.OperationalError(
+        "connect", {}, psycopg.OperationalError("server does not support SSL, but SSL was required")
+    )
+    with (
+        pytest.raises(SinkError, match="does not support SSL"),
+        translate_errors("cannot create the sink tables", retry_after=1.0),
+    ):
+        raise refused
+
+
+class Connecting(Exception):
+    """Raised instead of connecting, once the connection's parameters are known."""
+
+
+@pytest.mark.parametrize(("query", "timeout"), [("", 10), ("?connect_timeout=3", "3")])
+def test_postgresql_connections_get_a_connect_timeout_and_keepalives(
+    query: str, timeout: object
+) -> None:
+    engine = create_engine(f"postgresql://user@127.0.0.1:1/db{query}")
+    seen: dict[str, Any] = {}
+
+    def capture(_d: object, _r: object, _a: object, params: dict[str, Any]) -> None:
+        seen.update(params)
+        raise Connecting
+
+    sa.event.listen(engine, "do_connect", capture)
+    with pytest.raises(Connecting):
+        engine.connect()
+    assert seen["connect_timeout"] == timeout, "the URL's own setting wins"
+    assert {k: seen[k] for k in ("keepalives", "keepalives_idle")} == {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+    }
+    assert seen["keepalives_interval"] * seen["keepalives_count"] <= 60

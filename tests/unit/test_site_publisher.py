@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connector.records.codec import Codec
-from connector.records.model import SEQUENCE_HEADER, StatusRecord
+from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, StatusRecord
 from connector.site.kinds import Observation
 from connector.site.publisher import (
     observation_fingerprint,
@@ -124,3 +124,22 @@ def test_restored_fingerprint_equals_the_observed_one() -> None:
 def test_fingerprint_tells_none_from_empty(status: str | None) -> None:
     others = {observation_fingerprint(obs(status=s)) for s in (None, "", "ACTIVE") if s != status}
     assert observation_fingerprint(obs(status=status)) not in others
+
+
+def test_a_sequence_that_cannot_grow_starts_a_new_epoch_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A record near 2^63 was restored from the topic: the next sequence would not fit.
+    publisher, producer, health = make_publisher(
+        last_sequence=SEQUENCE_MAX, clock=lambda: 1_700_000_000.0
+    )
+    assert publisher.observe("server", obs("a"))
+    assert publisher.observe("server", obs("b"))
+    publisher.delete("server", "a")
+    records = [Codec().decode(value) for _, value, _ in producer.sent if value]
+    assert [r.sequence for r in records] == [1_700_000_000_000_000, 1_700_000_000_000_001]
+    assert producer.sent[-1][2][SEQUENCE_HEADER] == b"1700000000000002"
+    epochs = [r for r in caplog.records if "cannot grow further" in r.getMessage()]
+    assert len(epochs) == 1 and epochs[0].levelname == "ERROR"
+    healthy, details = health.snapshot()
+    assert not healthy and "new epoch at 1700000000000000" in str(details["sequence.epoch"])

@@ -21,8 +21,9 @@ from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
 from connector.sinks import ApplyResult
 from connector.sinks.base import SiteAvailability
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
+from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
-from connector.top.loop import TopConsumer, WindowPolicy
+from connector.top.loop import TopConsumer
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 

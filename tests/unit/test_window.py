@@ -160,7 +160,7 @@ def test_a_closed_change_goes_out_as_the_latest_of_its_key_read_since() -> None:
     assert first.entries[0].offset == 21, "the later record, committed with the filling window"
     # A sink asking to slow down: nothing settled, the same call can be taken again.
     assert [e.offset for e in q.take(3, applied).entries] == [21, 12]
-    q.settle(first)
+    q.settle(first, {})
     applied.remember(first.entries)
     assert q.closed is not None and q.closed.remaining == 0
     assert q.filling.entries == {}, "what went out early is not written again"

@@ -5,6 +5,11 @@
   a site topic, then `consume --until-idle`. Must hold: the consumer exits 0, and every message
   the codec cannot read is on the dead-letter topic with a reason; the few that mangling left
   readable are applied (or dead-lettered as rejected), never lost.
+- `hostile_records`: the same, `hostile` (more ways: another site's records, tombstones and
+  heartbeats in this site's topic, keys of 100 kB, values near Kafka's 1 MB, many large
+  headers), with a good record after every few hostile ones, and that other site's own topic
+  holding the good records the hostile ones try to overwrite. Must hold as well: every good
+  record is applied, and the other site's rows are exactly what its own topic said.
 - `fuzz_settings`: hypothesis draws settings files (valid TOML of wrong shapes and values, and
   broken bytes) and `CASCADE_*` values; `cascade-connector config` must exit 0 or 2, an exit 2
   naming the setting (or the file), never a traceback, and never echo a password. Needs the dev
@@ -26,17 +31,21 @@ from typing import Any
 
 from connector.config import ENV_PREFIX, KafkaSettings, Settings
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.harness import Children
+from connector.dev.chaos.harness import Children, SinkRows
 from connector.kafka.producer import Producer
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
-from connector.records.messages import change_from_message, to_message
-from connector.records.model import SEQUENCE_HEADER, StatusRecord
+from connector.records.messages import change_from_message, sequence_header, to_message
+from connector.records.model import HEARTBEAT_KIND, SEQUENCE_HEADER, StatusRecord
 
 SITE = "fuzz"
+#: The site whose rows hostile records in SITE's topic try to change.
+OTHER = "fuzz-other"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+#: Ways of `mangled`: the first are fuzzing, the rest (with `hostile`) an attack.
+_FUZZ_WAYS, _HOSTILE_WAYS = 9, 15
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,20 @@ class _Message:
         return self.raw_headers
 
 
-def mangled(rng: random.Random, codec: Codec, i: int) -> _Message:
-    """One fuzzed message: a valid record of object `i`, mangled one of several ways."""
+def good(site: str, i: int, status: str = "ACTIVE", sequence: int | None = None) -> StatusRecord:
+    """The good record `i` of `site` (sequence i + 1 unless given)."""
+    at = T0 + timedelta(seconds=i)
+    return StatusRecord(site, "server", f"good-{i}", status, sequence or i + 1, at)
+
+
+def message_of(record: StatusRecord, codec: Codec) -> _Message:
+    message = to_message(record, codec)
+    return _Message(record.key.encode(), message.value, [])
+
+
+def mangled(rng: random.Random, codec: Codec, i: int, hostile: bool = False) -> _Message:
+    """One fuzzed message: a valid record of object `i`, mangled one of several ways (more with
+    `hostile`: see `_hostile`)."""
     record = StatusRecord(
         SITE,
         rng.choice(["server", "volume", "port"]),
@@ -71,7 +92,9 @@ def mangled(rng: random.Random, codec: Codec, i: int) -> _Message:
     )
     key = record.key.encode()
     value = to_message(record, codec).value or b""
-    how = rng.randrange(9)
+    how = rng.randrange(_HOSTILE_WAYS if hostile else _FUZZ_WAYS)
+    if how >= _FUZZ_WAYS:
+        return _hostile(rng, codec, i, how - _FUZZ_WAYS, key, value)
     if how == 0:  # random bytes
         return _Message(key, rng.randbytes(rng.randrange(0, 200)), [])
     if how == 1:  # truncated
@@ -96,9 +119,35 @@ def mangled(rng: random.Random, codec: Codec, i: int) -> _Message:
     return _Message(key, value + rng.randbytes(rng.randrange(1, 20)), [])  # trailing bytes
 
 
-def readable(message: _Message, codec: Codec) -> bool:
+def _hostile(
+    rng: random.Random, codec: Codec, i: int, how: int, key: bytes, value: bytes
+) -> _Message:
+    """An attack on the top layer through SITE's topic. The other site's keys are the ones its
+    own topic holds good records for (`hostile_records`), with a higher sequence."""
+    if how == 0:  # another site's record
+        return message_of(good(OTHER, i, "HIJACKED", sequence=i + 2), codec)
+    if how == 1:  # another site's tombstone
+        return _Message(f"{OTHER}/server/good-{i}".encode(), None, [sequence_header(2**62)])
+    if how == 2:  # a heartbeat for another site, under this site's key or the other's
+        beat = StatusRecord(OTHER, HEARTBEAT_KIND, OTHER, "ok", 2**62, T0)
+        under = rng.choice([f"{SITE}/{HEARTBEAT_KIND}/{OTHER}", beat.key]).encode()
+        return _Message(under, to_message(beat, codec).value, [])
+    if how == 3:  # a key of up to 100 kB
+        return _Message(key + b"x" * rng.randrange(1_000, 100_000), value, [])
+    if how == 4:  # many large headers, some named as ours, over a valid value (readable)
+        names = [SEQUENCE_HEADER, "reason", "original.offset", "x" * 200, ""]
+        headers = [
+            (rng.choice(names) + str(n), rng.randbytes(rng.randrange(0, 2_000))) for n in range(30)
+        ]
+        return _Message(key, value, headers)
+    # a value near Kafka's limit (1 MB a message) now and then: each costs a megabyte
+    size = 990_000 if rng.random() < 0.002 else rng.randrange(10_000, 100_000)
+    return _Message(key, value[:10] + rng.randbytes(size), [])
+
+
+def readable(message: _Message, codec: Codec, site: str | None = None) -> bool:
     try:
-        change_from_message(message, codec)
+        change_from_message(message, codec, site)
     except DecodeError:
         return False
     return True
@@ -113,36 +162,89 @@ def fuzz_records(
     seed: int = 7,
     echo: Callable[[str], None] = print,
 ) -> Outcome:
-    """Run the scenario; see the module docstring. Every fuzzed record has a key of its own:
-    the site topic is compacted, and records sharing a key may be compacted away before they
-    are read, as they should be."""
-    outcome = Outcome("fuzzed record values")
+    """Run the scenario; see the module docstring."""
+    return _records(bootstrap, sink_url, workdir, count, seed, echo, hostile=False)
+
+
+def hostile_records(
+    bootstrap: str,
+    sink_url: str,
+    workdir: Path,
+    *,
+    count: int = 100_000,
+    good_every: int = 10,
+    seed: int = 11,
+    echo: Callable[[str], None] = print,
+) -> Outcome:
+    """Run the scenario; see the module docstring. `count` hostile messages, a good record
+    after every `good_every` of them."""
+    return _records(bootstrap, sink_url, workdir, count, seed, echo, True, good_every)
+
+
+def _records(
+    bootstrap: str,
+    sink_url: str,
+    workdir: Path,
+    count: int,
+    seed: int,
+    echo: Callable[[str], None],
+    hostile: bool,
+    good_every: int = 0,
+) -> Outcome:
+    """`count` mangled messages (and good ones) on SITE's topic, then `consume --until-idle`.
+    Every fuzzed record has a key of its own: the site topic is compacted, and records sharing
+    a key may be compacted away before they are read, as they should be."""
+    outcome = Outcome("hostile records" if hostile else "fuzzed record values")
     rng, codec = random.Random(seed), Codec()
     run = uuid.uuid4().hex[:8]
     prefix, dlq = f"chaos.{run}.status", f"chaos.{run}.deadletter"
     kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
-    ensure_site_topic(kafka, SITE)
-    topic = f"{prefix}.{SITE}"
+    topic, other_topic = f"{prefix}.{SITE}", f"{prefix}.{OTHER}"
+    for site in (SITE, OTHER) if hostile else (SITE,):
+        ensure_site_topic(kafka, site)
 
     producer = Producer(kafka)
     where: dict[int, tuple[int, int]] = {}
     failures: list[str] = []
     unreadable: set[int] = set()
-    for i in range(count):
-        message = mangled(rng, codec, i)
-        if not readable(message, codec):
-            unreadable.add(i)
+    #: key -> index of the readable fuzzed values: applied, unless dead-lettered as rejected
+    readable_values: dict[tuple[str, str, str], int] = {}
+    goods: list[StatusRecord] = []
+    others: list[StatusRecord] = []
 
-        def on_delivery(key: str, err: object, partition: int, offset: int, i: int = i) -> None:
+    def send(to: str, message: _Message, i: int | None = None) -> None:
+        def on_delivery(key: str, err: object, partition: int, offset: int) -> None:
             if err is not None:
-                failures.append(f"{key}: {err}")
-            where[i] = (partition, offset)
+                failures.append(f"{key[:100]}: {err}")
+            if i is not None:
+                where[i] = (partition, offset)
 
         producer.produce(
-            topic, message.raw_key, message.raw_value, on_delivery, dict(message.raw_headers)
+            to, message.raw_key, message.raw_value, on_delivery, dict(message.raw_headers)
         )
-    producer.flush(120)
-    echo(f"  published {count:,} fuzzed records ({len(unreadable):,} unreadable)")
+
+    other_keys = f"{OTHER}/server/".encode()
+    for i in range(count):
+        message = mangled(rng, codec, i, hostile)
+        if not readable(message, codec, SITE):
+            unreadable.add(i)
+        elif message.raw_value is not None:
+            change = change_from_message(message, codec, SITE)
+            readable_values[(change.site, change.kind, change.id)] = i
+        if hostile and (message.raw_key or b"").startswith(other_keys):
+            others.append(good(OTHER, i))  # what the other site's own topic says of that key
+            send(other_topic, message_of(others[-1], codec))
+        send(topic, message, i)
+        if good_every and i % good_every == 0:
+            goods.append(good(SITE, i))
+            send(topic, message_of(goods[-1], codec))
+    producer.flush(300)
+    producer.close()
+    echo(
+        f"  published {count:,} {'hostile' if hostile else 'fuzzed'} records "
+        f"({len(unreadable):,} unreadable), {len(goods):,} good ones among them"
+        + (f", {len(others):,} good ones in the other site's topic" if hostile else "")
+    )
 
     children = Children(
         workdir,
@@ -157,7 +259,7 @@ def fuzz_records(
     started = time.monotonic()
     try:
         children.start("consumer", "consume", "--until-idle")
-        code = children.wait("consumer", 900)
+        code = children.wait("consumer", 1800)
         if code != 0:
             outcome.problems.append(f"consumer ended with {code}: {children.log_tail('consumer')}")
     finally:
@@ -175,6 +277,8 @@ def fuzz_records(
             reason = headers.get("reason", "")
             if not reason or not headers.get("error"):
                 outcome.problems.append(f"dead letter without a reason: {headers}")
+            if headers.get("original.topic") != topic:
+                outcome.problems.append(f"a dead letter from {headers.get('original.topic')}")
             reasons[reason] += 1
             dead.add((int(headers["original.partition"]), int(headers["original.offset"])))
     finally:
@@ -187,14 +291,49 @@ def fuzz_records(
             f"{len(missing)} unreadable records are not in the dead-letter topic, e.g. "
             f"{[where.get(i) for i in missing[:3]]}"
         )
+    rows = SinkRows(sink_url)
+    try:
+        statuses = rows.statuses()
+        other_beat = rows.heartbeat(OTHER)
+    finally:
+        rows.close()
+    lost = [r.key for r in goods if statuses.get((r.site, r.kind, r.id)) != r.status]
+    if lost:
+        outcome.problems.append(f"{len(lost)} good records not applied, e.g. {lost[:3]}")
+    unaccounted = [
+        key
+        for key, i in readable_values.items()
+        if key not in statuses and where.get(i) not in dead
+    ]
+    if unaccounted:
+        outcome.problems.append(
+            f"{len(unaccounted)} readable records neither applied nor dead-lettered, e.g. "
+            f"{unaccounted[:3]}"
+        )
+    other_rows = {key: status for key, status in statuses.items() if key[0] == OTHER}
+    other_truth = {(r.site, r.kind, r.id): r.status for r in others}
+    if other_rows != other_truth or other_beat is not None:
+        changed = sum(other_rows.get(key) != status for key, status in other_truth.items())
+        outcome.problems.append(
+            f"the other site's rows are not what its own topic says: {changed} of "
+            f"{len(other_truth)} differ, {len(other_rows.keys() - other_truth.keys())} extra, "
+            f"its heartbeat {other_beat!r} (none was sent)"
+        )
     outcome.figures.update(
         {
             "records": count,
             "unreadable": len(unreadable),
             "readable after mangling": count - len(unreadable),
+            **(
+                {"good records among them": len(goods), "good records lost": len(lost)}
+                if hostile
+                else {}
+            ),
+            **({"good records in the other site's topic": len(others)} if hostile else {}),
             "dead letters": len(dead),
             **{f"dead letters ({reason})": n for reason, n in sorted(reasons.items())},
             "unreadable and not dead-lettered": len(missing),
+            "consumer exit code": -1 if code is None else code,
             "seconds to consume": seconds,
             "records/s": count / seconds if seconds else 0.0,
         }

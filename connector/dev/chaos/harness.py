@@ -7,6 +7,7 @@ recorded in a `regressions` table (the update itself still happens, so nothing h
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import sqlalchemy as sa
 
@@ -101,6 +102,18 @@ class SinkRows:
         except sa.exc.OperationalError:
             return None
         return None if value is None else str(value)
+
+    def heartbeat_details(self, site: str) -> dict[str, Any]:
+        """The details of the site's last heartbeat ({} before the first)."""
+        query = sa.text("SELECT details FROM site_heartbeat WHERE site = :site")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"site": site}).scalar()
+        except sa.exc.OperationalError:
+            return {}
+        if isinstance(value, str):  # a plain query leaves the JSON column's text as it is
+            value = json.loads(value)
+        return dict(value) if isinstance(value, dict) else {}
 
     def regressions(self) -> list[tuple[str, int, int]]:
         with self.engine.connect() as conn:

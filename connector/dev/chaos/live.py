@@ -4,6 +4,12 @@
   while the site churns (creations, transitions, deletions) during each outage. Must hold: the
   sink equals the site's truth after each round, within 15 s of the broker answering again; then
   SIGTERM during an outage ends the poller and the consumer within 10 s each.
+- `hostile_objects`: the sim serves `hostile` objects with fields out of range (times off the
+  calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, details
+  over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among good ones, from the
+  start, while the site churns and a standby takes over from the active poller. Must hold: no
+  process exits, every good object arrives (and no hostile one), and every hostile one is
+  accounted for as a skip (`<kind>.unparseable` in the heartbeat), by both pollers.
 - `site_faults`: for `duration` seconds the site answers a share of requests with 500, hangs
   every request for `spike` seconds now and then, and revokes every token each `token_every`
   seconds, while it churns. Must hold: no process exits, the heartbeat reports degraded, and
@@ -16,7 +22,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +32,7 @@ from connector.config import KafkaSettings
 from connector.dev import free_port, free_port_run
 from connector.dev.chaos import Outcome
 from connector.dev.chaos.harness import ChaosError, Children, SinkRows, wait_for
-from connector.dev.demo.observe import compare, metric_total, truth
+from connector.dev.demo.observe import StatusMap, compare, metric_total, truth
 from connector.dev.demo.processes import http_json, http_text
 from connector.dev.local_kafka import LocalKafka
 from connector.dev.sim import start_sim
@@ -50,22 +56,39 @@ class SiteSize:
 
 
 class Live:
-    """A running sim, poller and consumer; `converged()` compares the sink with the truth."""
+    """A running sim, poller and consumer; `converged()` compares the sink with the truth (less
+    the objects the sim serves corrupt, which must never arrive)."""
 
     def __init__(self, sim: RunningSim, children: Children, sink_url: str) -> None:
         self.sim = sim
         self.children = children
         self.rows = SinkRows(sink_url)
         self.poller_metrics = ""
+        #: kind -> id -> corruption, of the objects the sim serves corrupt
+        self.corrupt: dict[str, dict[str, str]] = {}
+        #: the children that must be running
+        self.watched: tuple[str, ...] = ("poller", "consumer")
+
+    def live_corrupt(self, kind: str) -> set[str]:
+        """Ids of the kind's corrupt objects that still exist."""
+        present = {key[2] for key in truth({SITE: self.sim.url}, [kind])}
+        return present & set(self.corrupt.get(kind, {}))
+
+    def expected(self) -> StatusMap:
+        return {
+            key: status
+            for key, status in truth({SITE: self.sim.url}, KINDS).items()
+            if key[2] not in self.corrupt.get(key[1], {})
+        }
 
     def converged(self) -> bool:
-        return compare(truth({SITE: self.sim.url}, KINDS), self.rows.statuses()).equal
+        return compare(self.expected(), self.rows.statuses()).equal
 
     def difference(self) -> str:
-        return str(compare(truth({SITE: self.sim.url}, KINDS), self.rows.statuses()))
+        return str(compare(self.expected(), self.rows.statuses()))
 
     def check_alive(self) -> None:
-        for name in ("poller", "consumer"):
+        for name in self.watched:
             if not self.children.alive(name):
                 raise ChaosError(
                     f"{name} exited with {self.children.exit_code(name)}: "
@@ -88,9 +111,11 @@ def live_site(
     interval: float,
     resync_interval: float,
     sink_url: str | None = None,
+    hostile: Mapping[str, int] | None = None,
 ) -> Iterator[Live]:
     """Start a sim, its poller and the consumer (into `sink_url`, default a SQLite file); stop
-    them all on the way out."""
+    them all on the way out. `hostile`: kind -> how many of its objects the sim serves with
+    hostile fields from the start (`/_sim/corrupt`), never to arrive."""
     run = uuid.uuid4().hex[:8]
     sink_url = sink_url or f"sqlite:///{workdir / f'top-{run}.sqlite'}"
     clouds = workdir / f"clouds-{run}.yaml"
@@ -110,6 +135,10 @@ def live_site(
             },
         )
         live = Live(sim, children, sink_url)
+        for kind, count in (hostile or {}).items():
+            answer = live.control("corrupt", {"kind": kind, "count": count, "hostile": True})
+            assert isinstance(answer, dict)
+            live.corrupt[kind] = answer["corrupt"]
         # The topic is made (and its leaders waited for) before the poller starts, as a
         # deployment would with `topics ensure`: a poller reading a topic created a moment ago
         # could exit (issue 13, the site side's), and this suite is about what comes after.
@@ -295,6 +324,138 @@ def site_faults(
             }
         )
     return outcome
+
+
+def hostile_objects(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    hostile: int = 10_000,
+    good: int = 1_000,
+    churn: int = 300,
+    takeover: bool = True,
+    interval: float = 2.0,
+    resync_interval: float = 600.0,
+    echo: Callable[[str], None] = print,
+) -> Outcome:
+    """Run the scenario; see the module docstring. `hostile` objects in all and `good` ones of
+    each of KINDS; `churn` changes after the first sync and after the take-over; `takeover`: a
+    standby poller starts, and takes over when the active one is SIGKILLed."""
+    outcome = Outcome("hostile API objects")
+    n_kinds = len(KINDS)
+    shares = {kind: hostile // n_kinds + (n < hostile % n_kinds) for n, kind in enumerate(KINDS)}
+    size = SiteSize(good + shares["server"], good + shares["volume"], good + shares["port"])
+    started = time.monotonic()
+    with live_site(bootstrap, workdir, size, interval, resync_interval, hostile=shares) as live:
+        echo(
+            f"  {hostile:,} hostile and {n_kinds * good:,} good objects: every good one arrived "
+            f"after {time.monotonic() - started:.1f} s"
+        )
+
+        def accounted() -> bool:
+            skipped = _skips(live.poller_metrics)
+            return all(skipped[kind] >= n for kind, n in shares.items())
+
+        # Every hostile object is skipped at every listing that shows it: the first one shows all.
+        if wait_for(accounted, 60, live.check_alive) is None:
+            outcome.problems.append(
+                f"skips counted {_skips(live.poller_metrics)} fall short of the hostile objects "
+                f"{shares}"
+            )
+
+        def shown() -> int:
+            details = live.rows.heartbeat_details(SITE)
+            return sum(int(details.get(f"{kind}.unparseable") or 0) for kind in KINDS)
+
+        # Distinct objects as far as the poller can tell them apart (nameless ones without an
+        # id look alike), once a heartbeat came after the first listing.
+        wait_for(lambda: shown() > 0, 30, live.check_alive)
+        outcome.figures["unreadable objects the heartbeat shows"] = shown()
+
+        def churned(when: str) -> float:
+            live.control("churn", {"changes": churn})
+            took = wait_for(live.converged, 180, live.check_alive)
+            if took is None:
+                outcome.problems.append(f"{when}: good objects missing: {live.difference()}")
+            return -1.0 if took is None else took
+
+        outcome.figures["seconds to converge after churn"] = churned("after churn")
+        skipped = _skips(live.poller_metrics)
+        if takeover:
+            skipped = _take_over(live, interval, resync_interval, outcome)
+            outcome.figures["seconds to converge after churn, standby active"] = churned(
+                "after the take-over"
+            )
+        live.check_alive()
+        outcome.figures.update(
+            {
+                "hostile objects": hostile,
+                **{f"hostile {kind}s": n for kind, n in shares.items()},
+                "good objects at the start": n_kinds * good,
+                "changes per churn": churn,
+                "hostile objects skipped (the last active poller's count, every listing)": sum(
+                    skipped.values()
+                ),
+                "process exits": 0,  # check_alive raised on any
+            }
+        )
+        short = {kind for kind in KINDS if skipped.get(kind, 0) < len(live.live_corrupt(kind))}
+        if short:
+            outcome.problems.append(
+                f"skips counted {skipped} fall short of the live hostile objects of {short}"
+            )
+    return outcome
+
+
+def _take_over(
+    live: Live, interval: float, resync_interval: float, outcome: Outcome
+) -> dict[str, float]:
+    """Start a standby, SIGKILL the active poller, wait for the standby to take over; its skip
+    counts per kind once it has listed every kind."""
+    metrics_port = free_port()
+    standby_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    live.children.start(
+        "standby",
+        "produce",
+        *("--site", SITE, "--interval", str(interval), "--resync-interval", str(resync_interval)),
+        *("--kinds", ",".join(KINDS), "--metrics-port", str(metrics_port)),
+    )
+    live.watched = ("poller", "standby", "consumer")
+
+    def active(url: str) -> float:
+        return metric_total(http_text(url), "cascade_site_active")
+
+    if (
+        wait_for(
+            lambda: active(standby_metrics) == 0 and active(live.poller_metrics),
+            120,
+            live.check_alive,
+        )
+        is None
+    ):
+        outcome.problems.append("the standby never stood by")
+        return {}
+    live.children.kill("poller")
+    live.watched = ("standby", "consumer")
+    killed = time.monotonic()
+    if wait_for(lambda: active(standby_metrics) == 1, 120, live.check_alive) is None:
+        outcome.problems.append("the standby never took over")
+        return {}
+    outcome.figures["seconds to take over"] = time.monotonic() - killed
+
+    def listed_all() -> bool:
+        counts = _skips(standby_metrics)
+        return all(counts.get(kind, 0) >= len(live.live_corrupt(kind)) for kind in KINDS)
+
+    wait_for(listed_all, 120, live.check_alive)
+    return _skips(standby_metrics)
+
+
+def _skips(metrics_url: str) -> dict[str, float]:
+    """kind -> objects the poller skipped (every listing that showed them)."""
+    text = http_text(metrics_url)
+    name = "cascade_site_unparseable_objects_total"
+    return {kind: metric_total(text, name, kind=kind) for kind in KINDS}
 
 
 def _outage_begins(broker: LocalKafka, freeze: bool) -> None:

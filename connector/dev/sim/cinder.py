@@ -14,6 +14,7 @@ would show, with `all_tenants` for every project.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from connector.dev.sim.api import (
@@ -24,7 +25,6 @@ from connector.dev.sim.api import (
     json_response,
     microversion,
     next_link,
-    parse_limit,
 )
 from connector.dev.sim.keystone import Keystone
 from connector.dev.sim.model import VOLUME, SimObject, Volume, iso_micro, parse_time
@@ -60,6 +60,26 @@ LIST_KEYS = frozenset(
 #: answer gains `metadata` at 3.36.
 SUMMARY_VERSION = (3, 12)
 SUMMARY_METADATA_VERSION = (3, 36)
+#: Fields a volume gains at a microversion, with their value on a volume that no volume service
+#: has handled (cinder-api 29.0.0 without a scheduler or volume service shows exactly these).
+VERSIONED_FIELDS: tuple[tuple[tuple[int, int], dict[str, Any]], ...] = (
+    ((3, 13), {"group_id": None}),
+    ((3, 21), {"provider_id": None}),
+    ((3, 48), {"service_uuid": None, "shared_targets": True}),
+    ((3, 63), {"cluster_name": None, "volume_type_id": "b5c1b1e4-3e6d-4b8a-9a55-0d7c2f36c1a9"}),
+    ((3, 65), {"consumes_quota": True}),
+)
+#: What `sort=<key>[:<dir>]` may name, and how to order by it; Cinder then orders by
+#: created_at and id in the first key's direction (its default sort is `created_at:desc,id:desc`).
+SORT_KEYS: dict[str, Callable[[SimObject], Any]] = {
+    "id": lambda obj: obj.id,
+    "name": lambda obj: obj.name,
+    "status": lambda obj: obj.status,
+    "size": lambda obj: obj.size if isinstance(obj, Volume) else 0,
+    "created_at": lambda obj: obj.created,
+    # a null `updated_at` comes first in ascending order, as SQL puts NULLs
+    "updated_at": lambda obj: (not never_updated(obj), obj.updated),
+}
 
 
 def never_updated(obj: SimObject) -> bool:
@@ -126,21 +146,23 @@ class Cinder:
                 doc = self._summary(request, project_id, token.project_id, version)
             elif which is None or which == "detail":
                 doc = self._list(request, project_id, token.project_id, version, which == "detail")
+            elif which == "summary":  # a versioned route: below 3.12 none matches
+                raise ApiError(404, compute_fault(404, "The resource could not be found."))
             else:
-                doc = self._show(project_id, which)
+                doc = self._show(project_id, which, version)
         except ApiError as exc:
             exc.headers.update(headers)
             raise
         return json_response(200, doc, headers)
 
-    def _show(self, project_id: str, volume_id: str) -> dict[str, Any]:
+    def _show(self, project_id: str, volume_id: str, version: tuple[int, int]) -> dict[str, Any]:
         with self.site.lock:
             obj = self.site.tables[VOLUME].by_id.get(volume_id)
             if not isinstance(obj, Volume):
                 raise ApiError(404, compute_fault(404, f"Volume {volume_id} could not be found."))
             return {
                 "volume": self.site.spoil(
-                    VOLUME, obj.id, self.render(obj, project_id), "updated_at"
+                    VOLUME, obj.id, self.render(obj, project_id, version), "updated_at"
                 )
             }
 
@@ -153,17 +175,14 @@ class Cinder:
         detail: bool,
     ) -> dict[str, Any]:
         arg = request.arg
-        all_tenants = arg("all_tenants") is not None and truthy(
-            arg("all_tenants") or "", "all_tenants", compute_fault
-        )
-        owner = arg("project_id") if all_tenants else (token_project or path_project)
+        owner = arg("project_id") if all_tenants(request) else (token_project or path_project)
         time_filters = version >= TIME_FILTER_VERSION
         span = self._span(arg("updated_at")) if time_filters else None
         created = self._span(arg("created_at")) if time_filters else None
         status = arg("status")
         name = arg("name")
-        limit = parse_limit(request, compute_fault, MAX_LIMIT)
-        assert limit is not None
+        limit = cinder_limit(request)
+        order = sort_order(request)
 
         def wanted(obj: SimObject) -> bool:
             return (
@@ -177,7 +196,7 @@ class Cinder:
 
         with self.site.lock:
             table = self.site.tables[VOLUME]
-            after = None
+            after = marker_obj = None
             marker = arg("marker")
             if marker is not None:
                 marker_obj = table.by_id.get(marker)
@@ -185,9 +204,18 @@ class Cinder:
                     raise ApiError(404, compute_fault(404, f"Volume {marker} could not be found."))
                 after = marker_obj.key
             unknown = set(request.query) - LIST_KEYS
-            page = [] if unknown else table.scan(after=after, span=span, match=wanted, limit=limit)
+            if unknown:
+                page = []
+            elif order is None:
+                page = table.scan(after=after, span=span, match=wanted, limit=limit)
+            else:
+                page = sorted_page(
+                    table.scan(after=None, span=span, match=wanted, limit=None), order, marker_obj
+                )[:limit]
             volumes = [
-                self.site.spoil(VOLUME, obj.id, self.render(obj, path_project), "updated_at")
+                self.site.spoil(
+                    VOLUME, obj.id, self.render(obj, path_project, version), "updated_at"
+                )
                 if detail
                 else self._brief(obj, path_project)
                 for obj in page
@@ -211,11 +239,7 @@ class Cinder:
         """Count and size of the volumes a listing would show: every project's with
         `all_tenants` (the sim's user is an admin), else the token's. Cinder ignores the
         listing filters here."""
-        arg = request.arg
-        all_tenants = arg("all_tenants") is not None and truthy(
-            arg("all_tenants") or "", "all_tenants", compute_fault
-        )
-        owner = None if all_tenants else (token_project or path_project)
+        owner = None if all_tenants(request) else (token_project or path_project)
         with self.site.lock:
             listed = self.site.tables[VOLUME].scan(
                 after=None,
@@ -256,9 +280,9 @@ class Cinder:
     def _brief(self, obj: Volume, project_id: str) -> dict[str, Any]:
         return {"id": obj.id, "name": obj.name, "links": self._links(project_id, obj.id)}
 
-    def render(self, obj: Volume, project_id: str) -> dict[str, Any]:
-        """A volume as `GET /volumes/detail` shows it; call with the lock held."""
-        return {
+    def render(self, obj: Volume, project_id: str, version: tuple[int, int]) -> dict[str, Any]:
+        """A volume as `GET /volumes/detail` shows it at `version`; call with the lock held."""
+        doc: dict[str, Any] = {
             "id": obj.id,
             "name": obj.name,
             "status": obj.status,
@@ -285,7 +309,7 @@ class Cinder:
             "metadata": {},
             "migration_status": None,
             "multiattach": False,
-            "os-vol-host-attr:host": obj.host,
+            "os-vol-host-attr:host": obj.host or None,
             "os-vol-mig-status-attr:migstat": None,
             "os-vol-mig-status-attr:name_id": None,
             "os-vol-tenant-attr:tenant_id": obj.project_id,
@@ -296,3 +320,63 @@ class Cinder:
             "user_id": self.site.user_id,
             "volume_type": "__DEFAULT__",
         }
+        for since, fields in VERSIONED_FIELDS:
+            if version >= since:
+                doc.update(fields)
+        return doc
+
+
+def all_tenants(request: Request) -> bool:
+    """`all_tenants`, a strict boolean; 400 with Cinder's words when it is none."""
+    raw = request.arg("all_tenants")
+    try:
+        return raw is not None and truthy(raw, "all_tenants", compute_fault)
+    except ApiError:
+        why = f"Value '{raw}' for 'all_tenants' is not a boolean."
+        raise ApiError(400, compute_fault(400, why)) from None
+
+
+def cinder_limit(request: Request) -> int:
+    """`limit`, capped at MAX_LIMIT; 400 with Cinder's words when it is not a natural number."""
+    raw = request.arg("limit")
+    if raw is None:
+        return MAX_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, compute_fault(400, "limit param must be an integer")) from None
+    if limit < 0:
+        raise ApiError(400, compute_fault(400, "limit param must be positive"))
+    return min(limit, MAX_LIMIT)
+
+
+def sort_order(request: Request) -> list[tuple[str, bool]] | None:
+    """(key, descending) pairs from `sort=k[:dir],...` or `sort_key`/`sort_dir`, completed with
+    created_at and id as Cinder completes them; None for the default order (newest first)."""
+    sort, sort_key = request.arg("sort"), request.arg("sort_key")
+    if sort is not None:
+        pairs = [part.partition(":")[::2] for part in sort.split(",")]
+    elif sort_key is not None:
+        pairs = [(sort_key, request.arg("sort_dir") or "")]
+    else:
+        return None
+    order: list[tuple[str, bool]] = []
+    for key, direction in pairs:
+        if key.strip() not in SORT_KEYS:
+            raise ApiError(400, compute_fault(400, "Invalid input received: Invalid sort key"))
+        if direction not in ("", "asc", "desc"):
+            why = "Invalid input received: Unknown sort direction"
+            raise ApiError(400, compute_fault(400, why))
+        order.append((key.strip(), direction != "asc"))
+    first = order[0][1]
+    order += [(key, first) for key in ("created_at", "id") if key not in dict(order)]
+    return order
+
+
+def sorted_page(
+    objects: list[SimObject], order: list[tuple[str, bool]], marker: SimObject | None
+) -> list[SimObject]:
+    """`objects` in `order`, those after `marker` when one is given."""
+    for key, descending in reversed(order):  # stable sorts, least significant key first
+        objects.sort(key=SORT_KEYS[key], reverse=descending)
+    return objects[objects.index(marker) + 1 :] if marker in objects else objects

@@ -17,6 +17,8 @@
   while another stays down).
 - `POST /_sim/corrupt`: `{"kind": K, "count": N}` serves N objects of kind K malformed (no id,
   a time that does not parse, a status that is not a string, in turn); `"count": 0` undoes it.
+  With `"hostile": true`, fields out of range as well (store.HOSTILE_CORRUPTIONS: times off the
+  calendar, a detail past 64 bits, NaN, infinite or over 1 MB, lone surrogates, long ids).
 - `DELETE /_sim/tokens`: revoke every token now, as a token expiring early (the next request
   with one gets 401 and keystoneauth authenticates again).
 - `POST /_sim/archive`: purge soft-deleted servers, as `nova-manage db archive_deleted_rows`.
@@ -295,7 +297,10 @@ class Control:
         if kind not in KINDS:
             raise BadControl(f"kind must be one of {list(KINDS)}, got {kind!r}")
         count = _number(body, "count", int, 0, 10_000_000)
-        ids = self.site.set_corrupt(kind, count)
+        hostile = body.get("hostile", False)
+        if not isinstance(hostile, bool):
+            raise BadControl(f"hostile must be true or false, got {hostile!r}")
+        ids = self.site.set_corrupt(kind, count, hostile)
         corrupt = self.site.corrupt[kind]
         return json_response(200, {"kind": kind, "corrupt": {i: corrupt[i] for i in ids}})
 

@@ -126,7 +126,10 @@ class Nova:
             obj = self.site.tables[SERVER].by_id.get(server_id)
             if not isinstance(obj, Server) or obj.deleted:
                 raise ApiError(404, compute_fault(404, f"Instance {server_id} could not be found."))
-            return {"server": self.site.spoil(SERVER, obj.id, self.render(obj, version), "updated")}
+            doc = self.render(obj, version)
+            if version >= (2, 71):  # shown by GET /servers/{id} alone
+                doc["server_groups"] = []
+            return {"server": self.site.spoil(SERVER, obj.id, doc, "updated")}
 
     def _list(
         self, request: Request, project_id: str | None, version: tuple[int, int], *, detail: bool
@@ -287,8 +290,20 @@ class Nova:
             "os-extended-volumes:volumes_attached": attached,
             "security_groups": [{"name": "default"}],
         }
+        if version >= (2, 3):  # the extended server attributes an admin sees
+            doc |= {
+                "OS-EXT-SRV-ATTR:hostname": obj.name,
+                "OS-EXT-SRV-ATTR:kernel_id": "",
+                "OS-EXT-SRV-ATTR:launch_index": 0,
+                "OS-EXT-SRV-ATTR:ramdisk_id": "",
+                "OS-EXT-SRV-ATTR:reservation_id": f"r-{obj.serial:08x}",
+                "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
+                "OS-EXT-SRV-ATTR:user_data": None,
+            }
         if version >= (2, 9):
             doc["locked"] = False
+        if version >= (2, 16):  # to an admin, as its policy allows
+            doc["host_status"] = "UP"
         if version >= (2, 19):
             doc["description"] = None
         if version >= (2, 26):
@@ -297,6 +312,8 @@ class Nova:
             doc["trusted_image_certificates"] = None
         if version >= (2, 73):
             doc["locked_reason"] = None
+        if version >= (2, 98):
+            doc["image"]["properties"] = {}
         if version >= (2, 96):
             doc["pinned_availability_zone"] = None
         if version >= (2, 100):

@@ -159,6 +159,40 @@ def hidden(object_id: str, share: float) -> bool:
 #: How `Site.spoil` serves a corrupt object, in turn: no id, a time that does not parse, a status
 #: that is not a string.
 CORRUPTIONS = ("no-id", "bad-time", "bad-status")
+#: The hostile ones (`/_sim/corrupt` with `"hostile": true`), in turn: the three above, and
+#: fields out of range: times off the calendar in UTC, a detail past 64 bits, NaN or infinite,
+#: text with a lone surrogate (a detail, the id), an id too long. One object in HUGE_EVERY (the
+#: first after a whole round of these) carries a detail of over 1 MB instead (more than a Kafka
+#: message takes), rarer because each one costs a megabyte in every listing.
+HOSTILE_CORRUPTIONS = (
+    *CORRUPTIONS,
+    "year-1",
+    "year-9999",
+    "int-70-bits",
+    "nan",
+    "infinity",
+    "surrogate-detail",
+    "surrogate-id",
+    "long-id",
+)
+HUGE = "huge-detail"
+HUGE_EVERY = 500
+#: The field of each kind a hostile corruption puts a detail value in (one the poller reads).
+_DETAIL_FIELD = {
+    SERVER: "OS-EXT-STS:power_state",
+    VOLUME: "os-vol-mig-status-attr:migstat",
+    PORT: "device_owner",
+    FLOATINGIP: "fixed_ip_address",
+}
+#: What each detail corruption puts there.
+_DETAIL_VALUE: dict[str, Any] = {
+    "int-70-bits": 2**70,
+    "nan": float("nan"),
+    "infinity": float("-inf"),
+    "surrogate-detail": "text-\ud800",
+    HUGE: "h" * 1_100_000,
+}
+_TIME_VALUE = {"year-1": "0001-01-01T00:00:00+01:00", "year-9999": "9999-12-31T23:59:59-01:00"}
 
 
 class Site:
@@ -190,14 +224,17 @@ class Site:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def set_corrupt(self, kind: str, count: int) -> list[str]:
+    def set_corrupt(self, kind: str, count: int, hostile: bool = False) -> list[str]:
         """Serve `count` live objects of `kind` (the first created) malformed, in listing order
-        each in the next of CORRUPTIONS; 0 serves them all well again. Returns the ids."""
+        each in the next of CORRUPTIONS (HOSTILE_CORRUPTIONS, and HUGE now and then, with
+        `hostile`); 0 serves them all well again. Returns the ids."""
+        ways = HOSTILE_CORRUPTIONS if hostile else CORRUPTIONS
         with self.lock:
             chosen = [obj.id for obj in islice(self.live(kind), count)]
             ordered = sorted(chosen, key=lambda i: self.tables[kind].by_id[i].key)
             self.corrupt[kind] = {
-                object_id: CORRUPTIONS[n % len(CORRUPTIONS)] for n, object_id in enumerate(ordered)
+                object_id: HUGE if hostile and n % HUGE_EVERY == len(ways) else ways[n % len(ways)]
+                for n, object_id in enumerate(ordered)
             }
             return ordered
 
@@ -212,6 +249,14 @@ class Site:
             del doc["id"]
         elif how == "bad-time":
             doc[updated] = "not-a-time"
+        elif how in _TIME_VALUE:
+            doc[updated] = _TIME_VALUE[how]
+        elif how in _DETAIL_VALUE:
+            doc[_DETAIL_FIELD.get(kind, "name")] = _DETAIL_VALUE[how]
+        elif how == "surrogate-id":
+            doc["id"] = f"{object_id}\udc80"
+        elif how == "long-id":
+            doc["id"] = object_id * 8
         else:
             doc["status"] = {"value": doc.get("status")}
         return doc

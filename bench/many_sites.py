@@ -1,0 +1,573 @@
+"""1,000 sites at one top (issue 24): one bench process publishes through the product's own
+publisher and codec into `--sites` site topics; the real consumer group reads them into
+PostgreSQL.
+
+A private Kafka on a free port (never the shared broker) and a PostgreSQL with durable defaults.
+Each site is a `Publisher` (connector/site/publisher.py) of its own, all sharing one producer,
+with `--objects` objects (servers, volumes and ports in turn) and a heartbeat every
+`--heartbeat-interval` s, as pollers send them (the sites' heartbeats spread over the interval).
+Top consumers are real `cascade-connector consume` processes. Phases, each printed as a table:
+
+1. one member; every site publishes its objects: time until the top equals every site's truth;
+2. steady churn of `--churn-rate` changes/s spread over the sites for `--churn-seconds`: p50 /
+   p99 delay from publishing a change to its row (observed_at to applied_at), rows and heartbeat
+   writes per second at the sink, sink calls per second;
+3. a storm in `--storm-sites` sites (each restarts with `--storm-objects` objects, every one
+   flapping `--flaps` times within `--storm-seconds`) while the others keep churning: the quiet
+   sites' p99 (bound 5 s), time until the storming sites converge after the storm ended;
+4. a second member joins, then one leaves (SIGTERM), churn going on: seconds until the group is
+   stable with every partition assigned and the lag back under a second of churn (bound 30 s);
+   then the churn stops and the top must equal every site's truth (nothing lost).
+
+For every phase: consumer CPU seconds and peak RSS (sampled VmRSS), broker CPU and RSS.
+
+    .venv/bin/python bench/many_sites.py [--sites 1000] [--objects 100] [--churn-rate 500]
+
+The last line: `many-sites: N sites: converged, quiet p99 P s during storms, rebalance settled
+in S s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import confluent_kafka
+import sqlalchemy as sa
+from common import (
+    KINDS,
+    Progress,
+    Usage,
+    bench_run,
+    ensure_topics,
+    load,
+    quiet_port,
+    start_consumer,
+    wait_answering,
+    with_children,
+)
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from connector.dev.demo.observe import SinkReader, StatusMap, compare, metric_total
+from connector.dev.demo.processes import DemoError, Processes, http_text
+from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_postgres import LocalPostgres
+from connector.kafka.producer import Producer
+from connector.kafka.settings import KafkaSettings
+from connector.kafka.topics import site_topic
+from connector.ops.signals import interrupt, stop_on_signals
+from connector.records.codec import Codec
+from connector.sinks.sql import create_engine, resource_status
+from connector.site.heartbeat import Health
+from connector.site.kinds import Observation
+from connector.site.publisher import Publisher
+from connector.site.site_metrics import SiteMetrics
+
+STATUSES = {
+    "server": ("ACTIVE", "SHUTOFF"),
+    "volume": ("available", "in-use"),
+    "port": ("ACTIVE", "DOWN"),
+}
+SAMPLE_SECONDS = 2.0
+TICK = 0.05
+ROWS = "cascade_consumer_rows_applied_total"
+BEATS = "cascade_consumer_heartbeats_applied_total"
+CALLS = "cascade_consumer_batches_total"
+LAG = "cascade_consumer_lag_records"
+
+
+@dataclass
+class Site:
+    """One simulated site: its publisher, and what it holds (the truth the top must equal)."""
+
+    name: str
+    publisher: Publisher
+    health: Health
+    objects: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, id) -> status
+
+    def set(self, kind: str, object_id: str, status: str) -> None:
+        self.objects[(kind, object_id)] = status
+        self.publisher.observe(
+            kind,
+            Observation(
+                id=object_id,
+                status=status,
+                name=f"{kind}-{object_id[:8]}",
+                project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
+                details={"host": f"compute-{len(self.objects) % 50:02d}"},
+                source_updated_at=datetime.now(UTC),
+            ),
+        )
+
+    def flip(self, rng: random.Random) -> None:
+        kind, object_id = rng.choice(list(self.objects))
+        first, second = STATUSES[kind]
+        self.set(kind, object_id, second if self.objects[(kind, object_id)] == first else first)
+
+
+class Sites:
+    """Every site's publisher on one producer, and the thread that publishes their churn,
+    storms and heartbeats at the rates asked."""
+
+    def __init__(self, a: argparse.Namespace, kafka: KafkaSettings) -> None:
+        self.a = a
+        self.producer = Producer(kafka)
+        codec = Codec()
+        self.sites: dict[str, Site] = {}
+        for i in range(a.sites):
+            name = f"site-{i:04d}"
+            metrics = SiteMetrics(CollectorRegistry(), name)
+            health = Health(KINDS, metrics, a.interval, a.heartbeat_interval)
+            publisher = Publisher(
+                name,
+                site_topic(kafka.topic_prefix, name),
+                self.producer,
+                codec,
+                metrics,
+                health,
+                {},
+                0,
+            )
+            self.sites[name] = Site(name, publisher, health)
+        self.churning: list[str] = []
+        self.storm: list[tuple[float, Site, str, str, str]] = []  # (due, site, kind, id, status)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.published = 0
+        self.heartbeats = 0
+
+    def populate(self, site: Site, count: int, prefix: str = "") -> None:
+        for n in range(count):
+            kind = KINDS[n % len(KINDS)]
+            site.set(
+                kind, f"{prefix}{n:08d}-0000-4000-8000-{int(site.name[5:]):012x}", STATUSES[kind][0]
+            )
+        self.producer.poll(0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self.producer.flush(60)
+
+    def churn(self, names: list[str]) -> None:
+        with self._lock:
+            self.churning = list(names)
+
+    def start_storm(self, names: list[str]) -> None:
+        """Every storming site restarts: `--storm-objects` objects each (new ones), every one
+        flapping `--flaps` times at random moments within `--storm-seconds`."""
+        a, rng, now = self.a, random.Random(7), time.monotonic()
+        events = []
+        for name in names:
+            site = self.sites[name]
+            for n in range(a.storm_objects):
+                kind = KINDS[n % len(KINDS)]
+                object_id = f"storm{n:07d}-0000-4000-8000-{int(name[5:]):012x}"
+                first, second = STATUSES[kind]
+                for flap in range(a.flaps * 2):
+                    status = second if flap % 2 == 0 else first
+                    events.append(
+                        (now + rng.uniform(0, a.storm_seconds), site, kind, object_id, status)
+                    )
+                if rng.random() < a.changed:  # this one ends changed
+                    events.append((now + a.storm_seconds, site, kind, object_id, second))
+        events.sort(key=lambda e: e[0])
+        with self._lock:
+            self.storm = events
+
+    def storm_over(self) -> bool:
+        with self._lock:
+            return not self.storm
+
+    def truth(self, names: list[str] | None = None) -> StatusMap:
+        with self._lock:
+            chosen = [self.sites[n] for n in names] if names else self.sites.values()
+            return {(s.name, k, i): status for s in chosen for (k, i), status in s.objects.items()}
+
+    def _run(self) -> None:
+        rng = random.Random(1)
+        names = list(self.sites)
+        period = self.a.heartbeat_interval
+        # Heartbeats spread over the interval, as independent pollers' are.
+        beat_due = {n: time.monotonic() + period * i / len(names) for i, n in enumerate(names)}
+        owed = 0.0
+        last = time.monotonic()
+        while not self._stop.wait(TICK):
+            now = time.monotonic()
+            with self._lock:
+                owed += self.a.churn_rate * (now - last) if self.churning else 0.0
+                last = now
+                for _ in range(int(owed)):
+                    self.sites[rng.choice(self.churning)].flip(rng)
+                    self.published += 1
+                owed -= int(owed)
+                while self.storm and self.storm[0][0] <= now:
+                    _due, site, kind, object_id, status = self.storm.pop(0)
+                    site.set(kind, object_id, status)
+                    self.published += 1
+                for name in names:
+                    if beat_due[name] <= now:
+                        site = self.sites[name]
+                        for kind in KINDS:
+                            site.health.poll_ok(kind, datetime.now(UTC), len(site.objects))
+                        site.publisher.heartbeat(*site.health.heartbeat())
+                        self.heartbeats += 1
+                        beat_due[name] += period
+            self.producer.poll(0)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    seconds: float
+    figures: list[tuple[str, str]]
+    cpu: dict[str, float]
+    peaks: dict[str, tuple[int, int]]
+
+
+class Bench:
+    def __init__(
+        self, a: argparse.Namespace, procs: Processes, kafka: KafkaSettings, pg: LocalPostgres
+    ) -> None:
+        self.a = a
+        self.procs = procs
+        self.kafka = kafka
+        self.sink_url = pg.url
+        self.pg = pg
+        self.group = f"{kafka.topic_prefix}.group"
+        self.sites = Sites(a, kafka)
+        self.names = list(self.sites.sites)
+        self.consumers: dict[str, str] = {}
+        self.gone: dict[str, float] = {}
+        self.usage = Usage()
+        self.results: list[PhaseResult] = []
+        self.storm_p99 = self.settled = float("nan")
+        self.broker = LocalKafka(port=int(kafka.bootstrap.rsplit(":", 1)[1]))
+        self.admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
+
+    def pids(self) -> dict[str, list[int]]:
+        broker = self.broker.pid()
+        return {
+            "consumer": [p.pid for p in self.procs.children("consumer-")],
+            "broker": with_children(broker) if broker else [],
+            "postgres": self._postgres(),
+        }
+
+    def _postgres(self) -> list[int]:
+        try:
+            pid = int((Path(str(self.pg.root)) / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return with_children(pid)
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            with self._lock:
+                self.usage.sample(self.pids())
+
+    def phase(self, name: str, body: Callable[[], list[tuple[str, str]]]) -> None:
+        print(f"[{name}] {load()}")
+        with self._lock:
+            self.usage.sample(self.pids())
+            before = self.usage.cpu()
+            self.usage.take_peaks()
+        began = time.monotonic()
+        figures = body()
+        seconds = time.monotonic() - began
+        with self._lock:
+            self.usage.sample(self.pids())
+            cpu = {k: v - before.get(k, 0.0) for k, v in self.usage.cpu().items()}
+            peaks = self.usage.take_peaks()
+        result = PhaseResult(name, seconds, figures, cpu, peaks)
+        self.results.append(result)
+        print_phase(result)
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def start_everything(self) -> list[tuple[str, str]]:
+        a = self.a
+        began = time.monotonic()
+        ensure_topics(self.kafka.bootstrap, self.kafka.topic_prefix, self.names, timeout=600)
+        topics_at = time.monotonic() - began
+        print(f"  {len(self.names)} topics in {topics_at:.1f} s; {load()}")
+        self._sampler.start()
+        self.add_consumer()
+        member_at = time.monotonic() - began
+        for site in self.sites.sites.values():
+            self.sites.populate(site, a.objects)
+        self.sites.start()
+        synced = self.converge(None, began)
+        return [
+            ("topics created (s)", f"{topics_at:.1f}"),
+            ("member answering (s after start)", f"{member_at:.1f}"),
+            ("top equals every site's truth (s after start)", f"{synced:.1f}"),
+            ("objects", f"{len(self.names) * a.objects:,}"),
+        ]
+
+    def steady(self) -> list[tuple[str, str]]:
+        a = self.a
+        since = datetime.now(UTC)
+        totals = self.totals()
+        began = time.monotonic()
+        self.sites.churn(self.names)
+        time.sleep(a.churn_seconds)  # the phase is a length of time under churn, by design
+        seconds = time.monotonic() - began
+        rates = {k: (v - totals[k]) / seconds for k, v in self.totals().items()}
+        delays = self.delays(self.names, since)
+        return [
+            ("changes/s published", f"{a.churn_rate:g} for {a.churn_seconds:g} s"),
+            ("publish-to-row delay p50 / p99 / max", fmt_delays(delays)),
+            ("rows/s at the sink", f"{rates[ROWS]:,.0f}"),
+            ("heartbeat writes/s at the sink", f"{rates[BEATS]:,.0f}"),
+            ("sink calls/s", f"{rates[CALLS]:,.1f}"),
+            ("heartbeats published/s", f"{len(self.names) / a.heartbeat_interval:,.0f}"),
+        ]
+
+    def storm(self) -> list[tuple[str, str]]:
+        a = self.a
+        storming = self.names[: a.storm_sites]
+        quiet = self.names[a.storm_sites :]
+        self.sites.churn(quiet)
+        since = datetime.now(UTC)
+        totals = self.totals()
+        began = time.monotonic()
+        self.sites.start_storm(storming)
+        while not self.sites.storm_over():
+            self.procs.check_alive()
+            time.sleep(0.2)
+        ended = time.monotonic()
+        after = self.converge(storming, ended)
+        delays = self.delays(quiet, since)
+        self.storm_p99 = pct(delays, 0.99)
+        done = self.totals()
+        return [
+            ("storming sites", f"{len(storming)} x {a.storm_objects:,} objects, {a.flaps} flaps"),
+            ("storm took (s)", f"{ended - began:.1f}"),
+            ("storming sites converged after the storm ended (s)", f"{after:.1f}"),
+            (
+                "rows / calls at the top",
+                f"{done[ROWS] - totals[ROWS]:,.0f} / {done[CALLS] - totals[CALLS]:,.0f}",
+            ),
+            ("quiet sites' delay p50 / p99 / max", fmt_delays(delays)),
+            ("bound", "p99 <= 5 s"),
+        ]
+
+    def rebalance(self) -> list[tuple[str, str]]:
+        self.sites.churn(self.names)
+        began = time.monotonic()
+        self.add_consumer()
+        joined = self.settle(2, began)
+        name = sorted(self.consumers)[0]
+        with self._lock:
+            counted = http_text(self.consumers.pop(name))
+            for metric in (ROWS, BEATS, CALLS):
+                self.gone[metric] = self.gone.get(metric, 0.0) + metric_total(counted, metric)
+        began = time.monotonic()
+        self.procs.stop(name)  # SIGTERM: it leaves the group
+        left = self.settle(1, began)
+        self.settled = max(joined, left)
+        self.sites.churn([])
+        converged = self.converge(None, time.monotonic())
+        return [
+            ("a member joins: settled (s)", f"{joined:.1f}"),
+            (f"{name} leaves (SIGTERM): settled (s)", f"{left:.1f}"),
+            ("churn stopped: top equals every site's truth (s)", f"{converged:.1f}"),
+            ("bound", "settled <= 30 s, nothing lost"),
+        ]
+
+    # -- observation -----------------------------------------------------------------------
+
+    def add_consumer(self) -> None:
+        name = f"consumer-{next(self._numbers)}"
+        url = start_consumer(
+            self.procs,
+            name,
+            sink=self.sink_url,
+            group=self.group,
+            dead_letter_topic=self.kafka.topic_prefix.removesuffix(".status") + ".deadletter",
+        )
+        wait_answering(self.procs, [url], timeout=self.a.timeout)
+        with self._lock:
+            self.consumers[name] = url
+
+    def totals(self) -> dict[str, float]:
+        with self._lock:
+            urls = list(self.consumers.values())
+            out = {m: self.gone.get(m, 0.0) for m in (ROWS, BEATS, CALLS, LAG)}
+        for url in urls:
+            text = http_text(url)
+            for metric in out:
+                out[metric] += metric_total(text, metric)
+        return out
+
+    def settle(self, members: int, since: float) -> float:
+        """Seconds from `since` until the group is stable with `members` members holding every
+        partition and the lag is under one second of churn."""
+        partitions = len(self.names) * self.kafka.partitions
+        deadline = time.monotonic() + self.a.timeout
+        progress = Progress(5)
+        while True:
+            self.procs.check_alive()
+            state, assigned = self.group_state()
+            lag = self.totals()[LAG]
+            settled = state == "STABLE" and len(assigned) == members and min(assigned) > 0
+            if settled and sum(assigned) == partitions and lag <= self.a.churn_rate:
+                return time.monotonic() - since
+            if time.monotonic() > deadline:
+                raise DemoError(f"the group did not settle: {state}, {assigned}, lag {lag:,.0f}")
+            if progress.due():
+                print(f"  group {state}, partitions per member {assigned}, lag {lag:,.0f}")
+            time.sleep(0.5)
+
+    def group_state(self) -> tuple[str, list[int]]:
+        future = self.admin.describe_consumer_groups([self.group], request_timeout=10)[self.group]
+        try:
+            group = future.result(timeout=15)
+        except confluent_kafka.KafkaException:
+            return "UNKNOWN", []
+        state = group.state.name
+        return state, [len(m.assignment.topic_partitions) for m in group.members]
+
+    def converge(self, names: list[str] | None, since: float) -> float:
+        """Seconds from `since` until the sink equals the truth of `names` (every site: None)."""
+        expected = self.sites.truth(names)
+        chosen = set(names or self.names)
+        sink = SinkReader(self.sink_url)
+        progress = Progress(10)
+        deadline = time.monotonic() + self.a.timeout
+        try:
+            while True:
+                self.procs.check_alive()
+                actual = {k: v for k, v in sink.statuses().items() if k[0] in chosen}
+                result = compare(expected, actual)
+                if result.equal:
+                    return time.monotonic() - since
+                if time.monotonic() > deadline:
+                    raise DemoError(f"no convergence within {self.a.timeout:.0f} s: {result}")
+                if progress.due():
+                    print(f"  {result.behind}; {load()}")
+                time.sleep(1.0)
+        finally:
+            sink.close()
+
+    def delays(self, names: list[str], since: datetime) -> list[float]:
+        """Publish-to-row delays of the rows of `names` holding a change published since
+        `since` (a key changed twice counts its last change)."""
+        rs = resource_status
+        query = sa.select(rs.c.site, rs.c.observed_at, rs.c.applied_at).where(
+            rs.c.observed_at >= since, rs.c.kind != "site", sa.not_(rs.c.deleted)
+        )
+        engine = create_engine(self.sink_url)
+        chosen = set(names)
+        try:
+            with engine.connect() as conn:
+                return [
+                    (r.applied_at - r.observed_at).total_seconds()
+                    for r in conn.execute(query)
+                    if r.site in chosen
+                ]
+        finally:
+            engine.dispose()
+
+    def finish(self) -> None:
+        self._stop.set()
+        if self._sampler.is_alive():
+            self._sampler.join(10)
+        self.sites.stop()
+
+
+def pct(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
+
+
+def fmt_delays(values: list[float]) -> str:
+    if not values:
+        return "no rows"
+    return (
+        f"{pct(values, 0.5):.2f} / {pct(values, 0.99):.2f} / {max(values):.2f} s over "
+        f"{len(values):,} rows"
+    )
+
+
+def print_phase(r: PhaseResult) -> None:
+    print(f"\n  {r.name}: {r.seconds:.1f} s; {load()}")
+    rows = [*r.figures]
+    for kind in ("consumer", "broker", "postgres"):
+        largest, together = r.peaks.get(kind, (0, 0))
+        rows.append(
+            (
+                f"{kind}: CPU s / peak RSS largest, all",
+                f"{r.cpu.get(kind, 0.0):,.1f} / {largest / 1024:,.0f} MB, "
+                f"{together / 1024:,.0f} MB",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"    {k:<{width}}  {v}")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=1000)
+    parser.add_argument("--objects", type=int, default=100, help="per site")
+    parser.add_argument("--churn-rate", type=float, default=500.0, help="changes/s, all sites")
+    parser.add_argument("--churn-seconds", type=float, default=60.0)
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="pollers' default")
+    parser.add_argument("--interval", type=float, default=10.0, help="poll interval in beats")
+    parser.add_argument("--storm-sites", type=int, default=10)
+    parser.add_argument("--storm-objects", type=int, default=2000, help="per storming site")
+    parser.add_argument("--flaps", type=int, default=3)
+    parser.add_argument("--storm-seconds", type=float, default=10.0)
+    parser.add_argument("--changed", type=float, default=0.05)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per wait")
+    a = parser.parse_args()
+    settings = (
+        f"{a.sites} sites x {a.objects} objects, heartbeats every {a.heartbeat_interval:g} s, "
+        f"churn {a.churn_rate:g}/s for {a.churn_seconds:g} s, storms in {a.storm_sites} sites "
+        f"({a.storm_objects:,} objects each, {a.flaps} flaps in {a.storm_seconds:g} s), one "
+        f"bench process publishing, a private broker, PostgreSQL durable"
+    )
+    with (
+        LocalPostgres(durable=True) as pg,
+        bench_run("many", settings, None, quiet_port(), print) as run,
+    ):
+        kafka = KafkaSettings(bootstrap=run.kafka, topic_prefix=f"{run.prefix}.status")
+        bench = Bench(a, run.procs, kafka, pg)
+        try:
+            bench.phase("1 start and initial sync", bench.start_everything)
+            bench.phase("2 steady churn", bench.steady)
+            bench.phase("3 storm", bench.storm)
+            bench.phase("4 a member joins, one leaves", bench.rebalance)
+        finally:
+            bench.finish()
+    print(
+        f"many-sites: {a.sites} sites: converged, quiet p99 {bench.storm_p99:.1f} s during "
+        f"storms, rebalance settled in {bench.settled:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process this started.
+    with stop_on_signals(interrupt):
+        main()

@@ -1,0 +1,180 @@
+"""The top consumer's offsets: what the group committed per partition, and the commit.
+
+`Offsets` knows the partitions assigned to this member and their committed offsets (read at
+assignment, retried with a backoff while the broker does not answer); it commits exactly what the
+loop applied, refusing an offset behind what is committed, retrying a failed commit with the
+next one; it commits the idle positions past transaction markers, keeps the lag gauge, forgets
+partitions revoked or lost, and tells `--until-idle` when the group has committed every site
+partition to its end. The loop decides what is applied; this object only commits it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Mapping
+
+from connector.errors import KafkaError
+from connector.kafka.group_consumer import Partition
+from connector.top.consumer_metrics import ConsumerMetrics
+from connector.top.group import GroupConsumer
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two checks of the group's progress for `--until-idle`.
+IDLE_CHECK_SECONDS = 1.0
+
+#: Seconds one read of a new assignment's committed offsets may wait for the broker (the loop
+#: waits with it, and so does a stop), and the backoff between reads that failed: doubling from
+#: the first figure up to the second.
+ASSIGN_READ_TIMEOUT = 5.0
+ASSIGN_RETRY_SECONDS = (1.0, 15.0)
+
+
+class Offsets:
+    """The committed offsets of the partitions assigned to this member of the group."""
+
+    def __init__(self, consumer: GroupConsumer, pattern: str, metrics: ConsumerMetrics) -> None:
+        self._consumer = consumer
+        self._pattern = pattern
+        self._metrics = metrics
+        self._assigned: set[Partition] = set()
+        self._committed: dict[Partition, int] = {}
+        #: assigned partitions whose committed offsets are not read yet, when to read them
+        #: again, and the backoff after that read if it fails too; see `read_committed`
+        self._unread: set[Partition] = set()
+        self._unread_retry = 0.0
+        self._unread_backoff = ASSIGN_RETRY_SECONDS[0]
+        #: offsets applied whose commit failed; retried with the next commit
+        self._uncommitted: dict[Partition, int] = {}
+        self._next_idle_check = 0.0
+
+    @property
+    def assigned(self) -> frozenset[Partition]:
+        return frozenset(self._assigned)
+
+    def assign(self, partitions: Collection[Partition]) -> None:
+        """`partitions` were assigned to this member: read their committed offsets."""
+        log.info("assigned %s", names(partitions))
+        self._assigned |= set(partitions)
+        self._unread |= set(partitions)
+        self.read_committed(time.monotonic())
+
+    def read_committed(self, now: float) -> None:
+        """Learn the group's committed offsets of the partitions assigned since the last read
+        (the check that no commit goes backwards needs them). The broker may not answer in
+        time, during a rebalance on a loaded machine above all: that must not end the loop,
+        so the read is tried again from the loop, with a doubling backoff, while the other
+        partitions are read on (librdkafka fetches from the committed offsets on its own;
+        only the check waits). A stop is never held longer than one read's timeout."""
+        if not self._unread or now < self._unread_retry:
+            return
+        try:
+            found = self._consumer.committed(self._unread, timeout=ASSIGN_READ_TIMEOUT)
+        except KafkaError as exc:
+            log.warning(
+                "cannot read the committed offsets of %s (%s); trying again in %.1fs",
+                names(sorted(self._unread)),
+                exc,
+                self._unread_backoff,
+            )
+            self._unread_retry = now + self._unread_backoff
+            self._unread_backoff = min(2 * self._unread_backoff, ASSIGN_RETRY_SECONDS[1])
+            return
+        for tp, offset in found.items():
+            # A window committed meanwhile is newer than what the group had.
+            self._committed[tp] = max(offset, self._committed.get(tp, -1))
+        self._unread.clear()
+        self._unread_retry = 0.0
+        self._unread_backoff = ASSIGN_RETRY_SECONDS[0]
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit `offsets` (next offsets to read) and any earlier ones whose commit failed.
+        Raises KafkaError, committing nothing, if one is behind what is committed."""
+        for tp, offset in offsets.items():
+            previous = self._committed.get(tp, -1)
+            if offset < previous:
+                raise KafkaError(
+                    f"refusing to commit {tp[0]}[{tp[1]}]@{offset}: behind the committed {previous}"
+                )
+        pending = {**self._uncommitted}
+        for tp, offset in offsets.items():
+            pending[tp] = max(offset, pending.get(tp, -1))
+        if not pending:
+            return
+        try:
+            self._consumer.commit(pending)
+        except KafkaError as exc:
+            # The window is applied; the commit is retried with the next one (or when idle),
+            # and whoever reads these partitions meanwhile re-applies it, which the sink's
+            # sequence check makes harmless.
+            self._metrics.commit_errors.inc()
+            self._uncommitted = pending
+            log.error("%s (will retry)", exc)
+            return
+        self._uncommitted = {}
+        for (topic, partition), offset in pending.items():
+            self._committed[(topic, partition)] = offset
+            _low, high = self._consumer.watermarks(topic, partition, cached=True)
+            if high >= 0:
+                self._metrics.lag.labels(topic, str(partition)).set(max(0, high - offset))
+
+    def commit_past_markers(self) -> None:
+        """When idle, commit the positions ahead of what is committed: everything before them
+        was read and applied, or is what read-committed reading skips (a transaction's commit
+        marker takes the offset after its last record; an aborted transaction's records).
+        Committed, they let the group's offsets reach the ends of partitions written in
+        transactions, which `--until-idle` and the lag metric compare them with."""
+        positions = self._consumer.positions(self._assigned)
+        self.commit(
+            {tp: offset for tp, offset in positions.items() if offset > self._committed.get(tp, -1)}
+        )
+
+    def revoke(self, partitions: Collection[Partition]) -> None:
+        """`partitions` go to another member: retry their failed commit once more, then forget
+        them. Every applied window was committed right after it; what is still pending for
+        them was not, and the next owner reads it again."""
+        if set(partitions) & self._uncommitted.keys():
+            self.commit({})
+        self._forget(partitions)
+        log.info("revoked %s", names(partitions))
+
+    def lose(self, partitions: Collection[Partition]) -> None:
+        """`partitions` were lost (the session lapsed): forget them, committing nothing."""
+        self._forget(partitions)
+        log.warning("lost %s (dropped their pending changes)", names(partitions))
+
+    def _forget(self, partitions: Collection[Partition]) -> None:
+        gone = set(partitions)
+        self._assigned -= gone
+        self._unread -= gone
+        for tp in gone:
+            self._committed.pop(tp, None)
+            self._uncommitted.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(tp[0], str(tp[1]))
+
+    def group_caught_up(self) -> bool:
+        """True when the group has committed every site partition to its end (checked at most
+        once a second: it asks the broker). The loop asks only while it holds nothing read."""
+        now = time.monotonic()
+        if now < self._next_idle_check or self._uncommitted:
+            return False
+        self._next_idle_check = now + IDLE_CHECK_SECONDS
+        try:
+            partitions = self._consumer.partitions_matching(self._pattern)
+            committed = self._consumer.committed(partitions)
+            for topic, partition in partitions:
+                low, high = self._consumer.watermarks(topic, partition)
+                if high > low and committed.get((topic, partition), -1) < high:
+                    return False
+        except KafkaError as exc:
+            log.warning("cannot tell whether the group is idle yet: %s", exc)
+            return False
+        return True
+
+
+def names(partitions: Collection[Partition]) -> str:
+    """`partitions` for a log line: topic[partition], ..."""
+    return ", ".join(f"{t}[{p}]" for t, p in partitions) or "nothing"
