@@ -20,7 +20,7 @@ from connector.config import Settings, load_settings
 from connector.records.model import Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
-from connector.site.runner import SitePoller, run_site
+from connector.site.runner import open_site_poller, run_site
 from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.cli import run
@@ -67,7 +67,7 @@ def test_a_volume_cinder_never_updated_is_published_by_the_next_incremental_poll
 ) -> None:
     account = real_cloud.account()
     real_cloud.write_cloud(clouds_yaml, "fresh", account.auth(real_cloud.auth_url))
-    site = SitePoller(settings(kafka_bootstrap, "fresh", unique_name("status")))
+    site = open_site_poller(settings(kafka_bootstrap, "fresh", unique_name("status")))
     topic = Topic(kafka_bootstrap, site.topic)
     site.cycle(resync=True)
     conn = real_cloud.connect(account.auth(real_cloud.auth_url))
@@ -132,7 +132,7 @@ def test_a_poller_without_the_admin_role_says_it_sees_part_of_the_site(
     auth = member.auth(real_cloud.auth_url)
     real_cloud.create_volumes(real_cloud.connect(auth), 1, "own")
     real_cloud.write_cloud(clouds_yaml, "member", auth)
-    site = SitePoller(settings(kafka_bootstrap, "member", unique_name("status")))
+    site = open_site_poller(settings(kafka_bootstrap, "member", unique_name("status")))
     site.cycle(resync=True)
     healthy, details = site.health.snapshot()
     assert not healthy and details["volume.partial"] is True, details
