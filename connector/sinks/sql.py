@@ -2,17 +2,19 @@
 
 It owns the two tables (created if missing): `resource_status`, one row per object keyed by
 (site, kind, id), and `site_heartbeat`, one row per site (the availability table and the view a
-top-layer reader queries are in `sql_availability`). Each kind of change in a batch is one
-upsert (or delete) statement, executed with many parameter sets (the drivers' own executemany:
-psycopg 3 pipelines it), all in one transaction, each statement bounded in time (PostgreSQL's
-statement_timeout and lock_timeout, within the apply's whole budget). A row changes only when
-the change carries a higher site sequence than the row and shows different content (status,
-name, project, details, deleted), so a replay after a crash, or a change back to what the row
-holds, writes nothing. Changes that can never be stored (too long, NUL characters, non-JSON
-details) are rejected up front with a reason;
-changes the database refuses anyway (a constraint, a trigger) are isolated by bisecting the batch
-and rejected with the database's reason; transient database trouble, and an apply over its time
-budget, become SinkBackpressureError.
+top-layer reader queries are in `sql_availability`). A batch is one transaction. Its status
+records go in one set-based step without SQLAlchemy's per-row parameter processing: on
+PostgreSQL a binary COPY into a temporary staging table and one INSERT ... SELECT ... ON
+CONFLICT; on SQLite one prepared upsert stepped by sqlite3's executemany over plain tuples.
+Heartbeats and deletions are one statement each (executemany). Each statement is bounded in
+time (PostgreSQL's statement_timeout and lock_timeout, within the apply's whole budget).
+A row changes only when the change carries a higher site sequence than the row and shows
+different content (status, name, project, details, deleted), so a replay after a crash, or a
+change back to what the row holds, writes nothing. Changes that can never be stored (too long,
+NUL characters, non-JSON details) are rejected up front with a reason; changes the database
+refuses anyway (a constraint, a trigger) are isolated by bisecting the batch and rejected with
+the database's reason; transient database trouble, and an apply over its time budget, become
+SinkBackpressureError.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -92,6 +95,30 @@ site_heartbeat = sa.Table(
 )
 
 _KEY = ("site", "kind", "id")
+#: The columns of a status row, in the order of the tuples `_plan` builds.
+STATUS_COLUMNS = tuple(c.name for c in resource_status.c)
+
+
+def _copy_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type binary COPY writes `column` as; details go as JSON text (checked and
+    serialised once, in `_plan`) and are cast to JSONB by the merge."""
+    if column.name == "details" or isinstance(column.type, sa.String):
+        return "text"
+    return {sa.DateTime: "timestamptz", sa.BigInteger: "int8", sa.Boolean: "bool"}[
+        type(column.type)
+    ]
+
+
+_COPY_TYPES = [_copy_type(c) for c in resource_status.c]
+#: The staging table of a PostgreSQL connection, made when the connection opens; COMMIT empties
+#: it and a rollback drops what the failed transaction put there, so each apply starts empty.
+_STAGE = sa.table("resource_status_stage", *(sa.column(name) for name in STATUS_COLUMNS))
+_CREATE_STAGE = (
+    f"CREATE TEMPORARY TABLE {_STAGE.name} ("
+    + ", ".join(f"{name} {t}" for name, t in zip(STATUS_COLUMNS, _COPY_TYPES, strict=True))
+    + ") ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE = f"COPY {_STAGE.name} ({', '.join(STATUS_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _BIGINT = range(-(2**63), 2**63)
 #: PostgreSQL SQLSTATEs worth a retry: connection exceptions (08), transaction rollbacks such as
 #: serialization failures and deadlocks (40), insufficient resources (53), operator intervention
@@ -246,7 +273,8 @@ class _Plan:
     """A batch sorted by statement, with the changes refused up front."""
 
     storable: list[Change] = field(default_factory=list)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
+    #: rows in STATUS_COLUMNS order, details as JSON text, times as the dialect stores them
+    statuses: list[tuple[Any, ...]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     deletions: list[dict[str, Any]] = field(default_factory=list)
     heartbeat_deletions: list[dict[str, Any]] = field(default_factory=list)
@@ -276,13 +304,15 @@ class SqlSink:
         self.lock_timeout = lock_timeout
         self._interrupted = threading.Event()
         self.engine = create_engine(url)
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", _create_stage)
         try:
             with translate_errors("cannot create the sink tables", retry_after):
                 _create_tables(self.engine)
         except (SinkError, SinkBackpressureError):
             self.engine.dispose()
             raise
-        self._statements = _Statements(self.engine.dialect.name)
+        self._statements = _Statements(self.engine.dialect)
 
     def __repr__(self) -> str:
         return (
@@ -301,7 +331,7 @@ class SqlSink:
         """
         _require_distinct_keys(changes)
         applied_at = datetime.now(UTC)
-        plan = _plan(changes, applied_at)
+        plan = _plan(changes, applied_at, self._statements.time)
         deadline = time.monotonic() + self.apply_timeout
         try:
             written = self._transaction(plan, deadline)
@@ -334,14 +364,16 @@ class SqlSink:
         """Apply `changes` in halves until each refused change stands alone."""
         if len(changes) == 1:
             try:
-                return self._transaction(_plan(changes, applied_at), deadline), []
+                plan = _plan(changes, applied_at, self._statements.time)
+                return self._transaction(plan, deadline), []
             except _RowsRefused as exc:
                 return 0, [(changes[0], f"refused by the database: {exc}")]
         written, refused = 0, []
         middle = len(changes) // 2
         for half in (changes[:middle], changes[middle:]):
             try:
-                written += self._transaction(_plan(half, applied_at), deadline)
+                plan = _plan(half, applied_at, self._statements.time)
+                written += self._transaction(plan, deadline)
             except _RowsRefused:
                 more, why = self._bisect(half, applied_at, deadline)
                 written += more
@@ -354,7 +386,6 @@ class SqlSink:
         written = 0
         st = self._statements
         steps = [
-            (st.upsert_status, plan.statuses),
             (st.upsert_heartbeat, plan.heartbeats),
             (st.mark_deleted if self.on_delete == "mark" else st.delete_status, plan.deletions),
             (st.delete_heartbeat, plan.heartbeat_deletions),
@@ -366,6 +397,8 @@ class SqlSink:
             ):
                 # SQLAlchemy keeps an INSERT's rowcount only when asked; it is our `written`.
                 conn.execution_options(preserve_rowcount=True)
+                if plan.statuses:
+                    written += self._upsert_statuses(conn, plan.statuses, deadline)
                 for statement, rows in steps:
                     if rows:
                         self._limit_time(conn, deadline)
@@ -377,6 +410,19 @@ class SqlSink:
                 raise _RowsRefused(str(exc).removeprefix("SQL sink apply failed: ")) from exc
             raise
         return written
+
+    def _upsert_statuses(
+        self, conn: sa.Connection, rows: list[tuple[Any, ...]], deadline: float
+    ) -> int:
+        """Upsert the status rows set-based; return the rows changed (see docs/sinks.md for why
+        COPY and not unnest on PostgreSQL)."""
+        st = self._statements
+        self._limit_time(conn, deadline)
+        if self.engine.dialect.name == "sqlite":
+            return _rowcount(conn.exec_driver_sql(st.upsert_status_sql, rows))
+        _copy_to_stage(conn, rows)
+        self._limit_time(conn, deadline)
+        return _rowcount(conn.execute(st.merge_stage))
 
     def _limit_time(self, conn: sa.Connection, deadline: float) -> None:
         """Stop here when interrupted or over budget; else bound the next statement by what is
@@ -415,6 +461,28 @@ def _create_tables(engine: sa.Engine) -> None:
         create_availability_schema(conn)
 
 
+def _create_stage(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(_CREATE_STAGE)
+    cursor.close()
+    dbapi_connection.commit()
+
+
+def _copy_to_stage(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Binary COPY of `rows` into the connection's staging table. psycopg's own errors are
+    wrapped as SQLAlchemy's, so they are classified like those of any other statement."""
+    dbapi = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    try:
+        with dbapi.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
+            copy.set_types(_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            _COPY_STAGE, None, exc, psycopg.Error, dialect=conn.dialect
+        ) from exc
+
+
 def _rowcount(result: sa.CursorResult[Any]) -> int:
     """Rows an executemany changed. sqlite3 and psycopg 3 both sum them over the parameter sets,
     and an upsert whose WHERE refused the update counts 0, so this is the honest `written`."""
@@ -423,33 +491,74 @@ def _rowcount(result: sa.CursorResult[Any]) -> int:
     return result.rowcount
 
 
-class _Statements:
-    """The five statements of an apply, built once for one dialect."""
+_Insert = postgresql.Insert | sqlite.Insert
 
-    def __init__(self, dialect: str) -> None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        rs = resource_status
 
-        # A newer change is written only if it shows something the row does not: a storm that
-        # ends where it began (or a consumer replaying after a restart) costs no write. The row
-        # then keeps its older sequence, which is harmless: any older record of the key that
-        # could still be replayed comes before the newer one in its partition.
-        ins = insert(rs)
-        shown = ("status", "name", "project_id", "details")
-        self.upsert_status = ins.on_conflict_do_update(
-            index_elements=[rs.c[k] for k in _KEY],
-            set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
-            where=sa.or_(
-                rs.c.sequence.is_(None),
-                sa.and_(
-                    ins.excluded.sequence > rs.c.sequence,
-                    sa.or_(
-                        rs.c.deleted,
-                        *(ins.excluded[name].is_distinct_from(rs.c[name]) for name in shown),
-                    ),
+def _upsert_status(ins: _Insert) -> _Insert:
+    """`ins` (rows of resource_status, from VALUES or a SELECT) as an upsert that keeps the rules.
+
+    A newer change is written only if it shows something the row does not: a storm that ends
+    where it began (or a consumer replaying after a restart) costs no write. The row then keeps
+    its older sequence, which is harmless: any older record of the key that could still be
+    replayed comes before the newer one in its partition."""
+    rs = resource_status
+    shown = ("status", "name", "project_id", "details")
+    return ins.on_conflict_do_update(
+        index_elements=[rs.c[k] for k in _KEY],
+        set_={c.name: ins.excluded[c.name] for c in rs.c if c.name not in _KEY},
+        where=sa.or_(
+            rs.c.sequence.is_(None),
+            sa.and_(
+                ins.excluded.sequence > rs.c.sequence,
+                sa.or_(
+                    rs.c.deleted,
+                    *(ins.excluded[name].is_distinct_from(rs.c[name]) for name in shown),
                 ),
             ),
-        )
+        ),
+    )
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """A UTC time as SQLAlchemy's SQLite DateTime stores it, so its readers parse it back."""
+    return None if value is None else f"{value:%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _same_time(value: datetime | None) -> datetime | None:
+    return value
+
+
+class _Statements:
+    """The statements of an apply, built once for one dialect, and how it passes times."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        rs = resource_status
+        #: a status row's times as the raw driver takes them (`_plan` converts them)
+        self.time: Callable[[datetime | None], Any]
+        if dialect.name == "postgresql":
+            insert: Callable[[sa.Table], _Insert] = postgresql.insert
+            self.time = _same_time
+            self.merge_stage = _upsert_status(
+                postgresql.insert(rs).from_select(
+                    list(STATUS_COLUMNS),
+                    sa.select(
+                        *(
+                            sa.cast(_STAGE.c[name], postgresql.JSONB) if name == "details"
+                            else _STAGE.c[name]
+                            for name in STATUS_COLUMNS
+                        )
+                    ),
+                )
+            )  # fmt: skip
+        else:
+            insert = sqlite.insert
+            self.time = _sqlite_time
+            values = sqlite.insert(rs).values({n: sa.bindparam(n) for n in STATUS_COLUMNS})
+            compiled = _upsert_status(values).compile(dialect=dialect)
+            # exec_driver_sql binds tuples by position: they must come in STATUS_COLUMNS order.
+            if tuple(compiled.positiontup or ()) != STATUS_COLUMNS:
+                raise AssertionError(f"upsert binds {compiled.positiontup}, not STATUS_COLUMNS")
+            self.upsert_status_sql = str(compiled)
 
         # An already deleted row is touched again only to raise its sequence; a live row yields to
         # a deletion of the same sequence (nothing can follow a deletion), or one without any.
@@ -506,10 +615,19 @@ def _require_distinct_keys(changes: Sequence[Change]) -> None:
         seen.add(change.key)
 
 
-def _plan(changes: Sequence[Change], applied_at: datetime) -> _Plan:
+def _plan(
+    changes: Sequence[Change], applied_at: datetime, time_of: Callable[[datetime | None], Any]
+) -> _Plan:
+    """Sort `changes` by statement; status rows get their times through `time_of`."""
     plan = _Plan()
     for change in changes:
         reason = _unstorable(change)
+        details = None
+        if reason is None and isinstance(change, StatusRecord) and not change.is_heartbeat:
+            try:
+                details = json.dumps(dict(change.details), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                reason = f"details are not JSON: {exc}"
         if reason is not None:
             plan.rejected.append((change, reason))
             continue
@@ -540,28 +658,42 @@ def _plan(changes: Sequence[Change], applied_at: datetime) -> _Plan:
                 }
             )
         else:
-            plan.statuses.append(status_row(change, applied_at))
+            plan.statuses.append(_status_tuple(change, details, time_of(applied_at), time_of))
     return plan
 
 
 def status_row(record: StatusRecord, applied_at: datetime) -> dict[str, Any]:
-    """The resource_status row of `record`, as applied at `applied_at`."""
+    """The resource_status row of `record`, as applied at `applied_at`, for a SQLAlchemy
+    statement (details as a mapping, which the column's JSON type serialises)."""
+    values = _status_tuple(record, None, applied_at, _same_time)
+    row = dict(zip(STATUS_COLUMNS, values, strict=True))
+    row["details"] = dict(record.details)
+    return row
+
+
+def _status_tuple(
+    record: StatusRecord,
+    details: str | None,
+    applied_at: Any,
+    time_of: Callable[[datetime | None], Any],
+) -> tuple[Any, ...]:
+    """The row of `record` in STATUS_COLUMNS order, with its details as JSON text."""
     source = record.source_updated_at
-    return {
-        "site": record.site,
-        "kind": record.kind,
-        "id": record.id,
-        "name": record.name,
-        "project_id": record.project_id,
-        "status": record.status,
-        "details": dict(record.details),
-        "source_updated_at": source.astimezone(UTC) if source is not None else None,
-        "observed_at": record.observed_at.astimezone(UTC),
-        "revision": record.revision,
-        "sequence": record.sequence,
-        "deleted": False,
-        "applied_at": applied_at,
-    }
+    return (
+        record.site,
+        record.kind,
+        record.id,
+        record.name,
+        record.project_id,
+        record.status,
+        details,
+        time_of(source.astimezone(UTC) if source is not None else None),
+        time_of(record.observed_at.astimezone(UTC)),
+        record.revision,
+        record.sequence,
+        False,
+        applied_at,
+    )
 
 
 def _unstorable(change: Change) -> str | None:
@@ -609,8 +741,4 @@ def _details_problem(details: Mapping[str, DetailValue]) -> str | None:
                 return f"details[{key!r}] contains a NUL character"
             if isinstance(item, float) and not math.isfinite(item):
                 return f"details[{key!r}] is {item}, which JSON cannot hold"
-    try:
-        json.dumps(dict(details), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return f"details are not JSON: {exc}"
     return None
