@@ -13,6 +13,7 @@ import os
 import platform
 import random
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -394,3 +395,10 @@ def plot_timeline(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (statistics.quantiles over 100 cuts; one value: itself)."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[round(q * 100) - 1]

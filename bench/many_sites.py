@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from common import (
     bench_run,
     ensure_topics,
     load,
+    pct,
     quiet_port,
     start_consumer,
     wait_answering,
@@ -492,12 +492,6 @@ class Bench:
         if self._sampler.is_alive():
             self._sampler.join(10)
         self.sites.stop()
-
-
-def pct(values: list[float], q: float) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
 
 
 def fmt_delays(values: list[float]) -> str:

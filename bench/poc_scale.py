@@ -36,7 +36,6 @@ steady p99 P s, consumer peak R MB`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from common import (
     disk_bytes,
     ensure_topics,
     load,
+    pct,
     plot_timeline,
     quiet_port,
     start_consumer,
@@ -396,12 +396,6 @@ class Bench:
         self._stop.set()
         if self._sampler.is_alive():
             self._sampler.join(10)
-
-
-def pct(values: list[float], q: float) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
 
 
 def fmt_delays(values: list[float]) -> str:
