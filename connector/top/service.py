@@ -27,6 +27,7 @@ from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
 from connector.top.loop import Decoder, TopConsumer
+from connector.top.offsets import ResumePolicy
 from connector.top.rate import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def build_consumer(
             AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
             AvailabilityMetrics(registry),
         ),
+        resume=ResumePolicy(options.group, kafka.topic_prefix, kafka.delete_retention_ms / 1000.0),
     )
 
 

@@ -20,6 +20,7 @@ from connector.top.availability import Availability, AvailabilityMetrics, Availa
 from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.loop import TopConsumer
+from connector.top.offsets import ResumePolicy
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 
@@ -123,6 +124,7 @@ def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after
         policy=WindowPolicy(call_size=10, wait=0.1, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
+        resume=ResumePolicy("top", "site", 86_400.0),
     )
     with pytest.raises(KafkaError, match="the broker is gone"):
         loop.run()

@@ -19,11 +19,12 @@ from connector.records.codec import Codec
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
 from connector.sinks import ApplyResult
-from connector.sinks.base import SiteAvailability
+from connector.sinks.base import Progress, SiteAvailability
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.loop import TopConsumer
+from connector.top.offsets import ResumePolicy
 from connector.top.rate import RateLimiter
 from tests.support import wait_for
 
@@ -81,9 +82,14 @@ class Applying:
     def __init__(self) -> None:
         self.applied: list[Change] = []
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
         self.applied += changes
         return ApplyResult(written=len(changes))
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[Partition]
+    ) -> dict[Partition, int] | None:
+        return None
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         pass
@@ -118,6 +124,7 @@ def test_age_is_the_tops_clock_and_a_site_leaves_with_its_partitions(take_away: 
         policy=WindowPolicy(call_size=10, wait=0.01, max_wait=1.0, max_pending_keys=100),
         metrics=ConsumerMetrics(registry, clock=lambda: now[0]),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
+        resume=ResumePolicy("top", "status", 86_400.0),
     )
     thread = threading.Thread(target=loop.run, name="top-consumer-under-test")
     thread.start()
