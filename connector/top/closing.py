@@ -34,7 +34,8 @@ QUIET_POLLS = 2
 
 @dataclass(frozen=True)
 class WindowPolicy:
-    """When a window closes, how it goes out, and how much may wait in memory."""
+    """When a window closes, how it goes out (and when what failed is tried again), and how
+    much may wait in memory."""
 
     call_size: int  #: changes per sink call at most (the rate limit may allow fewer)
     wait: float  #: seconds a window stays open at least, once it has a record
@@ -44,6 +45,9 @@ class WindowPolicy:
     kind_priority: tuple[str, ...] = ()
     #: a site's share of each call relative to the others (default 1)
     site_weights: Mapping[str, float] = field(default_factory=dict)
+    #: seconds before reading again what needed an unanswering schema registry, and before
+    #: retrying dead letters that could not be delivered
+    retry_after: float = 5.0
 
 
 class WindowCloser:

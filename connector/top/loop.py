@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 #: raises DecodeError for whatever cannot be one, WrongSiteError for another site's message.
 Decoder = Callable[[Message, str], Change]
 
-#: How long to wait before reading again what needed an unanswering schema registry, and before
-#: retrying dead letters that could not be delivered.
-RETRY_SECONDS = 5.0
 #: The longest one poll waits, so stops, window closes and metrics are never late by more.
 MAX_POLL_SECONDS = 0.5
 #: Records decoded between two looks at whether a sink call is due.
@@ -160,9 +157,9 @@ class TopConsumer:
                     exc,
                     topic,
                     partition,
-                    RETRY_SECONDS,
+                    self._policy.retry_after,
                 )
-                self._consumer.trigger_backpressure({tp: offset}, RETRY_SECONDS)
+                self._consumer.trigger_backpressure({tp: offset}, self._policy.retry_after)
                 rewound.add(tp)
                 continue
             q.filling.read(tp, offset, now)
@@ -211,7 +208,7 @@ class TopConsumer:
                 if now < q.letters_due:
                     continue
                 if not self._dlq.deliver(window.dead_letters):
-                    q.letters_due = now + RETRY_SECONDS
+                    q.letters_due = now + self._policy.retry_after
                     continue
             self._offsets.commit({tp: last + 1 for tp, last in window.last.items()})
             if window.record_count:

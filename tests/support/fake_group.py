@@ -39,6 +39,9 @@ TIMED_OUT = (
     'str="Failed to get committed offsets: Local: Timed out"}'
 )
 
+#: The window policy of `top_consumer` unless a test gives one (`dataclasses.replace` it).
+POLICY = WindowPolicy(call_size=100, wait=0.05, max_wait=1.0, max_pending_keys=1000)
+
 #: Seconds a test waits for the loop to do what it is waited on for (a loaded machine is slow).
 LOOP_TIMEOUT = 20.0
 
@@ -381,8 +384,7 @@ def top_consumer(
         sink=sink or FakeSink(group.journal),
         dead_letters=dead_letters or FakeDeadLetters(group.journal),
         limiter=limiter or RateLimiter(None, None),
-        policy=policy
-        or WindowPolicy(call_size=100, wait=0.05, max_wait=1.0, max_pending_keys=1000),
+        policy=policy or POLICY,
         metrics=ConsumerMetrics(registry or CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
     )

@@ -8,6 +8,7 @@ commit of their window."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from connector.errors import KafkaError
 from connector.records.codec import Codec
 from connector.records.model import StatusRecord
-from connector.top import loop as top
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.offsets import Offsets
 from tests.support import wait_for
 from tests.support.fake_group import (
     LOOP_TIMEOUT,
+    POLICY,
     FakeDeadLetters,
     FakeGroupConsumer,
     FakeSink,
@@ -142,10 +143,7 @@ def test_a_commit_behind_what_the_group_committed_is_refused() -> None:
     assert group.journal.commits() == [{P0: 7}, {P0: 9}], "nothing of a refused commit"
 
 
-def test_dead_letters_are_delivered_before_their_window_is_committed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(top, "RETRY_SECONDS", 0.2)
+def test_dead_letters_are_delivered_before_their_window_is_committed() -> None:
     group = FakeGroupConsumer([P0])
     refused = server("3", "ACTIVE", 3)
     group.produce(P0, server("1", "ACTIVE", 1), CODEC)
@@ -154,11 +152,12 @@ def test_dead_letters_are_delivered_before_their_window_is_committed(
     group.produce(P0, server("4", "ACTIVE", 4, site="b"), CODEC)
     sink = FakeSink(group.journal, reject={refused.key: "no such project"})
     dead_letters = FakeDeadLetters(group.journal, failures=1)
-    with running(top_consumer(group, sink, dead_letters), until_idle=True):
+    policy = replace(POLICY, retry_after=0.2)
+    with running(top_consumer(group, sink, dead_letters, policy), until_idle=True):
         pass
     events = group.journal.events("apply", "undelivered", "dead letters", "commit")
     assert [e.what for e in events] == ["apply", "undelivered", "dead letters", "commit"]
-    assert events[2].at - events[1].at >= 0.2, "retried after RETRY_SECONDS"
+    assert events[2].at - events[1].at >= 0.2, "retried after the policy's retry_after"
     letters = sorted((letter.offset, letter.reason) for letter in dead_letters.delivered())
     assert letters == [(1, "decode"), (2, "rejected"), (3, "wrong site")]
     assert group.journal.commits() == [{P0: 4}]
