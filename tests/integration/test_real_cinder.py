@@ -210,7 +210,9 @@ class Churn:
 
     def published(self) -> float:
         """Records published so far: changes and tombstones."""
-        labels = {"site": self.settings.site.name, "kind": "volume"}
+        site = self.settings.site.name
+        assert site is not None
+        labels = {"site": site, "kind": "volume"}
         names = ("cascade_site_changes_published_total", "cascade_site_tombstones_total")
         return sum(self.registry.get_sample_value(name, labels) or 0.0 for name in names)
 
@@ -259,31 +261,27 @@ def test_volume_churn_in_two_projects_reaches_the_top_after_every_phase(
     with Churn(kafka_bootstrap, "churn", unique_name, churn_db) as churn:
         converge("first sync", len(volumes), time.monotonic(), 0.0)
 
-        def phase(name: str, changes: int, act: Callable[[], None]) -> float:
+        def phase(name: str, changes: int, act: Callable[[], object]) -> float:
             before = churn.published()
             act()
             return converge(name, changes, time.monotonic(), before)
 
-        phase(
-            "status resets",
-            60,
-            lambda: [
-                real_cloud.reset_status(v, s)
-                for v, s in zip(
-                    volumes[50:110], ["error", "available", "maintenance"] * 20, strict=True
-                )
-            ],
-        )
-        phase(
-            "renames",
-            30,
-            lambda: [real_cloud.update(v, name=f"{v[:8]}-renamed") for v in volumes[110:140]],
-        )
-        phase(
-            "metadata changes",
-            30,
-            lambda: [real_cloud.update(v, metadata={"tier": "gold"}) for v in volumes[140:170]],
-        )
+        def reset() -> None:
+            statuses = ["error", "available", "maintenance"] * 20
+            for volume, status in zip(volumes[50:110], statuses, strict=True):
+                real_cloud.reset_status(volume, status)
+
+        def rename() -> None:
+            for volume in volumes[110:140]:
+                real_cloud.update(volume, name=f"{volume[:8]}-renamed")
+
+        def tag() -> None:
+            for volume in volumes[140:170]:
+                real_cloud.update(volume, metadata={"tier": "gold"})
+
+        phase("status resets", 60, reset)
+        phase("renames", 30, rename)
+        phase("metadata changes", 30, tag)
 
         def delete() -> None:
             for i, volume in enumerate(volumes[170:200]):

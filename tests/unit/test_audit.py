@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -61,7 +62,7 @@ def test_a_listing_of_the_site_is_compared_with_the_topic() -> None:
     topic: dict[str, Change] = {
         r.key: r for r in (record("a", "ACTIVE", 1), record("b", "ACTIVE", 2))
     }
-    shown = {"name": "a", "project_id": None, "details": {}}
+    shown: dict[str, Any] = {"name": "a", "project_id": None, "details": {}}
     listed = {
         "east/server/a": {**shown, "status": "ERROR"},
         "east/server/n": {**shown, "name": "n", "status": "BUILD"},

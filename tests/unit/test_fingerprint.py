@@ -7,9 +7,14 @@ import subprocess
 import sys
 
 from connector.records.fingerprint import DELETED, change_fingerprint, content_fingerprint
-from connector.records.model import Deletion
+from connector.records.model import Deletion, DetailValue
 
-DETAILS = {"vm_state": "active", "power_state": 1, "volumes": ["v1", "v2"], "task_state": None}
+DETAILS: dict[str, DetailValue] = {
+    "vm_state": "active",
+    "power_state": 1,
+    "volumes": ["v1", "v2"],
+    "task_state": None,
+}
 IN_ANOTHER_PROCESS = (
     "from connector.records.fingerprint import content_fingerprint\n"
     "print(content_fingerprint('ACTIVE', 'web', 'p', {'volumes': ['v1', 'v2'], 'power_state': 1,"

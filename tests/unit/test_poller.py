@@ -270,11 +270,17 @@ class FlakyFullListings(FakeProxy):
 
     failing = False
 
-    def get(self, url: str, params: dict[str, Any] | None = None, **kw: Any) -> requests.Response:
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        microversion: str | None = None,
+    ) -> requests.Response:
         if self.failing and "changed_since" not in (params or {}):
             self.requests.append((url, dict(params or {}), None))
             return response(500, {"message": "full listing timed out"})
-        return super().get(url, params, **kw)
+        return super().get(url, params, headers, microversion)
 
 
 def run_for(p: KindPoller, condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
 from connector.records.fingerprint import record_fingerprint
-from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, StatusRecord
+from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, DetailValue, StatusRecord
 from connector.site.kinds import Observation
 from connector.site.publisher import observation_fingerprint
 from tests.support.site import make_publisher
@@ -109,7 +109,7 @@ def test_heartbeats_are_never_deduplicated() -> None:
 
 def test_restored_fingerprint_equals_the_observed_one() -> None:
     """The restart path: a record read back from the topic must match a fresh observation."""
-    details = {
+    details: dict[str, DetailValue] = {
         "attachments": ["x", "y"],
         "admin_state_up": True,
         "power_state": 1,
