@@ -370,7 +370,7 @@ def top_consumer(
     dead_letters: FakeDeadLetters | None = None,
     policy: WindowPolicy | None = None,
     limiter: RateLimiter | None = None,
-    registry: CollectorRegistry | None = None,
+    metrics: ConsumerMetrics | None = None,
     codec: Codec | None = None,
     decode: Callable[[Message, str], Change] | None = None,
 ) -> TopConsumer:
@@ -385,7 +385,7 @@ def top_consumer(
         dead_letters=dead_letters or FakeDeadLetters(group.journal),
         limiter=limiter or RateLimiter(None, None),
         policy=policy or POLICY,
-        metrics=ConsumerMetrics(registry or CollectorRegistry()),
+        metrics=metrics or ConsumerMetrics(CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
     )
 

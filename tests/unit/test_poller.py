@@ -21,12 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
 from connector.kafka.producer import MessageRefused
-from connector.records.codec import Codec
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
-from connector.site.publisher import Publisher
 from connector.site.site_metrics import SiteMetrics
 from connector.site.trigger import PollTrigger
 from tests.support.site import FakeProducer, make_publisher, response
@@ -698,18 +696,8 @@ def test_no_hostile_object_stops_the_poll_each_is_skipped_counted_logged_once_an
         ports.objects[object_id].update(fields)
     registry = CollectorRegistry()
     metrics = SiteMetrics(registry, "s1")
-    health = Health(["port"], metrics)
     producer = RefusingProducer()
-    publisher = Publisher(
-        "s1",
-        "cascade.status.s1",
-        producer,
-        Codec(),
-        metrics,
-        health,
-        {},
-        0,
-    )
+    publisher, _, health = make_publisher(metrics=metrics, kinds=["port"], producer=producer)
     p = KindPoller(HOSTILE_ROW, ports, publisher, health, metrics, SiteSettings(name="s1"))
     for _ in range(2):
         assert p.poll(resync=True) == "resync"

@@ -13,6 +13,7 @@ from connector.records.fingerprint import record_fingerprint
 from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, DetailValue, StatusRecord
 from connector.site.kinds import Observation
 from connector.site.publisher import observation_fingerprint
+from connector.site.site_metrics import SiteMetrics
 from tests.support.site import make_publisher
 
 
@@ -83,7 +84,7 @@ def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
 
 def test_metrics_count_per_kind_and_show_the_last_sequence() -> None:
     registry = CollectorRegistry()
-    publisher, _, _ = make_publisher(last_sequence=7, registry=registry)
+    publisher, _, _ = make_publisher(last_sequence=7, metrics=SiteMetrics(registry, "s1"))
 
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"site": "s1", **labels})

@@ -69,7 +69,7 @@ def test_a_sink_asking_to_slow_down_gets_the_same_call_again_later_and_nothing_i
         group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
     sink = FakeSink(group.journal, busy=2, retry_after=0.2)
     registry = CollectorRegistry()
-    with running(top_consumer(group, sink, registry=registry), until_idle=True):
+    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
         pass
     events = group.journal.events("refused", "apply", "commit", "commit failed")
     assert [e.what for e in events] == ["refused", "refused", "apply", "commit"]
