@@ -80,7 +80,7 @@ def test_a_listing_of_the_site_is_compared_with_the_topic() -> None:
 def test_periodic_audit_counts_only_drift_that_stays_against_the_same_record() -> None:
     # The topic's record for "a" is newer than the row: the loop has not applied it yet.
     first: dict[str, Change] = {"east/server/a": record("a", "SHUTOFF", 5)}
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         "east/server/a": {
             "status": "ACTIVE",
             "name": "a",
