@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from connector.kafka.topics import ensure_site_topic
 from connector.records.codec import Codec
 from connector.records.model import Change, StatusRecord
 from connector.sinks import ApplyResult, open_sink
-from connector.sinks.base import Sink, SiteAvailability
+from connector.sinks.base import Progress, Sink, SiteAvailability, SitePartition
 from connector.sinks.sql import create_engine
 from connector.top.service import build_consumer
 
@@ -57,11 +57,16 @@ class Counting:
         self.handed = 0
         self.written = 0
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        result = self.sink.apply(changes)
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
+        result = self.sink.apply(changes, progress)
         self.handed += len(changes)
         self.written += result.written
         return result
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[SitePartition]
+    ) -> dict[SitePartition, int] | None:
+        return self.sink.stored_offsets(group, partitions)
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         self.sink.set_availability(states)

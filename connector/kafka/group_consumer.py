@@ -3,7 +3,9 @@
 Owns librdkafka's consumer: manual commits only (auto commit and auto offset store off),
 cooperative-sticky assignment, a bounded prefetch so that a backlog waits in Kafka rather than in
 memory, a short metadata refresh so a regex subscription sees a new site's topic within seconds,
-and synchronous commits whose every partition error is raised. It also owns pausing: partitions
+and synchronous commits whose every partition error is raised. The caller may say where each
+partition assigned starts (its `on_assign` returns the offsets); else the group's committed
+offsets do, as librdkafka reads them. It also owns pausing: partitions
 held back on request (`hold`), and partitions rewound and paused for a while
 (`trigger_backpressure`, as quix-streams names it), resumed by `consume` when their time is up.
 Callers name partitions as (topic, partition) pairs and never see librdkafka's types.
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, int]
 
 PartitionsCallback = Callable[[list[Partition]], None]
+#: Told the partitions assigned; returns where each starts (an offset, or OFFSET_BEGINNING), or
+#: None to start them from the group's committed offsets.
+AssignCallback = Callable[[list[Partition]], Mapping[Partition, int] | None]
 
 #: Makes the librdkafka consumer from its configuration (tests make one that never joins).
 ClientFactory = Callable[[dict[str, Any]], confluent_kafka.Consumer]
@@ -87,6 +92,8 @@ class Consumer:
         self._group = group
         self._config = config
         self._make_client = make_client
+        #: an incremental (cooperative) rebalance adds partitions; an eager one replaces them all
+        self._cooperative = "cooperative" in str(config["partition.assignment.strategy"])
         self._consumer = new_client(make_client, dict(config))
         #: what `subscribe` was given, for `rejoin`
         self._subscription: tuple[Any, ...] | None = None
@@ -99,14 +106,25 @@ class Consumer:
     def subscribe(
         self,
         pattern: str,
-        on_assign: PartitionsCallback,
+        on_assign: AssignCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
     ) -> None:
         """Subscribe to every topic matching `pattern` (a regex starting with ^)."""
 
-        def assigned(_c: object, parts: list[TopicPartition]) -> None:
-            on_assign(_pairs(parts))
+        def assigned(consumer: confluent_kafka.Consumer, parts: list[TopicPartition]) -> None:
+            starts = on_assign(_pairs(parts))
+            if starts is None:
+                return  # confluent-kafka assigns them, from the committed offsets
+            placed = [
+                TopicPartition(tp.topic, tp.partition, starts[(tp.topic, tp.partition)])
+                for tp in parts
+            ]
+            # Assigned from the callback, they are not assigned again by confluent-kafka.
+            if self._cooperative:
+                consumer.incremental_assign(placed)
+            else:
+                consumer.assign(placed)
 
         def gone(callback: PartitionsCallback) -> Callable[[object, list[TopicPartition]], None]:
             def forget(_c: object, parts: list[TopicPartition]) -> None:
@@ -240,6 +258,26 @@ class Consumer:
             cached=cached,
         )
         return int(low), int(high)
+
+    def first_offset_since(
+        self, topic: str, partition: int, timestamp_ms: int, timeout: float = 10.0
+    ) -> int:
+        """The offset of the first record of a partition written at or after `timestamp_ms`
+        (POSIX milliseconds), as the broker tells; the partition's end when there is none."""
+        found = _call(
+            f"look up an offset by time in {topic}[{partition}]",
+            self._consumer.offsets_for_times,
+            [TopicPartition(topic, partition, timestamp_ms)],
+            timeout=timeout,
+        )
+        if found[0].error is not None:
+            raise KafkaError(
+                f"cannot look up an offset by time in {topic}[{partition}]: {found[0].error}"
+            )
+        offset = int(found[0].offset)
+        if offset >= 0:
+            return offset
+        return self.watermarks(topic, partition, timeout=timeout)[1]
 
     def partitions_matching(self, pattern: str) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""

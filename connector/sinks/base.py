@@ -1,15 +1,19 @@
 """The sink interface the top consumer drives, and the errors a sink uses to talk back.
 
 A sink applies a batch (at most one change per key) in one transaction and returns what it wrote.
-It never commits Kafka offsets; the consumer does that after `apply` returns. It says "slow down"
-by raising SinkBackpressureError; the consumer pauses, seeks back and retries, committing nothing.
-Every call keeps within a time budget below the group's poll interval, and gives up early when
-interrupted: both end as SinkBackpressureError, never as a hang.
+It never commits Kafka offsets; the consumer does that after `apply` returns. A sink may keep the
+consumer group's offsets itself (the SQL sink does): it stores the `Progress` handed with a batch
+in that batch's transaction, and `stored_offsets` says where reading resumes, so the database,
+not Kafka, decides what is read again after a restore from a backup (connector/top/offsets.py).
+It says "slow down" by raising SinkBackpressureError; the consumer pauses, seeks back and
+retries, committing nothing. Every call keeps within a time budget below the group's poll
+interval, and gives up early when interrupted: both end as SinkBackpressureError, never as a
+hang.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -36,6 +40,19 @@ class SinkBackpressureError(ConnectorError):
         return f"SinkBackpressureError({self.args[0]!r}, retry_after={self.retry_after})"
 
 
+#: A partition of a site topic, as the consumer names it: (topic, partition number).
+SitePartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a consumer group's reading resumes once a batch is applied: the next offset to read
+    of each partition whose every change before it is then applied."""
+
+    group: str
+    offsets: Mapping[SitePartition, int]
+
+
 @dataclass
 class ApplyResult:
     """What one `apply` did."""
@@ -45,6 +62,9 @@ class ApplyResult:
     written: int
     #: changes the sink refused for good, each with the reason; they go to the dead-letter topic
     rejected: list[tuple[Change, str]] = field(default_factory=list)
+    #: the `progress` handed with the batch went into its transaction; False when the sink keeps
+    #: no offsets, or did not store them (it rejected changes: their dead letters come first)
+    progress_stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,8 +82,18 @@ class SiteAvailability:
 class Sink(Protocol):
     """Applies batches of changes to the top layer."""
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        """Apply all `changes` (distinct keys) in one transaction; never regress a newer row."""
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
+        """Apply all `changes` (distinct keys) in one transaction; never regress a newer row. A
+        sink that keeps offsets stores `progress` in the same transaction (`changes` may then
+        be empty), unless it rejects a change; `progress_stored` says which."""
+        ...
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[SitePartition]
+    ) -> dict[SitePartition, int] | None:
+        """The next offsets stored for `group` of those of `partitions` the sink knows, or None
+        when the sink keeps no offsets (Kafka's committed offsets say where reading resumes).
+        Raises SinkBackpressureError when the top layer does not answer, SinkError otherwise."""
         ...
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:

@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -41,7 +41,14 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from connector.records.model import Change, Deletion
 from connector.redact import redact_text, redact_url
-from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError, SiteAvailability
+from connector.sinks.base import (
+    ApplyResult,
+    Progress,
+    SinkBackpressureError,
+    SinkError,
+    SiteAvailability,
+    SitePartition,
+)
 
 #: Statuses that mean "slow down" and are handed to the consumer at once, without retrying here.
 BACKPRESSURE_STATUSES = frozenset({429, 503})
@@ -248,11 +255,19 @@ class HttpSink:
         self._session.mount("http://", _Adapter())
         self._session.mount("https://", _Adapter())
 
+    def stored_offsets(
+        self, group: str, partitions: Collection[SitePartition]
+    ) -> dict[SitePartition, int] | None:
+        """None: the HTTP sink keeps no offsets."""
+        return None
+
     def __repr__(self) -> str:
         return f"HttpSink({self.safe_url!r}, timeout={self.timeout}, retries={self.retries})"
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        """POST the batch; retry transient failures; map the answer onto an ApplyResult."""
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
+        """POST the batch; retry transient failures; map the answer onto an ApplyResult. The
+        service keeps no offsets: `progress` is not sent (Kafka's commits say where reading
+        resumes)."""
         body: list[dict[str, Any]] = []
         sendable: list[Change] = []
         rejected: list[tuple[Change, str]] = []

@@ -1,8 +1,10 @@
 """The SQL sink: applies batches to SQLite or PostgreSQL through SQLAlchemy Core, never regressing.
 
-It owns the two tables (created if missing): `resource_status`, one row per object keyed by
-(site, kind, id), and `site_heartbeat`, one row per site (the availability table and the view a
-top-layer reader queries are in `sql_availability`). A batch is one transaction. Its status
+It owns the tables (created if missing): `resource_status`, one row per object keyed by
+(site, kind, id), `site_heartbeat`, one row per site, and `consumer_offsets`, the next offset to
+read of each partition per consumer group, written in the transaction of the batch it follows
+(the availability table and the view a top-layer reader queries are in `sql_availability`). A
+batch is one transaction. Its status
 records go in one set-based step without SQLAlchemy's per-row parameter processing: on
 PostgreSQL a binary COPY into a temporary staging table and one INSERT ... SELECT ... ON
 CONFLICT; on SQLite one prepared upsert stepped by sqlite3's executemany over plain tuples.
@@ -24,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +47,14 @@ from connector.records.model import (
     StatusRecord,
 )
 from connector.redact import redact_text
-from connector.sinks.base import ApplyResult, SinkBackpressureError, SinkError, SiteAvailability
+from connector.sinks.base import (
+    ApplyResult,
+    Progress,
+    SinkBackpressureError,
+    SinkError,
+    SiteAvailability,
+    SitePartition,
+)
 from connector.sinks.sql_availability import (
     availability_rows,
     availability_upsert,
@@ -92,6 +101,20 @@ site_heartbeat = sa.Table(
     sa.Column("observed_at", _UTC_TIME, nullable=False),
     sa.Column("sequence", sa.BigInteger, nullable=False),
     sa.Column("applied_at", _UTC_TIME, nullable=False),
+)
+
+#: Per consumer group and partition of a site topic, the next offset to read: every change before
+#: it is applied (written in the same transaction), so reading resumes here, whatever Kafka holds
+#: as the group's committed offset (a database restored from a backup replays what it lost).
+consumer_offsets = sa.Table(
+    "consumer_offsets",
+    metadata,
+    sa.Column("consumer_group", sa.String(255), primary_key=True),
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    #: when this sink stored it (the top layer's clock)
+    sa.Column("stored_at", _UTC_TIME, nullable=False),
 )
 
 _KEY = ("site", "kind", "id")
@@ -320,8 +343,11 @@ class SqlSink:
             f"on_delete={self.on_delete!r})"
         )
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
         """Apply `changes` (distinct keys) in one transaction; return the rows actually changed.
+        `progress` goes into `consumer_offsets` in the same transaction, unless a change is
+        rejected (its dead letter must be delivered before reading moves past it: the consumer
+        stores the offsets on their own then).
 
         When the database refuses the transaction for what some rows hold (a constraint or a
         trigger the up-front checks do not know), the batch is bisected, each half in its own
@@ -333,8 +359,9 @@ class SqlSink:
         applied_at = datetime.now(UTC)
         plan = _plan(changes, applied_at, self._statements.time)
         deadline = time.monotonic() + self.apply_timeout
+        store = progress if not plan.rejected else None
         try:
-            written = self._transaction(plan, deadline)
+            written = self._transaction(plan, deadline, store)
             refused: list[tuple[Change, str]] = []
         except _RowsRefused as exc:
             log.warning(
@@ -343,7 +370,27 @@ class SqlSink:
                 exc,
             )
             written, refused = self._bisect(plan.storable, applied_at, deadline)
-        return ApplyResult(written=written, rejected=plan.rejected + refused)
+            store = None
+        return ApplyResult(
+            written=written, rejected=plan.rejected + refused, progress_stored=store is not None
+        )
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[SitePartition]
+    ) -> dict[SitePartition, int]:
+        """The next offsets `consumer_offsets` holds for `group`, of the `partitions` it knows."""
+        co = consumer_offsets
+        wanted = set(partitions)
+        topics = sorted({topic for topic, _p in wanted})
+        query = sa.select(co.c.topic, co.c.partition, co.c.next_offset).where(
+            co.c.consumer_group == group, co.c.topic.in_(topics)
+        )
+        with (
+            translate_errors("cannot read the stored offsets", self.retry_after),
+            self.engine.connect() as conn,
+        ):
+            rows = conn.execute(query).all()
+        return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         """Write sites' availability (connector/sinks/sql_availability.py), in one transaction."""
@@ -365,7 +412,7 @@ class SqlSink:
         if len(changes) == 1:
             try:
                 plan = _plan(changes, applied_at, self._statements.time)
-                return self._transaction(plan, deadline), []
+                return self._transaction(plan, deadline, None), []
             except _RowsRefused as exc:
                 return 0, [(changes[0], f"refused by the database: {exc}")]
         written, refused = 0, []
@@ -373,16 +420,17 @@ class SqlSink:
         for half in (changes[:middle], changes[middle:]):
             try:
                 plan = _plan(half, applied_at, self._statements.time)
-                written += self._transaction(plan, deadline)
+                written += self._transaction(plan, deadline, None)
             except _RowsRefused:
                 more, why = self._bisect(half, applied_at, deadline)
                 written += more
                 refused += why
         return written, refused
 
-    def _transaction(self, plan: _Plan, deadline: float) -> int:
-        """Apply `plan` in one transaction; return the rows changed. Raises _RowsRefused when the
-        database refuses what a row holds, SinkBackpressureError when over budget or transient."""
+    def _transaction(self, plan: _Plan, deadline: float, progress: Progress | None) -> int:
+        """Apply `plan` and store `progress` in one transaction; return the rows changed. Raises
+        _RowsRefused when the database refuses what a row holds, SinkBackpressureError when over
+        budget or transient."""
         written = 0
         st = self._statements
         steps = [
@@ -403,6 +451,9 @@ class SqlSink:
                     if rows:
                         self._limit_time(conn, deadline)
                         written += _rowcount(conn.execute(statement, rows))
+                if progress is not None and progress.offsets:
+                    self._limit_time(conn, deadline)
+                    conn.execute(st.store_offset, _offset_rows(progress))
         except SinkBackpressureError:
             raise
         except SinkError as exc:
@@ -451,9 +502,10 @@ _CREATE_TABLES_LOCK = 0x63617363  # "casc"
 
 
 def _create_tables(engine: sa.Engine) -> None:
-    """Create the missing tables. On PostgreSQL under a transaction-scoped advisory lock: members
-    starting together against an empty database otherwise race between "does the table exist"
-    and CREATE TABLE, and the loser fails on pg_type's unique index."""
+    """Create the missing tables (consumer_offsets with the others). On PostgreSQL under a
+    transaction-scoped advisory lock: members starting together against an empty database
+    otherwise race between "does the table exist" and CREATE TABLE, and the loser fails on
+    pg_type's unique index."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CREATE_TABLES_LOCK})
@@ -603,6 +655,29 @@ class _Statements:
             hb.c.site == sa.bindparam("site", type_=hb.c.site.type),
             sa.or_(seq.is_(None), hb.c.sequence <= seq),
         )
+
+        # The last writer wins, as with Kafka's commits: a database restored from a backup
+        # holds lower offsets, and what is read from there on is stored over them.
+        co = consumer_offsets
+        store = insert(co)
+        self.store_offset = store.on_conflict_do_update(
+            index_elements=[co.c.consumer_group, co.c.topic, co.c.partition],
+            set_={"next_offset": store.excluded.next_offset, "stored_at": store.excluded.stored_at},
+        )
+
+
+def _offset_rows(progress: Progress) -> list[dict[str, Any]]:
+    stored_at = datetime.now(UTC)
+    return [
+        {
+            "consumer_group": progress.group,
+            "topic": topic,
+            "partition": partition,
+            "next_offset": offset,
+            "stored_at": stored_at,
+        }
+        for (topic, partition), offset in sorted(progress.offsets.items())
+    ]
 
 
 def _require_distinct_keys(changes: Sequence[Change]) -> None:

@@ -136,6 +136,14 @@ class ConsumerMetrics:
         self.commit_errors = Counter(
             "cascade_consumer_commit_errors", "Offset commits that failed.", registry=registry
         )
+        self.offsets_behind_log = Counter(
+            "cascade_consumer_offsets_behind_log",
+            "Partitions assigned whose offset stored in the sink is below the start of the log:"
+            " records, tombstones among them, were removed since the sink stored it (a backup"
+            " too old), so deletions may be missing from the top layer.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "cascade_consumer_dead_letters",
             "Records sent to the dead-letter topic.",

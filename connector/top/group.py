@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from connector.kafka import Message
-from connector.kafka.group_consumer import Partition, PartitionsCallback
+from connector.kafka.group_consumer import AssignCallback, Partition, PartitionsCallback
 
 
 class GroupConsumer(Protocol):
@@ -21,7 +21,7 @@ class GroupConsumer(Protocol):
     def subscribe(
         self,
         pattern: str,
-        on_assign: PartitionsCallback,
+        on_assign: AssignCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
     ) -> None: ...
@@ -39,6 +39,10 @@ class GroupConsumer(Protocol):
     def watermarks(
         self, topic: str, partition: int, cached: bool = ..., timeout: float = ...
     ) -> tuple[int, int]: ...
+
+    def first_offset_since(
+        self, topic: str, partition: int, timestamp_ms: int, timeout: float = ...
+    ) -> int: ...
 
     def partitions_matching(self, pattern: str) -> list[Partition]: ...
 

@@ -6,7 +6,10 @@ availability from its heartbeats; `closing.WindowCloser` says when a window clos
 window drops what the top layer already holds (`window.Applied`), then goes out in sink calls
 the rate limit allows (`pacing.CallPacer`), each call's room shared between sites by
 `FairShare`. Once all of a window is applied and its dead letters delivered, exactly its offsets
-are committed through `offsets.Offsets`, which owns what the group committed.
+are stored and committed through `offsets.Offsets`, which also decides where reading starts. A
+sink that keeps offsets stores them with the call that applies the window's last changes, in the
+same transaction (on their own, once its dead letters are delivered, when that call rejected
+changes or the window had nothing to write).
 
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
@@ -33,7 +36,7 @@ from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterDelivery
 from connector.top.fair import FairShare
 from connector.top.group import GroupConsumer
-from connector.top.offsets import Offsets
+from connector.top.offsets import Offsets, ResumePolicy
 from connector.top.pacing import CallPacer
 from connector.top.rate import RateLimiter
 from connector.top.sites import Sites
@@ -66,6 +69,7 @@ class TopConsumer:
         policy: WindowPolicy,
         metrics: ConsumerMetrics,
         availability: Availability,
+        resume: ResumePolicy,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -77,7 +81,7 @@ class TopConsumer:
         self._metrics = metrics
         self._fair = FairShare(policy.site_weights)
         self._closer = WindowCloser(consumer, policy, limiter.max_rate, metrics)
-        self._offsets = Offsets(consumer, pattern, metrics)
+        self._offsets = Offsets(consumer, pattern, metrics, sink, resume)
         self._pacer = CallPacer(limiter, metrics)
         self._sites = Sites(topic_prefix, availability, metrics)
         self._applied = Applied()
@@ -175,14 +179,28 @@ class TopConsumer:
             # All of it was already held by the top layer: nothing to write, nothing to pace.
             self._settle(taken, {})
             return
+        # The windows this call applies the last changes of: their offsets go with it.
+        finished = [
+            q.closed
+            for q, part in taken
+            if q.closed is not None
+            and part.count == q.closed.remaining
+            and not q.closed.window.dead_letters
+        ]
+        progress = self._offsets.progress(
+            {tp: offset for closed in finished for tp, offset in closed.window.next_offsets()}
+        )
         started = time.monotonic()
         try:
-            result = self._sink.apply([e.change for e in entries])
+            result = self._sink.apply([e.change for e in entries], progress)
         except SinkBackpressureError as exc:
             log.warning("sink asked to slow down (%s); retrying in %.1fs", exc, exc.retry_after)
             self._metrics.batches.labels("backpressure").inc()
             self._pacer.back_off(exc.retry_after)
             return
+        if result.progress_stored:
+            for closed in finished:
+                closed.offsets_stored = True
         self._pacer.applied(len(entries), started)
         self._metrics.call_applied(result.written, (e.change for e in entries))
         refused = {change.key: reason for change, reason in result.rejected}
@@ -197,20 +215,26 @@ class TopConsumer:
             self._metrics.skipped.inc(part.skipped)
 
     def _finish_windows(self) -> None:
-        """Commit every closed window applied in full, once its dead letters are delivered."""
+        """Store (if the sink has not yet) and commit the offsets of every closed window applied
+        in full, once its dead letters are delivered."""
         now = time.monotonic()
         for q in self._sites:
             closed = q.closed
-            if closed is None or closed.remaining:
+            if closed is None or closed.remaining or now < q.retry_due:
                 continue
             window = closed.window
             if window.dead_letters:
-                if now < q.letters_due:
-                    continue
                 if not self._dlq.deliver(window.dead_letters):
-                    q.letters_due = now + self._policy.retry_after
+                    q.retry_due = now + self._policy.retry_after
                     continue
-            self._offsets.commit({tp: last + 1 for tp, last in window.last.items()})
+                window.dead_letters = []  # delivered: not again if storing must wait
+            offsets = dict(window.next_offsets())
+            if not closed.offsets_stored:
+                if not self._offsets.store(offsets):
+                    q.retry_due = now + self._policy.retry_after
+                    continue
+                closed.offsets_stored = True
+            self._offsets.commit(offsets)
             if window.record_count:
                 self._metrics.records.labels(q.site).inc(window.record_count)
             q.closed = None
@@ -222,9 +246,9 @@ class TopConsumer:
         if held is not None:
             self._consumer.hold({tp for tp in self._offsets.assigned if tp[0] in held})
 
-    def _on_assign(self, partitions: list[Partition]) -> None:
+    def _on_assign(self, partitions: list[Partition]) -> dict[Partition, int] | None:
         self.assign_events += 1
-        self._offsets.assign(partitions)
+        return self._offsets.assign(partitions)
 
     def _on_revoke(self, partitions: list[Partition]) -> None:
         self._offsets.revoke(partitions)

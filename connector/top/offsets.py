@@ -1,11 +1,20 @@
-"""The top consumer's offsets: what the group committed per partition, and the commit.
+"""The top consumer's offsets: where reading resumes, what is committed per partition, the commit.
 
-`Offsets` knows the partitions assigned to this member and their committed offsets (read at
-assignment, retried with a backoff while the broker does not answer); it commits exactly what the
-loop applied, refusing an offset behind what is committed, retrying a failed commit with the
-next one; it commits the idle positions past transaction markers, keeps the lag gauge, forgets
-partitions revoked or lost, and tells `--until-idle` when the group has committed every site
-partition to its end. The loop decides what is applied; this object only commits it.
+Where a partition assigned starts is decided here, in one place: a sink that keeps offsets (the
+SQL sink, in the transaction of each batch) says, and a partition it knows nothing of starts at
+the beginning of its compacted topic, so a database restored from a backup replays exactly what
+it lost and an empty one is rebuilt from the log, whatever the group committed in Kafka. A stored
+offset older than what the log still proves (tombstones are removed `delete.retention.ms` after
+they are written) is reported loudly: deletions may be missing. A sink that keeps none (HTTP)
+leaves it to the group's committed offsets, read at assignment (retried with a backoff while the
+broker does not answer).
+
+`Offsets` commits to Kafka exactly what the loop applied (for lag monitoring, and the HTTP sink's
+resuming), refusing an offset behind where reading started or what is committed, retrying a
+failed commit with the next one; it commits the idle positions past transaction markers, keeps
+the lag gauge, forgets partitions revoked or lost, and tells `--until-idle` when the group has
+committed every site partition to its end. The loop decides what is applied; this object only
+stores and commits it.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 from connector.errors import KafkaError
+from connector.kafka import OFFSET_BEGINNING
 from connector.kafka.group_consumer import Partition
+from connector.sinks.base import Progress, Sink, SinkBackpressureError, SinkError
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.group import GroupConsumer
 
@@ -30,15 +42,40 @@ IDLE_CHECK_SECONDS = 1.0
 #: the first figure up to the second.
 ASSIGN_READ_TIMEOUT = 5.0
 ASSIGN_RETRY_SECONDS = (1.0, 15.0)
+#: Reads of the sink's stored offsets at an assignment before the consumer gives up and stops
+#: (resuming from anywhere else could skip what a restored database lost).
+SINK_READ_TRIES = 3
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """What deciding where reading resumes needs beyond the sink: the consumer group, the site
+    topics' prefix (to name a partition's site), and the topics' `delete.retention.ms` in seconds
+    (how long the log keeps a tombstone)."""
+
+    group: str
+    topic_prefix: str
+    delete_retention: float
 
 
 class Offsets:
     """The committed offsets of the partitions assigned to this member of the group."""
 
-    def __init__(self, consumer: GroupConsumer, pattern: str, metrics: ConsumerMetrics) -> None:
+    def __init__(
+        self,
+        consumer: GroupConsumer,
+        pattern: str,
+        metrics: ConsumerMetrics,
+        sink: Sink,
+        resume: ResumePolicy,
+    ) -> None:
         self._consumer = consumer
         self._pattern = pattern
         self._metrics = metrics
+        self._sink = sink
+        self._resume = resume
+        #: whether the sink keeps offsets; learnt at the first assignment
+        self._sink_keeps = False
         self._assigned: set[Partition] = set()
         self._committed: dict[Partition, int] = {}
         #: assigned partitions whose committed offsets are not read yet, when to read them
@@ -54,12 +91,109 @@ class Offsets:
     def assigned(self) -> frozenset[Partition]:
         return frozenset(self._assigned)
 
-    def assign(self, partitions: Collection[Partition]) -> None:
-        """`partitions` were assigned to this member: read their committed offsets."""
+    def assign(self, partitions: Collection[Partition]) -> dict[Partition, int] | None:
+        """`partitions` were assigned to this member: where each starts (the offset the sink
+        holds, or the beginning of the log), or None when the sink keeps no offsets (then the
+        group's committed offsets decide, read here for the commit check). Raises SinkError
+        when the sink cannot say."""
         log.info("assigned %s", names(partitions))
         self._assigned |= set(partitions)
-        self._unread |= set(partitions)
-        self.read_committed(time.monotonic())
+        stored = self._stored_offsets(partitions)
+        self._sink_keeps = stored is not None
+        if stored is None:
+            self._unread |= set(partitions)
+            self.read_committed(time.monotonic())
+            return None
+        for tp in partitions:
+            # Commits are checked against where reading starts: after a restore, that is
+            # behind what the group committed in Kafka, and rightly so.
+            self._committed[tp] = stored.get(tp, -1)
+        self._check_log_kept(stored)
+        starts = {tp: stored.get(tp, OFFSET_BEGINNING) for tp in partitions}
+        log.info(
+            "reading resumes where the sink stands: %s",
+            ", ".join(
+                f"{t}[{p}]@{'beginning' if o == OFFSET_BEGINNING else o}"
+                for (t, p), o in sorted(starts.items())
+            )
+            or "nothing",
+        )
+        return starts
+
+    def _stored_offsets(self, partitions: Collection[Partition]) -> dict[Partition, int] | None:
+        """The sink's stored offsets of `partitions`, tried SINK_READ_TRIES times while the sink
+        asks to wait; SinkError when it cannot say."""
+        for attempt in range(1, SINK_READ_TRIES + 1):
+            try:
+                return self._sink.stored_offsets(self._resume.group, partitions)
+            except SinkBackpressureError as exc:
+                if attempt == SINK_READ_TRIES:
+                    raise SinkError(
+                        f"cannot learn where reading resumes from the sink ({exc}); stopping "
+                        "rather than resuming anywhere else"
+                    ) from exc
+                log.warning("cannot read the sink's stored offsets (%s); trying again", exc)
+                time.sleep(min(exc.retry_after, ASSIGN_RETRY_SECONDS[1]))
+        raise AssertionError("unreachable")
+
+    def _check_log_kept(self, stored: Mapping[Partition, int]) -> None:
+        """Say loudly when a stored offset is older than what the log still proves: records
+        after it removed from the log's start, or written longer than `delete.retention.ms` ago
+        (the cleaner may have removed their tombstones). Reading from there cannot see those
+        deletions: the top layer may keep objects that are gone."""
+        since_ms = int((time.time() - self._resume.delete_retention) * 1000)
+        for (topic, partition), offset in sorted(stored.items()):
+            try:
+                low, _high = self._consumer.watermarks(topic, partition)
+                kept = self._consumer.first_offset_since(topic, partition, since_ms)
+            except KafkaError as exc:
+                log.warning(
+                    "cannot check that %s[%d] still holds every tombstone after offset %d: %s",
+                    topic,
+                    partition,
+                    offset,
+                    exc,
+                )
+                continue
+            proven = max(low, kept)
+            if offset >= proven:
+                continue
+            self._metrics.offsets_behind_log.labels(topic, str(partition)).inc()
+            log.error(
+                "site %s: the sink stands at offset %d of %s[%d], but the log proves only from "
+                "offset %d on (its start is %d; tombstones written more than %.0f s ago may be "
+                "gone): the top layer may keep objects deleted since. The database is older "
+                "than the topic's delete.retention.ms (a restored backup?): rebuild it from "
+                "the log (start the consumer on an empty database: every partition is read "
+                "from its beginning), or run `cascade-connector audit --repair`",
+                topic.removeprefix(self._resume.topic_prefix + "."),
+                offset,
+                topic,
+                partition,
+                proven,
+                low,
+                self._resume.delete_retention,
+            )
+
+    def progress(self, offsets: Mapping[Partition, int]) -> Progress | None:
+        """`offsets` for the sink to store with the batch they follow; None when it keeps none."""
+        if not self._sink_keeps or not offsets:
+            return None
+        return Progress(self._resume.group, dict(offsets))
+
+    def store(self, offsets: Mapping[Partition, int]) -> bool:
+        """Store `offsets` in the sink, in a transaction of their own (a window whose last call
+        did not store them: it had dead letters, or nothing to write). False when the sink asks
+        to wait: try again later."""
+        progress = self.progress(offsets)
+        if progress is None:
+            return True
+        try:
+            self._sink.apply([], progress)
+        except SinkBackpressureError as exc:
+            log.warning("cannot store offsets in the sink yet (%s)", exc)
+            return False
+        return True
 
     def read_committed(self, now: float) -> None:
         """Learn the group's committed offsets of the partitions assigned since the last read
@@ -124,12 +258,13 @@ class Offsets:
         """When idle, commit the positions ahead of what is committed: everything before them
         was read and applied, or is what read-committed reading skips (a transaction's commit
         marker takes the offset after its last record; an aborted transaction's records).
-        Committed, they let the group's offsets reach the ends of partitions written in
-        transactions, which `--until-idle` and the lag metric compare them with."""
+        Committed (and stored in a sink that keeps offsets), they let the group's offsets reach
+        the ends of partitions written in transactions, which `--until-idle` and the lag metric
+        compare them with."""
         positions = self._consumer.positions(self._assigned)
-        self.commit(
-            {tp: offset for tp, offset in positions.items() if offset > self._committed.get(tp, -1)}
-        )
+        ahead = {tp: o for tp, o in positions.items() if o > self._committed.get(tp, -1)}
+        if ahead and self.store(ahead):
+            self.commit(ahead)
 
     def revoke(self, partitions: Collection[Partition]) -> None:
         """`partitions` go to another member: retry their failed commit once more, then forget
@@ -156,20 +291,23 @@ class Offsets:
                 self._metrics.lag.remove(tp[0], str(tp[1]))
 
     def group_caught_up(self) -> bool:
-        """True when the group has committed every site partition to its end (checked at most
-        once a second: it asks the broker). The loop asks only while it holds nothing read."""
+        """True when the group has committed every site partition to its end: stored in the
+        sink, for a sink that keeps offsets (after a restore, Kafka's committed offsets say so
+        long before the sink is caught up). Checked at most once a second: it asks the broker
+        and the sink. The loop asks only while it holds nothing read."""
         now = time.monotonic()
         if now < self._next_idle_check or self._uncommitted:
             return False
         self._next_idle_check = now + IDLE_CHECK_SECONDS
         try:
             partitions = self._consumer.partitions_matching(self._pattern)
-            committed = self._consumer.committed(partitions)
+            stored = self._sink.stored_offsets(self._resume.group, partitions)
+            committed = stored if stored is not None else self._consumer.committed(partitions)
             for topic, partition in partitions:
                 low, high = self._consumer.watermarks(topic, partition)
                 if high > low and committed.get((topic, partition), -1) < high:
                     return False
-        except KafkaError as exc:
+        except (KafkaError, SinkError, SinkBackpressureError) as exc:
             log.warning("cannot tell whether the group is idle yet: %s", exc)
             return False
         return True

@@ -27,6 +27,7 @@ from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
 from connector.top.loop import Decoder, TopConsumer
+from connector.top.offsets import ResumePolicy
 from connector.top.periodic_audit import AuditMetrics, PeriodicAudit
 from connector.top.rate import RateLimiter
 
@@ -77,6 +78,7 @@ def build_consumer(
         ),
         metrics=metrics,
         availability=availability or site_availability(settings, registry),
+        resume=ResumePolicy(options.group, kafka.topic_prefix, kafka.delete_retention_ms / 1000.0),
     )
 
 

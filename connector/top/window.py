@@ -12,7 +12,7 @@ change that would write what the top layer already holds is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from connector.kafka.group_consumer import Partition
@@ -153,6 +153,11 @@ class Window:
     def record_count(self) -> int:
         return sum(self.records.values())
 
+    def next_offsets(self) -> Iterator[tuple[Partition, int]]:
+        """Per partition read, the next offset to read once the window is applied."""
+        for tp, last in self.last.items():
+            yield tp, last + 1
+
     def drop(self, partitions: set[Partition]) -> None:
         """Forget what was read from `partitions` (revoked or lost)."""
         self.entries = {k: e for k, e in self.entries.items() if e.partition not in partitions}
@@ -172,6 +177,8 @@ class Closed:
     changes: list[Pending]
     skipped: int  #: changes left out because the top layer already holds their content
     done: int = 0  #: changes applied so far
+    #: the sink stored the window's offsets (with the call that applied its last changes)
+    offsets_stored: bool = False
 
     @property
     def remaining(self) -> int:
@@ -203,8 +210,9 @@ class SiteQueue:
         self.held = False  #: its partitions are paused because pending keys reached the cap
         #: seconds between the site's polls, from its heartbeats (None until one is read)
         self.poll_interval: float | None = None
-        #: monotonic time the closed window's dead letters may be tried again, after a failure
-        self.letters_due = 0.0
+        #: monotonic time the closed window's dead letters, or the storing of its offsets, may
+        #: be tried again, after a failure
+        self.retry_due = 0.0
 
     @property
     def pending(self) -> int:

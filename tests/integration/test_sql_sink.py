@@ -1,5 +1,6 @@
 """The SQL sink against real databases (a SQLite file and a throwaway PostgreSQL): upserts only move
-forward, replays never regress, deletions in both modes, heartbeats, rejections, error mapping."""
+forward, replays never regress, deletions in both modes, heartbeats, rejections, error mapping,
+consumer offsets stored in the batch's transaction."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from connector.dev.local_postgres import LocalPostgres
 from connector.records.model import Change, Deletion, StatusRecord
-from connector.sinks.base import SinkBackpressureError, SinkError
+from connector.sinks.base import Progress, SinkBackpressureError, SinkError
 from connector.sinks.sql import (
     OnDelete,
     SqlSink,
@@ -276,6 +277,32 @@ def test_a_broken_schema_is_a_sink_error_not_backpressure(sink: SqlSink) -> None
     assert not isinstance(info.value, SinkBackpressureError)
 
 
+def test_offsets_are_stored_with_the_batch_per_group_and_partition(sink: SqlSink) -> None:
+    asked = [("t", 0), ("t", 1), ("t", 2), ("u", 0)]
+    result = sink.apply([rec("vm1", 1)], Progress("g1", {("t", 0): 5, ("t", 1): 3}))
+    assert result.progress_stored
+    assert sink.stored_offsets("g1", asked) == {("t", 0): 5, ("t", 1): 3}
+    assert sink.stored_offsets("g2", asked) == {}, "another group's are its own"
+    # On their own, and the last written wins (what is read after a restore goes over it).
+    assert sink.apply([], Progress("g1", {("t", 0): 2, ("u", 0): 7})).progress_stored
+    assert sink.stored_offsets("g1", asked) == {("t", 0): 2, ("t", 1): 3, ("u", 0): 7}
+    assert rows(sink) == {"vm1": ("ACTIVE", 1, False)}
+
+
+def test_offsets_are_not_stored_with_a_batch_that_rejects_or_fails(sink: SqlSink) -> None:
+    progress = Progress("g", {("t", 0): 9})
+    result = sink.apply([rec("good", 1), rec("nul", 1, status="N\x00")], progress)
+    assert [change.id for change, _why in result.rejected] == ["nul"]
+    assert not result.progress_stored, "a dead letter comes before reading moves past it"
+    assert sink.stored_offsets("g", [("t", 0)]) == {}
+    with sink.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP VIEW {VIEW}"))
+        conn.execute(sa.text("ALTER TABLE resource_status DROP COLUMN status"))
+    with pytest.raises(SinkError):
+        sink.apply([rec("vm1", 2)], progress)
+    assert sink.stored_offsets("g", [("t", 0)]) == {}, "rolled back with the batch"
+
+
 def test_a_locked_table_is_backpressure(postgres_database: str) -> None:
     # A lock held elsewhere that outlasts lock_timeout fails with SQLSTATE 55P03, which retries.
     url = postgres_database + "?options=-c%20lock_timeout%3D200"
@@ -342,7 +369,8 @@ def test_members_starting_together_create_the_tables_once(postgres_database: str
     assert not failures
     sink = SqlSink(postgres_database)
     try:
-        sink.apply([rec("vm-1", 1)])
+        sink.apply([rec("vm-1", 1)], Progress("g", {("t", 0): 1}))
         assert rows(sink) == {"vm-1": ("ACTIVE", 1, False)}
+        assert sink.stored_offsets("g", [("t", 0)]) == {("t", 0): 1}
     finally:
         sink.close()

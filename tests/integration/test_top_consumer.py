@@ -26,7 +26,7 @@ from connector.records.errors import RegistryError
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
-from connector.sinks.base import SiteAvailability
+from connector.sinks.base import Progress, SiteAvailability, SitePartition
 from connector.sinks.sql import create_engine
 from connector.top import offsets as top
 from connector.top.loop import TopConsumer
@@ -44,22 +44,30 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 class Recording:
-    """Wraps a real sink and records every apply: when, how many changes, how many keys, rows."""
+    """Wraps a real sink and records every apply: when, how many changes, how many keys, rows.
+    Without `keep_offsets`, it keeps none, as the HTTP sink (Kafka's committed offsets decide
+    where reading resumes)."""
 
-    def __init__(self, sink: Sink, fail_first: int = 0) -> None:
+    def __init__(self, sink: Sink, fail_first: int = 0, keep_offsets: bool = True) -> None:
         self.sink = sink
+        self.keep_offsets = keep_offsets
         self.calls: list[tuple[float, int, int, int]] = []
         self.fail_first = fail_first
         self.refused = 0
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
         if self.refused < self.fail_first:
             self.refused += 1
             raise SinkBackpressureError("top layer busy (test)", retry_after=0.5)
-        result = self.sink.apply(changes)
+        result = self.sink.apply(changes, progress)
         keys = len({c.key for c in changes})
         self.calls.append((time.monotonic(), len(changes), keys, result.written))
         return result
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[SitePartition]
+    ) -> dict[SitePartition, int] | None:
+        return self.sink.stored_offsets(group, partitions) if self.keep_offsets else None
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         self.sink.set_availability(states)
@@ -345,7 +353,8 @@ def test_committed_offsets_timing_out_at_assignment_are_read_again(
 ) -> None:
     """The broker not answering the committed offsets of a new assignment in time (seen in a
     rebalance on the loaded test machine) is retried; the loop goes on. The timeouts are
-    librdkafka's own, from the real broker: the first two reads are given no time to answer."""
+    librdkafka's own, from the real broker: the first two reads are given no time to answer.
+    The sink keeps no offsets (as the HTTP sink): the committed offsets are what is read."""
     db = tmp_path / "top.sqlite"
     settings = settings_for(kafka_bootstrap, unique_name, db)
     topic = f"{settings.kafka.topic_prefix}.slow"
@@ -365,7 +374,8 @@ def test_committed_offsets_timing_out_at_assignment_are_read_again(
 
     monkeypatch.setattr(Consumer, "committed", committed)
     caplog.set_level(logging.WARNING, logger=top.__name__)
-    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()), 120)
+    sink = Recording(open_sink(settings.sink), keep_offsets=False)
+    run_until_idle(build_consumer(settings, sink, CollectorRegistry()), 120)
 
     assert impatient == [0]
     retried = [r.getMessage() for r in caplog.records if "committed offsets of" in r.getMessage()]

@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
-from connector.kafka import Message
-from connector.kafka.group_consumer import Partition, PartitionsCallback
+from connector.kafka import OFFSET_BEGINNING, Message
+from connector.kafka.group_consumer import AssignCallback, Partition, PartitionsCallback
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message, to_message
 from connector.records.model import Change
-from connector.sinks.base import ApplyResult, SinkBackpressureError, SiteAvailability
+from connector.sinks.base import ApplyResult, Progress, SinkBackpressureError, SiteAvailability
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter
 from connector.top.loop import TopConsumer
+from connector.top.offsets import ResumePolicy
 from connector.top.rate import RateLimiter
 
 #: How librdkafka says a read of committed offsets timed out.
@@ -48,11 +49,13 @@ LOOP_TIMEOUT = 20.0
 
 @dataclass(frozen=True)
 class Event:
-    """One thing the loop did: `what` ("apply", "refused", "dead letters", "undelivered",
-    "commit", "commit failed", "assign", "revoke", "lost") and the detail of it."""
+    """One thing the loop did: `what` ("apply", "offsets" (stored in the sink on their own),
+    "refused", "dead letters", "undelivered", "commit", "commit failed", "assign", "started"
+    (where the partitions assigned start), "revoke", "lost") and the detail of it."""
 
     what: str
-    partitions: dict[Partition, int] = field(default_factory=dict)  #: commits: offsets
+    #: commits, offsets stored (with an apply, or on their own), where reading started: offsets
+    partitions: dict[Partition, int] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)  #: sink calls
     letters: list[DeadLetter] = field(default_factory=list)  #: dead-letter deliveries
     during: str | None = None  #: the rebalance callback it happened in, if any
@@ -89,7 +92,8 @@ class FakeGroupConsumer:
     committed offset (or its start). `hold` and `trigger_backpressure` pause partitions as the
     real consumer does. The first `commit_failures` commits fail, and the first `read_failures`
     reads of committed offsets time out (`reads` lists them all). `close` revokes what is
-    assigned.
+    assigned. A partition assigned starts where `on_assign` says, if it says. Each record is
+    stamped with when it was produced (`at`, POSIX seconds), for `first_offset_since`.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class FakeGroupConsumer:
         self.reads: list[tuple[float, frozenset[Partition], float]] = []
         self.closed = False
         self._logs: dict[Partition, list[Message]] = {tp: [] for tp in partitions}
+        self._stamps: dict[Partition, list[float]] = {tp: [] for tp in self._logs}
         self._wake = threading.Condition(threading.RLock())
         self._assigned: set[Partition] = set()
         #: the next offset to read of each partition assigned; known to `positions` only once
@@ -118,15 +123,16 @@ class FakeGroupConsumer:
         self._backoff: dict[Partition, float] = {}
         #: rebalances asked for: (what, partitions, the log ends to read first)
         self._rebalances: deque[tuple[str, list[Partition], dict[Partition, int]]] = deque()
+        self._on_assign: AssignCallback | None = None
         self._callbacks: dict[str, PartitionsCallback] = {}
         self._during: str | None = None
 
     # What a test does.
 
-    def produce(self, tp: Partition, change: Change, codec: Codec) -> int:
+    def produce(self, tp: Partition, change: Change, codec: Codec, at: float | None = None) -> int:
         """Append `change` (encoded with `codec`) to partition `tp`; its offset."""
         msg = to_message(change, codec)
-        return self.produce_raw(tp, msg.key, msg.value, msg.headers)
+        return self.produce_raw(tp, msg.key, msg.value, msg.headers, at)
 
     def produce_raw(
         self,
@@ -134,9 +140,12 @@ class FakeGroupConsumer:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
+        at: float | None = None,
     ) -> int:
-        """Append a record of these bytes to partition `tp`; its offset."""
+        """Append a record of these bytes to partition `tp`, written `at` (default: now); its
+        offset."""
         with self._wake:
+            self._stamps[tp].append(time.time() if at is None else at)
             log = self._logs[tp]
             offset = len(log)
             topic, partition = tp
@@ -179,11 +188,12 @@ class FakeGroupConsumer:
     def subscribe(
         self,
         pattern: str,
-        on_assign: PartitionsCallback,
+        on_assign: AssignCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
     ) -> None:
-        self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+        self._on_assign = on_assign
+        self._callbacks = {"revoke": on_revoke, "lost": on_lost}
         self.assign([tp for tp in self._logs if re.match(pattern, tp[0])])
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
@@ -227,6 +237,15 @@ class FakeGroupConsumer:
     ) -> tuple[int, int]:
         with self._wake:
             return 0, len(self._logs[(topic, partition)])
+
+    def first_offset_since(
+        self, topic: str, partition: int, timestamp_ms: int, timeout: float = 10.0
+    ) -> int:
+        with self._wake:
+            stamps = self._stamps[(topic, partition)]
+            return next(
+                (i for i, at in enumerate(stamps) if at * 1000 >= timestamp_ms), len(stamps)
+            )
 
     def partitions_matching(self, pattern: str) -> list[Partition]:
         return [tp for tp in self._logs if re.match(pattern, tp[0])]
@@ -274,7 +293,14 @@ class FakeGroupConsumer:
             self._forget(partitions)
         self._during = what
         try:
-            self._callbacks[what](partitions)
+            if what == "assign":
+                assert self._on_assign is not None
+                starts = self._on_assign(partitions)
+                for tp, offset in (starts or {}).items():
+                    self._positions[tp] = 0 if offset == OFFSET_BEGINNING else offset
+                self.journal.add(Event("started", {tp: self._positions[tp] for tp in partitions}))
+            else:
+                self._callbacks[what](partitions)
         finally:
             self._during = None
         if what == "revoke":
@@ -302,7 +328,9 @@ class FakeGroupConsumer:
 
 class FakeSink:
     """A top layer in memory. The first `busy` calls ask to slow down for `retry_after` s; the
-    changes of the keys in `reject` (key -> why) are refused for good."""
+    changes of the keys in `reject` (key -> why) are refused for good. With `offsets` (per
+    group and partition, the next offset: a database's table, shared by sinks), it keeps
+    offsets as the SQL sink does: stored with a batch unless a change of it is rejected."""
 
     def __init__(
         self,
@@ -310,26 +338,41 @@ class FakeSink:
         busy: int = 0,
         retry_after: float = 0.1,
         reject: Mapping[str, str] | None = None,
+        offsets: dict[tuple[str, Partition], int] | None = None,
     ) -> None:
         self.journal = journal
         self.busy = busy
         self.retry_after = retry_after
         self.reject = dict(reject or {})
+        self.offsets = offsets
         self.states: list[SiteAvailability] = []
 
     def applied(self) -> list[Change]:
         """Every change applied so far (refused ones left out), in order."""
         return [c for e in self.journal.events("apply") for c in e.changes]
 
-    def apply(self, changes: Sequence[Change]) -> ApplyResult:
+    def apply(self, changes: Sequence[Change], progress: Progress | None = None) -> ApplyResult:
         if self.busy:
             self.busy -= 1
             self.journal.add(Event("refused", changes=list(changes)))
             raise SinkBackpressureError("the fake top layer is busy", self.retry_after)
         rejected = [(c, self.reject[c.key]) for c in changes if c.key in self.reject]
         kept = [c for c in changes if c.key not in self.reject]
-        self.journal.add(Event("apply", changes=kept))
-        return ApplyResult(written=len(kept), rejected=rejected)
+        stored = progress is not None and self.offsets is not None and not rejected
+        if stored:
+            assert progress is not None and self.offsets is not None
+            for tp, offset in progress.offsets.items():
+                self.offsets[(progress.group, tp)] = offset
+        offsets = dict(progress.offsets) if stored and progress is not None else {}
+        self.journal.add(Event("apply" if changes else "offsets", offsets, changes=kept))
+        return ApplyResult(written=len(kept), rejected=rejected, progress_stored=stored)
+
+    def stored_offsets(
+        self, group: str, partitions: Collection[Partition]
+    ) -> dict[Partition, int] | None:
+        if self.offsets is None:
+            return None
+        return {tp: self.offsets[(group, tp)] for tp in partitions if (group, tp) in self.offsets}
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         self.states += states
@@ -373,8 +416,10 @@ def top_consumer(
     metrics: ConsumerMetrics | None = None,
     codec: Codec | None = None,
     decode: Callable[[Message, str], Change] | None = None,
+    delete_retention: float = 86_400.0,
 ) -> TopConsumer:
-    """A top consumer of the site topics `site.*` over `group`, as the service builds one."""
+    """A top consumer of the site topics `site.*` over `group`, as the service builds one (its
+    consumer group is "top")."""
     codec = codec or Codec()
     return TopConsumer(
         consumer=group,
@@ -387,6 +432,7 @@ def top_consumer(
         policy=policy or POLICY,
         metrics=metrics or ConsumerMetrics(CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
+        resume=ResumePolicy("top", "site", delete_retention),
     )
 
 

@@ -18,7 +18,7 @@ from connector.errors import KafkaError
 from connector.records.codec import Codec
 from connector.records.model import StatusRecord
 from connector.top.consumer_metrics import ConsumerMetrics
-from connector.top.offsets import Offsets
+from connector.top.offsets import Offsets, ResumePolicy
 from tests.support import wait_for
 from tests.support.fake_group import (
     LOOP_TIMEOUT,
@@ -129,7 +129,13 @@ def test_a_partition_taken_away_drops_what_is_pending_and_only_a_revoke_commits(
 
 def test_a_commit_behind_what_the_group_committed_is_refused() -> None:
     group = FakeGroupConsumer([P0], committed={P0: 7}, read_failures=1)
-    offsets = Offsets(group, r"^site\..+", ConsumerMetrics(CollectorRegistry()))
+    offsets = Offsets(
+        group,
+        r"^site\..+",
+        ConsumerMetrics(CollectorRegistry()),
+        FakeSink(group.journal),
+        ResumePolicy("top", "site", 86_400.0),
+    )
     offsets.assign([P0])  # the read times out; the check waits for the next one
     offsets.read_committed(now=float("inf"))
     with pytest.raises(

@@ -1,0 +1,110 @@
+"""Where the top consumer's reading resumes, with no broker (tests/support/fake_group.py): from
+the offsets a sink that keeps them holds (a partition it knows nothing of from its beginning),
+whatever the group committed in Kafka; from the group's committed offsets for a sink that keeps
+none; a window's offsets go with the call that applies its last changes, or on their own once
+its dead letters are delivered, always before the Kafka commit; a stored offset older than what
+the log still proves is reported loudly."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connector.records.codec import Codec
+from connector.top.consumer_metrics import ConsumerMetrics
+from tests.support.fake_group import POLICY, FakeGroupConsumer, FakeSink, running, top_consumer
+from tests.unit.test_top_loop import server
+
+P0, P1 = ("site.a", 0), ("site.a", 1)
+CODEC = Codec()
+BEHIND_LOG = "cascade_consumer_offsets_behind_log_total"
+
+
+def test_reading_starts_where_the_sink_stands_and_the_offsets_go_with_the_batch() -> None:
+    # Kafka says all was read (as after a restore from a backup, or on an empty database);
+    # the sink holds P0 at 2 and knows nothing of P1.
+    group = FakeGroupConsumer([P0, P1], committed={P0: 4, P1: 2})
+    changes = [server(str(i), "ACTIVE", i) for i in range(6)]
+    for change in changes[:4]:
+        group.produce(P0, change, CODEC)
+    for change in changes[4:]:
+        group.produce(P1, change, CODEC)
+    sink = FakeSink(group.journal, offsets={("top", P0): 2})
+    with running(top_consumer(group, sink), until_idle=True):
+        pass
+    assert group.journal.events("started")[0].partitions == {P0: 2, P1: 0}
+    assert sorted(sink.applied(), key=lambda c: c.key) == changes[2:]
+    assert sink.offsets == {("top", P0): 4, ("top", P1): 2}
+    # Stored in the transaction of the batch, before the Kafka commit; never on their own.
+    events = group.journal.events("apply", "offsets", "commit")
+    assert [(e.what, e.partitions) for e in events] == [
+        ("apply", {P0: 4, P1: 2}),
+        ("commit", {P0: 4, P1: 2}),
+    ]
+
+
+def test_a_sink_keeping_no_offsets_resumes_from_the_groups_committed_offsets() -> None:
+    group = FakeGroupConsumer([P0], committed={P0: 2})
+    changes = [server(str(i), "ACTIVE", i) for i in range(4)]
+    for change in changes:
+        group.produce(P0, change, CODEC)
+    sink = FakeSink(group.journal)
+    with running(top_consumer(group, sink), until_idle=True):
+        pass
+    assert group.journal.events("started")[0].partitions == {P0: 2}
+    assert sorted(sink.applied(), key=lambda c: c.key) == changes[2:]
+    assert group.journal.commits() == [{P0: 4}]
+
+
+def test_a_windows_offsets_wait_for_its_dead_letters_then_are_stored_before_the_commit() -> None:
+    group = FakeGroupConsumer([P0])
+    refused = server("2", "ACTIVE", 2)
+    group.produce(P0, server("1", "ACTIVE", 1), CODEC)
+    group.produce(P0, refused, CODEC)
+    sink = FakeSink(group.journal, reject={refused.key: "no such project"}, offsets={})
+    with running(
+        top_consumer(group, sink, policy=replace(POLICY, retry_after=0.1)), until_idle=True
+    ):
+        pass
+    events = group.journal.events("apply", "dead letters", "offsets", "commit")
+    assert [(e.what, e.partitions) for e in events] == [
+        ("apply", {}),  # it rejected a change: its dead letter comes before the offsets
+        ("dead letters", {}),
+        ("offsets", {P0: 2}),
+        ("commit", {P0: 2}),
+    ]
+    assert sink.offsets == {("top", P0): 2}
+
+
+@pytest.mark.parametrize("retention", [60.0, 3_600.0])
+def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
+    retention: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sink stands at 1; the records after it were written ten minutes ago: with a
+    # delete.retention.ms of a minute, tombstones among them may be gone; of an hour, not.
+    group = FakeGroupConsumer([P0])
+    written = time.time() - 600
+    for i in range(3):
+        group.produce(P0, server(str(i), "ACTIVE", i), CODEC, at=written)
+    sink = FakeSink(group.journal, offsets={("top", P0): 1})
+    registry = CollectorRegistry()
+    caplog.set_level(logging.ERROR)
+    loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=retention)
+    with running(loop, until_idle=True):
+        pass
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
+    if retention > 600:
+        assert errors == [] and count is None
+        return
+    assert count == 1
+    (message,) = errors
+    assert "site a: the sink stands at offset 1 of site.a[0]" in message
+    assert "proves only from offset 3 on" in message
+    assert "empty database" in message and "audit --repair" in message
+    # Reported, and read on from where the sink stands all the same.
+    assert len(sink.applied()) == 2
