@@ -225,6 +225,12 @@ class FakeGroupConsumer:
         with self._wake:
             return 0, len(self._logs[(topic, partition)])
 
+    def stable_ends(
+        self, partitions: Collection[Partition], timeout: float = 10.0
+    ) -> dict[Partition, int]:
+        with self._wake:
+            return {tp: len(self._logs[tp]) for tp in partitions}
+
     def partitions_matching(self, pattern: str) -> list[Partition]:
         return [tp for tp in self._logs if re.match(pattern, tp[0])]
 

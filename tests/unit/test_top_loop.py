@@ -162,3 +162,16 @@ def test_dead_letters_are_delivered_before_their_window_is_committed(
     letters = sorted((letter.offset, letter.reason) for letter in dead_letters.delivered())
     assert letters == [(1, "decode"), (2, "rejected"), (3, "wrong site")]
     assert group.journal.commits() == [{P0: 4}]
+
+
+def test_the_windows_of_many_sites_applied_in_one_turn_go_out_in_one_commit() -> None:
+    sites = [(f"site.s{i}", 0) for i in range(5)]
+    group = FakeGroupConsumer(sites)
+    for i, tp in enumerate(sites):
+        group.produce(tp, server(str(i), "ACTIVE", i, site=f"s{i}"), CODEC)
+        group.produce(tp, server(f"{i}b", "ACTIVE", i, site=f"s{i}"), CODEC)
+    with running(top_consumer(group), until_idle=True):
+        pass
+    # One round trip to the group coordinator, not one per site's window.
+    assert group.journal.commits() == [dict.fromkeys(sites, 2)]
+
