@@ -129,6 +129,7 @@ class TopConsumer:
         self._finish_windows()
         self._enforce_cap()
         self._sites.publish()
+        self._offsets.publish_lag(time.monotonic())
         idle = not messages and not self._sites.busy
         if idle:
             self._offsets.commit_past_markers()
