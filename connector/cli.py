@@ -269,7 +269,17 @@ def topics() -> None:
 
 
 @topics.command("ensure")
-@_site_topic_options
+@_options(
+    kafka_options,
+    _prefix_option,
+    click.option(
+        "--site",
+        "sites",
+        required=True,
+        multiple=True,
+        help="Site name; its topic is <prefix>.<site>. Repeat for several (one request for all).",
+    ),
+)
 @click.option("--fix", is_flag=True, help="Set the expected config on an existing topic.")
 @click.option("--partitions", type=int, default=None, help="Partitions of a new topic.")
 @click.option(
@@ -290,15 +300,16 @@ def topics_ensure(
     bootstrap: str | None,
     librdkafka: dict[str, str],
     prefix: str | None,
-    site: str,
+    sites: tuple[str, ...],
     fix: bool,
     partitions: int | None,
     replication_factor: int | None,
     min_insync_replicas: int | None,
 ) -> None:
-    """Create the site topic, or check its config: exit 1 naming every setting that differs.
-    Also creates the site's lease topic (<prefix>-lease.<site>), which its pollers elect through."""
-    from connector.kafka.topics import ensure_lease_topic, ensure_site_topic
+    """Create the site topics, or check their config: exit 1 naming every setting that differs.
+    Also creates each site's lease topic (<prefix>-lease.<site>), which its pollers elect
+    through."""
+    from connector.kafka.topics import ensure_lease_topics, ensure_site_topics
 
     flags = _topic_flags(
         bootstrap,
@@ -309,10 +320,12 @@ def topics_ensure(
         min_insync_replicas=min_insync_replicas,
     )
     kafka = obj.settings(flags).kafka
-    for line in ensure_site_topic(kafka, site, fix=fix).lines():
-        click.echo(line)
-    for line in ensure_lease_topic(kafka, site).lines():
-        click.echo(line)
+    reports = ensure_site_topics(kafka, list(sites), fix=fix) + ensure_lease_topics(
+        kafka, list(sites)
+    )
+    for report in reports:
+        for line in report.lines():
+            click.echo(line)
 
 
 @topics.command("describe")

@@ -40,7 +40,7 @@ from connector.top.offsets import Offsets, ResumePolicy
 from connector.top.pacing import CallPacer
 from connector.top.rate import RateLimiter
 from connector.top.sites import Sites
-from connector.top.window import Applied, Pending, SiteQueue, Taken, fingerprint
+from connector.top.window import Applied, Pending, SiteQueue, Taken, Window, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class TopConsumer:
         self._finish_windows()
         self._enforce_cap()
         self._sites.publish()
+        self._offsets.publish_lag(time.monotonic())
         idle = not messages and not self._sites.busy
         if idle:
             self._offsets.commit_past_markers()
@@ -215,9 +216,13 @@ class TopConsumer:
             self._metrics.skipped.inc(part.skipped)
 
     def _finish_windows(self) -> None:
-        """Store (if the sink has not yet) and commit the offsets of every closed window applied
-        in full, once its dead letters are delivered."""
+        """Store (if the sink has not yet) the offsets of every closed window applied in full,
+        once its dead letters are delivered, and commit them all in one commit (a commit is a
+        round trip to the group coordinator, and one per window held a consumer of 1,000 sites
+        for seconds per turn)."""
         now = time.monotonic()
+        offsets: dict[Partition, int] = {}
+        finished: list[tuple[SiteQueue, Window]] = []
         for q in self._sites:
             closed = q.closed
             if closed is None or closed.remaining or now < q.retry_due:
@@ -228,13 +233,18 @@ class TopConsumer:
                     q.retry_due = now + self._policy.retry_after
                     continue
                 window.dead_letters = []  # delivered: not again if storing must wait
-            offsets = dict(window.next_offsets())
+            next_offsets = dict(window.next_offsets())
             if not closed.offsets_stored:
-                if not self._offsets.store(offsets):
+                if not self._offsets.store(next_offsets):
                     q.retry_due = now + self._policy.retry_after
                     continue
                 closed.offsets_stored = True
-            self._offsets.commit(offsets)
+            offsets.update(next_offsets)
+            finished.append((q, window))
+        if not finished:
+            return
+        self._offsets.commit(offsets)
+        for q, window in finished:
             if window.record_count:
                 self._metrics.records.labels(q.site).inc(window.record_count)
             q.closed = None

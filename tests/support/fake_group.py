@@ -247,6 +247,12 @@ class FakeGroupConsumer:
                 (i for i, at in enumerate(stamps) if at * 1000 >= timestamp_ms), len(stamps)
             )
 
+    def stable_ends(
+        self, partitions: Collection[Partition], timeout: float = 10.0
+    ) -> dict[Partition, int]:
+        with self._wake:
+            return {tp: len(self._logs[tp]) for tp in partitions}
+
     def partitions_matching(self, pattern: str) -> list[Partition]:
         return [tp for tp in self._logs if re.match(pattern, tp[0])]
 

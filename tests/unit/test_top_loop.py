@@ -167,3 +167,36 @@ def test_dead_letters_are_delivered_before_their_window_is_committed() -> None:
     letters = sorted((letter.offset, letter.reason) for letter in dead_letters.delivered())
     assert letters == [(1, "decode"), (2, "rejected"), (3, "wrong site")]
     assert group.journal.commits() == [{P0: 4}]
+
+
+def test_the_windows_of_many_sites_applied_in_one_turn_go_out_in_one_commit() -> None:
+    sites = [(f"site.s{i}", 0) for i in range(5)]
+    group = FakeGroupConsumer(sites)
+    for i, tp in enumerate(sites):
+        group.produce(tp, server(str(i), "ACTIVE", i, site=f"s{i}"), CODEC)
+        group.produce(tp, server(f"{i}b", "ACTIVE", i, site=f"s{i}"), CODEC)
+    with running(top_consumer(group), until_idle=True):
+        pass
+    # One round trip to the group coordinator, not one per site's window.
+    assert group.journal.commits() == [dict.fromkeys(sites, 2)]
+
+
+def test_the_lag_gauge_counts_what_is_read_but_not_committed_while_nothing_commits() -> None:
+    group = FakeGroupConsumer([P0])
+    for i in range(3):
+        group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
+    # The sink refuses every call for now: nothing is committed.
+    sink = FakeSink(group.journal, busy=1_000_000, retry_after=0.05)
+    registry = CollectorRegistry()
+    lag = {"topic": P0[0], "partition": str(P0[1])}
+    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry))):
+        wait_for(
+            lambda: registry.get_sample_value("cascade_consumer_lag_records", lag) == 3,
+            what="a lag of 3 records with no commit",
+        )
+        sink.busy = 0
+        wait_for(
+            lambda: registry.get_sample_value("cascade_consumer_lag_records", lag) == 0,
+            what="no lag once applied and committed",
+        )
+    assert group.journal.commits() == [{P0: 3}]
