@@ -214,22 +214,15 @@ def audit(
     the drift (missing, extra, different: counts and first keys). Exit 0 no drift (after
     --repair: none left), 1 drift, 2 bad settings, 3 the sink or the site could not be read,
     4 Kafka trouble."""
-    from connector.sinks import SinkBackpressureError, SinkError
-    from connector.sinks.sql import SqlSink
+    from connector.sinks import SinkBackpressureError, SinkError, open_sql_sink
     from connector.sinks.sql_audit import site_rows
     from connector.site.snapshot import SiteListingFailed, list_site
     from connector.top import audit as audits
 
     flags = {**_topic_flags(bootstrap, librdkafka, prefix), "sink": {"url": sink_url}}
     settings = obj.settings({**flags, "site": {"name": site}})
-    if settings.sink.url.partition(":")[0].lower() in ("http", "https"):
-        raise ConnectorError("audit reads an SQL sink; an HTTP sink's rows are the service's")
     try:
-        sink = SqlSink(
-            settings.sink.url,
-            on_delete=settings.sink.on_delete,
-            retry_after=settings.sink.retry_after,
-        )
+        sink = open_sql_sink(settings.sink)
         try:
             topic = audits.read_topic(settings, site)
             drift = audits.compare(site, topic, site_rows(sink, site))
@@ -644,6 +637,13 @@ _metrics_port_option = click.option(
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
 @_metrics_port_option
 @click.option(
+    "--audit-interval",
+    type=float,
+    default=None,
+    help="Seconds between periodic audits of the sites this member judges, as drift metrics "
+    "(SQL sink) [default: none].",
+)
+@click.option(
     "--until-idle",
     is_flag=True,
     help="Exit 0 once every assigned partition is applied and committed to its end.",
@@ -664,6 +664,7 @@ def consume(
     max_pending_keys: int | None,
     dead_letter_topic: str | None,
     metrics_port: int | None,
+    audit_interval: float | None,
     until_idle: bool,
 ) -> None:
     """Apply every site topic to the sink, coalesced per site, at a controlled rate."""
@@ -683,6 +684,7 @@ def consume(
                 "max_pending_keys": max_pending_keys,
                 "dead_letter_topic": dead_letter_topic,
                 "metrics_port": metrics_port,
+                "audit_interval_seconds": audit_interval,
             },
         }
     )

@@ -47,8 +47,9 @@ def make_publisher(
     last_sequence: int = 0,
     fingerprints: dict[str, dict[str, int]] | None = None,
     clock: Callable[[], float] = lambda: 0.0,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[Publisher, FakeProducer, Health]:
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
+    metrics = SiteMetrics(registry or CollectorRegistry(), "s1")
     health = Health(["server"], metrics)
     producer = FakeProducer()
     publisher = Publisher(

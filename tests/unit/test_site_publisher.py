@@ -6,14 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
+from connector.records.fingerprint import record_fingerprint
 from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, StatusRecord
 from connector.site.kinds import Observation
-from connector.site.publisher import (
-    observation_fingerprint,
-    record_fingerprint,
-)
+from connector.site.publisher import observation_fingerprint
 from tests.support.site import make_publisher
 
 
@@ -80,6 +79,25 @@ def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
     now[0] = 1.0
     publisher.heartbeat("ok", {})
     assert publisher.sequence == 9_000_000_001, "a clock going back cannot either"
+
+
+def test_metrics_count_per_kind_and_show_the_last_sequence() -> None:
+    registry = CollectorRegistry()
+    publisher, _, _ = make_publisher(last_sequence=7, registry=registry)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"site": "s1", **labels})
+
+    assert sample("cascade_site_sequence") == 7, "the restored sequence, before any record"
+    publisher.observe("server", obs("a"))
+    publisher.observe("server", obs("a"))
+    publisher.observe("volume", obs("v"))
+    publisher.delete("server", "a")
+    assert sample("cascade_site_sequence") == publisher.sequence
+    assert sample("cascade_site_changes_published_total", kind="server") == 1
+    assert sample("cascade_site_unchanged_suppressed_total", kind="server") == 1
+    assert sample("cascade_site_changes_published_total", kind="volume") == 1
+    assert sample("cascade_site_tombstones_total", kind="server") == 1
 
 
 def test_heartbeats_are_never_deduplicated() -> None:
