@@ -4,8 +4,10 @@ its checks and figures (connector/dev/chaos/ has the scenarios; the tests run sm
 Scenarios (all by default; pick with --scenario a,b):
   kill           consumer SIGKILLed 20 times at random points during 100,000 updates (PostgreSQL
                  sink with a regression trigger)
-  broker         a private broker stopped and started 5 times, churn during each outage;
-                 then SIGTERM to the consumer and the poller with the broker down
+  broker         a private broker stopped and started 5 times, churn during each outage
+                 (--outage seconds each, 5 by default), each process logging a distinct
+                 error once per outage plus counts; then SIGTERM to the consumer and the
+                 poller with the broker down
   faults         5 minutes of site faults: 30% 5xx, 10 s latency spikes, tokens revoked each minute
   fuzz-records   100,000 fuzzed record values on a site topic
   fuzz-settings  2,000 fuzzed settings files and environment values (hypothesis)
@@ -20,6 +22,7 @@ rounds in bench/out/chaos-broker.png. Exit 1 if any check failed. `--quick` runs
 
     .venv/bin/pip install -e '.[dev,bench]'
     .venv/bin/python bench/chaos.py [--quick] [--scenario kill,broker]
+    .venv/bin/python bench/chaos.py --scenario broker --outage 60   # issue 26's 60 s outages
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def main() -> None:
         help="Kafka for the scenarios that do not stop it [default: the local broker].",
     )
     parser.add_argument("--resync-interval", type=float, default=None, help="Poller resyncs.")
+    parser.add_argument("--outage", type=float, default=None, help="Seconds of each broker outage.")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.scenario.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
@@ -96,7 +100,7 @@ def main() -> None:
             "broker": lambda d: broker_restarts(
                 d,
                 rounds=2 if q else 5,
-                outage=3.0 if q else 5.0,
+                outage=args.outage or (3.0 if q else 5.0),
                 churn=60 if q else 200,
                 resync_interval=args.resync_interval or 600.0,
                 **live,

@@ -71,6 +71,9 @@ class Counting:
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         self.sink.set_availability(states)
 
+    def interrupt(self) -> None:
+        self.sink.interrupt()
+
     def close(self) -> None:
         self.sink.close()
 
@@ -155,7 +158,8 @@ def collapse(bootstrap: str, url: str, args: argparse.Namespace) -> None:
     sink.close()
     engine = create_engine(url)
     with engine.connect() as conn:
-        state = dict(conn.execute(sa.text("SELECT id, status FROM resource_status")).all())
+        rows = conn.execute(sa.text("SELECT id, status FROM resource_status")).all()
+        state = {row.id: row.status for row in rows}
     engine.dispose()
     expected = {f"vm-{k}": "ERROR" if k < args.changed else "ACTIVE" for k in range(args.keys)}
     print(

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from connector.dev import free_port
 from connector.dev.demo.processes import (
-    DemoError,
     Processes,
     child_env,
     http_json,
@@ -37,7 +36,7 @@ from connector.dev.local_kafka import LocalKafka
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
 from connector.kafka.settings import KafkaSettings
-from connector.kafka.topics import describe_site_topic, ensure_site_topic
+from connector.kafka.topics import ensure_site_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
@@ -183,24 +182,12 @@ def start_sims(
 
 
 def ensure_topics(bootstrap: str, prefix: str, sites: list[str], timeout: float = 60) -> None:
-    """Create the sites' topics and wait until every partition has a leader: a poller that
-    reads a topic created a moment ago can otherwise get "unknown topic or partition"."""
-    kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
-    for site in sites:
-        ensure_site_topic(kafka, site)
-    deadline = time.monotonic() + timeout
-    for site in sites:
-        while not _has_leaders(kafka, site):
-            if time.monotonic() > deadline:
-                raise DemoError(f"the topic of {site} has no leader after {timeout:.0f} s")
-            time.sleep(0.2)
-
-
-def _has_leaders(kafka: KafkaSettings, site: str) -> bool:
-    try:
-        return all(p.leader is not None for p in describe_site_topic(kafka, site).partitions)
-    except KafkaError:
-        return False  # not in the metadata yet
+    """Create the sites' topics in one request; it returns once every partition has a leader
+    (a poller that reads a topic created a moment ago can otherwise get "unknown topic or
+    partition")."""
+    ensure_site_topics(
+        KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix, admin_timeout=timeout), sites
+    )
 
 
 def quiet_port() -> int:

@@ -204,7 +204,7 @@ def push(site: str, sim: str, top: str, stop: threading.Event) -> None:
 
 
 #: (catalog type, path, collection key, incremental filter or None for a full listing, headers)
-PROXY_LISTINGS = (
+PROXY_LISTINGS: tuple[tuple[str, str, str, str | None, dict[str, str]], ...] = (
     ("compute", "/servers/detail?all_tenants=1&limit=50", "servers", "&changes-since={}", {}),
     (
         "block-storage",
@@ -232,11 +232,12 @@ def proxy(site: str, clouds: Path, top: str, stop: threading.Event) -> None:
             started = time.time()
             for service, path, key, incremental, headers in PROXY_LISTINGS:
                 kind = key.removesuffix("s")
-                url: str | None = session.endpoints[service] + path
+                first = session.endpoints[service] + path
                 if incremental and since is not None:
-                    url += incremental.format(
+                    first += incremental.format(
                         datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S")
                     )
+                url: str | None = first
                 listed: set[str] = set()
                 while url:
                     page = session.get(url, headers)
@@ -620,11 +621,12 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.typing import ColorType
 
     first = int(storm_at - top.t0)
     last = int(time.monotonic() - top.t0)
     fig, ax = plt.subplots(figsize=(10, 5))
-    colors: dict[str, str] = {}
+    colors: dict[str, ColorType] = {}
     for name, ledger in top.ledgers.items():
         seconds = list(range(first - 5, last + 1))
         with ledger.lock:

@@ -180,11 +180,13 @@ class Scenario:
                     break
                 time.sleep(SAMPLE_SECONDS)
             for site in quiet:
+
+                def churned(url: str = self.sims[site]) -> bool:
+                    return not http_json(f"{url}/_sim/stats")["background_jobs"]
+
                 wait_until(
                     f"{site}'s churn to end",
-                    lambda url=self.sims[site]: (
-                        not http_json(f"{url}/_sim/stats")["background_jobs"]
-                    ),
+                    churned,
                     churn + 60,
                     self.procs.check_alive,
                 )

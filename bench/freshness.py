@@ -395,7 +395,9 @@ class Result:
     counters: dict[str, float]
 
 
-def run_churn(bench: Bench, interval: float, notifications: bool) -> tuple[float, float, dict]:
+def run_churn(
+    bench: Bench, interval: float, notifications: bool
+) -> tuple[float, float, dict[str, float]]:
     """Start a poller, churn, wait for the rows; returns the measured window and counters."""
     a = bench.args
     bench.start_poller(interval, notifications)
@@ -491,7 +493,7 @@ def main() -> None:
     )
     print("   un-notified: n, p99, max" if args.notifications else "")
     for interval, start, end, counters in results:
-        d = delays(changes, rows, notified, (start, end))  # type: ignore[arg-type]
+        d = delays(changes, rows, notified, (start, end))
         everything = d.all
         report.append(Result(interval, args.notifications, d, len(everything), counters))
         print(

@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from connector.config import load_settings
 from connector.ops.heap import collect_less
 from connector.site.runner import open_site_poller
@@ -158,7 +160,8 @@ def _main() -> None:
             f"{args.ports} ports); Neutron changed_since: {args.neutron_changed_since}; "
             f"{os.cpu_count()} CPUs"
         )
-        poller = open_site_poller(settings)
+        registry = CollectorRegistry()
+        poller = open_site_poller(settings, registry)
         _measured(url, "first resync (publishes all)", lambda: poller.cycle(resync=True))
         poller.flush()
         poller.cycle(resync=False)
@@ -177,7 +180,7 @@ def _main() -> None:
         inc = _measured(url, "incremental cycle", lambda: poller.cycle(resync=False))
         full = _measured(url, "resync (full listing)", lambda: poller.cycle(resync=True))
         poller.flush()
-        published = poller.registry.get_sample_value
+        published = registry.get_sample_value
         total = sum(
             published("cascade_site_changes_published_total", {"site": site, "kind": k}) or 0
             for k in KINDS.split(",")

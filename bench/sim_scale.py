@@ -47,7 +47,7 @@ def _pages(session: requests.Session, url: str, headers: dict[str, str], n: int)
         # Until the last byte arrives; parsing is the client's cost, not the site's.
         times.append((time.perf_counter() - started) * 1000)
         doc = answer.json()
-        links = next((v for k, v in doc.items() if k.endswith("_links")), [])
+        links: list[dict[str, str]] = next((v for k, v in doc.items() if k.endswith("_links")), [])
         url = links[0]["href"] if links else url
     return times
 

@@ -214,22 +214,15 @@ def audit(
     the drift (missing, extra, different: counts and first keys). Exit 0 no drift (after
     --repair: none left), 1 drift, 2 bad settings, 3 the sink or the site could not be read,
     4 Kafka trouble."""
-    from connector.sinks import SinkBackpressureError, SinkError
-    from connector.sinks.sql import SqlSink
+    from connector.sinks import SinkBackpressureError, SinkError, open_sql_sink
     from connector.sinks.sql_audit import site_rows
     from connector.site.snapshot import SiteListingFailed, list_site
     from connector.top import audit as audits
 
     flags = {**_topic_flags(bootstrap, librdkafka, prefix), "sink": {"url": sink_url}}
     settings = obj.settings({**flags, "site": {"name": site}})
-    if settings.sink.url.partition(":")[0].lower() in ("http", "https"):
-        raise ConnectorError("audit reads an SQL sink; an HTTP sink's rows are the service's")
     try:
-        sink = SqlSink(
-            settings.sink.url,
-            on_delete=settings.sink.on_delete,
-            retry_after=settings.sink.retry_after,
-        )
+        sink = open_sql_sink(settings.sink)
         try:
             topic = audits.read_topic(settings, site)
             drift = audits.compare(site, topic, site_rows(sink, site))
@@ -276,7 +269,17 @@ def topics() -> None:
 
 
 @topics.command("ensure")
-@_site_topic_options
+@_options(
+    kafka_options,
+    _prefix_option,
+    click.option(
+        "--site",
+        "sites",
+        required=True,
+        multiple=True,
+        help="Site name; its topic is <prefix>.<site>. Repeat for several (one request for all).",
+    ),
+)
 @click.option("--fix", is_flag=True, help="Set the expected config on an existing topic.")
 @click.option("--partitions", type=int, default=None, help="Partitions of a new topic.")
 @click.option(
@@ -297,15 +300,16 @@ def topics_ensure(
     bootstrap: str | None,
     librdkafka: dict[str, str],
     prefix: str | None,
-    site: str,
+    sites: tuple[str, ...],
     fix: bool,
     partitions: int | None,
     replication_factor: int | None,
     min_insync_replicas: int | None,
 ) -> None:
-    """Create the site topic, or check its config: exit 1 naming every setting that differs.
-    Also creates the site's lease topic (<prefix>-lease.<site>), which its pollers elect through."""
-    from connector.kafka.topics import ensure_lease_topic, ensure_site_topic
+    """Create the site topics, or check their config: exit 1 naming every setting that differs.
+    Also creates each site's lease topic (<prefix>-lease.<site>), which its pollers elect
+    through."""
+    from connector.kafka.topics import ensure_lease_topics, ensure_site_topics
 
     flags = _topic_flags(
         bootstrap,
@@ -316,10 +320,12 @@ def topics_ensure(
         min_insync_replicas=min_insync_replicas,
     )
     kafka = obj.settings(flags).kafka
-    for line in ensure_site_topic(kafka, site, fix=fix).lines():
-        click.echo(line)
-    for line in ensure_lease_topic(kafka, site).lines():
-        click.echo(line)
+    reports = ensure_site_topics(kafka, list(sites), fix=fix) + ensure_lease_topics(
+        kafka, list(sites)
+    )
+    for report in reports:
+        for line in report.lines():
+            click.echo(line)
 
 
 @topics.command("describe")
@@ -644,6 +650,13 @@ _metrics_port_option = click.option(
 @click.option("--dead-letter-topic", default=None, help="[default cascade.deadletter]")
 @_metrics_port_option
 @click.option(
+    "--audit-interval",
+    type=float,
+    default=None,
+    help="Seconds between periodic audits of the sites this member judges, as drift metrics "
+    "(SQL sink) [default: none].",
+)
+@click.option(
     "--until-idle",
     is_flag=True,
     help="Exit 0 once every assigned partition is applied and committed to its end.",
@@ -664,6 +677,7 @@ def consume(
     max_pending_keys: int | None,
     dead_letter_topic: str | None,
     metrics_port: int | None,
+    audit_interval: float | None,
     until_idle: bool,
 ) -> None:
     """Apply every site topic to the sink, coalesced per site, at a controlled rate."""
@@ -683,6 +697,7 @@ def consume(
                 "max_pending_keys": max_pending_keys,
                 "dead_letter_topic": dead_letter_topic,
                 "metrics_port": metrics_port,
+                "audit_interval_seconds": audit_interval,
             },
         }
     )

@@ -4,8 +4,11 @@
 their own outside the repository; this module starts them on free loopback ports with SQLite
 databases in a temporary directory, each served by gunicorn as a process group of its own and
 stopped by its pid. Keystone issues fernet tokens and is bootstrapped by `keystone-manage
-bootstrap`; its catalog has `identity`, `block-storage` and `volumev3` in one region (public,
-internal and admin interfaces, as DevStack makes them). cinder-api checks tokens with
+bootstrap`; its catalog has `identity`, `block-storage` and `volumev3` in REGION (public,
+internal and admin interfaces, as DevStack makes them), and `block-storage` and `volumev3` in a
+second region, OTHER_REGION, where only the internal endpoints reach cinder-api (the public and
+admin ones are Keystone's URL, which answers 404 to a volume listing): a test tells from the
+outcome which region and interface a client chose. cinder-api checks tokens with
 keystonemiddleware against that Keystone; there is no bus (oslo.messaging's in-memory `fake://`
 transport) and no scheduler or volume service, so created volumes stay `creating` until an
 admin action (`os-reset_status`) changes them.
@@ -33,6 +36,8 @@ from connector.dev.local_service import LocalService, log_tail, spawn_group, sto
 from connector.errors import ConnectorError
 
 REGION = "RegionOne"
+#: The second region of the catalog: cinder-api at its internal interface alone.
+OTHER_REGION = "RegionTwo"
 #: The admin's and the service user's password (a throwaway Keystone on loopback).
 PASSWORD = "cascade-test-secret"
 #: Seconds keystonemiddleware trusts a validated token without asking Keystone again: short,
@@ -84,8 +89,8 @@ class Endpoints:
 
 class LocalOpenStack(LocalService):
     """Keystone and cinder-api. `start()` returns Keystone's auth URL; `remove()` ends both
-    processes (by pid) and deletes their files. `restart_keystone()` stops and starts Keystone
-    alone (same port, same database and keys: tokens issued before stay valid)."""
+    processes (by pid) and deletes their files. `stop_keystone()` and `start_keystone()` restart
+    Keystone alone (same port, same database and keys: tokens issued before stay valid)."""
 
     def __init__(self, bin_dir: Path | None = None) -> None:
         self._bin_dir = bin_dir
@@ -141,13 +146,6 @@ class LocalOpenStack(LocalService):
             self.remove()
             raise
         return self.endpoints.auth_url
-
-    def restart_keystone(self, timeout: float = 60.0) -> None:
-        """Stop Keystone and start it again on the same port with the same state."""
-        assert self._keystone is not None, "Keystone is not running"
-        stop_group(self._keystone, 10.0)
-        self._keystone = None
-        self._start_keystone(timeout)
 
     def stop_keystone(self) -> None:
         """Stop Keystone alone (cinder-api goes on, refusing tokens it cannot validate)."""
@@ -223,7 +221,8 @@ class LocalOpenStack(LocalService):
 
     def _register_cinder(self) -> None:
         """The cinder service user (admin in `service`, as keystonemiddleware needs) and the
-        block-storage/volumev3 services with their endpoints, through Keystone's API."""
+        block-storage/volumev3 services with their endpoints in both regions, through Keystone's
+        API."""
         import openstack
 
         conn = openstack.connect(
@@ -242,13 +241,23 @@ class LocalOpenStack(LocalService):
             user = identity.create_user(name="cinder", password=PASSWORD, domain_id="default")
             admin = identity.find_role("admin")
             identity.assign_project_role_to_user(service_project, user, admin)
+            identity.create_region(id=OTHER_REGION)
             url = f"{self.endpoints.cinder_url}/v3/$(project_id)s"
+            not_cinder = f"{self.endpoints.auth_url}/$(project_id)s"
+            urls = {
+                REGION: {"public": url, "internal": url, "admin": url},
+                OTHER_REGION: {"public": not_cinder, "internal": url, "admin": not_cinder},
+            }
             for kind in ("block-storage", "volumev3"):
                 service = identity.create_service(name=f"cinder-{kind}", type=kind)
-                for interface in ("public", "internal", "admin"):
-                    identity.create_endpoint(
-                        service_id=service.id, interface=interface, url=url, region_id=REGION
-                    )
+                for region, by_interface in urls.items():
+                    for interface, endpoint in by_interface.items():
+                        identity.create_endpoint(
+                            service_id=service.id,
+                            interface=interface,
+                            url=endpoint,
+                            region_id=region,
+                        )
         finally:
             conn.close()
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import confluent_kafka
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
@@ -278,6 +278,27 @@ class Consumer:
         if offset >= 0:
             return offset
         return self.watermarks(topic, partition, timeout=timeout)[1]
+
+    def stable_ends(
+        self, partitions: Collection[Partition], timeout: float = 10.0
+    ) -> dict[Partition, int]:
+        """The end of each of `partitions` as a reader of committed records sees it (the last
+        stable offset), asked of the brokers in one request each for all of them; a partition
+        the broker gave no answer for is left out."""
+        if not partitions:
+            return {}
+        found = _call(
+            "read the ends of partitions",
+            self._consumer.offsets_for_times,
+            # Timestamp OFFSET_END (-1) asks for the end; the answer follows isolation.level.
+            [TopicPartition(t, p, OFFSET_END) for t, p in partitions],
+            timeout=timeout,
+        )
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in found
+            if tp.error is None and tp.offset >= 0
+        }
 
     def partitions_matching(self, pattern: str) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""

@@ -32,6 +32,11 @@ def site_name_problem(site: str) -> str | None:
     return None
 
 
+def fits_in_long(value: int) -> bool:
+    """Whether `value` is an Avro long (64 bits, signed)."""
+    return _LONG_MIN <= value <= _LONG_MAX
+
+
 def resolve_kind_names(names: Iterable[str]) -> list[str]:
     """Kind names from KIND_NAMES, in the order given; plural forms ("servers") are accepted.
     ValueError naming the unknown one."""
@@ -72,7 +77,7 @@ def record_problem(record: StatusRecord, from_avro: bool = False) -> str | None:
             return f"{name} {when!r} must be a timezone-aware datetime"
     if from_avro:
         return None
-    if record.revision is not None and not _LONG_MIN <= record.revision <= _LONG_MAX:
+    if record.revision is not None and not fits_in_long(record.revision):
         return f"revision {record.revision} does not fit in 64 bits"
     for key, value in record.details.items():
         problem = _detail_problem(key, value)
@@ -90,7 +95,7 @@ def _detail_problem(key: object, value: object) -> str | None:
     if value is None or isinstance(value, bool | float | str):
         return None
     if isinstance(value, int):
-        if _LONG_MIN <= value <= _LONG_MAX:
+        if fits_in_long(value):
             return None
         return f"details[{key!r}] = {value} does not fit in 64 bits"
     if isinstance(value, list) and all(isinstance(item, str) for item in value):

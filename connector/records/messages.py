@@ -48,11 +48,12 @@ class KafkaMessage:
     headers: list[tuple[str, bytes]]
 
 
-def to_message(change: Change, codec: Codec) -> KafkaMessage:
-    """The Kafka message for `change`: an encoded record, or a tombstone with its sequence."""
+def to_message(change: Change, codec: Codec, checked: bool = False) -> KafkaMessage:
+    """The Kafka message for `change`: an encoded record, or a tombstone with its sequence.
+    `checked`: see `Codec.encode`."""
     key = change.key.encode("utf-8")
     if isinstance(change, StatusRecord):
-        return KafkaMessage(key, codec.encode(change), [])
+        return KafkaMessage(key, codec.encode(change, checked), [])
     headers = [] if change.sequence is None else [sequence_header(change.sequence)]
     return KafkaMessage(key, None, headers)
 

@@ -5,13 +5,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from connector.config import SinkSettings
 from connector.errors import ConfigError
 from connector.sinks.base import ApplyResult, Sink, SinkBackpressureError, SinkError
 
-__all__ = ["ApplyResult", "Sink", "SinkBackpressureError", "SinkError", "open_sink"]
+if TYPE_CHECKING:
+    from connector.sinks.sql import SqlSink
+
+__all__ = [
+    "ApplyResult",
+    "Sink",
+    "SinkBackpressureError",
+    "SinkError",
+    "open_sink",
+    "open_sql_sink",
+]
 
 
 def open_sink(settings: SinkSettings | str) -> Sink:
@@ -38,6 +50,16 @@ def open_sink(settings: SinkSettings | str) -> Sink:
             retries=settings.retries,
             retry_after=settings.retry_after,
             apply_timeout=settings.apply_timeout,
+        )
+    return open_sql_sink(settings)
+
+
+def open_sql_sink(settings: SinkSettings) -> SqlSink:
+    """The SqlSink for `settings.url`, for what reads the top layer's rows (the audit); a
+    ConfigError for an HTTP sink, whose rows are the service's."""
+    if settings.url.partition(":")[0].lower() in ("http", "https"):
+        raise ConfigError(
+            "sink.url: the audit reads an SQL sink; an HTTP sink's rows are the service's"
         )
     from connector.sinks.sql import SqlSink
 

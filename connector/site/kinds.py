@@ -15,6 +15,7 @@ SDK-typed or raw gets past it. Query keys are wire names, sent as written.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from typing import Any
 import openstack.exceptions
 
 from connector.errors import ConfigError
-from connector.records.checks import resolve_kind_names
+from connector.records.checks import fits_in_long, resolve_kind_names
 from connector.records.model import DetailValue
 from connector.site.listing import QueryValue, pages, prefetched
 
@@ -210,15 +211,18 @@ class Kind:
             revision = None if wire.revision is None else _int_or_none(raw.get(wire.revision))
         except (ValueError, TypeError, OverflowError) as exc:
             raise Unreadable(self.name, object_id, f"{wire.revision}: {exc}") from exc
+        details: dict[str, DetailValue] = {}
+        for name, how in self.details.items():
+            try:
+                details[name] = _detail(raw.get(how) if isinstance(how, str) else how(raw))
+            except ValueError as exc:
+                raise Unreadable(self.name, object_id, f"detail {name}: {exc}") from exc
         return Observation(
             id=object_id,
             status=status,
             name=_str_or_none(raw.get(wire.name)),
             project_id=_str_or_none(raw.get(wire.project_id)),
-            details={
-                name: (_detail(raw.get(how)) if isinstance(how, str) else how(raw))
-                for name, how in self.details.items()
-            },
+            details=details,
             source_updated_at=updated,
             revision=revision,
             deleted=status in self.deleted_statuses,
@@ -513,15 +517,28 @@ def _str_or_none(value: Any) -> str | None:
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool | dict | list):
         raise TypeError(f"not a number: {value!r}")
-    return None if value is None else int(value)
+    return None if value is None else _long(int(value))
 
 
 def _detail(value: Any) -> DetailValue:
-    if value is None or isinstance(value, bool | int | float | str):
+    """A detail value of the record's types, an int within 64 bits: the publisher's records are
+    encoded without checking their details again (`Codec.encode`, `checked`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _long(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        # Avro carries it, but no JSON sink can: the top layer would refuse the record.
+        raise ValueError(f"{value} is not a finite number")
+    if value is None or isinstance(value, bool | float | str):
         return value
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return str(value)
+
+
+def _long(value: int) -> int:
+    if not fits_in_long(value):
+        raise ValueError(f"{value} does not fit in 64 bits")
+    return value
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -1,9 +1,9 @@
 """Publishing a site's changes: fingerprints per key, the site sequence, tombstones, heartbeats.
 
-The publisher keeps one compact fingerprint per object (8 bytes of BLAKE2b over the status
-fields) and publishes an observation only when its fingerprint changed. Every record and
-tombstone gets the next per-site sequence number. A delivery error marks the key dirty, so the
-next poll that sees the object sends it again: an error is counted and surfaced, never lost.
+The publisher keeps one content fingerprint per object (`connector.records.fingerprint`) and
+publishes an observation only when it changed. Every record and tombstone gets the next per-site
+sequence number. A delivery error marks the key dirty, so the next poll that sees the object
+sends it again: an error is counted and surfaced, never lost.
 
 Sequence numbers are `max(last + 1, now in microseconds)`: they grow across restarts because the
 last one is restored from the topic, and they keep growing even when the topic was emptied or
@@ -17,19 +17,19 @@ the producer refuses it) raises `Unreadable`: the poller skips that object, noth
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from connector.kafka import ClientError
 from connector.kafka.client import RepeatedErrors
 from connector.kafka.producer import DeliveryCallback, MessageRefused
 from connector.records.codec import Codec
+from connector.records.fingerprint import content_fingerprint
 from connector.records.messages import KafkaMessage, to_message
 from connector.records.model import (
     HEARTBEAT_KIND,
@@ -52,29 +52,17 @@ DIRTY = -1
 DELETING = -2
 
 
-def fingerprint(
-    status: str | None,
-    name: str | None,
-    project_id: str | None,
-    details: Mapping[str, DetailValue],
-) -> int:
-    """8 bytes of BLAKE2b over the status fields, as an unsigned int.
-
-    The service's revision and updated time are left out on purpose: they move on edits that do
-    not change status (a description, metadata), and those are not worth a record.
-    """
-    canonical = json.dumps(
-        [status, name, project_id, details], sort_keys=True, separators=(",", ":"), default=str
-    )
-    return int.from_bytes(hashlib.blake2b(canonical.encode(), digest_size=8).digest(), "big")
-
-
-def record_fingerprint(record: StatusRecord) -> int:
-    return fingerprint(record.status, record.name, record.project_id, record.details)
-
-
 def observation_fingerprint(obs: Observation) -> int:
-    return fingerprint(obs.status, obs.name, obs.project_id, obs.details)
+    return content_fingerprint(obs.status, obs.name, obs.project_id, obs.details)
+
+
+class _KindCounters:
+    """One kind's children of the publisher's counters."""
+
+    def __init__(self, metrics: SiteMetrics, site: str, kind: str) -> None:
+        self.published = metrics.published.labels(site, kind)
+        self.unchanged = metrics.unchanged.labels(site, kind)
+        self.tombstones = metrics.tombstones.labels(site, kind)
 
 
 class Outlet(Protocol):
@@ -110,12 +98,16 @@ class Publisher:
         self._producer = producer
         self._codec = codec
         self._metrics = metrics
+        #: the metrics' children, looked up once (per kind: on first use), not per record
+        self._counted: dict[str, _KindCounters] = {}
         self._health = health
         self._clock = clock
         # Re-entrant: librdkafka runs delivery callbacks inside produce(), under this lock.
         self._lock = threading.RLock()
         self._fingerprints = {kind: dict(fps) for kind, fps in fingerprints.items()}
         self._sequence = last_sequence
+        # Read when scraped rather than set per record.
+        metrics.sequence.labels(site).set_function(lambda: self._sequence)
 
     @property
     def sequence(self) -> int:
@@ -146,7 +138,7 @@ class Publisher:
         with self._lock:
             fps = self._fingerprints.setdefault(kind, {})
             if fps.get(obs.id) == fp:
-                self._metrics.unchanged.labels(self.site, kind).inc()
+                self._counters(kind).unchanged.inc()
                 return False
             record = StatusRecord(
                 site=self.site,
@@ -162,15 +154,17 @@ class Publisher:
                 revision=obs.revision,
             )
             try:
-                message = to_message(record, self._codec)
+                # Checked already: the site name at start (the election), the sequence and times
+                # are ours, and the kinds table's conversion keeps the id, the details and the
+                # revision to the record's types and ranges (`Kind.observe`). What can still fail
+                # (a key with a lone surrogate) is about this object only.
+                message = to_message(record, self._codec, checked=True)
             except Exception as exc:
-                # Any failure to encode one observation (EncodeError for the record rules, a
-                # UnicodeError for a key with a lone surrogate) is about that object only.
                 raise Unreadable(kind, obs.id, f"cannot encode: {exc}") from exc
             previous = fps.get(obs.id)
             fps[obs.id] = fp
             try:
-                self._send(message, self._on_delivery(kind, obs.id, fp))
+                self._send(message, partial(self._delivered, kind, obs.id, fp))
             except MessageRefused as exc:
                 # Never queued: the topic holds what it held before.
                 if previous is None:
@@ -178,7 +172,7 @@ class Publisher:
                 else:
                     fps[obs.id] = previous
                 raise Unreadable(kind, obs.id, f"refused by the producer: {exc}") from exc
-        self._metrics.published.labels(self.site, kind).inc()
+        self._counters(kind).published.inc()
         return True
 
     def delete(self, kind: str, object_id: str) -> bool:
@@ -189,10 +183,9 @@ class Publisher:
                 return False
             fps[object_id] = DELETING
             deletion = Deletion(self.site, kind, object_id, self._next_sequence())
-            self._send(
-                to_message(deletion, self._codec), self._on_delivery(kind, object_id, DELETING)
-            )
-        self._metrics.tombstones.labels(self.site, kind).inc()
+            on_delivery = partial(self._delivered, kind, object_id, DELETING)
+            self._send(to_message(deletion, self._codec), on_delivery)
+        self._counters(kind).tombstones.inc()
         return True
 
     def heartbeat(self, status: str, details: Mapping[str, DetailValue]) -> None:
@@ -220,13 +213,18 @@ class Publisher:
         headers = dict(message.headers) if message.headers else None
         self._producer.produce(self.topic, message.key, message.value, on_delivery, headers)
 
+    def _counters(self, kind: str) -> _KindCounters:
+        counters = self._counted.get(kind)
+        if counters is None:
+            counters = self._counted[kind] = _KindCounters(self._metrics, self.site, kind)
+        return counters
+
     def _next_sequence(self) -> int:
         now = int(self._clock() * 1_000_000)
         following = max(self._sequence + 1, now)
         if following > SEQUENCE_MAX:
             following = self._new_epoch(now)
         self._sequence = following
-        self._metrics.sequence.labels(self.site).set(self._sequence)
         return self._sequence
 
     def _new_epoch(self, now: int) -> int:
@@ -245,25 +243,30 @@ class Publisher:
         self._health.new_epoch(f"sequence {self._sequence} could not grow; new epoch at {now}")
         return now
 
-    def _on_delivery(
-        self, kind: str, object_id: str, sent: int
-    ) -> Callable[[str, ClientError | None, int, int], None]:
-        def delivered(key: str, err: ClientError | None, _p: int, _o: int) -> None:
-            with self._lock:
-                fps = self._fingerprints.get(kind, {})
-                # When a newer message for the key is in flight, its own report decides.
-                if fps.get(object_id) == sent:
-                    if err is not None:
-                        fps[object_id] = DIRTY
-                    elif sent == DELETING:
-                        del fps[object_id]
-            if err is not None:
-                _DELIVERY_ERRORS.report(
-                    logging.ERROR, str(err), f"delivery failed, will resend ({key} first): "
-                )
-                self._health.delivery_failed(f"{key}: {err}")
-
-        return delivered
+    def _delivered(
+        self,
+        kind: str,
+        object_id: str,
+        sent: int,
+        key: str,
+        err: ClientError | None,
+        _partition: int,
+        _offset: int,
+    ) -> None:
+        """The delivery report of what was `sent` for an object (its fingerprint, or DELETING)."""
+        with self._lock:
+            fps = self._fingerprints.get(kind, {})
+            # When a newer message for the key is in flight, its own report decides.
+            if fps.get(object_id) == sent:
+                if err is not None:
+                    fps[object_id] = DIRTY
+                elif sent == DELETING:
+                    del fps[object_id]
+        if err is not None:
+            _DELIVERY_ERRORS.report(
+                logging.ERROR, str(err), f"delivery failed, will resend ({key} first): "
+            )
+            self._health.delivery_failed(f"{key}: {err}")
 
     def _on_heartbeat_delivery(self, key: str, err: ClientError | None, _p: int, _o: int) -> None:
         if err is not None:

@@ -23,9 +23,9 @@ from connector.kafka import Message
 from connector.kafka.reader import TopicReader
 from connector.records.codec import Codec
 from connector.records.errors import DecodeError
+from connector.records.fingerprint import record_fingerprint
 from connector.records.messages import change_from_message
 from connector.records.model import Deletion
-from connector.site.publisher import record_fingerprint
 
 log = logging.getLogger(__name__)
 

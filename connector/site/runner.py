@@ -302,11 +302,12 @@ def _check_cloud(site: SiteSettings) -> None:
 
 
 def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: SiteClock) -> Any:
-    """The service proxy of a fresh connection for `kind`, its requests counted and the site's
-    clock read from their Date headers. Making it asks Keystone for the catalog: a site fault
-    when Keystone is down, raised in the kind's poll; a ConfigError when the catalog has no
-    endpoint for the entry's region and interface, or none of a version the entry asks for
-    (keystoneauth says "Programming error choosing an endpoint", a ValueError)."""
+    """The service proxy of a fresh connection for `kind`, its requests counted, the site's
+    clock read from their Date headers, and a token the site refuses logged. Making it asks
+    Keystone for the catalog: a site fault when Keystone is down, raised in the kind's poll; a
+    ConfigError when the catalog has no endpoint for the entry's region and interface, or none
+    of a version the entry asks for (keystoneauth says "Programming error choosing an
+    endpoint", a ValueError)."""
     cloud = site.cloud or site.name
     try:
         conn = openstack.connect(cloud=cloud, api_timeout=site.api_timeout)
@@ -324,6 +325,17 @@ def _proxy(site: SiteSettings, kind: Kind, metrics: SiteMetrics, site_clock: Sit
         )
         requests.inc()
         received.inc(len(response.content))
+        if response.status_code == 401 and "X-Auth-Token" in response.request.headers:
+            # keystoneauth answers a refused token by authenticating again and retrying the
+            # request once (its Session.request); a failure after that fails the poll.
+            log.warning(
+                "%s: the site refused the poller's token (401 from %s %s: revoked or expired); "
+                "authenticating again with clouds.yaml entry %r",
+                kind.name,
+                response.request.method,
+                response.url,
+                cloud,
+            )
 
     conn.session.session.hooks["response"].append(count)
     try:

@@ -100,6 +100,10 @@ class Availability:
         self._unwritten: dict[str, SiteAvailability] = {}
         self._last_tick: float | None = None
 
+    def sites(self) -> list[str]:
+        """The sites this member judges (it reads their heartbeats); safe from another thread."""
+        return list(self._sites)
+
     def state(self, site: str) -> str | None:
         known = self._sites.get(site)
         return None if known is None else known.state

@@ -21,13 +21,14 @@ from connector.ops.heap import collect_less
 from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.messages import change_from_message
-from connector.sinks import Sink, open_sink
+from connector.sinks import Sink, open_sink, open_sql_sink
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.closing import WindowPolicy
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetterQueue
 from connector.top.loop import Decoder, TopConsumer
 from connector.top.offsets import ResumePolicy
+from connector.top.periodic_audit import AuditMetrics, PeriodicAudit
 from connector.top.rate import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,15 @@ STUCK_SECONDS = 300.0
 
 
 def build_consumer(
-    settings: Settings, sink: Sink, registry: CollectorRegistry, decode: Decoder | None = None
+    settings: Settings,
+    sink: Sink,
+    registry: CollectorRegistry,
+    decode: Decoder | None = None,
+    availability: Availability | None = None,
 ) -> TopConsumer:
     """A TopConsumer for `settings` applying to `sink`; ensures the dead-letter topic. `decode`
-    replaces the codec's (tests put a registry outage in front of it)."""
+    replaces the codec's (tests put a registry outage in front of it); `availability` is
+    the judge of the sites (`site_availability`), when something else asks it too."""
     kafka, options = settings.kafka, settings.consumer
     pattern = site_topic_pattern(kafka.topic_prefix)
     if re.match(pattern, options.dead_letter_topic):
@@ -71,11 +77,17 @@ def build_consumer(
             site_weights=options.site_weights,
         ),
         metrics=metrics,
-        availability=Availability(
-            AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
-            AvailabilityMetrics(registry),
-        ),
+        availability=availability or site_availability(settings, registry),
         resume=ResumePolicy(options.group, kafka.topic_prefix, kafka.delete_retention_ms / 1000.0),
+    )
+
+
+def site_availability(settings: Settings, registry: CollectorRegistry) -> Availability:
+    """The judge of the sites' availability the consumer's settings ask for."""
+    options = settings.consumer
+    return Availability(
+        AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
+        AvailabilityMetrics(registry),
     )
 
 
@@ -86,7 +98,18 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
         cleanup.enter_context(collect_less())
         sink = open_sink(settings.sink)
         cleanup.callback(sink.close)
-        loop = build_consumer(settings, sink, registry)
+        availability = site_availability(settings, registry)
+        loop = build_consumer(settings, sink, registry, availability=availability)
+        interval = settings.consumer.audit_interval_seconds
+        if interval is not None:
+            audit_sink = open_sql_sink(settings.sink)
+            cleanup.callback(audit_sink.close)
+            audits = PeriodicAudit(
+                settings, availability.sites, AuditMetrics(registry), interval, audit_sink
+            )
+            cleanup.callback(audits.stop)
+            audits.start()
+            log.info("auditing the sites this member judges every %g s", interval)
         if settings.consumer.metrics_port is not None:
 
             def polled_within(seconds: float) -> HealthCheck:

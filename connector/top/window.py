@@ -6,7 +6,7 @@ highest site sequence wins, tombstones included) and the window closed before it
 of the closed window goes out as the latest change of its key read so far: if the filling window
 holds a later one, that one is applied in its place and leaves the filling window (late binding),
 so a key is written once per turn, in its newest state, however long its turn took to come. The
-`Applied` index remembers, per partition and key, a fingerprint of the content last applied, so a
+`Applied` index remembers, per partition and key, the content fingerprint last applied, so a
 change that would write what the top layer already holds is skipped.
 """
 
@@ -16,20 +16,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from connector.kafka.group_consumer import Partition
-from connector.records.model import HEARTBEAT_KIND, Change, Deletion, DetailValue, StatusRecord
+from connector.records.fingerprint import change_fingerprint
+from connector.records.model import HEARTBEAT_KIND, Change, Deletion, StatusRecord
 from connector.top.dead_letters import DeadLetter
 
-
-def fingerprint(change: Change) -> int:
-    """What the top layer shows of `change`: status, name, project, details and whether it is
-    deleted; not the sequence or the times, which change on every poll."""
-    if isinstance(change, Deletion):
-        return hash((change.kind, True))
-    return hash((change.status, change.name, change.project_id, _frozen(change.details), False))
-
-
-def _frozen(details: Mapping[str, DetailValue]) -> tuple[tuple[str, object], ...]:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in details.items()))
+#: What the top layer shows of a change (`Pending.fingerprint`, what `Applied` holds).
+fingerprint = change_fingerprint
 
 
 def _is_heartbeat(change: Change) -> bool:

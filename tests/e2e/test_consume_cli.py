@@ -125,7 +125,8 @@ def test_sigkill_and_restart_converge_without_regressions(
     assert second.returncode == 0, second.stderr[-3000:]
 
     with engine.connect() as conn:
-        state = dict(conn.execute(sa.text("SELECT id, sequence FROM resource_status")).all())
+        applied = conn.execute(sa.text("SELECT id, sequence FROM resource_status")).all()
+        state = {row.id: row.sequence for row in applied}
         regressions = conn.execute(sa.text("SELECT * FROM regressions")).all()
     assert regressions == []
     assert state == {f"vm-{k}": total - keys + k + 1 for k in range(keys)}

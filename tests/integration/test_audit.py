@@ -6,6 +6,8 @@ thread until every row is applied, then the audit as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -16,12 +18,15 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import load_settings
+from connector.dev import free_port
+from connector.dev.demo.observe import metric_total
+from connector.dev.demo.processes import http_text
 from connector.dev.sim import RunningSim
 from connector.sinks import open_sink
 from connector.sinks.sql import sqlalchemy_url
 from connector.top.service import build_consumer
 from tests.support import wait_for
-from tests.support.cli import run
+from tests.support.cli import CLI, run
 from tests.support.sim import control
 
 KINDS = "server,volume"
@@ -36,6 +41,7 @@ class Published:
     engine: sa.Engine
     args: list[str]
     env: dict[str, str]
+    group: str
 
     def audit(self, *more: str) -> subprocess.CompletedProcess[str]:
         return run("audit", *self.args, *more, env=self.env)
@@ -90,7 +96,8 @@ def published(
     thread = threading.Thread(target=consume, name="top-consumer")
     thread.start()
     engine = sa.create_engine(sqlalchemy_url(postgres_database))
-    site = Published(sim, engine, ["--bootstrap", kafka_bootstrap, "--site", sim.cloud], env)
+    args = ["--bootstrap", kafka_bootstrap, "--site", sim.cloud]
+    site = Published(sim, engine, args, env, f"{prefix}.top")
     try:
         wait_for(
             lambda: len(site.ids("server")) + len(site.ids("volume")) == 2 * OBJECTS,
@@ -160,3 +167,46 @@ def test_against_site_finds_what_the_sites_apis_changed_since_the_topic(
     top, against = moved.stdout.split("topic vs site APIs")
     assert "no drift" in top  # the top still equals the topic: the poller has not run
     assert "drift found" in against
+
+
+def test_the_consumers_periodic_audit_exports_drift_that_stays_and_clears_after_repair(
+    published: Published,
+) -> None:
+    """`consume --audit-interval`: a row changed behind the connector's back shows in
+    `cascade_audit_drift_keys` (after two audits agree), the clean kinds read 0, and `audit
+    --repair` brings it back to 0, while the consumer goes on."""
+    site = published.sim.cloud
+    changed = published.ids("server")[0]
+    published.execute(
+        "UPDATE resource_status SET status = 'BROKEN' WHERE site = :s AND id = :i", i=changed
+    )
+    port = free_port()
+    bootstrap = published.args[1]
+    command = [*CLI, "consume", "--bootstrap", bootstrap, "--metrics-port", str(port)]
+    # A new group reads the topic from its start, so it reads the site's heartbeat and judges it.
+    command += ["--group", f"{published.group}.audited", "--audit-interval", "1"]
+    env = {**os.environ, **published.env}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def drift(kind: str) -> float | None:
+        try:
+            text = http_text(url)
+        except OSError:
+            return None
+        if "cascade_audit_drift_keys{" not in text:
+            return None
+        return metric_total(text, "cascade_audit_drift_keys", site=site, drift=kind)
+
+    try:
+        wait_for(lambda: drift("different") == 1, timeout=60, what="the changed row as drift")
+        assert drift("missing") == 0 and drift("extra") == 0
+        repaired = published.audit("--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        wait_for(lambda: drift("different") == 0, timeout=30, what="no drift after the repair")
+        assert proc.poll() is None, "the consumer goes on"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]

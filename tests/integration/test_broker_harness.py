@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewTopic
 
 
 def test_compacted_topic_round_trip(
@@ -32,11 +34,13 @@ def test_compacted_topic_round_trip(
     delivered: list[tuple[str, int, int]] = []
     errors: list[KafkaException] = []
 
-    def on_delivery(err: object, msg: object) -> None:
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             errors.append(KafkaException(err))
         else:
-            delivered.append((msg.key().decode(), msg.partition(), msg.offset()))  # type: ignore[attr-defined]
+            key, partition, offset = msg.key(), msg.partition(), msg.offset()
+            assert key is not None and partition is not None and offset is not None
+            delivered.append((key.decode(), partition, offset))
 
     for i in range(10):
         producer.produce(
@@ -64,8 +68,10 @@ def test_compacted_topic_round_trip(
             msg = consumer.poll(10)
             assert msg is not None, f"timed out; saw {len(seen)} keys"
             assert msg.error() is None, msg.error()
-            seen[msg.key().decode()] = msg.value()
-            last[msg.partition()] = msg.offset()
+            key, partition, offset = msg.key(), msg.partition(), msg.offset()
+            assert key is not None and partition is not None and offset is not None
+            seen[key.decode()] = msg.value()
+            last[partition] = offset
         committed_to = [TopicPartition(topic, p, o + 1) for p, o in last.items()]
         result = consumer.commit(offsets=committed_to, asynchronous=False)
         assert all(tp.error is None for tp in result)
@@ -77,7 +83,7 @@ def test_compacted_topic_round_trip(
     assert {k: v for k, v in seen.items() if v is not None} == {
         f"site/server/{i}": f"v{i}".encode() for i in range(10) if i != 3
     }
-    expected = {}
+    expected: dict[int, int] = {}
     for _key, partition, offset in delivered:
         expected[partition] = max(expected.get(partition, -1), offset + 1)
     assert {tp.partition: tp.offset for tp in committed} == expected

@@ -15,12 +15,12 @@ def test_fuzzed_records_are_dead_lettered_and_the_consumer_goes_on(
     sink = f"sqlite:///{tmp_path / 'top.sqlite'}"
     outcome = fuzz_records(kafka_bootstrap, sink, tmp_path, count=3000)
     assert outcome.ok, "\n".join(outcome.lines())
-    assert outcome.figures["unreadable"] > 2500
+    assert int(outcome.figures["unreadable"]) > 2500
     assert outcome.figures["dead letters (decode)"] == outcome.figures["unreadable"]
 
 
 def test_fuzzed_settings_exit_2_naming_the_setting() -> None:
     outcome = fuzz_settings(examples=300, processes=2)
     assert outcome.ok, "\n".join(outcome.lines())
-    assert outcome.figures["exit 2"] > 100
+    assert int(outcome.figures["exit 2"]) > 100
     assert outcome.figures["process"] == 2

@@ -129,7 +129,7 @@ def test_a_producer_found_fenced_by_a_later_send_says_fenced_not_a_bare_fatal_er
     new = transactional(kafka, topic, "new", failures)
     new.flush()
     # No poll on the old one: each send only queues, until a send finds the producer unusable.
-    wait_for(lambda: send(old) or time.sleep(0.2), timeout=30, what="the old producer to fail")
+    wait_for(lambda: send(old), timeout=30, what="the old producer to fail", every=0.2)
     assert len(failures) == 1 and isinstance(failures[0], ProducerFenced), failures
     assert "fenced by a newer producer" in str(failures[0])
 
@@ -144,7 +144,7 @@ def transactional(
     )
 
 
-def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes, str | None]]:
+def read(kafka: KafkaSettings, topic: str, isolation: str) -> list[tuple[bytes | None, str | None]]:
     """(key, instance header) of every message of `topic`, read with `isolation`."""
     reader = TopicReader(kafka, topic, from_beginning=True, **{"isolation.level": isolation})
     try:
@@ -181,7 +181,7 @@ def test_reads_to_the_end_again_and_again_miss_nothing_of_a_live_topic(
     topic = f"{kafka.topic_prefix}.s"
     create_topic(kafka.bootstrap, topic, partitions=1)
     reader = TopicReader(kafka, topic, from_beginning=True)
-    seen: list[int] = []
+    seen: list[int | None] = []
     try:
         with Writer(kafka.bootstrap, topic, b"k", b"v"):
             deadline = time.monotonic() + 3

@@ -37,7 +37,7 @@ from connector.records.model import Change, StatusRecord
 from connector.sinks import open_sink
 from connector.top.service import build_consumer
 from tests.support import wait_for
-from tests.support.kafka import end_offsets
+from tests.support.kafka import end_offsets, position
 from tests.support.sim import control, differences, truth
 
 KINDS = "server,volume,port"
@@ -165,8 +165,7 @@ def read_topic(settings: Settings) -> list[Published]:
         reader.close()
     codec = Codec()
     return [
-        Published(m.partition(), m.offset(), instance_of(m), change_from_message(m, codec))
-        for m in messages
+        Published(*position(m), instance_of(m), change_from_message(m, codec)) for m in messages
     ]
 
 
@@ -232,7 +231,7 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     assert all(isinstance(p.change, StatusRecord) and p.change.sequence > old_last for p in after)
 
     control(sim, "/_sim/churn", {"changes": 20})
-    expected = site_truth({sim.cloud: sim.url}, KINDS.split(","))
+    shown = site_truth({sim.cloud: sim.url}, KINDS.split(","))
     sink_url = f"sqlite:///{Path(standby.log).parent / 'top.sqlite'}"
     top = load_settings(
         flags={
@@ -248,7 +247,7 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
     reader = SinkReader(sink_url)
     try:
         wait_for(
-            lambda: compare(expected, reader.statuses()).equal,
+            lambda: compare(shown, reader.statuses()).equal,
             timeout=60,
             what="the sink to equal the site",
         )
@@ -334,8 +333,10 @@ def test_a_standby_that_never_gets_the_lease_of_a_silent_site_says_so_and_rejoin
     polling = threading.Event()
 
     def squat(settings: Settings) -> None:
-        ensure_lease_topic(settings.kafka, settings.site.name)
-        topic = lease_topic(settings.kafka.topic_prefix, settings.site.name)
+        site = settings.site.name
+        assert site is not None
+        ensure_lease_topic(settings.kafka, site)
+        topic = lease_topic(settings.kafka.topic_prefix, site)
         squatter.append(Lease(settings.kafka, topic, topic, LEASE_TIMEOUT, client_id="squatter"))
         wait_for(lambda: squatter[0].poll(0.1), timeout=60, what="the squatter to hold the lease")
 
@@ -381,10 +382,11 @@ def uncommitted_from(settings: Settings, instance: str, since: dict[int, int]) -
     overrides = {"isolation.level": "read_uncommitted"}
     reader = TopicReader(settings.kafka, topic_of(settings), True, **overrides)
     try:
+        positions = [(position(m), m) for m in reader.messages(stop_at_end=True, timeout=60)]
         return [
-            f"{m.partition()}@{m.offset()}"
-            for m in reader.messages(stop_at_end=True, timeout=60)
-            if instance_of(m) == instance and m.offset() >= since[m.partition()]
+            f"{partition}@{offset}"
+            for (partition, offset), m in positions
+            if instance_of(m) == instance and offset >= since[partition]
         ]
     finally:
         reader.close()

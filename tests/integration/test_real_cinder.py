@@ -1,22 +1,31 @@
 """The poller against a real Keystone 30.0.0 and a real cinder-api 29.0.0 (`real_cloud`, one
 pair for the session): new volumes found by the incremental poll although Cinder leaves their
-`updated_at` null, clouds.yaml entries that do not fit the catalog ending with exit 2, a user
-without the admin role reported, churn in two projects reaching the top, a token revoked, a
-Keystone restart, an application credential, a region and an interface chosen."""
+`updated_at` null; clouds.yaml entries that do not fit the catalog ending with exit 2; a user
+without the admin role reported; churn in two projects reaching the top; a token revoked through
+Keystone's API mid-run (a new one fetched within the refused request, a log line saying so,
+nothing lost); Keystone stopped and started mid-run (polls fail, then catch up); an application
+credential (`v3applicationcredential`); the region and interface chosen in clouds.yaml being the
+endpoint polled (the catalog's second region has cinder-api at its internal interface alone).
+
+Volumes are made in projects of their own, never the admin's (the conformance test, in the same
+session, needs that one empty)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openstack.exceptions
 import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
+from connector.dev.local_openstack import OTHER_REGION
 from connector.records.model import Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
@@ -86,7 +95,7 @@ def test_clouds_yaml_entries_that_do_not_fit_the_site_exit_2_naming_what_is_wron
     unique_name: Callable[[str], str],
 ) -> None:
     auth = real_cloud.account().auth(real_cloud.auth_url)
-    real_cloud.write_cloud(clouds_yaml, "elsewhere", auth, region_name="RegionTwo")
+    real_cloud.write_cloud(clouds_yaml, "elsewhere", auth, region_name="RegionNowhere")
     real_cloud.write_cloud(clouds_yaml, "typo", auth, interface="pubilc")
     real_cloud.write_cloud(clouds_yaml, "inside", auth, block_storage_interface="intranet")
     real_cloud.write_cloud(clouds_yaml, "plugin", auth, auth_type="v3nosuch")
@@ -96,7 +105,7 @@ def test_clouds_yaml_entries_that_do_not_fit_the_site_exit_2_naming_what_is_wron
         "CASCADE_KAFKA_TOPIC_PREFIX": unique_name("status"),
     }
     expected = {
-        "elsewhere": "no block-storage endpoint in region 'RegionTwo'",
+        "elsewhere": "no block-storage endpoint in region 'RegionNowhere'",
         "typo": "interface 'pubilc' is not an interface",
         "inside": "block_storage_interface 'intranet' is not an interface",
         "plugin": "v3nosuch could not be found",
@@ -210,9 +219,27 @@ class Churn:
 
     def published(self) -> float:
         """Records published so far: changes and tombstones."""
-        labels = {"site": self.settings.site.name, "kind": "volume"}
         names = ("cascade_site_changes_published_total", "cascade_site_tombstones_total")
-        return sum(self.registry.get_sample_value(name, labels) or 0.0 for name in names)
+        return sum(self._sample(name) for name in names)
+
+    def failed_polls(self) -> float:
+        return self._sample("cascade_site_api_errors_total")
+
+    def _sample(self, name: str) -> float:
+        site = self.settings.site.name
+        assert site is not None
+        labels = {"site": site, "kind": "volume"}
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+def top_equals_cinder(real_cloud: RealCloud, db: Path, after: str, timeout: float = 120) -> None:
+    """Wait until the SQL sink at `db` holds what Cinder lists; name the rows that differ."""
+    try:
+        wait_for(lambda: live_rows(db) == real_cloud.listed(), timeout, f"the top after {after}")
+    except AssertionError:
+        expected, rows = real_cloud.listed(), live_rows(db)
+        wrong = [k for k in expected.keys() | rows.keys() if expected.get(k) != rows.get(k)]
+        raise AssertionError(f"{after}: {len(wrong)} rows differ, e.g. {wrong[:3]}") from None
 
 
 @pytest.fixture
@@ -240,15 +267,7 @@ def test_volume_churn_in_two_projects_reaches_the_top_after_every_phase(
     figures: list[str] = []
 
     def converge(phase: str, changes: int, started: float, published_before: float) -> float:
-        def equal() -> bool:
-            return live_rows(churn_db) == real_cloud.listed()
-
-        try:
-            wait_for(equal, 120, f"the top to equal Cinder's listing after {phase}")
-        except AssertionError:
-            expected, rows = real_cloud.listed(), live_rows(churn_db)
-            wrong = [k for k in expected.keys() | rows.keys() if expected.get(k) != rows.get(k)]
-            raise AssertionError(f"{phase}: {len(wrong)} rows differ, e.g. {wrong[:3]}") from None
+        top_equals_cinder(real_cloud, churn_db, phase)
         took = time.monotonic() - started
         figures.append(
             f"{phase:<26} {changes:>4} changes  {churn.published() - published_before:>5.0f} "
@@ -259,31 +278,27 @@ def test_volume_churn_in_two_projects_reaches_the_top_after_every_phase(
     with Churn(kafka_bootstrap, "churn", unique_name, churn_db) as churn:
         converge("first sync", len(volumes), time.monotonic(), 0.0)
 
-        def phase(name: str, changes: int, act: Callable[[], None]) -> float:
+        def phase(name: str, changes: int, act: Callable[[], object]) -> float:
             before = churn.published()
             act()
             return converge(name, changes, time.monotonic(), before)
 
-        phase(
-            "status resets",
-            60,
-            lambda: [
-                real_cloud.reset_status(v, s)
-                for v, s in zip(
-                    volumes[50:110], ["error", "available", "maintenance"] * 20, strict=True
-                )
-            ],
-        )
-        phase(
-            "renames",
-            30,
-            lambda: [real_cloud.update(v, name=f"{v[:8]}-renamed") for v in volumes[110:140]],
-        )
-        phase(
-            "metadata changes",
-            30,
-            lambda: [real_cloud.update(v, metadata={"tier": "gold"}) for v in volumes[140:170]],
-        )
+        def reset() -> None:
+            statuses = ["error", "available", "maintenance"] * 20
+            for volume, status in zip(volumes[50:110], statuses, strict=True):
+                real_cloud.reset_status(volume, status)
+
+        def rename() -> None:
+            for volume in volumes[110:140]:
+                real_cloud.update(volume, name=f"{volume[:8]}-renamed")
+
+        def tag() -> None:
+            for volume in volumes[140:170]:
+                real_cloud.update(volume, metadata={"tier": "gold"})
+
+        phase("status resets", 60, reset)
+        phase("renames", 30, rename)
+        phase("metadata changes", 30, tag)
 
         def delete() -> None:
             for i, volume in enumerate(volumes[170:200]):
@@ -299,3 +314,96 @@ def test_volume_churn_in_two_projects_reaches_the_top_after_every_phase(
     print("\nvolume churn against cinder-api 29.0.0, poll interval", INTERVAL, "s:")
     print("\n".join(figures))
     assert deletions < 2 * INTERVAL + 10, f"deletions took {deletions:.1f} s"
+
+
+def test_a_token_revoked_mid_run_is_replaced_and_nothing_is_lost(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+    churn_db: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="connector.site.runner")
+    account = real_cloud.account()
+    real_cloud.write_cloud(clouds_yaml, "revoked", account.auth(real_cloud.auth_url))
+    [changed] = real_cloud.volumes_elsewhere(1, "revoked")
+    with Churn(kafka_bootstrap, "revoked", unique_name, churn_db) as churn:
+        top_equals_cinder(real_cloud, churn_db, "the first sync")
+        real_cloud.revoke_tokens(account)
+        real_cloud.reset_status(changed, "error")
+        [created] = real_cloud.volumes_elsewhere(1, "after-revocation")
+        wait_for(
+            lambda: "the site refused the poller's token" in caplog.text,
+            30,
+            "the poller to meet its revoked token",
+        )
+        top_equals_cinder(real_cloud, churn_db, "the revocation")
+        assert churn.failed_polls() == 0, "a new token was not fetched within the request"
+    assert live_rows(churn_db)["volume", created][0] == "creating"
+    assert "clouds.yaml entry 'revoked'" in caplog.text
+
+
+def test_a_keystone_restart_mid_run_delays_changes_and_loses_none(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+    churn_db: Path,
+) -> None:
+    real_cloud.write_cloud(clouds_yaml, "restart", real_cloud.account().auth(real_cloud.auth_url))
+    before, after = real_cloud.volumes_elsewhere(2, "restart")
+    with Churn(kafka_bootstrap, "restart", unique_name, churn_db) as churn:
+        top_equals_cinder(real_cloud, churn_db, "the first sync")
+        real_cloud.reset_status(before, "error")
+        real_cloud.services.stop_keystone()
+        try:
+            # cinder-api trusts a validated token for TOKEN_CACHE_SECONDS, then asks Keystone.
+            wait_for(lambda: churn.failed_polls() > 0, 30, "a poll to fail without Keystone")
+        finally:
+            real_cloud.services.start_keystone()
+        real_cloud.reset_status(after, "available")
+        top_equals_cinder(real_cloud, churn_db, "the Keystone restart")
+    rows = live_rows(churn_db)
+    assert (rows["volume", before][0], rows["volume", after][0]) == ("error", "available")
+
+
+def test_an_application_credential_in_clouds_yaml_polls_every_project(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    [theirs] = real_cloud.volumes_elsewhere(1, "theirs")
+    credential = real_cloud.application_credential(real_cloud.account())
+    real_cloud.write_cloud(clouds_yaml, "appcred", credential, auth_type="v3applicationcredential")
+    site = open_site_poller(settings(kafka_bootstrap, "appcred", unique_name("status")))
+    site.cycle(resync=True)
+    site.flush()
+    healthy, details = site.health.snapshot()
+    assert healthy and details["volume.partial"] is False, details
+    assert published(Topic(kafka_bootstrap, site.topic)).get(theirs) == "creating"
+
+
+def test_the_region_and_interface_chosen_in_clouds_yaml_are_the_endpoint_polled(
+    real_cloud: RealCloud,
+    kafka_bootstrap: str,
+    clouds_yaml: Path,
+    unique_name: Callable[[str], str],
+) -> None:
+    account = real_cloud.account()
+    auth = account.auth(real_cloud.auth_url)
+    [volume] = real_cloud.volumes_elsewhere(1, "region")
+    # In OTHER_REGION only the internal endpoint is cinder-api; the public one is Keystone.
+    real_cloud.write_cloud(
+        clouds_yaml, "internal", auth, region_name=OTHER_REGION, interface="internal"
+    )
+    real_cloud.write_cloud(clouds_yaml, "public", auth, region_name=OTHER_REGION)
+    site = open_site_poller(settings(kafka_bootstrap, "internal", unique_name("status")))
+    site.cycle(resync=True)
+    site.flush()
+    assert published(Topic(kafka_bootstrap, site.topic)).get(volume) == "creating"
+    wrong = open_site_poller(settings(kafka_bootstrap, "public", unique_name("status")))
+    with pytest.raises(openstack.exceptions.NotFoundException) as refused:
+        wrong.cycle(resync=True)
+    assert f"{real_cloud.auth_url}/{account.project_id}/volumes/detail" in str(refused.value)

@@ -58,7 +58,7 @@ def test_records_in_registry_framing_decode_with_confluents_deserializer(
         reader.subscribe([topic])
         values: list[bytes] = []
         for _ in range(60):
-            values += [m.value() for m in reader.consume(10, 1.0) if m.error() is None]
+            values += [v for m in reader.consume(10, 1.0) if m.error() is None and (v := m.value())]
             if len(values) == len(RECORDS):
                 break
     finally:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 
 from connector.config import KafkaSettings, load_settings
 from connector.dev import free_port, free_port_run
-from connector.dev.demo.observe import SinkReader, compare, metric_total, truth
+from connector.dev.demo.observe import SinkReader, StatusMap, compare, metric_total, truth
 from connector.dev.demo.processes import Processes, child_env, http_json, http_text
 from connector.dev.local_kafka import ADMIN_USER, PORTS_PER_NODE, LocalKafka
 from connector.dev.sim import RunningSim, start_sim
@@ -63,7 +63,7 @@ class Deployment:
         """Run `cascade-connector --config <user's settings> ARGS`, output to logs/<name>.log."""
         return self.clis({name: (user, *args)}, timeout)[name]
 
-    def clis(self, runs: dict[str, tuple[str, ...]], timeout: float = 60) -> dict[str, Result]:
+    def clis(self, runs: Mapping[str, tuple[str, ...]], timeout: float = 60) -> dict[str, Result]:
         """Several `cli` runs side by side: name -> (user, *args)."""
         started = time.monotonic()
         procs = {}
@@ -114,7 +114,7 @@ class Deployment:
     def kafka(self, user: str = ADMIN_USER) -> KafkaSettings:
         return load_settings(self.settings[user]).kafka
 
-    def truth(self, site: str) -> dict[tuple[str, str, str], str]:
+    def truth(self, site: str) -> StatusMap:
         return truth({site: self.sims[site].url}, KINDS)
 
 
@@ -391,11 +391,17 @@ def test_brokers_stop_and_start_under_load_without_losing_a_record(
         sink.close()
 
 
+def sasl_password(settings: Path) -> str:
+    secret = load_settings(settings).kafka.sasl_password
+    assert secret is not None, f"{settings} names no SASL password"
+    return secret.get_secret_value()
+
+
 def test_no_password_in_any_log_or_config_output(
     deployment: Deployment, site_a_published: Result
 ) -> None:
     passwords = {
-        user: load_settings(path).kafka.sasl_password.get_secret_value()  # type: ignore[union-attr]
+        user: sasl_password(path)
         for user, path in deployment.settings.items()
         if user in (ADMIN_USER, *USERS)
     }

@@ -224,8 +224,8 @@ def test_bad_input_answers_like_the_services(big_sim: RunningSim, tmp_path: Path
         list(conn.compute.servers(changes_since="not-a-time"))
     with pytest.raises(exceptions.BadRequestException, match="marker"):
         list(conn.compute.servers(marker="00000000-0000-0000-0000-000000000000"))
-    with pytest.raises(exceptions.BadRequestException):
-        list(conn.network.ports(marker="00000000-0000-0000-0000-000000000000"))
+    with pytest.raises(exceptions.NotFoundException, match=r"Port 0+-0+-0+-0+-0+ could not"):
+        list(conn.network.ports(marker="00000000-0000-0000-0000-000000000000", limit=10))
     with pytest.raises(exceptions.NotFoundException):
         conn.compute.get_server("00000000-0000-0000-0000-000000000000")
     answer = requests.get(f"{big_sim.url}/compute/v2.1/flavors/x", timeout=10)

@@ -143,10 +143,12 @@ def dark_sites(
         top = Top(kafka_bootstrap, prefix, postgres_database)
         tops.append(top)
         for sim, poller in sites:
+
+            def shown(site: str = sim.cloud) -> bool:
+                return len(top.effective(site)) == 40 and top.state(site) == "online"
+
             wait_for(
-                lambda sim=sim: (
-                    len(top.effective(sim.cloud)) == 40 and top.state(sim.cloud) == "online"
-                ),
+                shown,
                 timeout=120,
                 what=f"{sim.cloud}'s objects at the top and the site online:\n{poller.tail()}",
             )

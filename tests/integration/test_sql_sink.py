@@ -246,19 +246,23 @@ def test_unstorable_records_are_rejected_and_the_rest_applied(sink: SqlSink) -> 
         "long": rec("long", 1, name="n" * 256),
         "nul": rec("nul", 1, status="ACT\x00IVE"),
         "nan": rec("nan", 1, details={"load": float("nan")}),
+        "nul_detail": rec("nul_detail", 1, details={"host": "a\x00b"}),
         "naive": StatusRecord("a", "server", "naive", "ACTIVE", 1, datetime(2025, 1, 1)),
         "huge": rec("huge", 2**63),
     }
-    result = sink.apply([rec("good", 1), *bad.values()])
-    assert result.written == 1
+    # A backslash and "u0000" as text is no NUL, though its JSON holds what a NUL's would.
+    escaped = rec("escaped", 1, details={"note": "\\u0000"})
+    result = sink.apply([rec("good", 1), escaped, *bad.values()])
+    assert result.written == 2
     reasons = {change.id: reason for change, reason in result.rejected}
     assert set(reasons) == set(bad)
     assert "limit is 255" in reasons["long"]
     assert "NUL" in reasons["nul"]
+    assert "details['host'] contains a NUL" in reasons["nul_detail"]
     assert "JSON" in reasons["nan"]
     assert "time zone" in reasons["naive"]
     assert "64-bit" in reasons["huge"]
-    assert set(rows(sink)) == {"good"}
+    assert set(rows(sink)) == {"good", "escaped"}
 
 
 def test_a_key_twice_in_one_batch_is_refused(sink: SqlSink) -> None:

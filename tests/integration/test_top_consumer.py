@@ -32,7 +32,13 @@ from connector.top import offsets as top
 from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer
 from tests.support import wait_for
-from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
+from tests.support.kafka import (
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    header_map,
+    publish,
+)
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -65,6 +71,9 @@ class Recording:
 
     def set_availability(self, states: Sequence[SiteAvailability]) -> None:
         self.sink.set_availability(states)
+
+    def interrupt(self) -> None:
+        self.sink.interrupt()
 
     def close(self) -> None:
         self.sink.close()
@@ -217,7 +226,7 @@ def test_dead_letters_and_good_records_around_them(
         }
     )
     dlq.subscribe([settings.consumer.dead_letter_topic])
-    letters = []
+    letters: list[Message] = []
     deadline = time.monotonic() + 30
     while len(letters) < 2 and time.monotonic() < deadline:
         msg = dlq.poll(1)
@@ -227,13 +236,13 @@ def test_dead_letters_and_good_records_around_them(
     assert [m.key() for m in letters] == [b"north/server/vm-2", b"north/server/vm-3"]
     assert letters[0].value() == b"garbage bytes"
     for msg, offset in zip(letters, (1, 2), strict=True):
-        headers = dict(msg.headers())
+        headers = header_map(msg)
         assert headers["reason"] == b"decode"
         assert headers["original.topic"] == topic.encode()
         assert headers["original.partition"] == b"0"
         assert headers["original.offset"] == str(offset).encode()
         assert headers["error"]
-    assert b"fingerprint" in dict(letters[1].headers())["error"].lower()
+    assert b"fingerprint" in header_map(letters[1])["error"].lower()
 
 
 def test_until_idle_after_transactions_commits_past_their_markers(
@@ -642,14 +651,12 @@ def test_a_window_of_transactional_records_closes_without_waiting_for_its_maximu
             producer.produce(topic, msg.key, msg.value, lambda *_report: None)
             producer.flush(30)
             begun = time.monotonic()
-            wait_for(
-                lambda seq=seq: (
-                    sink_state(tmp_path / "top.sqlite").get(("east", "server", "vm-1"))
-                    == (f"S{seq}", seq, False)
-                ),
-                25,
-                f"record {seq} in the sink",
-            )
+
+            def applied(seq: int = seq) -> bool:
+                row = sink_state(tmp_path / "top.sqlite").get(("east", "server", "vm-1"))
+                return row == (f"S{seq}", seq, False)
+
+            wait_for(applied, 25, f"record {seq} in the sink")
             took = time.monotonic() - begun
             assert took < 10, f"record {seq} applied {took:.1f} s after its commit"
     finally:

@@ -24,7 +24,13 @@ from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
 from connector.top.dead_letters import MAX_KEY_BYTES
 from connector.top.service import build_consumer
-from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
+from tests.support.kafka import (
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    header_map,
+    publish,
+)
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -161,20 +167,20 @@ def test_another_sites_records_tombstones_and_heartbeats_change_nothing_of_it(
         )
 
     letters = read_all(kafka_bootstrap, settings.consumer.dead_letter_topic, 5, unique_name("r"))
-    by_offset = {int(dict(m.headers())["original.offset"]): m for m in letters}
+    by_offset = {int(header_map(m)["original.offset"]): m for m in letters}
     assert sorted(by_offset) == [1, 2, 3, 4, 5]
     for offset, (key, value) in enumerate(hostile, start=1):
         msg = by_offset[offset]
-        headers = dict(msg.headers())
+        headers = header_map(msg)
         assert headers["reason"] == b"wrong site"
         assert headers["original.topic"] == topic_a.encode()
         assert (msg.key(), msg.value()) == (key, value)
         assert b"site-b" in headers["error"]
     bad_key = by_offset[5]
-    assert dict(bad_key.headers())["reason"] == b"decode"
+    assert header_map(bad_key)["reason"] == b"decode"
     assert bad_key.key() == huge_key[:MAX_KEY_BYTES]
-    assert dict(bad_key.headers())["original.key.bytes"] == b"300000"
-    assert len(dict(bad_key.headers())["error"]) <= 1024
+    assert header_map(bad_key)["original.key.bytes"] == b"300000"
+    assert len(header_map(bad_key)["error"]) <= 1024
 
     wrong = registry.get_sample_value(
         "cascade_consumer_wrong_site_records_total", {"topic": topic_a}

@@ -16,8 +16,10 @@ from connector.config import KafkaSettings
 from connector.errors import ConfigError
 from connector.kafka.topics import (
     TopicConfigError,
+    describe_site_topic,
     ensure_dead_letter_topic,
     ensure_site_topic,
+    ensure_site_topics,
     site_topic,
     site_topic_pattern,
 )
@@ -114,6 +116,33 @@ def test_ensure_raises_a_typed_error_carrying_the_report(
         "172800000",
         "259200000",
     )
+
+
+def test_ensure_of_many_sites_creates_the_missing_and_checks_the_others_at_once(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    prefix = unique_name("p")
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix)
+    ensure_site_topic(settings, "b")
+    many = ["topics", "ensure", "--prefix", prefix, "--site", "a", "--site", "b", "--site", "c"]
+
+    result = _run(kafka_bootstrap, *many)
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"created {prefix}.a",
+        f"{prefix}.b exists with the expected config",
+        f"created {prefix}.c",
+        f"created {prefix}-lease.a",
+        f"created {prefix}-lease.b",
+        f"created {prefix}-lease.c",
+    ]
+    for site in ("a", "c"):  # readable at once: every partition has its leader
+        partitions = describe_site_topic(settings, site).partitions
+        assert len(partitions) == 3 and all(p.leader is not None for p in partitions)
+    _set_config(kafka_bootstrap, f"{prefix}.c", {"segment.ms": "604800000"})
+    with pytest.raises(TopicConfigError, match=rf"topic {re.escape(prefix)}\.c config differs"):
+        ensure_site_topics(settings, ["a", "b", "c"])
 
 
 def test_describe_prints_partitions_and_config(

@@ -8,10 +8,14 @@ from collections.abc import Callable
 
 
 def wait_for(
-    condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition"
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "the condition",
+    every: float = 0.05,
 ) -> None:
-    """Return once `condition()` is true; AssertionError naming `what` after `timeout` seconds."""
+    """Return once `condition()` is true, asked every `every` seconds; AssertionError naming
+    `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(every)

@@ -40,6 +40,9 @@ TIMED_OUT = (
     'str="Failed to get committed offsets: Local: Timed out"}'
 )
 
+#: The window policy of `top_consumer` unless a test gives one (`dataclasses.replace` it).
+POLICY = WindowPolicy(call_size=100, wait=0.05, max_wait=1.0, max_pending_keys=1000)
+
 #: Seconds a test waits for the loop to do what it is waited on for (a loaded machine is slow).
 LOOP_TIMEOUT = 20.0
 
@@ -244,6 +247,12 @@ class FakeGroupConsumer:
                 (i for i, at in enumerate(stamps) if at * 1000 >= timestamp_ms), len(stamps)
             )
 
+    def stable_ends(
+        self, partitions: Collection[Partition], timeout: float = 10.0
+    ) -> dict[Partition, int]:
+        with self._wake:
+            return {tp: len(self._logs[tp]) for tp in partitions}
+
     def partitions_matching(self, pattern: str) -> list[Partition]:
         return [tp for tp in self._logs if re.match(pattern, tp[0])]
 
@@ -410,7 +419,7 @@ def top_consumer(
     dead_letters: FakeDeadLetters | None = None,
     policy: WindowPolicy | None = None,
     limiter: RateLimiter | None = None,
-    registry: CollectorRegistry | None = None,
+    metrics: ConsumerMetrics | None = None,
     codec: Codec | None = None,
     decode: Callable[[Message, str], Change] | None = None,
     delete_retention: float = 86_400.0,
@@ -426,9 +435,8 @@ def top_consumer(
         sink=sink or FakeSink(group.journal),
         dead_letters=dead_letters or FakeDeadLetters(group.journal),
         limiter=limiter or RateLimiter(None, None),
-        policy=policy
-        or WindowPolicy(call_size=100, wait=0.05, max_wait=1.0, max_pending_keys=1000),
-        metrics=ConsumerMetrics(registry or CollectorRegistry()),
+        policy=policy or POLICY,
+        metrics=metrics or ConsumerMetrics(CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
         resume=ResumePolicy("top", "site", delete_retention),
     )

@@ -1,5 +1,6 @@
-"""Test helpers for the real broker: create a topic, publish changes, read committed offsets,
-keep a topic growing; how long a broker of the tests' own may take to start."""
+"""Test helpers for the real broker: create a topic, publish changes, read committed offsets, a
+consumed message's position and headers, keep a topic growing; how long a broker of the tests'
+own may take to start."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import threading
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer as RawConsumer
+from confluent_kafka import Message as RawMessage
 from confluent_kafka import Producer as RawProducer
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from connector.records.codec import Codec
 from connector.records.messages import to_message
@@ -17,6 +20,24 @@ from connector.records.model import Change
 
 #: Seconds a broker may take to start: a minute and more on a loaded two-core machine.
 BROKER_START = 180.0
+
+
+def position(msg: RawMessage) -> tuple[int, int]:
+    """(partition, offset) of a consumed message (librdkafka types both as optional)."""
+    partition, offset = msg.partition(), msg.offset()
+    assert partition is not None and offset is not None, f"{msg!r} has no position"
+    return partition, offset
+
+
+def header_map(msg: RawMessage) -> dict[str, bytes]:
+    """The headers of a consumed message by name (librdkafka gives a list of pairs, or None)."""
+    headers = msg.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    out: dict[str, bytes] = {}
+    for name, value in pairs:
+        assert isinstance(value, bytes), f"header {name!r} is {value!r}, not bytes"
+        out[name] = value
+    return out
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 3, compact: bool = True) -> None:
@@ -64,7 +85,7 @@ def publish(
                     topic,
                     key=msg.key,
                     value=msg.value,
-                    headers=msg.headers,
+                    headers=list(msg.headers),
                     on_delivery=on_delivery,
                 )
                 break

@@ -84,6 +84,31 @@ class RealCloud:
         identity.assign_project_role_to_user(project, user, identity.find_role(role))
         return Account(project.id, project.name, user.id, user.name, password)
 
+    def revoke_tokens(self, account: Account) -> None:
+        """Revoke every token of `account`'s user through Keystone's API: disabling a user
+        records a revocation event for its tokens; enabled again at once, it may authenticate
+        anew (tokens issued before stay revoked)."""
+        identity: Any = self.admin.identity
+        for enabled in (False, True):
+            identity.update_user(account.user_id, enabled=enabled)
+
+    def application_credential(self, account: Account) -> dict[str, str]:
+        """The `auth` of a clouds.yaml entry with `auth_type: v3applicationcredential`: an
+        application credential `account`'s user makes for itself (it carries the user's role
+        in its project)."""
+        conn = self.connect(account.auth(self.auth_url))
+        try:
+            made = conn.identity.create_application_credential(
+                user=account.user_id, name=f"poller-{uuid.uuid4().hex[:8]}"
+            )
+        finally:
+            conn.close()
+        return {
+            "auth_url": self.auth_url,
+            "application_credential_id": made.id,
+            "application_credential_secret": made.secret,
+        }
+
     def write_cloud(self, path: Path, name: str, auth: dict[str, str], **entry: Any) -> None:
         """Add `clouds.<name>` to the clouds.yaml at `path` (region RegionOne unless given)."""
         doc = yaml.safe_load(path.read_text()) if path.exists() else None
@@ -105,6 +130,15 @@ class RealCloud:
             )["volume"]["id"]
             for i in range(count)
         ]
+
+    def volumes_elsewhere(self, count: int, prefix: str) -> list[str]:
+        """`count` volumes in a new project of their own (never the admin's project, which the
+        conformance test needs empty); their ids."""
+        conn = self.connect(self.account(role="member").auth(self.auth_url))
+        try:
+            return self.create_volumes(conn, count, prefix)
+        finally:
+            conn.close()
 
     def action(self, volume_id: str, action: dict[str, Any]) -> None:
         self.cinder("post", f"/volumes/{volume_id}/action", json=action)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -47,10 +47,15 @@ def make_publisher(
     last_sequence: int = 0,
     fingerprints: dict[str, dict[str, int]] | None = None,
     clock: Callable[[], float] = lambda: 0.0,
+    metrics: SiteMetrics | None = None,
+    kinds: Sequence[str] = ("server",),
+    producer: FakeProducer | None = None,
 ) -> tuple[Publisher, FakeProducer, Health]:
-    metrics = SiteMetrics(CollectorRegistry(), "s1")
-    health = Health(["server"], metrics)
-    producer = FakeProducer()
+    """Site s1's publisher to `producer` (a new FakeProducer by default), its health of `kinds`
+    reporting into `metrics`."""
+    metrics = metrics or SiteMetrics(CollectorRegistry(), "s1")
+    health = Health(list(kinds), metrics)
+    producer = producer or FakeProducer()
     publisher = Publisher(
         "s1",
         "cascade.status.s1",

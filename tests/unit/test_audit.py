@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,6 +15,7 @@ from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks.sql import SqlSink, resource_status
 from connector.sinks.sql_audit import site_rows
 from connector.top.audit import compare, compare_listing, repair
+from connector.top.periodic_audit import drift_marks, persistent
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -61,7 +63,7 @@ def test_a_listing_of_the_site_is_compared_with_the_topic() -> None:
     topic: dict[str, Change] = {
         r.key: r for r in (record("a", "ACTIVE", 1), record("b", "ACTIVE", 2))
     }
-    shown = {"name": "a", "project_id": None, "details": {}}
+    shown: dict[str, Any] = {"name": "a", "project_id": None, "details": {}}
     listed = {
         "east/server/a": {**shown, "status": "ERROR"},
         "east/server/n": {**shown, "name": "n", "status": "BUILD"},
@@ -73,3 +75,29 @@ def test_a_listing_of_the_site_is_compared_with_the_topic() -> None:
         ["east/server/a"],
     )
     assert drift.lines()[0] == "site east, topic vs site APIs: 3 keys compared"
+
+
+def test_periodic_audit_counts_only_drift_that_stays_against_the_same_record() -> None:
+    # The topic's record for "a" is newer than the row: the loop has not applied it yet.
+    first: dict[str, Change] = {"east/server/a": record("a", "SHUTOFF", 5)}
+    rows: dict[str, dict[str, Any]] = {
+        "east/server/a": {
+            "status": "ACTIVE",
+            "name": "a",
+            "project_id": None,
+            "details": {},
+            "deleted": False,
+            "sequence": 4,
+        }
+    }
+    before = drift_marks(compare("east", first, rows), first)
+    assert persistent(before, {}) == {"missing": 0, "extra": 0, "different": 0}, "first audit"
+    assert persistent(before, before)["different"] == 1, "the same record still not applied"
+    newer: dict[str, Change] = {"east/server/a": record("a", "ERROR", 6)}
+    now = drift_marks(compare("east", newer, rows), newer)
+    assert persistent(now, before)["different"] == 0, "a newer record is not the same drift"
+    # A live row the topic holds nothing of drifts against no record, audit after audit.
+    ghost = {"east/server/g": {**rows["east/server/a"], "name": "g"}}
+    marks = drift_marks(compare("east", {}, ghost), {})
+    assert marks == {"east/server/g": ("extra", None)}
+    assert persistent(marks, marks)["extra"] == 1

@@ -12,9 +12,9 @@ import pytest
 
 from connector.config import load_settings
 from connector.errors import ConfigError
-from connector.records.checks import resolve_kind_names
-from connector.records.model import KIND_NAMES
-from connector.site.kinds import KINDS, Since, kinds_for
+from connector.records.checks import record_problem, resolve_kind_names
+from connector.records.model import KIND_NAMES, StatusRecord
+from connector.site.kinds import KINDS, Since, Unreadable, kinds_for
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack-samples"
 
@@ -61,6 +61,47 @@ def test_port_and_floatingip_from_the_neutron_samples() -> None:
     obs = observe("floatingip", raw)
     assert obs.name == raw["floating_ip_address"]
     assert obs.details["port_id"] == raw["port_id"]
+
+
+SAMPLE_LISTINGS = [
+    ("server", "nova/servers/servers-details-resp.json", "servers"),
+    ("volume", "cinder/volumes/volumes-list-detailed-response.json", "volumes"),
+    ("port", "neutron/ports/ports-list-response.json", "ports"),
+    ("floatingip", "neutron/floatingips/floating-ips-list-response.json", "floatingips"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "key"), SAMPLE_LISTINGS)
+def test_an_observation_keeps_the_record_rules(kind: str, path: str, key: str) -> None:
+    """The publisher encodes its records without checking them again (`checked`): the
+    conversion alone must keep them valid, odd values included."""
+    raw = sample(path, key)[0]
+    wire_details = [how for how in KINDS[kind].details.values() if isinstance(how, str)]
+    for odd in (None, ("a", "tuple"), {"a": 1}, 1.5, True, 2**40):
+        obs = observe(kind, {**raw, **dict.fromkeys(wire_details, odd)})
+        record = StatusRecord(
+            site="s1",
+            kind=kind,
+            id=obs.id,
+            status=obs.status,
+            sequence=1,
+            observed_at=datetime.now(UTC),
+            name=obs.name,
+            project_id=obs.project_id,
+            details=obs.details,
+            source_updated_at=obs.source_updated_at,
+            revision=obs.revision,
+        )
+        assert record_problem(record) is None
+
+
+def test_numbers_beyond_64_bits_make_the_object_unreadable() -> None:
+    server = sample("nova/servers/servers-details-resp.json", "servers")[0]
+    with pytest.raises(Unreadable, match=r"detail power_state: .* does not fit in 64 bits"):
+        observe("server", {**server, "OS-EXT-STS:power_state": 2**64})
+    port = sample("neutron/ports/ports-list-response.json", "ports")[0]
+    with pytest.raises(Unreadable, match=r"revision_number: .* does not fit in 64 bits"):
+        observe("port", {**port, "revision_number": 2**63})
 
 
 def test_every_row_declares_what_the_poller_needs() -> None:

@@ -7,22 +7,16 @@ import gc
 import os
 import signal
 import threading
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
+from connector.kafka import Message
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import GC_THRESHOLD, collect_less
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
-from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
-from connector.top.closing import WindowPolicy
-from connector.top.consumer_metrics import ConsumerMetrics
-from connector.top.loop import TopConsumer
-from connector.top.offsets import ResumePolicy
-from connector.top.rate import RateLimiter
 from tests.support import wait_for
+from tests.support.fake_group import FakeDeadLetters, FakeGroupConsumer, top_consumer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -90,45 +84,25 @@ def test_cleanup_after_success_raises_the_first_step_error() -> None:
     assert ran == ["body", "close", "flush"]
 
 
-class BrokenConsumer:
-    """A group consumer whose broker went away, and whose close then fails too."""
+class BrokenGroup(FakeGroupConsumer):
+    """A group member whose broker went away, and whose close then fails too."""
 
-    def subscribe(self, *_args: Any) -> None:
-        pass
-
-    def consume(self, _max: int, _timeout: float) -> list[Any]:
+    def consume(self, max_messages: int, timeout: float) -> list[Message]:
         raise KafkaError("fatal consumer error: the broker is gone")
 
     def close(self) -> None:
         raise RuntimeError("close failed: not connected")
 
 
-class DeadLetters:
-    def __init__(self) -> None:
-        self.flushed = False
-
-    def close(self) -> None:
-        self.flushed = True
-
-
 def test_top_consumer_reports_why_its_loop_ended_not_the_close_that_failed_after() -> None:
-    dead_letters = DeadLetters()
-    loop = TopConsumer(
-        consumer=BrokenConsumer(),  # type: ignore[arg-type]
-        pattern=r"^site\..+",
-        topic_prefix="site",
-        decode=lambda _msg, _site: pytest.fail("nothing to decode"),
-        sink=None,  # type: ignore[arg-type]
-        dead_letters=dead_letters,  # type: ignore[arg-type]
-        limiter=RateLimiter(None, None),
-        policy=WindowPolicy(call_size=10, wait=0.1, max_wait=1.0, max_pending_keys=100),
-        metrics=ConsumerMetrics(CollectorRegistry()),
-        availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
-        resume=ResumePolicy("top", "site", 86_400.0),
+    group = BrokenGroup([("site.a", 0)])
+    dead_letters = FakeDeadLetters(group.journal)
+    loop = top_consumer(
+        group, dead_letters=dead_letters, decode=lambda _msg, _site: pytest.fail("no record")
     )
     with pytest.raises(KafkaError, match="the broker is gone"):
         loop.run()
-    assert dead_letters.flushed
+    assert dead_letters.closed
 
 
 def test_collect_less_freezes_what_lives_and_collects_the_young_less_often_then_undoes_it() -> None:

@@ -21,12 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from connector.config import SiteSettings
 from connector.kafka.producer import MessageRefused
-from connector.records.codec import Codec
 from connector.site.clock import SiteClock
 from connector.site.heartbeat import Health
 from connector.site.kinds import KINDS, Kind, Since, Wire
 from connector.site.poller import EARLY_OVERLAP, FULL_LISTING_SHARE, IDS_PER_REQUEST, KindPoller
-from connector.site.publisher import Publisher
 from connector.site.site_metrics import SiteMetrics
 from connector.site.trigger import PollTrigger
 from tests.support.site import FakeProducer, make_publisher, response
@@ -270,11 +268,17 @@ class FlakyFullListings(FakeProxy):
 
     failing = False
 
-    def get(self, url: str, params: dict[str, Any] | None = None, **kw: Any) -> requests.Response:
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        microversion: str | None = None,
+    ) -> requests.Response:
         if self.failing and "changed_since" not in (params or {}):
             self.requests.append((url, dict(params or {}), None))
             return response(500, {"message": "full listing timed out"})
-        return super().get(url, params, **kw)
+        return super().get(url, params, headers, microversion)
 
 
 def run_for(p: KindPoller, condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -692,18 +696,8 @@ def test_no_hostile_object_stops_the_poll_each_is_skipped_counted_logged_once_an
         ports.objects[object_id].update(fields)
     registry = CollectorRegistry()
     metrics = SiteMetrics(registry, "s1")
-    health = Health(["port"], metrics)
     producer = RefusingProducer()
-    publisher = Publisher(
-        "s1",
-        "cascade.status.s1",
-        producer,
-        Codec(),
-        metrics,
-        health,
-        {},
-        0,
-    )
+    publisher, _, health = make_publisher(metrics=metrics, kinds=["port"], producer=producer)
     p = KindPoller(HOSTILE_ROW, ports, publisher, health, metrics, SiteSettings(name="s1"))
     for _ in range(2):
         assert p.poll(resync=True) == "resync"

@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
-from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, StatusRecord
+from connector.records.fingerprint import record_fingerprint
+from connector.records.model import SEQUENCE_HEADER, SEQUENCE_MAX, DetailValue, StatusRecord
 from connector.site.kinds import Observation
-from connector.site.publisher import (
-    observation_fingerprint,
-    record_fingerprint,
-)
+from connector.site.publisher import observation_fingerprint
+from connector.site.site_metrics import SiteMetrics
 from tests.support.site import make_publisher
 
 
@@ -82,6 +82,25 @@ def test_sequence_grows_past_the_restored_one_and_past_the_clock() -> None:
     assert publisher.sequence == 9_000_000_001, "a clock going back cannot either"
 
 
+def test_metrics_count_per_kind_and_show_the_last_sequence() -> None:
+    registry = CollectorRegistry()
+    publisher, _, _ = make_publisher(last_sequence=7, metrics=SiteMetrics(registry, "s1"))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"site": "s1", **labels})
+
+    assert sample("cascade_site_sequence") == 7, "the restored sequence, before any record"
+    publisher.observe("server", obs("a"))
+    publisher.observe("server", obs("a"))
+    publisher.observe("volume", obs("v"))
+    publisher.delete("server", "a")
+    assert sample("cascade_site_sequence") == publisher.sequence
+    assert sample("cascade_site_changes_published_total", kind="server") == 1
+    assert sample("cascade_site_unchanged_suppressed_total", kind="server") == 1
+    assert sample("cascade_site_changes_published_total", kind="volume") == 1
+    assert sample("cascade_site_tombstones_total", kind="server") == 1
+
+
 def test_heartbeats_are_never_deduplicated() -> None:
     publisher, producer, _ = make_publisher()
     publisher.heartbeat("ok", {"server.error": None})
@@ -91,7 +110,7 @@ def test_heartbeats_are_never_deduplicated() -> None:
 
 def test_restored_fingerprint_equals_the_observed_one() -> None:
     """The restart path: a record read back from the topic must match a fresh observation."""
-    details = {
+    details: dict[str, DetailValue] = {
         "attachments": ["x", "y"],
         "admin_state_up": True,
         "power_state": 1,

@@ -8,6 +8,7 @@ commit of their window."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from connector.errors import KafkaError
 from connector.records.codec import Codec
 from connector.records.model import StatusRecord
-from connector.top import loop as top
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.offsets import Offsets, ResumePolicy
 from tests.support import wait_for
 from tests.support.fake_group import (
     LOOP_TIMEOUT,
+    POLICY,
     FakeDeadLetters,
     FakeGroupConsumer,
     FakeSink,
@@ -68,7 +69,7 @@ def test_a_sink_asking_to_slow_down_gets_the_same_call_again_later_and_nothing_i
         group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
     sink = FakeSink(group.journal, busy=2, retry_after=0.2)
     registry = CollectorRegistry()
-    with running(top_consumer(group, sink, registry=registry), until_idle=True):
+    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
         pass
     events = group.journal.events("refused", "apply", "commit", "commit failed")
     assert [e.what for e in events] == ["refused", "refused", "apply", "commit"]
@@ -148,10 +149,7 @@ def test_a_commit_behind_what_the_group_committed_is_refused() -> None:
     assert group.journal.commits() == [{P0: 7}, {P0: 9}], "nothing of a refused commit"
 
 
-def test_dead_letters_are_delivered_before_their_window_is_committed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(top, "RETRY_SECONDS", 0.2)
+def test_dead_letters_are_delivered_before_their_window_is_committed() -> None:
     group = FakeGroupConsumer([P0])
     refused = server("3", "ACTIVE", 3)
     group.produce(P0, server("1", "ACTIVE", 1), CODEC)
@@ -160,11 +158,45 @@ def test_dead_letters_are_delivered_before_their_window_is_committed(
     group.produce(P0, server("4", "ACTIVE", 4, site="b"), CODEC)
     sink = FakeSink(group.journal, reject={refused.key: "no such project"})
     dead_letters = FakeDeadLetters(group.journal, failures=1)
-    with running(top_consumer(group, sink, dead_letters), until_idle=True):
+    policy = replace(POLICY, retry_after=0.2)
+    with running(top_consumer(group, sink, dead_letters, policy), until_idle=True):
         pass
     events = group.journal.events("apply", "undelivered", "dead letters", "commit")
     assert [e.what for e in events] == ["apply", "undelivered", "dead letters", "commit"]
-    assert events[2].at - events[1].at >= 0.2, "retried after RETRY_SECONDS"
+    assert events[2].at - events[1].at >= 0.2, "retried after the policy's retry_after"
     letters = sorted((letter.offset, letter.reason) for letter in dead_letters.delivered())
     assert letters == [(1, "decode"), (2, "rejected"), (3, "wrong site")]
     assert group.journal.commits() == [{P0: 4}]
+
+
+def test_the_windows_of_many_sites_applied_in_one_turn_go_out_in_one_commit() -> None:
+    sites = [(f"site.s{i}", 0) for i in range(5)]
+    group = FakeGroupConsumer(sites)
+    for i, tp in enumerate(sites):
+        group.produce(tp, server(str(i), "ACTIVE", i, site=f"s{i}"), CODEC)
+        group.produce(tp, server(f"{i}b", "ACTIVE", i, site=f"s{i}"), CODEC)
+    with running(top_consumer(group), until_idle=True):
+        pass
+    # One round trip to the group coordinator, not one per site's window.
+    assert group.journal.commits() == [dict.fromkeys(sites, 2)]
+
+
+def test_the_lag_gauge_counts_what_is_read_but_not_committed_while_nothing_commits() -> None:
+    group = FakeGroupConsumer([P0])
+    for i in range(3):
+        group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
+    # The sink refuses every call for now: nothing is committed.
+    sink = FakeSink(group.journal, busy=1_000_000, retry_after=0.05)
+    registry = CollectorRegistry()
+    lag = {"topic": P0[0], "partition": str(P0[1])}
+    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry))):
+        wait_for(
+            lambda: registry.get_sample_value("cascade_consumer_lag_records", lag) == 3,
+            what="a lag of 3 records with no commit",
+        )
+        sink.busy = 0
+        wait_for(
+            lambda: registry.get_sample_value("cascade_consumer_lag_records", lag) == 0,
+            what="no lag once applied and committed",
+        )
+    assert group.journal.commits() == [{P0: 3}]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
-from connector.top import loop as top
-from tests.support.fake_group import FakeGroupConsumer, FakeSink, running, top_consumer
+from connector.top.consumer_metrics import ConsumerMetrics
+from tests.support.fake_group import POLICY, FakeGroupConsumer, FakeSink, running, top_consumer
 from tests.unit.test_top_loop import server
 
 P0, P1 = ("site.a", 0), ("site.a", 1)
@@ -59,16 +60,15 @@ def test_a_sink_keeping_no_offsets_resumes_from_the_groups_committed_offsets() -
     assert group.journal.commits() == [{P0: 4}]
 
 
-def test_a_windows_offsets_wait_for_its_dead_letters_then_are_stored_before_the_commit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(top, "RETRY_SECONDS", 0.1)
+def test_a_windows_offsets_wait_for_its_dead_letters_then_are_stored_before_the_commit() -> None:
     group = FakeGroupConsumer([P0])
     refused = server("2", "ACTIVE", 2)
     group.produce(P0, server("1", "ACTIVE", 1), CODEC)
     group.produce(P0, refused, CODEC)
     sink = FakeSink(group.journal, reject={refused.key: "no such project"}, offsets={})
-    with running(top_consumer(group, sink), until_idle=True):
+    with running(
+        top_consumer(group, sink, policy=replace(POLICY, retry_after=0.1)), until_idle=True
+    ):
         pass
     events = group.journal.events("apply", "dead letters", "offsets", "commit")
     assert [(e.what, e.partitions) for e in events] == [
@@ -93,7 +93,7 @@ def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
     sink = FakeSink(group.journal, offsets={("top", P0): 1})
     registry = CollectorRegistry()
     caplog.set_level(logging.ERROR)
-    loop = top_consumer(group, sink, registry=registry, delete_retention=retention)
+    loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=retention)
     with running(loop, until_idle=True):
         pass
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

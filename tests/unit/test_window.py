@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from connector.records.fingerprint import change_fingerprint
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.top.dead_letters import DeadLetter
-from connector.top.window import Applied, Pending, SiteQueue, fingerprint
+from connector.top.window import Applied, Pending, SiteQueue
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 P0, P1 = ("t", 0), ("t", 1)
@@ -27,22 +28,28 @@ def rec(obj: str, status: str, seq: int, kind: str = "server", **kw: object) -> 
 
 def put(q: SiteQueue, applied: Applied, change: Change, tp: tuple[str, int], offset: int) -> None:
     q.filling.read(tp, offset, now=float(offset))
-    entry = Pending(change, tp, offset, b"raw", fingerprint(change), since=float(offset))
+    entry = Pending(change, tp, offset, b"raw", change_fingerprint(change), since=float(offset))
     q.filling.put(entry, applied.get(tp, change.key))
 
 
 def test_fingerprint_is_the_content_not_the_sequence_or_times() -> None:
     a = rec("1", "ACTIVE", 1, details={"vm_state": "active", "volumes": ["v1"]})
-    assert fingerprint(a) == fingerprint(
+    assert change_fingerprint(a) == change_fingerprint(
         rec("1", "ACTIVE", 9, details={"volumes": ["v1"], "vm_state": "active"})
     )
-    assert fingerprint(a) != fingerprint(rec("1", "SHUTOFF", 1, details=dict(a.details)))
-    assert fingerprint(a) != fingerprint(rec("1", "ACTIVE", 1, details={"vm_state": "stopped"}))
-    assert fingerprint(a) != fingerprint(rec("1", "ACTIVE", 1, name="web", details=dict(a.details)))
-    assert fingerprint(Deletion("a", "server", "1", 3)) == fingerprint(
+    assert change_fingerprint(a) != change_fingerprint(
+        rec("1", "SHUTOFF", 1, details=dict(a.details))
+    )
+    assert change_fingerprint(a) != change_fingerprint(
+        rec("1", "ACTIVE", 1, details={"vm_state": "stopped"})
+    )
+    assert change_fingerprint(a) != change_fingerprint(
+        rec("1", "ACTIVE", 1, name="web", details=dict(a.details))
+    )
+    assert change_fingerprint(Deletion("a", "server", "1", 3)) == change_fingerprint(
         Deletion("a", "server", "1", 4)
     )
-    assert fingerprint(Deletion("a", "server", "1", 3)) != fingerprint(a)
+    assert change_fingerprint(Deletion("a", "server", "1", 3)) != change_fingerprint(a)
 
 
 def test_last_change_per_key_wins_and_a_higher_sequence_is_never_replaced() -> None:
@@ -196,9 +203,9 @@ def test_a_deleted_key_leaves_the_applied_index() -> None:
         created = rec(str(i), "ACTIVE", 2 * i)
         deleted = Deletion("a", "server", str(i), 2 * i + 1)
         for change in (created, deleted):
-            applied.remember([Pending(change, P0, i, b"raw", fingerprint(change), 0.0)])
+            applied.remember([Pending(change, P0, i, b"raw", change_fingerprint(change), 0.0)])
     assert len(applied) == 0
     # Re-created after its deletion, a key is remembered (and skipped) again.
     again = rec("7", "ACTIVE", 5000)
-    applied.remember([Pending(again, P0, 5000, b"raw", fingerprint(again), 0.0)])
-    assert applied.get(P0, again.key) == fingerprint(again) and len(applied) == 1
+    applied.remember([Pending(again, P0, 5000, b"raw", change_fingerprint(again), 0.0)])
+    assert applied.get(P0, again.key) == change_fingerprint(again) and len(applied) == 1

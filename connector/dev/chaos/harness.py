@@ -1,5 +1,6 @@
-"""What every chaos scenario needs: the connector's commands as child processes, a regression
-watch on the sink, the sink's rows, and waiting on a condition with a deadline.
+"""What every chaos scenario needs: the connector's commands as child processes (and their log
+lines counted per distinct error), a regression watch on the sink, the sink's rows, and waiting
+on a condition with a deadline.
 
 The regression watch is a database trigger: any update of a row to a lower site sequence is
 recorded in a `regressions` table (the update itself still happens, so nothing hides it).
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -166,6 +169,13 @@ class Children:
         except OSError:
             return "(no log)"
 
+    def log_text(self, name: str) -> str:
+        """Everything `name` logged so far, over all its starts."""
+        return "".join(
+            (self.log_dir / f"{name}.{n}.log").read_text(errors="replace")
+            for n in range(1, self._starts.get(name, 0) + 1)
+        )
+
     def kill(self, name: str) -> None:
         """SIGKILL `name` and reap it."""
         proc, log = self._running.pop(name)
@@ -213,6 +223,25 @@ class Children:
                 proc.wait()
             log.close()
             del self._running[name]
+
+
+#: A warning or error line of our text log format: its logger and its message.
+_PROBLEM_LINE = re.compile(r"^\S+ \S+ (?:WARNING|ERROR|CRITICAL)\s+(\S+): (.*)$", re.MULTILINE)
+#: What differs between two lines about one error: the counting words of the lines that follow
+#: a first one (`RepeatedErrors`, the commit retry log), and numbers (times, counts, offsets).
+_ERROR_VARYING = re.compile(
+    r"^no longer seen \(\d+ times over \d+ s\): "
+    r"| \(repeated \d+ times in the last \d+ s, \d+ since it began \d+ s ago\)$"
+)
+
+
+def lines_per_error(log: str) -> Counter[str]:
+    """How many warning and error lines `log` (as `Children` writes them) holds about each
+    distinct error: `logger: message`, less what varies between lines about the same error."""
+    return Counter(
+        f"{logger}: {re.sub(r'[0-9]+', 'N', _ERROR_VARYING.sub('', message))}"
+        for logger, message in _PROBLEM_LINE.findall(log)
+    )
 
 
 def wait_for(

@@ -3,7 +3,9 @@
 - `broker_restarts`: a private broker stopped and started (or frozen and thawed) `rounds` times
   while the site churns (creations, transitions, deletions) during each outage. Must hold: the
   sink equals the site's truth after each round, within 15 s of the broker answering again; then
-  SIGTERM during an outage ends the poller and the consumer within 10 s each.
+  SIGTERM during an outage ends the poller and the consumer within 10 s each. Over the
+  outages, each process logs a distinct error once per outage, then a count at most every
+  10 s while it lasts and a line when it ends, never a line per occurrence.
 - `hostile_objects`: the sim serves `hostile` objects with fields out of range (times off the
   calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, details
   over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among good ones, from the
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -31,7 +34,7 @@ from urllib.request import Request, urlopen
 from connector.config import KafkaSettings
 from connector.dev import free_port, free_port_run
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.harness import ChaosError, Children, SinkRows, wait_for
+from connector.dev.chaos.harness import ChaosError, Children, SinkRows, lines_per_error, wait_for
 from connector.dev.demo.observe import StatusMap, compare, metric_total, truth
 from connector.dev.demo.processes import http_json, http_text
 from connector.dev.local_kafka import LocalKafka
@@ -39,6 +42,7 @@ from connector.dev.sim import start_sim
 from connector.dev.sim.server import RunningSim
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
+from connector.kafka.transactions import RETRY_LOG_EVERY
 
 SITE = "chaos"
 KINDS = ("server", "volume", "port")
@@ -46,6 +50,9 @@ KINDS = ("server", "volume", "port")
 RECOVERY_LIMIT = 15.0
 #: Seconds within which SIGTERM must end a process, whatever it is doing.
 SHUTDOWN_LIMIT = 10.0
+#: The shortest time between two lines counting one error that goes on (the transaction commit's
+#: retry log; `RepeatedErrors` counts every 30 s).
+LOG_COUNT_EVERY = RETRY_LOG_EVERY
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,8 @@ def broker_restarts(
                         f"round {n}: converged {recovery:.1f} s after the broker answered "
                         f"(limit {RECOVERY_LIMIT:g} s)"
                     )
+            outages = sum(float(r["outage s"]) for r in outcome.rounds)
+            _count_error_lines(live.children, rounds, outages, outcome)
             # The last state: the broker is down, and each process is told to stop.
             _outage_begins(broker, freeze)
             for name in stop:
@@ -257,6 +266,23 @@ def broker_restarts(
         }
     )
     return outcome
+
+
+def _count_error_lines(children: Children, outages: int, seconds: float, out: Outcome) -> None:
+    """Check that each process logged a distinct error once per outage plus its counts (at
+    most one every LOG_COUNT_EVERY seconds) and the line saying it ended, not once per
+    occurrence: librdkafka reports an unreachable broker on every reconnect attempt."""
+    allowed = outages * 2 + math.ceil(seconds / LOG_COUNT_EVERY)
+    for name in ("poller", "consumer"):
+        counted = lines_per_error(children.log_text(name))
+        error, lines = counted.most_common(1)[0] if counted else ("none", 0)
+        out.figures[f"{name}: distinct errors logged"] = len(counted)
+        out.figures[f"{name}: most lines about one error"] = lines
+        if lines > allowed:
+            out.problems.append(
+                f"{name} logged {lines} lines about one error over {outages} outage(s) of "
+                f"{seconds:.0f} s in all (allowed {allowed}): {error[:300]}"
+            )
 
 
 def site_faults(

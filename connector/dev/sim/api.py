@@ -92,9 +92,10 @@ def compute_fault(status: int, message: str) -> dict[str, Any]:
     return {_FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
 
 
-def neutron_fault(status: int, message: str) -> dict[str, Any]:
-    """Neutron's error body: `{"NeutronError": {"type": "HTTPBadRequest", ...}}`."""
-    kind = "HTTP" + _REASONS.get(status, "Error").replace(" ", "")
+def neutron_fault(status: int, message: str, kind: str | None = None) -> dict[str, Any]:
+    """Neutron's error body: `{"NeutronError": {"type": "HTTPBadRequest", ...}}` (`kind`, when
+    given, is the type: `PortNotFound` for an unknown marker)."""
+    kind = kind or "HTTP" + _REASONS.get(status, "Error").replace(" ", "")
     return {"NeutronError": {"type": kind, "message": message, "detail": ""}}
 
 

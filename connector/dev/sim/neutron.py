@@ -185,7 +185,7 @@ class Neutron:
                 wanted_values.append((filters[name], set(values)))
             else:
                 raise ApiError(
-                    400, neutron_fault(400, f"{name} is invalid attribute for filtering")
+                    400, neutron_fault(400, f"['{name}'] is invalid attribute for filtering")
                 )
         fields = self._fields(request)
         limit = parse_limit(request, neutron_fault, None)
@@ -196,11 +196,16 @@ class Neutron:
         with self.site.lock:
             table = self.site.tables[kind]
             after = None
-            marker = request.arg("marker")
+            # As neutron-server 29.0.0 does: a marker counts only with a limit, and an unknown
+            # one is a 404 of the collection's own type.
+            marker = request.arg("marker") if limit else None
             if marker is not None:
                 marker_obj = table.by_id.get(marker)
                 if marker_obj is None:
-                    raise ApiError(400, neutron_fault(400, f"{label} {marker} could not be found."))
+                    message = f"{label} {marker} could not be found."
+                    raise ApiError(
+                        404, neutron_fault(404, message, f"{label.replace(' ', '')}NotFound")
+                    )
                 after = marker_obj.key
             page = table.scan(after=after, span=span, match=wanted, limit=limit or None)
             items = [
