@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -314,7 +315,7 @@ def test_a_consumer_sigkilled_while_it_applies_applies_nothing_twice_and_skips_n
             publish(kafka_bootstrap, topic, chunk)
             before = written()
             children.start("consumer", *consume)
-            wait_for(lambda: applying(before), 60, f"consumer {life + 1} applying")
+            wait_for(partial(applying, before), 60, f"consumer {life + 1} applying")
             children.kill("consumer")
         children.start("consumer", *consume, "--until-idle")
         assert children.wait("consumer", 120) == 0, children.log_tail("consumer")
