@@ -2,7 +2,8 @@
 consumer's /metrics: a simulated site sending its notifications to a real RabbitMQ (`rabbit`),
 two `cascade-connector produce` of that site (one active, one standby) listening to it, and
 `consume`, all run for real against the broker. The notification metrics exist only where
-notifications are configured, so the pollers are; a churn in the site makes them count. Also the
+notifications are configured, so the pollers are; a churn in the site makes them count. The
+periodic audit's metrics exist only where the audit runs, so the consumer audits. Also the
 probes the Kubernetes manifests use: the standby is ready (a spare), /livez stays 200 while the
 active poller is degraded, /readyz not.
 """
@@ -96,6 +97,7 @@ def test_every_metric_on_the_dashboard_is_served(
             "consumer", "consume", "--sink", f"sqlite:///{tmp_path / 'top.sqlite'}",
             "--group", unique_name("group"), "--dead-letter-topic", unique_name("dead"),
             "--max-rate", "1000", "--metrics-port", consumer.rsplit(":", 1)[1],
+            "--audit-interval", "2",
         )  # fmt: skip
         heartbeat = f'cascade_site_heartbeat_age_seconds{{site="{SITE}"}}'
         wait_until(
