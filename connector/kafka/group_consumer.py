@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import confluent_kafka
-from confluent_kafka import OFFSET_END, TopicPartition
+from confluent_kafka import OFFSET_END, ConsumerGroupState, TopicPartition
 
 from connector.errors import KafkaError
 from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
@@ -74,6 +74,12 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+#: Group states in which the coordinator is assigning the partitions (members hold none yet).
+REBALANCING = frozenset(
+    {ConsumerGroupState.PREPARING_REBALANCING, ConsumerGroupState.COMPLETING_REBALANCING}
+)
+
+
 class Consumer:
     """A subscribed group member; rebalance events reach the callbacks given to `subscribe`."""
 
@@ -82,7 +88,7 @@ class Consumer:
         settings: KafkaSettings,
         group: str,
         *,
-        make_client: ClientFactory = confluent_kafka.Consumer,
+        make_client: ClientFactory | None = None,
         **overrides: Any,
     ) -> None:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
@@ -91,10 +97,10 @@ class Consumer:
         self._settings = settings
         self._group = group
         self._config = config
-        self._make_client = make_client
+        self._make_client = make_client or confluent_kafka.Consumer
         #: an incremental (cooperative) rebalance adds partitions; an eager one replaces them all
         self._cooperative = "cooperative" in str(config["partition.assignment.strategy"])
-        self._consumer = new_client(make_client, dict(config))
+        self._consumer = new_client(self._make_client, dict(config))
         #: what `subscribe` was given, for `rejoin`
         self._subscription: tuple[Any, ...] | None = None
         #: partitions held back by the caller (`hold`), until it releases them
@@ -156,7 +162,8 @@ class Consumer:
     def unserved(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
         """The partitions of the topics matching `pattern` that no other member of the group
         is assigned, as the broker tells: unread ones, or ones the broker gives this member
-        when it holds them not. KafkaError when Kafka does not answer."""
+        when it holds them not; none while the group rebalances (it is assigning them).
+        KafkaError when Kafka does not answer."""
         partitions = self.partitions_matching(pattern)
         member = self._consumer.memberid()
 
@@ -167,6 +174,8 @@ class Consumer:
         group = admin_result(
             self._settings, f"describe consumer group {self._group}", describe, timeout
         )
+        if group.state in REBALANCING:
+            return []
         others = {
             (tp.topic, tp.partition)
             for m in group.members
