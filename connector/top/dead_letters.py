@@ -5,8 +5,9 @@ A dead letter always fits what Kafka accepts: the error text and the copied key 
 bound, and so is the copied value past its own bound, each cut saying the original size in a
 header (`original.key.bytes`, `original.value.bytes`, the error's last words). Delivery is all
 or nothing per call: on any failure what is still queued is purged and the caller retries later
-(the window waits, its offsets uncommitted); each failed attempt is counted and logged, and none
-ends the process: dead letters that cannot be delivered hold their site's commits, never the
+(the window waits, its offsets uncommitted); each failed attempt is counted, each distinct error
+logged once and then counted every half minute while it lasts (`RepeatedErrors`), and none ends
+the process: dead letters that cannot be delivered hold their site's commits, never the
 consumer.
 """
 
@@ -19,11 +20,15 @@ from typing import Protocol
 
 from connector.errors import KafkaError
 from connector.kafka import KafkaException, Message
+from connector.kafka.client import RepeatedErrors
 from connector.kafka.producer import Producer
 from connector.records.errors import WrongSiteError
 from connector.top.consumer_metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
+#: A dead-letter topic refusing every attempt alike (retried each loop turn it is due): a line
+#: per distinct error, then counts, not a line per attempt.
+_DELIVERY_ERRORS = RepeatedErrors(log)
 
 #: The most bytes of the error text a dead letter carries (a header).
 MAX_ERROR_BYTES = 1024
@@ -107,22 +112,29 @@ def _cut_text(text: str, limit: int) -> bytes:
 
 
 class DeadLetterQueue:
-    """Delivers dead letters to one topic and counts failed attempts."""
+    """Delivers dead letters to one topic and counts failed attempts; `errors` logs them."""
 
-    def __init__(self, producer: Producer, topic: str, metrics: ConsumerMetrics) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        metrics: ConsumerMetrics,
+        errors: RepeatedErrors = _DELIVERY_ERRORS,
+    ) -> None:
         self._producer = producer
         self.topic = topic
         self._metrics = metrics
+        self._errors = errors
         self._failures = 0  #: failed deliveries in a row
 
     def deliver(self, letters: Sequence[DeadLetter]) -> bool:
         """Deliver `letters` and wait for it; False if any failed (counted, logged: retry
         later)."""
-        failures: list[str] = []
+        failures: dict[str, str] = {}  #: each error -> the key of the first letter it failed
 
         def on_delivery(key: str, err: object, _partition: int, _offset: int) -> None:
             if err is not None:
-                failures.append(f"{key[:100]}: {err}")
+                failures.setdefault(str(err), key[:100])
 
         try:
             for letter in letters:
@@ -136,18 +148,18 @@ class DeadLetterQueue:
                 )
             self._producer.flush(FLUSH_SECONDS)
         except (KafkaError, KafkaException) as exc:
-            failures.append(str(exc))
+            failures.setdefault(str(exc), "")
         if failures:
             self._producer.purge()
             self._failures += 1
             self._metrics.dead_letter_failures.inc()
-            log.error(
-                "%d dead letters not delivered to %s (attempt %d in a row; will retry): %s",
-                len(letters),
-                self.topic,
-                self._failures,
-                "; ".join(failures[:5]),
-            )
+            for error, key in failures.items():
+                first = f" ({key} first)" if key else ""
+                self._errors.report(
+                    logging.ERROR,
+                    error,
+                    f"dead letters not delivered to {self.topic}, will retry{first}: ",
+                )
             return False
         if self._failures:
             log.info(
