@@ -303,11 +303,11 @@ def producer_limits(kafka: KafkaSettings, topic: str) -> dict[str, int]:
     PRODUCER_MAX_MESSAGE. A larger message is then refused when it is queued (MessageRefused:
     the caller skips that one), not by the broker, which refuses the whole batch it is in, the
     good records with it, and makes a transaction holding them abort."""
-    what = f"describe the config of {topic}"
-    future = _admin(kafka).describe_configs(
+    admin = _admin(kafka)  # held until the answer came: a client dropped answers nothing
+    future = admin.describe_configs(
         [ConfigResource(ResourceType.TOPIC, topic)], request_timeout=kafka.admin_timeout
     )
-    entries = _wait(kafka, next(iter(future.values())), what)
+    entries = _wait(kafka, next(iter(future.values())), f"describe the config of {topic}")
     entry = entries.get("max.message.bytes")
     limit = PRODUCER_MAX_MESSAGE if entry is None else min(int(entry.value), PRODUCER_MAX_MESSAGE)
     return {"message.max.bytes": limit, "batch.size": limit}

@@ -7,11 +7,12 @@
   outages, each process logs a distinct error once per outage, then a count at most every
   10 s while it lasts and a line when it ends, never a line per occurrence.
 - `hostile_objects`: the sim serves `hostile` objects with fields out of range (times off the
-  calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, details
-  over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among good ones, from the
-  start, while the site churns and a standby takes over from the active poller. Must hold: no
-  process exits, every good object arrives (and no hostile one), and every hostile one is
-  accounted for as a skip (`<kind>.unparseable` in the heartbeat), by both pollers.
+  calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, an id of
+  5,000 digits, details over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among
+  good ones, from the start, while the site churns and a standby takes over from the active
+  poller. Must hold: no process exits, every good object arrives (and no hostile one), and
+  every hostile one is accounted for as a skip (`<kind>.unparseable` in the heartbeat), by
+  both pollers.
 - `site_faults`: for `duration` seconds the site answers a share of requests with 500, hangs
   every request for `spike` seconds now and then, and revokes every token each `token_every`
   seconds, while it churns. Must hold: no process exits, the heartbeat reports degraded, and
