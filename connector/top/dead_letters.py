@@ -34,10 +34,14 @@ _DELIVERY_ERRORS = RepeatedErrors(log)
 MAX_ERROR_BYTES = 1024
 #: The most bytes of the original key a dead letter carries.
 MAX_KEY_BYTES = 1024
-#: The most bytes of the original value a dead letter carries: with the key and headers above,
-#: it stays under librdkafka's default message.max.bytes (1,000,000), which a record near the
-#: broker's own limit (1 MiB) would pass otherwise, failing every delivery.
-MAX_VALUE_BYTES = 990_000
+#: Bytes of a dead letter left for all but the value: the key and headers above, and Kafka's
+#: framing. The copied value is cut to the message size the dead-letter producer may send (the
+#: topic's max.message.bytes, at most librdkafka's default message.max.bytes, 1,000,000) less
+#: this, which a record near the site topic's own limit would pass otherwise, failing every
+#: delivery and holding its site's commits for good.
+OVERHEAD_BYTES = 10_000
+#: The most bytes of the original value a dead letter carries to a topic of the default limit.
+MAX_VALUE_BYTES = 1_000_000 - OVERHEAD_BYTES
 #: Seconds one delivery may wait for the broker; the loop waits with it.
 FLUSH_SECONDS = 10.0
 
@@ -82,9 +86,9 @@ class Bounded:
     headers: dict[str, bytes]
 
 
-def bounded(letter: DeadLetter) -> Bounded:
-    """`letter` as produced: the original key and value (cut past their bounds, the original
-    size in a header) and the headers saying why."""
+def bounded(letter: DeadLetter, max_value: int = MAX_VALUE_BYTES) -> Bounded:
+    """`letter` as produced: the original key and value (cut past their bounds, the value's
+    `max_value`, the original size in a header) and the headers saying why."""
     headers = {
         "reason": letter.reason.encode(),
         "error": _cut_text(letter.detail, MAX_ERROR_BYTES),
@@ -96,9 +100,9 @@ def bounded(letter: DeadLetter) -> Bounded:
     if key is not None and len(key) > MAX_KEY_BYTES:
         headers["original.key.bytes"] = str(len(key)).encode()
         key = key[:MAX_KEY_BYTES]
-    if value is not None and len(value) > MAX_VALUE_BYTES:
+    if value is not None and len(value) > max_value:
         headers["original.value.bytes"] = str(len(value)).encode()
-        value = value[:MAX_VALUE_BYTES]
+        value = value[:max_value]
     return Bounded(key, value, headers)
 
 
@@ -112,7 +116,8 @@ def _cut_text(text: str, limit: int) -> bytes:
 
 
 class DeadLetterQueue:
-    """Delivers dead letters to one topic and counts failed attempts; `errors` logs them."""
+    """Delivers dead letters to one topic, each within `max_message` bytes (what `producer`
+    may send), and counts failed attempts; `errors` logs them."""
 
     def __init__(
         self,
@@ -120,9 +125,12 @@ class DeadLetterQueue:
         topic: str,
         metrics: ConsumerMetrics,
         errors: RepeatedErrors = _DELIVERY_ERRORS,
+        max_message: int = MAX_VALUE_BYTES + OVERHEAD_BYTES,
     ) -> None:
         self._producer = producer
         self.topic = topic
+        #: the most bytes of a value copied, for a message of at most `max_message` bytes
+        self._max_value = max(0, max_message - OVERHEAD_BYTES)
         self._metrics = metrics
         self._errors = errors
         self._failures = 0  #: failed deliveries in a row
@@ -138,7 +146,7 @@ class DeadLetterQueue:
 
         try:
             for letter in letters:
-                out = bounded(letter)
+                out = bounded(letter, self._max_value)
                 self._producer.produce(
                     self.topic,
                     key=out.key,

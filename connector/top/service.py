@@ -16,7 +16,11 @@ from connector.config import Settings
 from connector.errors import ConfigError
 from connector.kafka.group_consumer import ClientFactory, Consumer
 from connector.kafka.producer import Producer
-from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
+from connector.kafka.topics import (
+    ensure_dead_letter_topic,
+    producer_limits,
+    site_topic_pattern,
+)
 from connector.ops.heap import collect_less
 from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
@@ -60,6 +64,7 @@ def build_consumer(
             f"pattern {pattern!r}; the consumer would read its own dead letters"
         )
     ensure_dead_letter_topic(kafka, options.dead_letter_topic)
+    limits = producer_limits(kafka, options.dead_letter_topic)
     codec = codec_from_settings(kafka)
     metrics = ConsumerMetrics(registry)
     return TopConsumer(
@@ -68,7 +73,12 @@ def build_consumer(
         topic_prefix=kafka.topic_prefix,
         decode=decode or (lambda msg, site: change_from_message(msg, codec, site)),
         sink=sink,
-        dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
+        dead_letters=DeadLetterQueue(
+            Producer(kafka, None, **limits),
+            options.dead_letter_topic,
+            metrics,
+            max_message=limits["message.max.bytes"],
+        ),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
         policy=WindowPolicy(
             call_size=options.batch_size,

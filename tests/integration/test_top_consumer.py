@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -20,6 +21,8 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import Message, TopicPartition
 from confluent_kafka import Producer as RawProducer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
@@ -34,6 +37,7 @@ from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.base import Progress, SiteAvailability, SitePartition
 from connector.sinks.sql import create_engine
 from connector.top import offsets as top
+from connector.top.dead_letters import OVERHEAD_BYTES
 from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer, health_checks
 from tests.support import wait_for
@@ -787,3 +791,45 @@ def test_a_member_whose_client_never_takes_its_partitions_says_so_rejoins_and_co
     assert len(clients) == 3
     assert registry.get_sample_value("cascade_consumer_rejoins_total") == 2
     assert len(sink_state(db)) == 50
+
+
+def test_a_dead_letter_topic_that_takes_less_than_the_site_topic_still_takes_every_letter(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The dead-letter topic takes 20,000 bytes a message; an unreadable record of 200,000
+    bytes in a site topic is delivered cut to fit (the original size said), and the consumer
+    goes on. Before, its delivery failed on every attempt and held its site's commits for good
+    (the consumer never became idle)."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db)
+    topic, dlq_topic = f"{settings.kafka.topic_prefix}.north", settings.consumer.dead_letter_topic
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    small = {"cleanup.policy": "delete", "max.message.bytes": "20000"}
+    admin.create_topics([NewTopic(dlq_topic, 1, 1, config=small)])[dlq_topic].result(timeout=30)
+    garbage = random.Random(26).randbytes(200_000)  # incompressible: over the limit compressed
+    publish(kafka_bootstrap, topic, [record("north", 1, 1)], raw=[(b"north/server/vm-2", garbage)])
+
+    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()), 120)
+
+    assert set(sink_state(db)) == {("north", "server", "vm-1")}
+    reader = RawConsumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": unique_name("reader"),
+            "auto.offset.reset": "earliest",
+        }
+    )
+    reader.subscribe([dlq_topic])
+    letters: list[Message] = []
+
+    def read() -> bool:
+        msg = reader.poll(1)
+        if msg is not None and msg.error() is None:
+            letters.append(msg)
+        return bool(letters)
+
+    wait_for(read, timeout=30, what="the dead letter")
+    reader.close()
+    assert header_map(letters[0])["original.value.bytes"] == b"200000"
+    assert letters[0].value() == garbage[: 20_000 - OVERHEAD_BYTES]

@@ -17,6 +17,7 @@ from connector.top.dead_letters import (
     MAX_ERROR_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    OVERHEAD_BYTES,
     DeadLetter,
     DeadLetterQueue,
     bounded,
@@ -122,3 +123,18 @@ def test_a_delivery_that_keeps_failing_is_counted_retried_and_logged_once_per_er
     clock.now += 60
     errors.sweep()
     assert "no longer seen (21 times over 30 s)" in lines()[-2], lines()
+
+
+def test_a_dead_letter_topic_taking_less_gets_values_cut_to_fit_it() -> None:
+    producer = FailingProducer()
+    producer.failing = False
+    queue = DeadLetterQueue(
+        producer,  # type: ignore[arg-type]
+        "dlq",
+        ConsumerMetrics(CollectorRegistry()),
+        max_message=50_000,
+    )
+    assert queue.deliver([letter(value=b"v" * 300_000)])
+    sent = producer.produced[0]
+    assert sent["value"] == b"v" * (50_000 - OVERHEAD_BYTES)
+    assert sent["headers"]["original.value.bytes"] == b"300000"
