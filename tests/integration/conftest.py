@@ -36,7 +36,7 @@ from connector.dev.local_kafka import LocalKafka
 from connector.dev.local_openstack import LocalOpenStack, LocalOpenStackError, ensure_installed
 from connector.dev.local_postgres import LocalPostgres
 from connector.dev.sim import RunningSim, start_sim
-from connector.errors import LocalKafkaError
+from connector.errors import ConnectorError, LocalKafkaError
 from connector.sinks.sql import sqlalchemy_url
 from tests.support.kafka import BROKER_START
 from tests.support.openstack import RealCloud, RealNetwork
@@ -159,7 +159,7 @@ def real_network(real_cloud: RealCloud) -> RealNetwork:
     PostgreSQL cluster), registered in its catalog as `network`; stopped with `real_cloud`."""
     try:
         real_cloud.services.start_neutron()
-    except LocalOpenStackError as exc:
+    except ConnectorError as exc:  # LocalOpenStackError, or its PostgreSQL's LocalPostgresError
         pytest.fail(f"could not start a real neutron-server: {exc}")
     return RealNetwork(real_cloud)
 

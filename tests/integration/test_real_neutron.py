@@ -1,8 +1,10 @@
-"""The poller against a real neutron-server 29.0.0 (`real_network`, beside the session's real
-Keystone 30.0.0): ports made, renamed, disabled and deleted through Neutron's API while a
-poller of kind `port` and a consumer run; the top equals Neutron's listing after each step,
-deletions within two poll intervals (this Neutron validates filters, so `changed_since` is
-refused and the poller's revision diff is what runs)."""
+"""The poller and the sim against a real neutron-server 29.0.0 (`real_network`, beside the
+session's real Keystone 30.0.0). A poller of kind `port` and a consumer run while ports are
+made, renamed, disabled and deleted through Neutron's API: the top equals Neutron's listing
+after each step, deletions within two poll intervals (this Neutron validates filters, so
+`changed_since` is refused and the poller's revision diff is what runs). The conformance test
+sends the same requests to the sim's Neutron and to the real one and compares the answers
+(docs/sim.md lists what it reaches and the differences left)."""
 
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ def test_port_churn_reaches_the_top_and_deletions_within_two_poll_intervals(
         step("creations", lambda: real_network.create_ports(3, "late"))
     print(f"\nport churn against neutron-server 29.0.0, poll interval {INTERVAL} s:")
     print("\n".join(figures))
-    assert deletions < 2 * INTERVAL + 10, f"deletions took {deletions:.1f} s"
+    # two polls, and 5 s for Kafka and the consumer on the loaded machine (1 s measured)
+    assert deletions < 2 * INTERVAL + 5, f"deletions took {deletions:.1f} s"
 
 
 #: What the poller asks Neutron for (`connector.site.kinds`): the fields of a full listing of
