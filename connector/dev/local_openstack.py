@@ -153,7 +153,8 @@ class LocalOpenStack(LocalService):
 
     def __repr__(self) -> str:
         state = f"running in {self.root}" if self.root else "stopped"
-        return f"LocalOpenStack(keystone={self.keystone_port}, cinder={self.cinder_port}, {state})"
+        ports = (self.keystone_port, self.cinder_port, self.neutron_port)
+        return "LocalOpenStack(keystone={}, cinder={}, neutron={}, {})".format(*ports, state)
 
     def start(self, timeout: float = 120.0) -> str:
         if self.root is not None:
