@@ -18,7 +18,7 @@ import openstack
 import sqlalchemy as sa
 
 from connector.dev.sim import start_sim
-from connector.dev.sim.model import Network, Port, SimObject
+from connector.dev.sim.model import Network, Port, Router, SimObject
 from connector.sinks.sql import create_engine
 from connector.site.kinds import KINDS
 from tests.support import wait_for
@@ -95,6 +95,7 @@ def test_port_churn_reaches_the_top_and_deletions_within_two_poll_intervals(
 PORT_FIELDS = "&".join(f"fields={name}" for name in KINDS["port"].fields())
 REVISIONS = "fields=id&fields=revision_number"
 NETWORK_FIELDS = "&".join(f"fields={name}" for name in KINDS["network"].fields())
+ROUTER_FIELDS = "&".join(f"fields={name}" for name in KINDS["router"].fields())
 UNKNOWN = "0c3a5d6e-8b1f-4e55-9a3c-7d2e1f0b9a84"
 #: Request paths (`{name}` filled from the side's placeholders), sent to both.
 NEUTRON_REQUESTS = [
@@ -103,6 +104,7 @@ NEUTRON_REQUESTS = [
     "/v2.0/ports?network_id={net}&limit=1000&fields=id",
     f"/v2.0/ports/{{a1}}?{PORT_FIELDS}",
     f"/v2.0/networks/{{net}}?{NETWORK_FIELDS}",
+    f"/v2.0/routers/{{r0}}?{ROUTER_FIELDS}",
     # what the poller tries first, and bad input
     "/v2.0/ports?network_id={net}&changed_since={t0}",
     "/v2.0/ports?network_id={net}&bogus=1",
@@ -112,6 +114,8 @@ NEUTRON_REQUESTS = [
     f"/v2.0/ports?network_id={{net}}&marker={UNKNOWN}&fields=id",
     f"/v2.0/ports/{UNKNOWN}",
     f"/v2.0/networks/{UNKNOWN}",
+    f"/v2.0/routers/{UNKNOWN}",
+    f"/v2.0/floatingips/{UNKNOWN}",
 ]
 #: The paged listing: followed by its next links to the end.
 NEUTRON_PAGED = "/v2.0/ports?network_id={net}&limit=2&fields=id&fields=name"
@@ -164,7 +168,7 @@ class NeutronSide:
 def neutron_population(make: Callable[..., str], update: Callable[..., None]) -> dict[str, str]:
     """The same network and ports on either side: `make(collection, name, project_role)` makes
     one and returns its id, `update(collection, id, **fields)` changes one. Returns name -> id."""
-    ids = {"net": make("networks", "net", "admin")}
+    ids = {"net": make("networks", "net", "admin"), "r0": make("routers", "r0", "admin")}
     for name, project in (("a0", "admin"), ("a1", "admin"), ("a2", "admin"), ("b0", "b")):
         ids[name] = make("ports", name, project)
     update("ports", ids["a1"], name="a1-renamed")
@@ -212,16 +216,18 @@ def test_the_sim_answers_neutron_requests_as_neutron_server_does(
         def make_sim(collection: str, name: str, project: str) -> str:
             # the real side's id, so that both list in the same order (by id)
             fields: dict[str, Any] = {"id": real.values[name], "name": name}
+            cls: type[SimObject]
             if collection == "ports":
-                cls: type[SimObject] = Port
+                cls = Port
                 fields |= {"network_id": real.values["net"], "status": "DOWN"}
             else:
-                cls, fields["status"] = Network, "ACTIVE"
+                cls = Network if collection == "networks" else Router
+                fields["status"] = "ACTIVE"
             made = site.create(cls, now=site.now(), project_id=sim_projects[project], **fields)
             return made.id
 
         def update_sim(collection: str, object_id: str, **fields: Any) -> None:
-            kind = "port" if collection == "ports" else "network"
+            kind = collection.removesuffix("s")
             site.update(site.tables[kind].by_id[object_id], site.now(), **fields)
 
         sim_side.values = neutron_population(make_sim, update_sim)

@@ -94,10 +94,15 @@ def subnet_of(network_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, network_id or "none"))
 
 
+#: neutron-lib's "could not be found" messages end with a full stop for ports and networks, not
+#: for routers and floating IPs (its l3 exceptions).
+_FULL_STOP = {"Port", "Network"}
+
+
 def not_found(label: str, object_id: str) -> ApiError:
     """An unknown object (shown, or given as a marker): a 404 of the collection's own type,
     `PortNotFound` for a port, as neutron-server 29.0.0 answers."""
-    message = f"{label} {object_id} could not be found."
+    message = f"{label} {object_id} could not be found" + ("." if label in _FULL_STOP else "")
     return ApiError(404, neutron_fault(404, message, f"{label.replace(' ', '')}NotFound"))
 
 
