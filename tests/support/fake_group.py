@@ -1,7 +1,7 @@
 """Fakes of what the top consumer loop talks to, so its rules have unit tests with no broker: a
 group member over in-memory partitions (`FakeGroupConsumer`, a `connector.top.group.
 GroupConsumer`), a top layer (`FakeSink`) and a dead-letter topic (`FakeDeadLetters`); and
-`top_consumer` / `running` to build a loop over them and run it in a thread.
+`top_consumer` to build a loop over them (tests/support/top.py runs it in a thread).
 
 What the loop does is written to one `Journal` (sink calls, dead-letter deliveries, commits,
 rebalances, in order), so a test can assert what came before what.
@@ -13,8 +13,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -440,32 +439,3 @@ def top_consumer(
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
         resume=ResumePolicy("top", "site", delete_retention),
     )
-
-
-@contextmanager
-def running(loop: TopConsumer, until_idle: bool = False) -> Iterator[list[BaseException]]:
-    """Run `loop` in a thread for the block (what it raised so far, in the list yielded); stop
-    it at the end (with `until_idle` it ends by itself), fail the test if it does not end, and
-    raise what it raised."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run(until_idle=until_idle)
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="top-consumer-under-test")
-    thread.start()
-    try:
-        yield failed
-    finally:
-        if not until_idle:
-            loop.stop()
-        thread.join(LOOP_TIMEOUT)
-        if thread.is_alive():
-            loop.stop()
-            thread.join(LOOP_TIMEOUT)
-    assert not thread.is_alive(), "the loop did not end"
-    if failed:
-        raise failed[0]
