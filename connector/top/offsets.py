@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
-#: Seconds between two refreshes of the lag gauge of every assigned partition (at 3,000
-#: partitions a refresh each second took 9% of the loop's samples).
+#: Seconds between two refreshes of the lag gauge of every assigned partition (a refresh asks
+#: for every partition's watermarks: with thousands of partitions, a refresh each second is a
+#: large share of the loop's time; docs/performance.md).
 LAG_SECONDS = 5.0
 
 #: Seconds one read of a new assignment's committed offsets may wait for the broker (the loop
@@ -213,8 +214,8 @@ class Offsets:
         each that the sink has not stored with its last call (it had dead letters, or nothing
         to write), then commit those of every window stored, all in one commit (a commit is a
         round trip to the group coordinator: one per window made a turn of a consumer of many
-        sites last seconds). A window the sink asks to wait for keeps `offsets_stored` False
-        and is left out of the commit: try it again later."""
+        sites slow; docs/performance.md). A window the sink asks to wait for keeps
+        `offsets_stored` False and is left out of the commit: try it again later."""
         offsets: dict[Partition, int] = {}
         stored = False
         for closed in windows:
