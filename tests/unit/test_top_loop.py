@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
 from connector.records.codec import Codec
-from connector.records.model import StatusRecord
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.offsets import Offsets, ResumePolicy
 from tests.support import wait_for
@@ -26,20 +24,13 @@ from tests.support.fake_group import (
     FakeDeadLetters,
     FakeGroupConsumer,
     FakeSink,
+    server,
     top_consumer,
 )
 from tests.support.top import consuming
 
 P0, P1 = ("site.a", 0), ("site.a", 1)
 CODEC = Codec()
-NOW = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-def server(obj: str, status: str, seq: int, site: str = "a") -> StatusRecord:
-    observed = NOW + timedelta(seconds=seq)
-    return StatusRecord(
-        site=site, kind="server", id=obj, status=status, sequence=seq, observed_at=observed
-    )
 
 
 def test_a_window_is_applied_then_exactly_the_offsets_past_it_are_committed() -> None:
