@@ -25,10 +25,10 @@ from connector.dev.local_openstack import OTHER_REGION
 from connector.records.model import Deletion, StatusRecord
 from connector.site.runner import SitePoller, open_site_poller
 from tests.support import wait_for
+from tests.support.churn import Churn, live_rows, top_equals
 from tests.support.cli import run
 from tests.support.openstack import RealCloud
 from tests.support.sim import Topic
-from tests.support.top import Churn, live_rows, top_equals
 
 #: The poll interval of the churn test, seconds.
 INTERVAL = 2.0

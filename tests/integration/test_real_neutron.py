@@ -22,9 +22,9 @@ from connector.dev.sim.model import Network, Port, Router, SimObject
 from connector.sinks.sql import create_engine
 from connector.site.kinds import KINDS
 from tests.support import wait_for
+from tests.support.churn import Churn, top_equals
 from tests.support.conformance import differences, links_parsed, masked_times
 from tests.support.openstack import RealNetwork
-from tests.support.top import Churn, top_equals
 
 #: The poll interval, seconds.
 INTERVAL = 2.0

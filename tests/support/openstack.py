@@ -13,7 +13,7 @@ import openstack
 import yaml
 
 from connector.dev.local_openstack import PASSWORD, REGION, LocalOpenStack
-from tests.support.top import Rows
+from tests.support.churn import Rows
 
 #: The microversion of the requests tests make (the poller negotiates its own).
 MICROVERSION = "3.60"

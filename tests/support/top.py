@@ -1,124 +1,69 @@
-"""A poller and a top consumer running together against a real site, for the tests against real
-OpenStack services: `Churn` runs `run_site` (short interval) and a consumer into SQLite in
-threads and reads the poller's metrics; `live_rows` is what that SQLite top holds; `top_equals`
-waits until it holds what the service lists."""
+"""The top consumer loop in a thread for a test: `consuming` runs a loop for a block (over a real
+broker or tests/support/fake_group.py's fakes alike); `consumer_running` builds the consumer of
+the app's settings with its sink, as `cascade-connector consume` does, and runs it so."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings
 from connector.sinks import open_sink
-from connector.sinks.sql import create_engine
-from connector.site.runner import run_site
+from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer
-from tests.support import wait_for
-
-#: (kind, id) -> (status, name, project id), of the top or of the service's own listing
-Rows = dict[tuple[str, str], tuple[str | None, str | None, str | None]]
 
 
-def live_rows(db: Path) -> Rows:
-    """What the SQL sink at `db` holds: every live row but the site's heartbeat."""
-    engine = create_engine(f"sqlite:///{db}")
+@contextmanager
+def consuming(
+    loop: TopConsumer, until_idle: bool = False, timeout: float = 60.0
+) -> Iterator[list[BaseException]]:
+    """Run `loop` in a thread for the block (what it raised so far, in the list yielded); stop
+    it at the end, or with `until_idle` let it end by itself once every site partition is
+    applied and committed; fail the test if it does not end within `timeout` seconds, and
+    raise what it raised."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run(until_idle=until_idle)
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="top-consumer-under-test")
+    thread.start()
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT kind, id, status, name, project_id, deleted FROM resource_status")
-            )
-            return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows if r[0] != "site" and not r[5]}
-    except sa.exc.OperationalError:
-        return {}  # the consumer has not made the table yet
+        yield failed
     finally:
-        engine.dispose()
+        if not until_idle:
+            loop.stop()
+        thread.join(timeout)
+        ended = not thread.is_alive()
+        if not ended:
+            loop.stop()
+            thread.join(timeout)
+    assert ended, (
+        f"the consumer was not {'idle' if until_idle else 'stopped'} within {timeout:g} s: {loop!r}"
+    )
+    if failed:
+        raise failed[0]
 
 
-def top_equals(listed: Callable[[], Rows], db: Path, after: str, timeout: float = 120) -> None:
-    """Wait until the SQL sink at `db` holds what `listed()` (the service) lists; name the rows
-    that differ."""
+@contextmanager
+def consumer_running(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    until_idle: bool = False,
+    timeout: float = 60.0,
+) -> Iterator[TopConsumer]:
+    """The consumer of `settings` (its metrics in `registry`) and its sink, the consumer running
+    in a thread for the block as `consuming` runs it; the sink closed at the end."""
+    sink = open_sink(settings.sink)
     try:
-        wait_for(lambda: live_rows(db) == listed(), timeout, f"the top after {after}")
-    except AssertionError:
-        expected, rows = listed(), live_rows(db)
-        wrong = [k for k in expected.keys() | rows.keys() if expected.get(k) != rows.get(k)]
-        raise AssertionError(f"{after}: {len(wrong)} rows differ, e.g. {wrong[:3]}") from None
-
-
-class Churn:
-    """A poller of `kind` (run_site, polling every `interval` seconds) and a consumer into the
-    SQLite file `db`, running in threads while the `with` block lasts."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        cloud: str,
-        name: Callable[[str], str],
-        db: Path,
-        kind: str = "volume",
-        interval: float = 2.0,
-    ) -> None:
-        self.kind = kind
-        self.settings = Settings.model_validate(
-            {
-                "kafka": {"bootstrap": bootstrap, "topic_prefix": name("status")},
-                "site": {
-                    "name": cloud,
-                    "kinds": kind,
-                    "interval": interval,
-                    "heartbeat_interval": 1,
-                    "clock_skew": 1.0,
-                },
-                "sink": {"url": f"sqlite:///{db}"},
-                "consumer": {
-                    "group": name("group"),
-                    "dead_letter_topic": name("dlq"),
-                    "batch_wait_ms": 100,
-                },
-            }
-        )
-        self.stop = threading.Event()
-        self.registry = CollectorRegistry()
-        self.poller = threading.Thread(
-            target=run_site,
-            args=(self.settings,),
-            kwargs={"registry": self.registry, "stop": self.stop},
-        )
-        self.consumer = build_consumer(
-            self.settings, open_sink(self.settings.sink), CollectorRegistry()
-        )
-        self.consuming = threading.Thread(target=self.consumer.run)
-
-    def __enter__(self) -> Churn:
-        self.poller.start()
-        self.consuming.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop.set()
-        self.consumer.stop()
-        self.poller.join(15)
-        self.consuming.join(30)
-        assert not self.poller.is_alive() and not self.consuming.is_alive()
-
-    def published(self) -> float:
-        """Records published so far: changes and tombstones."""
-        names = ("cascade_site_changes_published_total", "cascade_site_tombstones_total")
-        return sum(self._sample(name) for name in names)
-
-    def failed_polls(self) -> float:
-        return self._sample("cascade_site_api_errors_total")
-
-    def polls(self) -> float:
-        """Incremental polls made so far."""
-        return self._sample("cascade_site_poll_duration_seconds_count", mode="incremental")
-
-    def _sample(self, name: str, **extra: str) -> float:
-        site = self.settings.site.name
-        assert site is not None
-        labels = {"site": site, "kind": self.kind, **extra}
-        return self.registry.get_sample_value(name, labels) or 0.0
+        loop = build_consumer(settings, sink, registry or CollectorRegistry())
+        with consuming(loop, until_idle, timeout):
+            yield loop
+    finally:
+        sink.close()
