@@ -385,7 +385,8 @@ def plot_timeline(
 
 
 def pct(values: list[float], q: float) -> float:
-    """The q-quantile of `values` (statistics.quantiles over 100 cuts; one value: itself)."""
+    """The q-quantile of `values` (statistics.quantiles over 100 cuts, inclusive: the
+    default extrapolates past the largest value of a small sample; one value: itself)."""
     if len(values) < 2:
         return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]

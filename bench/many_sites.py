@@ -231,6 +231,54 @@ class Sites:
             self.producer.poll(0)
 
 
+class Probe:
+    """Where a quiet site's delay goes: a consumer of its own (no group, assigned) reads the
+    partitions of a sample of sites from their ends and notes when each record became
+    readable; a row's delay then splits into publishing to readable (the bench's producer, the
+    broker) and readable to row (the top consumer's fetch queue, window and sink)."""
+
+    def __init__(self, kafka: KafkaSettings, names: list[str]) -> None:
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": f"{kafka.topic_prefix}.probe",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.assign(
+            [
+                confluent_kafka.TopicPartition(
+                    site_topic(kafka.topic_prefix, n), p, confluent_kafka.OFFSET_END
+                )
+                for n in names
+                for p in range(kafka.partitions)
+            ]
+        )
+        self._codec = Codec()
+        #: (site, kind, id, sequence) -> (record's create time, readable at), POSIX seconds
+        self.seen: dict[tuple[str, str, str, int], tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.1):
+                value = msg.value()
+                if msg.error() is not None or not value:
+                    continue
+                now = time.time()
+                r = self._codec.decode(value)
+                self.seen[(r.site, r.kind, r.id, r.sequence)] = (msg.timestamp()[1] / 1000, now)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -328,6 +376,7 @@ class Bench:
         since = datetime.now(UTC)
         totals = self.totals()
         began = time.monotonic()
+        probe = Probe(self.kafka, self.names[-a.probe_sites :])
         self.sites.churn(self.names)
         lags = []
         while time.monotonic() - began < a.churn_seconds:
@@ -337,10 +386,15 @@ class Bench:
         seconds = time.monotonic() - began
         self.steady_lag = pct(lags, 0.5)
         rates = {k: (v - totals[k]) / seconds for k, v in self.totals().items()}
+        probe.stop()
         delays = self.delays(self.names, since)
+        split = self.split(probe, since)
         return [
             ("changes/s published", f"{a.churn_rate:g} for {a.churn_seconds:g} s"),
             ("publish-to-row delay p50 / p99 / max", fmt_delays(delays)),
+            (f"of {a.probe_sites} sites: publish to produce call", fmt_delays(split[0])),
+            ("  produce call to readable in Kafka", fmt_delays(split[1])),
+            ("  readable to row", fmt_delays(split[2])),
             ("rows/s at the sink", f"{rates[ROWS]:,.0f}"),
             ("heartbeat writes/s at the sink", f"{rates[BEATS]:,.0f}"),
             ("sink calls/s", f"{rates[CALLS]:,.1f}"),
@@ -356,14 +410,17 @@ class Bench:
         since = datetime.now(UTC)
         totals = self.totals()
         began = time.monotonic()
+        probe = Probe(self.kafka, quiet[: a.probe_sites])
         self.sites.start_storm(storming)
         while not self.sites.storm_over():
             self.procs.check_alive()
             time.sleep(0.2)
         ended = time.monotonic()
         after = self.converge(storming, ended)
+        probe.stop()
         delays = self.delays(quiet, since)
         self.storm_p99 = pct(delays, 0.99)
+        split = self.split(probe, since)
         done = self.totals()
         return [
             ("storming sites", f"{len(storming)} x {a.storm_objects:,} objects, {a.flaps} flaps"),
@@ -374,6 +431,9 @@ class Bench:
                 f"{done[ROWS] - totals[ROWS]:,.0f} / {done[CALLS] - totals[CALLS]:,.0f}",
             ),
             ("quiet sites' delay p50 / p99 / max", fmt_delays(delays)),
+            (f"of {a.probe_sites} of them: publish to produce call", fmt_delays(split[0])),
+            ("  produce call to readable in Kafka", fmt_delays(split[1])),
+            ("  readable to row", fmt_delays(split[2])),
             ("bound", "p99 <= 5 s"),
         ]
 
@@ -502,6 +562,29 @@ class Bench:
         finally:
             engine.dispose()
 
+    def split(self, probe: Probe, since: datetime) -> tuple[list[float], list[float], list[float]]:
+        """The delays of the rows the probe saw, split in three: publishing (observed_at) to
+        the produce call (the record's timestamp), to readable, to the row (applied_at)."""
+        rs = resource_status
+        query = sa.select(
+            rs.c.site, rs.c.kind, rs.c.id, rs.c.sequence, rs.c.observed_at, rs.c.applied_at
+        ).where(rs.c.observed_at >= since, rs.c.kind != "site")
+        engine = create_engine(self.sink_url)
+        parts: tuple[list[float], list[float], list[float]] = ([], [], [])
+        try:
+            with engine.connect() as conn:
+                for r in conn.execute(query):
+                    seen = probe.seen.get((r.site, r.kind, r.id, r.sequence))
+                    if seen is None:
+                        continue
+                    created, readable = seen
+                    parts[0].append(created - r.observed_at.timestamp())
+                    parts[1].append(readable - created)
+                    parts[2].append(r.applied_at.timestamp() - readable)
+        finally:
+            engine.dispose()
+        return parts
+
     def finish(self) -> None:
         self._stop.set()
         if self._sampler.is_alive():
@@ -549,6 +632,7 @@ def main() -> None:
     parser.add_argument("--flaps", type=int, default=3)
     parser.add_argument("--storm-seconds", type=float, default=10.0)
     parser.add_argument("--changed", type=float, default=0.05)
+    parser.add_argument("--probe-sites", type=int, default=20, help="quiet sites probed")
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait")
     a = parser.parse_args()
     settings = (
