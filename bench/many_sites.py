@@ -7,11 +7,11 @@ Each site is a `Publisher` (connector/site/publisher.py) of its own; `--sites-pe
 sites share a producer (in order, so the storming sites, the first ones, share none with a quiet
 site when `--storm-sites` is a multiple of it, as pollers of their own would not). librdkafka
 sends one partition per produce request: one producer for all 1,000 sites' 3,000 partitions held
-a quiet site's record behind the others' for 8 s (p50) to 31 s (p99) before it was readable, a
-delay no deployment has; a producer per site (1,000 in one process, 3,000 threads) took more CPU
-than the run had. Sites have `--objects` objects (servers, volumes and ports in turn) and a
-heartbeat every `--heartbeat-interval` s, as pollers send them (the sites' heartbeats spread
-over the interval).
+a quiet site's record behind the others' for tens of seconds before it was readable
+(docs/performance.md), a delay no deployment has; a producer per site (1,000 in one process,
+3,000 threads) took more CPU than the run had. Sites have `--objects` objects (servers, volumes
+and ports in turn) and a heartbeat every `--heartbeat-interval` s, as pollers send them (the
+sites' heartbeats spread over the interval).
 Top consumers are real `cascade-connector consume` processes. Phases, each printed as a table:
 
 1. one member; every site publishes its objects: time until the top equals every site's truth;

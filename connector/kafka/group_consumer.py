@@ -49,10 +49,9 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "topic.metadata.refresh.interval.ms": 5000,
     # Keep librdkafka's prefetch small: the backlog belongs in Kafka, not in this process. It is
     # also one queue for every partition, read in the order fetched: a quiet site's record
-    # waits behind whatever storming sites' records were fetched before it. At 2,000 records
-    # per partition and 1 MB per partition per fetch, ten storming sites' 30 partitions put
-    # tens of thousands of records ahead of it (6 s p50, 10 s p99 from readable to row at
-    # 1,000 sites). A partition is fetched again once fewer than 100 of its records wait.
+    # waits behind whatever storming sites' records were fetched before it, so each partition
+    # may hold only a little of it: fetched again once fewer than 100 of its records wait, at
+    # most 64 KB of it per fetch (docs/performance.md).
     "queued.max.messages.kbytes": 1024,
     "queued.min.messages": 100,
     "max.partition.fetch.bytes": 65_536,
