@@ -47,9 +47,14 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
     # A regex subscription only sees topics that exist in its metadata: refresh it often.
     "topic.metadata.refresh.interval.ms": 5000,
-    # Keep librdkafka's prefetch small: the backlog belongs in Kafka, not in this process.
-    "queued.max.messages.kbytes": 4096,
-    "queued.min.messages": 2000,
+    # Keep librdkafka's prefetch small: the backlog belongs in Kafka, not in this process. It is
+    # also one queue for every partition, read in the order fetched: a quiet site's record
+    # waits behind whatever storming sites' records were fetched before it, so each partition
+    # may hold only a little of it: fetched again once fewer than 100 of its records wait, at
+    # most 64 KB of it per fetch (docs/performance.md).
+    "queued.max.messages.kbytes": 1024,
+    "queued.min.messages": 100,
+    "max.partition.fetch.bytes": 65_536,
     # When that small queue is full, look again soon rather than after librdkafka's default 1 s.
     "fetch.queue.backoff.ms": 50,
     # A fetch with nothing new to read waits this long at the broker, and a request for the
