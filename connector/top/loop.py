@@ -169,7 +169,7 @@ class TopConsumer:
                 continue
             q.filling.read(tp, offset, now)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
-            self._sites.put(q, entry, self._applied.get(tp, change.key))
+            self._sites.put(q, entry, self._applied.get(tp, entry.key))
 
     def _call(self) -> None:
         """One sink call: each site with changes ready gets its fair share of the room."""
@@ -206,7 +206,7 @@ class TopConsumer:
         self._metrics.call_applied(result.written, (e.change for e in entries))
         refused = {change.key: reason for change, reason in result.rejected}
         self._settle(taken, refused)
-        self._applied.remember(e for e in entries if e.change.key not in refused)
+        self._applied.remember(e for e in entries if e.key not in refused)
 
     def _settle(self, taken: list[tuple[SiteQueue, Taken]], refused: Mapping[str, str]) -> None:
         """Settle what a call took (see `SiteQueue.settle`); the sink `refused` key -> why."""
