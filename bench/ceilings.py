@@ -42,7 +42,15 @@ import fastavro
 import psycopg
 import requests
 import sqlalchemy as sa
-from common import broker, drop_topics, ensure_topics, load, machine, start_sims
+from common import (
+    broker,
+    drop_topics,
+    ensure_topics,
+    load,
+    machine,
+    server_observation,
+    start_sims,
+)
 from prometheus_client import CollectorRegistry
 from sink_apply import make_batches
 
@@ -63,7 +71,6 @@ from connector.site.publisher import Publisher
 from connector.site.runner import SitePoller, open_site_poller
 from connector.site.site_metrics import SiteMetrics
 
-T0 = datetime(2026, 12, 1, tzinfo=UTC)
 #: (path, unit, raw figure, our figure)
 Figure = tuple[str, str, float, float]
 
@@ -83,24 +90,7 @@ def best(
 
 
 def observations(n: int) -> list[Observation]:
-    return [
-        Observation(
-            id=f"{i:08d}-7c6e-3b7a-4d6e-9a592f0c5d1e",
-            status="ACTIVE" if i % 7 else "SHUTOFF",
-            name=f"web-frontend-{i}",
-            project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
-            details={
-                "vm_state": "active",
-                "task_state": None,
-                "power_state": 1,
-                "host": f"compute-{i % 50:02d}.site-a",
-            },
-            source_updated_at=T0,
-            revision=None,
-            deleted=False,
-        )
-        for i in range(n)
-    ]
+    return [server_observation("site-a", i) for i in range(n)]
 
 
 def producer_ours(bootstrap: str, topic: str, site: str, obs: list[Observation]) -> float:
@@ -399,7 +389,8 @@ def main() -> None:
             results.append(producer_pair(bootstrap, prefix, records, a.rounds))
             results.append(poll_pair(bootstrap, prefix, counts, a.rounds))
         finally:
-            drop_topics(bootstrap, f"{prefix}.", print)
+            # No "." after the prefix: the poller's lease topic is `<prefix>-lease.<site>`.
+            drop_topics(bootstrap, prefix, print)
     results[1:1] = sql_pairs(rows, a.rounds)
     print(f"\nOurs against the raw ceiling, same machine, same run; {load()}")
     print(f"  {'path':<20} {'unit':<10} {'raw':>10} {'ours':>10} {'ours/raw':>9}")
