@@ -103,6 +103,7 @@ class FakeGroupConsumer:
         committed: Mapping[Partition, int] | None = None,
         commit_failures: int = 0,
         read_failures: int = 0,
+        topic_retention: Mapping[str, float] | None = None,
     ) -> None:
         self.journal = journal or Journal()
         self.group_committed: dict[Partition, int] = dict(committed or {})
@@ -111,6 +112,9 @@ class FakeGroupConsumer:
         #: every read of committed offsets: (monotonic time, partitions, timeout)
         self.reads: list[tuple[float, frozenset[Partition], float]] = []
         self.closed = False
+        #: topic -> its own delete.retention.ms in seconds (`delete_retention`); a topic not
+        #: here is one the broker tells nothing of
+        self.topic_retention: dict[str, float] = dict(topic_retention or {})
         self._logs: dict[Partition, list[Message]] = {tp: [] for tp in partitions}
         self._stamps: dict[Partition, list[float]] = {tp: [] for tp in self._logs}
         self._wake = threading.Condition(threading.RLock())
@@ -246,6 +250,9 @@ class FakeGroupConsumer:
             return next(
                 (i for i, at in enumerate(stamps) if at * 1000 >= timestamp_ms), len(stamps)
             )
+
+    def delete_retention(self, topics: Collection[str], timeout: float = 10.0) -> dict[str, float]:
+        return {t: self.topic_retention[t] for t in topics if t in self.topic_retention}
 
     def stable_ends(
         self, partitions: Collection[Partition], timeout: float = 10.0
