@@ -203,7 +203,13 @@ class TopConsumer:
             for closed in finished:
                 closed.offsets_stored = True
         self._pacer.applied(len(entries), started)
-        self._metrics.call_applied(result.written, (e.change for e in entries))
+        self._metrics.call_applied(result.written, result.stale, (e.change for e in entries))
+        if result.stale:
+            log.warning(
+                "the sink holds a higher sequence of %d key(s) of this call: their records "
+                "were not written (cascade_consumer_stale_records_total)",
+                result.stale,
+            )
         refused = {change.key: reason for change, reason in result.rejected}
         self._settle(taken, refused)
         self._applied.remember(e for e in entries if e.key not in refused)

@@ -341,7 +341,8 @@ class FakeGroupConsumer:
 
 class FakeSink:
     """A top layer in memory. The first `busy` calls ask to slow down for `retry_after` s; the
-    changes of the keys in `reject` (key -> why) are refused for good. With `offsets` (per
+    changes of the keys in `reject` (key -> why) are refused for good, those of the keys in
+    `stale` are not written (it holds a higher sequence of them). With `offsets` (per
     group and partition, the next offset: a database's table, shared by sinks), it keeps
     offsets as the SQL sink does: stored with a batch unless a change of it is rejected."""
 
@@ -352,8 +353,10 @@ class FakeSink:
         retry_after: float = 0.1,
         reject: Mapping[str, str] | None = None,
         offsets: dict[tuple[str, Partition], int] | None = None,
+        stale: Collection[str] = (),
     ) -> None:
         self.journal = journal
+        self.stale = set(stale)
         self.busy = busy
         self.retry_after = retry_after
         self.reject = dict(reject or {})
@@ -378,7 +381,10 @@ class FakeSink:
                 self.offsets[(progress.group, tp)] = offset
         offsets = dict(progress.offsets) if stored and progress is not None else {}
         self.journal.add(Event("apply" if changes else "offsets", offsets, changes=kept))
-        return ApplyResult(written=len(kept), rejected=rejected, progress_stored=stored)
+        stale = sum(1 for c in kept if c.key in self.stale)
+        return ApplyResult(
+            written=len(kept) - stale, rejected=rejected, progress_stored=stored, stale=stale
+        )
 
     def stored_offsets(
         self, group: str, partitions: Collection[Partition]
