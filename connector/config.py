@@ -152,9 +152,10 @@ class NotificationSettings(_Section):
     #: site restart changes most objects at once; steady churn a small share a second): its
     #: triggers pause for one interval, so a storm costs about what polling alone costs.
     storm_share: float = Field(default=0.3, gt=0, le=10)
-    #: What reads the bus: `pika` (RabbitMQ's client, `rabbit://` URLs; about a fifth of the
-    #: CPU per notification) or `oslo.messaging` (its listener, for the `[oslo_messaging_rabbit]`
-    #: options such as TLS files; `rabbit://` only so far). Both read the same pool's queue.
+    #: What reads the bus: `pika` (RabbitMQ's client, `rabbit://` URLs; far less CPU per
+    #: notification, docs/performance.md) or `oslo.messaging` (its listener, for the
+    #: `[oslo_messaging_rabbit]` options such as TLS files; `rabbit://` only so far). Both read
+    #: the same pool's queue.
     listener: Literal["pika", "oslo.messaging"] = "pika"
 
 
@@ -176,7 +177,7 @@ class ConsumerSettings(_Section):
     #: Milliseconds a site's window stays open at most while the site storms faster than the
     #: rate limit (the window closes sooner once the top layer could have taken what it holds).
     max_window_wait_ms: int = Field(default=30_000, ge=0, le=600_000)
-    #: Keys waiting in memory over all sites (about 3.2 KB each, measured) before the
+    #: Keys waiting in memory over all sites (the memory a key takes: docs/consumer.md) before the
     #: partitions of the sites holding the most are paused until they drain.
     max_pending_keys: int = Field(default=200_000, ge=1, le=10_000_000)
     #: Share of each sink call per site, relative to the others (sites not listed: 1).

@@ -4,7 +4,7 @@ suite, and throwaway local services (Kafka, PostgreSQL, RabbitMQ, their TLS mate
 The core (everything else under `connector/`) never imports this package; only the CLI's
 development commands (`sim`, `demo`, `local-kafka`), the tests and the benchmarks do. A contract
 in `pyproject.toml` keeps it so. Its extra dependencies (pyyaml, cryptography) come with the
-`dev-tools` extra.
+`tools` extra.
 """
 
 from __future__ import annotations

@@ -134,8 +134,7 @@ class LocalKafka:
     nodes: int | None = None
     secure: bool = False
     #: The quick JVM of a cluster's nodes for a lone node too: for a throwaway broker that is
-    #: restarted often and carries little (a start takes about 40% less CPU: 13 s against 21 s
-    #: for three restarts, measured on the 2-core test machine).
+    #: restarted often and carries little (a start takes much less CPU; docs/performance.md).
     quick_jvm: bool = False
 
     @property
@@ -200,8 +199,8 @@ class LocalKafka:
         return self.libs.parent / "classes.jsa"
 
     def _class_data(self, dump: Path | None = None) -> list[str]:
-        """JVM options that map the class-data archive, which makes a start take about 40% less
-        CPU (a node 3.1 s against 4.7-5.6 s alone); without one, a node given `dump` writes its
+        """JVM options that map the class-data archive, which makes a start take much less CPU
+        (docs/performance.md); without one, a node given `dump` writes its
         classes there when it exits (`stop` keeps that as the archive). A stale or unreadable
         archive is only a warning: the JVM then loads its classes from the jars."""
         if self.class_archive.exists():

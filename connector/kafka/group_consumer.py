@@ -185,8 +185,8 @@ class Consumer:
         messages = self._consumer.consume(num_messages=wanted, timeout=0)
         if not messages and timeout > 0:
             # librdkafka's batch consume waits out its whole timeout unless the batch fills:
-            # records that came in the meantime waited too (measured: every read took the
-            # loop's 0.5 s). Wait for the first one, then take whatever else is there.
+            # records that came in the meantime waited too (docs/performance.md). Wait for the
+            # first one, then take whatever else is there.
             messages = self._consumer.consume(num_messages=1, timeout=timeout)
             if messages and wanted > 1:
                 messages += self._consumer.consume(num_messages=wanted - 1, timeout=0)

@@ -207,7 +207,7 @@ class Producer:
         left to garbage collection, its threads would go on reconnecting to a broker that is
         gone, and logging so, for as long as something holds the object. Not for a producer
         with a transaction open: librdkafka's close first aborts it, waiting for a coordinator
-        that may be out of reach (minutes, measured with the broker stopped)."""
+        that may be out of reach (for minutes with the broker stopped)."""
         self.purge()
         # `Producer.close` is newer than the oldest confluent-kafka this allows: without it the
         # client is left to garbage collection, as it always was.

@@ -189,9 +189,10 @@ def ensure_site_topics(
     site, in order.
 
     One admin client for all of them, the create requests (CREATE_BATCH topics each) sent at
-    once, then one request to describe those that existed and one for their configs: at 1,000
-    sites a client per topic cost 0.17 s each. A differing config raises TopicConfigError for
-    the first such topic, or with `fix` is set to the expected values. Partition count and
+    once, then one request to describe those that existed and one for their configs: a client
+    per topic made creating a thousand sites' topics take minutes (docs/performance.md). A
+    differing config raises TopicConfigError for the first such topic, or with `fix` is set to
+    the expected values. Partition count and
     replication are only reported: changing them would move keys or data.
     """
     topics = [site_topic(kafka.topic_prefix, site) for site in sites]

@@ -1,12 +1,10 @@
 """The garbage collector's settings for our long-running processes (the poller, the consumer).
 
-Two costs, both measured: at Python's default the youngest generation is collected every 700
-allocations, and a listing page is tens of thousands of small dicts and strings, none in a
-cycle: dozens of collections a page, about a fifth of a full resync's CPU (bench/poll_cost.py).
-And every full collection rescans everything alive, most of it the imported libraries
-(openstacksdk, keystoneauth, prometheus_client, librdkafka's bindings): a stall of tens to
-hundreds of milliseconds on a busy two-core machine, which showed as the p99 bumps of the
-freshness benchmark (bench/freshness.py, docs/site.md).
+Two costs: at Python's default the youngest generation is collected every 700 allocations,
+and a listing page is tens of thousands of small dicts and strings, none in a cycle: dozens of
+collections a page, for nothing. And every full collection rescans everything alive, most of it
+the imported libraries (openstacksdk, keystoneauth, prometheus_client, librdkafka's bindings):
+a stall that shows in the freshness percentiles. The figures: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 openstacksdk keeps what it is good at: auth and token renewal, endpoint discovery, microversion
 headers, sessions, retries (the proxy is a keystoneauth Adapter, `proxy.get(path, params=...,
-microversion=...)`). What it is slow at, building a `Resource` per listed object (about 0.2 ms
-each even for a resource with ten fields), is skipped: pages are parsed straight from the
+microversion=...)`). What it is slow at, building a `Resource` per listed object (even for a
+resource with ten fields; docs/performance.md), is skipped: pages are parsed straight from the
 response body, and the kinds table turns each object into an `Observation`.
 
 Paging follows the services: a `<collection>_links` (or `links`, `next`) next link, absolute,

@@ -147,8 +147,8 @@ class WindowCloser:
         window is first due: a site that publishes all the time (transactions committed five
         times a second) always has a record more, and chasing it held windows for seconds.
         Only partitions whose last fetch saw more than was read are asked about, all in one
-        request: a round trip per partition held a consumer of 1,000 sites for seconds per
-        turn of its loop."""
+        request: a round trip per partition made a turn of the loop of a consumer of many
+        sites slow (docs/performance.md)."""
         unfixed = [(q, self._reached(q)) for q in queues if q.filling.read_to is None]
         behind = [
             tp

@@ -5,11 +5,8 @@ filling window (the last change per key) in `sites.Sites`, which also judges eac
 availability from its heartbeats; `closing.WindowCloser` says when a window closes. A closed
 window drops what the top layer already holds (`window.Applied`), then goes out in sink calls
 the rate limit allows (`pacing.CallPacer`), each call's room shared between sites by
-`FairShare`. Once all of a window is applied and its dead letters delivered, exactly its offsets
-are stored and committed through `offsets.Offsets`, which also decides where reading starts. A
-sink that keeps offsets stores them with the call that applies the window's last changes, in the
-same transaction (on their own, once its dead letters are delivered, when that call rejected
-changes or the window had nothing to write).
+`FairShare`. Once all of a window is applied and its dead letters delivered, `offsets.Offsets`
+checkpoints it (stores and commits exactly its offsets), and decides where reading starts.
 
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
@@ -22,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from connector.kafka import Message
 from connector.kafka.group_consumer import Partition
@@ -40,7 +37,7 @@ from connector.top.offsets import Offsets, ResumePolicy
 from connector.top.pacing import CallPacer
 from connector.top.rate import RateLimiter
 from connector.top.sites import Sites
-from connector.top.window import Applied, Pending, SiteQueue, Taken, Window, fingerprint
+from connector.top.window import Applied, Pending, fingerprint, finishing
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +175,11 @@ class TopConsumer:
         entries = [e for _q, part in taken for e in part.entries]
         if not entries:
             # All of it was already held by the top layer: nothing to write, nothing to pace.
-            self._settle(taken, {})
+            self._sites.settle(taken, {})
             return
         # The windows this call applies the last changes of: their offsets go with it.
-        finished = [
-            q.closed
-            for q, part in taken
-            if q.closed is not None
-            and part.count == q.closed.remaining
-            and not q.closed.window.dead_letters
-        ]
-        progress = self._offsets.progress(
-            {tp: offset for closed in finished for tp, offset in closed.window.next_offsets()}
-        )
+        finished = finishing(taken)
+        progress = self._offsets.progress(finished)
         started = time.monotonic()
         try:
             result = self._sink.apply([e.change for e in entries], progress)
@@ -211,49 +200,29 @@ class TopConsumer:
                 result.stale,
             )
         refused = {change.key: reason for change, reason in result.rejected}
-        self._settle(taken, refused)
+        self._sites.settle(taken, refused)
         self._applied.remember(e for e in entries if e.key not in refused)
 
-    def _settle(self, taken: list[tuple[SiteQueue, Taken]], refused: Mapping[str, str]) -> None:
-        """Settle what a call took (see `SiteQueue.settle`); the sink `refused` key -> why."""
-        for q, part in taken:
-            q.settle(part, refused)
-            self._metrics.coalesced.inc(len(part.replaced))
-            self._metrics.skipped.inc(part.skipped)
-
     def _finish_windows(self) -> None:
-        """Store (if the sink has not yet) the offsets of every closed window applied in full,
-        once its dead letters are delivered, and commit them all in one commit (a commit is a
-        round trip to the group coordinator, and one per window held a consumer of 1,000 sites
-        for seconds per turn)."""
+        """Deliver the dead letters of every closed window applied in full, then checkpoint
+        them all (`Offsets.checkpoint`: one commit); a site whose dead letters or offsets must
+        wait tries again `retry_after` later."""
         now = time.monotonic()
-        offsets: dict[Partition, int] = {}
-        finished: list[tuple[SiteQueue, Window]] = []
-        for q in self._sites:
-            closed = q.closed
-            if closed is None or closed.remaining or now < q.retry_due:
-                continue
+        ready = []
+        for q, closed in self._sites.finished(now):
             window = closed.window
             if window.dead_letters:
                 if not self._dlq.deliver(window.dead_letters):
                     q.retry_due = now + self._policy.retry_after
                     continue
                 window.dead_letters = []  # delivered: not again if storing must wait
-            next_offsets = dict(window.next_offsets())
-            if not closed.offsets_stored:
-                if not self._offsets.store(next_offsets):
-                    q.retry_due = now + self._policy.retry_after
-                    continue
-                closed.offsets_stored = True
-            offsets.update(next_offsets)
-            finished.append((q, window))
-        if not finished:
-            return
-        self._offsets.commit(offsets)
-        for q, window in finished:
-            if window.record_count:
-                self._metrics.records.labels(q.site).inc(window.record_count)
-            q.closed = None
+            ready.append((q, closed))
+        self._offsets.checkpoint(closed for _q, closed in ready)
+        for q, closed in ready:
+            if closed.offsets_stored:
+                self._sites.done(q)
+            else:
+                q.retry_due = now + self._policy.retry_after
 
     def _enforce_cap(self) -> None:
         """Pause the partitions of the sites `Sites.over_cap` holds; resume the others."""

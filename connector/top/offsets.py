@@ -9,12 +9,15 @@ they are written) is reported loudly: deletions may be missing. A sink that keep
 leaves it to the group's committed offsets, read at assignment (retried with a backoff while the
 broker does not answer).
 
-`Offsets` commits to Kafka exactly what the loop applied (for lag monitoring, and the HTTP sink's
-resuming), refusing an offset behind where reading started or what is committed, retrying a
-failed commit with the next one; it commits the idle positions past transaction markers, keeps
-the lag gauge, forgets partitions revoked or lost, and tells `--until-idle` when the group has
-committed every site partition to its end. The loop decides what is applied; this object only
-stores and commits it.
+`Offsets` is the checkpoint of the windows the loop applied: a sink that keeps offsets stores a
+window's with the call that applies its last changes, in the same transaction, or (when that
+call rejected changes, or the window had nothing to write) on their own once its dead letters
+are delivered; then every window finished in a turn is committed to Kafka in one commit (for lag
+monitoring, and the HTTP sink's resuming), refusing an offset behind where reading started or
+what is committed, retrying a failed commit with the next one. It commits the idle positions
+past transaction markers, keeps the lag gauge, forgets partitions revoked or lost, and tells
+`--until-idle` when the group has committed every site partition to its end. The loop decides
+what is applied; this object only stores and commits it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from connector.errors import KafkaError
@@ -31,13 +34,15 @@ from connector.kafka.group_consumer import Partition
 from connector.sinks.base import Progress, Sink, SinkBackpressureError, SinkError
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.group import GroupConsumer
+from connector.top.window import Closed
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
-#: Seconds between two refreshes of the lag gauge of every assigned partition (at 3,000
-#: partitions a refresh each second took 9% of the loop's samples).
+#: Seconds between two refreshes of the lag gauge of every assigned partition (a refresh asks
+#: for every partition's watermarks: with thousands of partitions, a refresh each second is a
+#: large share of the loop's time; docs/performance.md).
 LAG_SECONDS = 5.0
 
 #: Seconds one read of a new assignment's committed offsets may wait for the broker (the loop
@@ -204,17 +209,22 @@ class Offsets:
             )
         return found
 
-    def progress(self, offsets: Mapping[Partition, int]) -> Progress | None:
-        """`offsets` for the sink to store with the batch they follow; None when it keeps none."""
+    def progress(self, windows: Iterable[Closed]) -> Progress | None:
+        """The offsets of `windows` for the sink to store with the call that applies their last
+        changes; None when it keeps none."""
+        return self._progress(
+            {tp: offset for closed in windows for tp, offset in closed.window.next_offsets()}
+        )
+
+    def _progress(self, offsets: Mapping[Partition, int]) -> Progress | None:
         if not self._sink_keeps or not offsets:
             return None
         return Progress(self._resume.group, dict(offsets))
 
     def store(self, offsets: Mapping[Partition, int]) -> bool:
-        """Store `offsets` in the sink, in a transaction of their own (a window whose last call
-        did not store them: it had dead letters, or nothing to write). False when the sink asks
+        """Store `offsets` in the sink, in a transaction of their own. False when the sink asks
         to wait: try again later."""
-        progress = self.progress(offsets)
+        progress = self._progress(offsets)
         if progress is None:
             return True
         try:
@@ -223,6 +233,25 @@ class Offsets:
             log.warning("cannot store offsets in the sink yet (%s)", exc)
             return False
         return True
+
+    def checkpoint(self, windows: Iterable[Closed]) -> None:
+        """`windows` are applied in full and their dead letters delivered: store the offsets of
+        each that the sink has not stored with its last call (it had dead letters, or nothing
+        to write), then commit those of every window stored, all in one commit (a commit is a
+        round trip to the group coordinator: one per window made a turn of a consumer of many
+        sites slow; docs/performance.md). A window the sink asks to wait for keeps
+        `offsets_stored` False and is left out of the commit: try it again later."""
+        offsets: dict[Partition, int] = {}
+        stored = False
+        for closed in windows:
+            next_offsets = dict(closed.window.next_offsets())
+            if not closed.offsets_stored:
+                closed.offsets_stored = self.store(next_offsets)
+            if closed.offsets_stored:
+                offsets.update(next_offsets)
+                stored = True
+        if stored:
+            self.commit(offsets)
 
     def read_committed(self, now: float) -> None:
         """Learn the group's committed offsets of the partitions assigned since the last read

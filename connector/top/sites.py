@@ -6,14 +6,16 @@ The loop reads each record into its site's `SiteQueue` (`queue`, `put`). Past
 even share of them as held (their partitions are paused; a quiet site is read on) until pending
 keys fall below the cap again. A site's own heartbeats tell how often it polls (which the
 window-closing policy uses) and feed its `Availability`, which `judge` updates on every turn of
-the loop and hands to the sink. `publish` shows what the sites hold in the metrics.
+the loop and hands to the sink. A sink call's changes are taken (`take`) and settled (`settle`)
+here; a closed window applied in full (`finished`) is forgotten once its offsets are committed
+(`done`). `publish` shows what the sites hold in the metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, ItemsView, Iterator
+from collections.abc import Collection, ItemsView, Iterator, Mapping
 
 from connector.kafka.group_consumer import Partition
 from connector.records.model import StatusRecord
@@ -21,7 +23,7 @@ from connector.sinks.base import Sink, SinkBackpressureError
 from connector.top.availability import Availability
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.fair import FairShare
-from connector.top.window import Applied, Pending, SiteQueue, Taken
+from connector.top.window import Applied, Closed, Pending, SiteQueue, Taken
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,28 @@ class Sites:
         }
         shares = fair.split(ready, room)
         return [(self[t], self[t].take(n, applied)) for t, n in shares.items()]
+
+    def settle(self, taken: list[tuple[SiteQueue, Taken]], refused: Mapping[str, str]) -> None:
+        """Settle what a call took (see `SiteQueue.settle`); the sink `refused` key -> why."""
+        for q, part in taken:
+            q.settle(part, refused)
+            self._metrics.coalesced.inc(len(part.replaced))
+            self._metrics.skipped.inc(part.skipped)
+
+    def finished(self, now: float) -> Iterator[tuple[SiteQueue, Closed]]:
+        """The closed windows applied in full, of the sites not waiting to try their dead
+        letters or offsets again (`SiteQueue.retry_due`)."""
+        for q in self:
+            if q.closed is not None and not q.closed.remaining and now >= q.retry_due:
+                yield q, q.closed
+
+    def done(self, q: SiteQueue) -> None:
+        """`q`'s closed window is applied and its offsets committed: count its records, and
+        forget it."""
+        assert q.closed is not None
+        if q.closed.window.record_count:
+            self._metrics.records.labels(q.site).inc(q.closed.window.record_count)
+        q.closed = None
 
     def drop(
         self, partitions: Collection[Partition], still_assigned: Collection[Partition]

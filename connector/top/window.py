@@ -320,3 +320,15 @@ def _newer(a: Change, b: Change) -> bool:
 
 def changes_of(entries: Sequence[Pending]) -> list[Change]:
     return [e.change for e in entries]
+
+
+def finishing(taken: Iterable[tuple[SiteQueue, Taken]]) -> list[Closed]:
+    """The closed windows whose last changes `taken` (one sink call) holds, and with no dead
+    letters: the sink may store their offsets with that call."""
+    return [
+        q.closed
+        for q, part in taken
+        if q.closed is not None
+        and part.count == q.closed.remaining
+        and not q.closed.window.dead_letters
+    ]

@@ -9,25 +9,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
 
 from connector.config import load_settings
 from connector.dev import free_port
 from connector.dev.demo.observe import metric_total
 from connector.dev.demo.processes import http_text
 from connector.dev.sim import RunningSim
-from connector.sinks import open_sink
 from connector.sinks.sql import sqlalchemy_url
-from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.cli import CLI, run
 from tests.support.sim import control
+from tests.support.top import consumer_running
 
 KINDS = "server,volume"
 OBJECTS = 10  #: per kind
@@ -83,32 +80,15 @@ def published(
             "consumer": {"group": f"{prefix}.top", "batch_wait_ms": 50},
         }
     )
-    sink = open_sink(settings.sink)
-    loop = build_consumer(settings, sink, CollectorRegistry())
-    failed: list[BaseException] = []
-
-    def consume() -> None:
-        try:
-            loop.run()
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=consume, name="top-consumer")
-    thread.start()
     engine = sa.create_engine(sqlalchemy_url(postgres_database))
     args = ["--bootstrap", kafka_bootstrap, "--site", sim.cloud]
     site = Published(sim, engine, args, env, f"{prefix}.top")
-    try:
+    with consumer_running(settings):
         wait_for(
             lambda: len(site.ids("server")) + len(site.ids("volume")) == 2 * OBJECTS,
             timeout=60,
             what="every object of the site applied at the top",
         )
-    finally:
-        loop.stop()
-        thread.join(60)
-        sink.close()
-    assert failed == []
     site.env["CASCADE_SINK_URL"] = postgres_database
     yield site
     engine.dispose()

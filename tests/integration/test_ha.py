@@ -21,7 +21,6 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
 from connector.dev import free_port
@@ -34,11 +33,10 @@ from connector.kafka.topics import ensure_lease_topic, lease_topic
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message, instance_of
 from connector.records.model import Change, StatusRecord
-from connector.sinks import open_sink
-from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.kafka import end_offsets, position
 from tests.support.sim import control, differences, truth
+from tests.support.top import consumer_running
 
 KINDS = "server,volume,port"
 #: The lease timeout the pollers run with: the broker's default minimum, for a quick failover.
@@ -240,22 +238,16 @@ def test_one_of_two_publishes_and_a_killed_active_is_replaced_within_30s(
             "consumer": {"group": f"{settings.kafka.topic_prefix}.top", "batch_wait_ms": 50},
         }
     )
-    sink = open_sink(top.sink)
-    loop = build_consumer(top, sink, CollectorRegistry())
-    consumer = threading.Thread(target=loop.run, name="top-consumer")
-    consumer.start()
     reader = SinkReader(sink_url)
     try:
-        wait_for(
-            lambda: compare(shown, reader.statuses()).equal,
-            timeout=60,
-            what="the sink to equal the site",
-        )
+        with consumer_running(top):
+            wait_for(
+                lambda: compare(shown, reader.statuses()).equal,
+                timeout=60,
+                what="the sink to equal the site",
+            )
     finally:
-        loop.stop()
-        consumer.join(30)
         reader.close()
-        sink.close()
 
 
 def test_a_paused_active_is_fenced_after_the_takeover_and_stands_by(

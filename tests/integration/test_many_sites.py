@@ -6,10 +6,8 @@ that is generous under load, and the top ends equal to every site's truth."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -25,9 +23,9 @@ from connector.site.heartbeat import Health
 from connector.site.kinds import Observation
 from connector.site.publisher import Publisher
 from connector.site.site_metrics import SiteMetrics
-from connector.top.loop import TopConsumer
 from connector.top.service import build_consumer
 from tests.support import wait_for
+from tests.support.top import consuming
 
 SITES = 20
 OBJECTS = 30  #: per site
@@ -75,27 +73,6 @@ def statuses(url: str) -> Truth:
             return {(r.site, r.id): r.status for r in found}
     finally:
         engine.dispose()
-
-
-@contextmanager
-def consuming(loop: TopConsumer) -> Iterator[None]:
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run()
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="top-consumer-under-test")
-    thread.start()
-    try:
-        yield
-    finally:
-        loop.stop()
-        thread.join(60)
-    assert not thread.is_alive(), "the consumer did not stop"
-    assert not failed, f"the consumer ended: {failed[0]!r}"
 
 
 def test_a_storm_at_one_of_many_sites_leaves_a_quiet_sites_change_on_time(

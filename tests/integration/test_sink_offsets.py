@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
 from connector.dev.chaos.harness import Children
@@ -26,10 +24,9 @@ from connector.dev.local_postgres import LocalPostgres, find_bin_dir
 from connector.records.model import Change, Deletion, StatusRecord
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine, sqlalchemy_url
-from connector.top.loop import TopConsumer
-from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.kafka import committed_offsets, create_topic, end_offsets, publish
+from tests.support.top import consumer_running
 
 SITE = "resume"
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -83,45 +80,6 @@ def top_state(url: str) -> State:
     finally:
         engine.dispose()
     return {(r[0], r[1], r[2]): ("deleted" if r[5] else r[3], r[4]) for r in rows}
-
-
-@contextmanager
-def consuming(settings: Settings) -> Iterator[TopConsumer]:
-    """A consumer of `settings` running in a thread for the block; stopped at its end."""
-    sink = open_sink(settings.sink)
-    loop = build_consumer(settings, sink, CollectorRegistry())
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run()
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="consumer-under-test")
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.stop()
-        thread.join(60)
-        sink.close()
-    assert not thread.is_alive(), "the consumer did not stop"
-    if failed:
-        raise failed[0]
-
-
-def run_until_idle(settings: Settings, timeout: float = 120.0) -> None:
-    sink = open_sink(settings.sink)
-    loop = build_consumer(settings, sink, CollectorRegistry())
-    thread = threading.Thread(target=loop.run, kwargs={"until_idle": True})
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        loop.stop()
-        thread.join(30)
-    sink.close()
-    assert not thread.is_alive(), f"the consumer was not idle within {timeout:g} s: {loop!r}"
 
 
 class Database:
@@ -195,7 +153,7 @@ def test_a_copy_taken_mid_stream_and_restored_replays_exactly_what_it_lost(
     # After the copy: updates, deletions and new objects.
     after: list[Change] = [status(obj, 1000 + obj) for obj in range(0, 300, 2)]
     after += [Deletion(SITE, "server", f"vm-{obj}", 2000 + obj) for obj in range(1, 100, 3)]
-    with consuming(settings):
+    with consumer_running(settings):
         publish(kafka_bootstrap, topic, before)
         wait_for(lambda: top_state(database.url) == truth(before), 60, "the first records")
         database.take_copy()
@@ -206,7 +164,8 @@ def test_a_copy_taken_mid_stream_and_restored_replays_exactly_what_it_lost(
 
     database.restore()
     assert top_state(database.url) == truth(before), "the copy holds only the first records"
-    run_until_idle(settings)
+    with consumer_running(settings, until_idle=True, timeout=120.0):
+        pass
     assert top_state(database.url) == truth(before + after)
 
 
@@ -218,14 +177,16 @@ def test_an_empty_database_under_a_group_that_read_everything_is_rebuilt_from_th
     create_topic(kafka_bootstrap, topic, partitions=2)
     changes = [status(i % 150, i + 1) for i in range(450)]
     publish(kafka_bootstrap, topic, changes)
-    run_until_idle(settings)
+    with consumer_running(settings, until_idle=True, timeout=120.0):
+        pass
     assert top_state(database.url) == truth(changes)
     assert committed_offsets(kafka_bootstrap, settings.consumer.group, topic) == end_offsets(
         kafka_bootstrap, topic
     )
 
     database.empty()
-    run_until_idle(settings)
+    with consumer_running(settings, until_idle=True, timeout=120.0):
+        pass
     assert top_state(database.url) == truth(changes)
 
 

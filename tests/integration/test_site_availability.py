@@ -9,9 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from connector.config import load_settings
 from connector.dev.sim import RunningSim
-from connector.sinks import open_sink
 from connector.sinks.sql import sqlalchemy_url
-from connector.top.loop import TopConsumer
-from connector.top.service import build_consumer
 from tests.support import wait_for
 from tests.support.sim import control
+from tests.support.top import consumer_running
 
 KINDS = "server,volume"
 HEARTBEAT = 1.0  #: seconds between heartbeats
@@ -77,23 +75,13 @@ class Top:
             }
         )
         self.registry = CollectorRegistry()
-        self.sink = open_sink(settings.sink)
-        self.loop: TopConsumer = build_consumer(settings, self.sink, self.registry)
-        self.failed: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name="top-consumer")
-        self.thread.start()
+        self._consuming = ExitStack()
+        self._consuming.enter_context(consumer_running(settings, self.registry))
         self.engine = sa.create_engine(sqlalchemy_url(url))
 
-    def _run(self) -> None:
-        try:
-            self.loop.run()
-        except BaseException as exc:
-            self.failed.append(exc)
-
     def stop(self) -> None:
-        self.loop.stop()
-        self.thread.join(60)
-        self.sink.close()
+        """Stop the consumer (raising what it raised) and close its sink."""
+        self._consuming.close()
         self.engine.dispose()
 
     def effective(self, site: str) -> dict[str, tuple[str | None, str | None]]:
@@ -160,7 +148,6 @@ def dark_sites(
         print(f"--- {poller.log.name}:\n{poller.tail()}")  # shown when the test failed
     for top in tops:
         top.stop()
-        assert top.failed == []
 
 
 def unknown(top: Top, site: str) -> bool:

@@ -39,6 +39,7 @@ from tests.support.kafka import (
     header_map,
     publish,
 )
+from tests.support.top import consuming
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -120,14 +121,9 @@ def sink_state(db: Path | str) -> dict[tuple[str, str, str], tuple[str | None, i
 
 
 def run_until_idle(loop: TopConsumer, timeout: float = 240) -> TopConsumer:
-    """Run `loop` with --until-idle semantics on a thread; fail if it is not idle in time."""
-    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
-    runner.start()
-    runner.join(timeout=timeout)
-    if runner.is_alive():
-        loop.stop()
-        runner.join(30)
-        raise AssertionError(f"consumer did not become idle: {loop!r}")
+    """Run `loop` until it is idle (tests/support/top.py); fail if it is not idle in time."""
+    with consuming(loop, until_idle=True, timeout=timeout):
+        pass
     return loop
 
 
@@ -295,17 +291,12 @@ def test_new_site_topic_is_picked_up_without_restart(
     create_topic(kafka_bootstrap, first, partitions=1)
     publish(kafka_bootstrap, first, [record("one", 1, 1)])
     loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with consuming(loop):
         wait_for(lambda: ("one", "server", "vm-1") in sink_state(db), 30)
         second = f"{settings.kafka.topic_prefix}.two"
         create_topic(kafka_bootstrap, second, partitions=1)
         publish(kafka_bootstrap, second, [record("two", 1, 1)])
         wait_for(lambda: ("two", "server", "vm-1") in sink_state(db), 60)
-    finally:
-        loop.stop()
-        runner.join(30)
 
 
 def test_two_members_split_partitions_and_converge(
@@ -507,9 +498,7 @@ def test_a_live_storm_ending_where_it_began_is_not_handed_to_the_sink(
     sink = Recording(open_sink(settings.sink))
     registry = CollectorRegistry()
     loop = build_consumer(settings, sink, registry)
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with consuming(loop):
         publish(kafka_bootstrap, topic, (record("west", k, k + 1, "ACTIVE") for k in range(keys)))
         wait_for(lambda: len(sink_state(db)) == keys, 60)
         calls_before = len(sink.calls)
@@ -525,9 +514,6 @@ def test_a_live_storm_ending_where_it_began_is_not_handed_to_the_sink(
             ),
             60,
         )
-    finally:
-        loop.stop()
-        runner.join(30)
     handed = sum(n for _t, n, _k, _w in sink.calls[calls_before:])
     assert changed <= handed <= changed * 1.1, f"{handed} changes handed for {changed}"
     skipped = registry.get_sample_value("cascade_consumer_skipped_unchanged_total")
@@ -549,22 +535,17 @@ def test_a_quiet_site_is_served_while_another_storms(
     create_topic(kafka_bootstrap, quiet, partitions=1)
     publish(kafka_bootstrap, loud, (record("loud", k, k + 1) for k in range(4000)))
     loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
-    runner = threading.Thread(target=loop.run)
-    runner.start()
 
     def rows(site: str) -> int:
         return sum(1 for k in sink_state(db) if k[0] == site)
 
-    try:
+    with consuming(loop):
         wait_for(lambda: rows("loud") >= 500, 60)
         sent = time.monotonic()
         publish(kafka_bootstrap, quiet, (record("quiet", k, k + 1) for k in range(20)))
         wait_for(lambda: rows("quiet") == 20, 30)
         delay = time.monotonic() - sent
         loud_rows = rows("loud")
-    finally:
-        loop.stop()
-        runner.join(30)
     assert delay < 3.0, f"the quiet site's changes took {delay:.1f} s"
     assert loud_rows < 4000 - 500, "the storm's backlog was not waiting: nothing to be fair about"
     assert loop.max_per_second <= 525
@@ -643,9 +624,7 @@ def test_a_window_of_transactional_records_closes_without_waiting_for_its_maximu
     create_topic(kafka_bootstrap, topic, partitions=1)
     producer = TransactionalProducer(settings.kafka, topic, {}, on_failure=lambda _f: None)
     loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
-    runner = threading.Thread(target=loop.run)
-    runner.start()
-    try:
+    with consuming(loop):
         for seq in (1, 2):
             msg = to_message(record("east", 1, seq), Codec())
             producer.produce(topic, msg.key, msg.value, lambda *_report: None)
@@ -659,9 +638,6 @@ def test_a_window_of_transactional_records_closes_without_waiting_for_its_maximu
             wait_for(applied, 25, f"record {seq} in the sink")
             took = time.monotonic() - begun
             assert took < 10, f"record {seq} applied {took:.1f} s after its commit"
-    finally:
-        loop.stop()
-        runner.join(30)
 
 
 def test_a_transaction_left_open_behind_a_window_does_not_hold_it(
@@ -685,19 +661,16 @@ def test_a_transaction_left_open_behind_a_window_does_not_hold_it(
     still_open.produce(topic, msg.value, msg.key)
     still_open.flush(30)
     loop = build_consumer(settings, open_sink(settings.sink), CollectorRegistry())
-    runner = threading.Thread(target=loop.run)
     begun = time.monotonic()
-    runner.start()
     try:
-        wait_for(
-            lambda: ("east", "server", "vm-1") in sink_state(tmp_path / "top.sqlite"),
-            25,
-            "the committed record in the sink",
-        )
-        took = time.monotonic() - begun
-        assert took < 10, f"applied {took:.1f} s after the consumer started"
-        assert ("east", "server", "vm-2") not in sink_state(tmp_path / "top.sqlite")
+        with consuming(loop):
+            wait_for(
+                lambda: ("east", "server", "vm-1") in sink_state(tmp_path / "top.sqlite"),
+                25,
+                "the committed record in the sink",
+            )
+            took = time.monotonic() - begun
+            assert took < 10, f"applied {took:.1f} s after the consumer started"
+            assert ("east", "server", "vm-2") not in sink_state(tmp_path / "top.sqlite")
     finally:
-        loop.stop()
-        runner.join(30)
         still_open.abort_transaction(30)

@@ -6,7 +6,6 @@ consumer."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,10 +19,8 @@ from prometheus_client import CollectorRegistry
 from connector.config import load_settings
 from connector.records.codec import Codec
 from connector.records.model import HEARTBEAT_KIND, StatusRecord
-from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
 from connector.top.dead_letters import MAX_KEY_BYTES
-from connector.top.service import build_consumer
 from tests.support.kafka import (
     committed_offsets,
     create_topic,
@@ -31,6 +28,7 @@ from tests.support.kafka import (
     header_map,
     publish,
 )
+from tests.support.top import consumer_running
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -137,23 +135,8 @@ def test_another_sites_records_tombstones_and_heartbeats_change_nothing_of_it(
     publish(kafka_bootstrap, topic_b, [server("site-b", "vm-1", 12, "SHUTOFF")])
 
     registry = CollectorRegistry()
-    loop = build_consumer(settings, open_sink(settings.sink), registry)
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run(until_idle=True)
-        except BaseException as exc:
-            failed.append(exc)
-
-    runner = threading.Thread(target=run, name="top-consumer-under-test")
-    runner.start()
-    runner.join(120)
-    if runner.is_alive():
-        loop.stop()
-        runner.join(30)
-        raise AssertionError(f"consumer did not become idle: {loop!r}")
-    assert not failed, f"the consumer ended: {failed[0]!r}"
+    with consumer_running(settings, registry, until_idle=True, timeout=120.0):
+        pass
 
     assert rows(db) == {
         ("site-a", "server", "vm-1"): ("ACTIVE", 1, False),

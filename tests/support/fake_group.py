@@ -1,7 +1,8 @@
 """Fakes of what the top consumer loop talks to, so its rules have unit tests with no broker: a
 group member over in-memory partitions (`FakeGroupConsumer`, a `connector.top.group.
 GroupConsumer`), a top layer (`FakeSink`) and a dead-letter topic (`FakeDeadLetters`); and
-`top_consumer` / `running` to build a loop over them and run it in a thread.
+`top_consumer` to build a loop over them (tests/support/top.py runs it in a thread), and
+`server` to make the changes they carry.
 
 What the loop does is written to one `Journal` (sink calls, dead-letter deliveries, commits,
 rebalances, in order), so a test can assert what came before what.
@@ -13,9 +14,9 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +25,7 @@ from connector.kafka import OFFSET_BEGINNING, Message
 from connector.kafka.group_consumer import AssignCallback, Partition, PartitionsCallback
 from connector.records.codec import Codec
 from connector.records.messages import change_from_message, to_message
-from connector.records.model import Change
+from connector.records.model import Change, StatusRecord
 from connector.sinks.base import ApplyResult, Progress, SinkBackpressureError, SiteAvailability
 from connector.top.availability import Availability, AvailabilityMetrics, AvailabilityPolicy
 from connector.top.closing import WindowPolicy
@@ -45,6 +46,18 @@ POLICY = WindowPolicy(call_size=100, wait=0.05, max_wait=1.0, max_pending_keys=1
 
 #: Seconds a test waits for the loop to do what it is waited on for (a loaded machine is slow).
 LOOP_TIMEOUT = 20.0
+
+
+#: When the changes `server` makes were observed: this, plus their sequence in seconds.
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def server(obj: str, status: str, seq: int, site: str = "a") -> StatusRecord:
+    """Server `obj` of `site` (whose topic is `site.<site>`) in `status`, at sequence `seq`."""
+    observed = T0 + timedelta(seconds=seq)
+    return StatusRecord(
+        site=site, kind="server", id=obj, status=status, sequence=seq, observed_at=observed
+    )
 
 
 @dataclass(frozen=True)
@@ -453,32 +466,3 @@ def top_consumer(
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
         resume=ResumePolicy("top", "site", delete_retention),
     )
-
-
-@contextmanager
-def running(loop: TopConsumer, until_idle: bool = False) -> Iterator[list[BaseException]]:
-    """Run `loop` in a thread for the block (what it raised so far, in the list yielded); stop
-    it at the end (with `until_idle` it ends by itself), fail the test if it does not end, and
-    raise what it raised."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run(until_idle=until_idle)
-        except BaseException as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="top-consumer-under-test")
-    thread.start()
-    try:
-        yield failed
-    finally:
-        if not until_idle:
-            loop.stop()
-        thread.join(LOOP_TIMEOUT)
-        if thread.is_alive():
-            loop.stop()
-            thread.join(LOOP_TIMEOUT)
-    assert not thread.is_alive(), "the loop did not end"
-    if failed:
-        raise failed[0]

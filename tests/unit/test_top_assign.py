@@ -14,7 +14,8 @@ import pytest
 
 from connector.top import offsets as top
 from tests.support import wait_for
-from tests.support.fake_group import LOOP_TIMEOUT, FakeGroupConsumer, running, top_consumer
+from tests.support.fake_group import LOOP_TIMEOUT, FakeGroupConsumer, top_consumer
+from tests.support.top import consuming
 
 ASSIGNED = [("site.a", 0), ("site.a", 1)]
 
@@ -26,7 +27,7 @@ def test_committed_offsets_that_time_out_are_read_again_with_a_doubling_backoff(
     group = FakeGroupConsumer(ASSIGNED, committed={ASSIGNED[0]: 7}, read_failures=3)
     caplog.set_level(logging.WARNING, logger=top.__name__)
     loop = top_consumer(group)
-    with running(loop):
+    with consuming(loop):
         wait_for(lambda: len(group.reads) == 4, LOOP_TIMEOUT, "the fourth read")
     assert group.closed
     assert len(group.reads) == 4, "read again after a read that succeeded"
@@ -47,7 +48,7 @@ def test_a_stop_during_the_backoff_ends_the_loop_at_once(monkeypatch: pytest.Mon
     monkeypatch.setattr(top, "ASSIGN_RETRY_SECONDS", (60.0, 60.0))
     group = FakeGroupConsumer(ASSIGNED, read_failures=1000)
     loop = top_consumer(group)
-    with running(loop):
+    with consuming(loop):
         wait_for(lambda: group.reads, LOOP_TIMEOUT, "the first read")
         stopping = time.monotonic()
         loop.stop()

@@ -18,9 +18,9 @@ from tests.support.fake_group import (
     LOOP_TIMEOUT,
     FakeGroupConsumer,
     FakeSink,
-    running,
     top_consumer,
 )
+from tests.support.top import consuming
 
 P0 = ("site.a", 0)
 AGE = "cascade_site_heartbeat_age_seconds"
@@ -38,7 +38,7 @@ def test_age_is_the_tops_clock_and_a_site_leaves_with_its_partitions(take_away: 
     sink = FakeSink(group.journal)
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry, clock=lambda: now[0])
-    with running(top_consumer(group, sink, metrics=metrics)):
+    with consuming(top_consumer(group, sink, metrics=metrics)):
         wait_for(lambda: sink.applied() == [beat], LOOP_TIMEOUT, "the heartbeat applied")
         wait_for(lambda: registry.get_sample_value(AGE, {"site": "a"}) is not None, 10, "its age")
         assert registry.get_sample_value(AGE, {"site": "a"}) == 0.0

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
 from connector.records.codec import Codec
-from connector.records.model import StatusRecord
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.offsets import Offsets, ResumePolicy
 from tests.support import wait_for
@@ -26,20 +24,13 @@ from tests.support.fake_group import (
     FakeDeadLetters,
     FakeGroupConsumer,
     FakeSink,
-    running,
+    server,
     top_consumer,
 )
+from tests.support.top import consuming
 
 P0, P1 = ("site.a", 0), ("site.a", 1)
 CODEC = Codec()
-NOW = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-def server(obj: str, status: str, seq: int, site: str = "a") -> StatusRecord:
-    observed = NOW + timedelta(seconds=seq)
-    return StatusRecord(
-        site=site, kind="server", id=obj, status=status, sequence=seq, observed_at=observed
-    )
 
 
 def test_a_window_is_applied_then_exactly_the_offsets_past_it_are_committed() -> None:
@@ -53,7 +44,7 @@ def test_a_window_is_applied_then_exactly_the_offsets_past_it_are_committed() ->
     for tp, change in [(P0, first), (P0, second), (P0, later), (P1, other)]:
         group.produce(tp, change, CODEC)
     sink = FakeSink(group.journal)
-    with running(top_consumer(group, sink), until_idle=True):
+    with consuming(top_consumer(group, sink), until_idle=True):
         pass
     assert [e.what for e in group.journal.events("apply", "commit")] == ["apply", "commit"]
     # The window kept the last change per key, and went out in one call.
@@ -68,7 +59,7 @@ def test_records_the_sink_holds_newer_are_counted() -> None:
     group.produce(P0, fresh, CODEC)
     registry = CollectorRegistry()
     sink = FakeSink(group.journal, stale={older.key})
-    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
+    with consuming(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
         pass
     assert registry.get_sample_value("cascade_consumer_stale_records_total") == 1
     assert registry.get_sample_value("cascade_consumer_rows_applied_total") == 1
@@ -82,7 +73,7 @@ def test_a_sink_asking_to_slow_down_gets_the_same_call_again_later_and_nothing_i
         group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
     sink = FakeSink(group.journal, busy=2, retry_after=0.2)
     registry = CollectorRegistry()
-    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
+    with consuming(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
         pass
     events = group.journal.events("refused", "apply", "commit", "commit failed")
     assert [e.what for e in events] == ["refused", "refused", "apply", "commit"]
@@ -104,7 +95,7 @@ def test_a_partition_taken_away_drops_what_is_pending_and_only_a_revoke_commits(
     sink = FakeSink(group.journal)
     for i in range(3):
         group.produce(P0, server(str(i), "ACTIVE", i), CODEC)
-    with running(top_consumer(group, sink)):
+    with consuming(top_consumer(group, sink)):
         wait_for(lambda: len(sink.applied()) == 3, LOOP_TIMEOUT, "the first window applied")
         wait_for(
             lambda: any(e.partitions.get(P0) == 3 for e in group.journal.events("commit failed")),
@@ -172,7 +163,7 @@ def test_dead_letters_are_delivered_before_their_window_is_committed() -> None:
     sink = FakeSink(group.journal, reject={refused.key: "no such project"})
     dead_letters = FakeDeadLetters(group.journal, failures=1)
     policy = replace(POLICY, retry_after=0.2)
-    with running(top_consumer(group, sink, dead_letters, policy), until_idle=True):
+    with consuming(top_consumer(group, sink, dead_letters, policy), until_idle=True):
         pass
     events = group.journal.events("apply", "undelivered", "dead letters", "commit")
     assert [e.what for e in events] == ["apply", "undelivered", "dead letters", "commit"]
@@ -188,7 +179,7 @@ def test_the_windows_of_many_sites_applied_in_one_turn_go_out_in_one_commit() ->
     for i, tp in enumerate(sites):
         group.produce(tp, server(str(i), "ACTIVE", i, site=f"s{i}"), CODEC)
         group.produce(tp, server(f"{i}b", "ACTIVE", i, site=f"s{i}"), CODEC)
-    with running(top_consumer(group), until_idle=True):
+    with consuming(top_consumer(group), until_idle=True):
         pass
     # One round trip to the group coordinator, not one per site's window.
     assert group.journal.commits() == [dict.fromkeys(sites, 2)]
@@ -202,7 +193,7 @@ def test_the_lag_gauge_counts_what_is_read_but_not_committed_while_nothing_commi
     sink = FakeSink(group.journal, busy=1_000_000, retry_after=0.05)
     registry = CollectorRegistry()
     lag = {"topic": P0[0], "partition": str(P0[1])}
-    with running(top_consumer(group, sink, metrics=ConsumerMetrics(registry))):
+    with consuming(top_consumer(group, sink, metrics=ConsumerMetrics(registry))):
         wait_for(
             lambda: registry.get_sample_value("cascade_consumer_lag_records", lag) == 3,
             what="a lag of 3 records with no commit",

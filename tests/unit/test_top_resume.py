@@ -2,8 +2,9 @@
 the offsets a sink that keeps them holds (a partition it knows nothing of from its beginning),
 whatever the group committed in Kafka; from the group's committed offsets for a sink that keeps
 none; a window's offsets go with the call that applies its last changes, or on their own once
-its dead letters are delivered, always before the Kafka commit; a stored offset older than what
-the log still proves is reported loudly."""
+its dead letters are delivered (again after `retry_after` while the sink asks to wait), always
+before the Kafka commit; a stored offset older than what the log still proves is reported
+loudly."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from connector.records.codec import Codec
 from connector.top.consumer_metrics import ConsumerMetrics
-from tests.support.fake_group import POLICY, FakeGroupConsumer, FakeSink, running, top_consumer
-from tests.unit.test_top_loop import server
+from tests.support.fake_group import POLICY, FakeGroupConsumer, FakeSink, server, top_consumer
+from tests.support.top import consuming
 
 P0, P1 = ("site.a", 0), ("site.a", 1)
 CODEC = Codec()
@@ -34,7 +35,7 @@ def test_reading_starts_where_the_sink_stands_and_the_offsets_go_with_the_batch(
     for change in changes[4:]:
         group.produce(P1, change, CODEC)
     sink = FakeSink(group.journal, offsets={("top", P0): 2})
-    with running(top_consumer(group, sink), until_idle=True):
+    with consuming(top_consumer(group, sink), until_idle=True):
         pass
     assert group.journal.events("started")[0].partitions == {P0: 2, P1: 0}
     assert sorted(sink.applied(), key=lambda c: c.key) == changes[2:]
@@ -53,7 +54,7 @@ def test_a_sink_keeping_no_offsets_resumes_from_the_groups_committed_offsets() -
     for change in changes:
         group.produce(P0, change, CODEC)
     sink = FakeSink(group.journal)
-    with running(top_consumer(group, sink), until_idle=True):
+    with consuming(top_consumer(group, sink), until_idle=True):
         pass
     assert group.journal.events("started")[0].partitions == {P0: 2}
     assert sorted(sink.applied(), key=lambda c: c.key) == changes[2:]
@@ -66,7 +67,7 @@ def test_a_windows_offsets_wait_for_its_dead_letters_then_are_stored_before_the_
     group.produce(P0, server("1", "ACTIVE", 1), CODEC)
     group.produce(P0, refused, CODEC)
     sink = FakeSink(group.journal, reject={refused.key: "no such project"}, offsets={})
-    with running(
+    with consuming(
         top_consumer(group, sink, policy=replace(POLICY, retry_after=0.1)), until_idle=True
     ):
         pass
@@ -78,6 +79,27 @@ def test_a_windows_offsets_wait_for_its_dead_letters_then_are_stored_before_the_
         ("commit", {P0: 2}),
     ]
     assert sink.offsets == {("top", P0): 2}
+
+
+def test_offsets_the_sink_cannot_store_yet_are_stored_after_retry_after_then_committed() -> None:
+    # Nothing to write: the window's one record is a dead letter, so its offsets are stored on
+    # their own, and the sink's first answer is "slow down".
+    group = FakeGroupConsumer([P0])
+    group.produce_raw(P0, server("1", "ACTIVE", 1).key.encode(), b"not avro")
+    sink = FakeSink(group.journal, busy=1, offsets={})
+    with consuming(
+        top_consumer(group, sink, policy=replace(POLICY, retry_after=0.2)), until_idle=True
+    ):
+        pass
+    events = group.journal.events("dead letters", "refused", "offsets", "commit")
+    assert [(e.what, e.partitions) for e in events] == [
+        ("dead letters", {}),
+        ("refused", {}),
+        ("offsets", {P0: 1}),
+        ("commit", {P0: 1}),
+    ], "the dead letter once, the offsets again after retry_after, one commit after them"
+    assert events[2].at - events[1].at >= 0.2
+    assert sink.offsets == {("top", P0): 1}
 
 
 @pytest.mark.parametrize("retention", [60.0, 3_600.0])
@@ -94,7 +116,7 @@ def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
     registry = CollectorRegistry()
     caplog.set_level(logging.ERROR)
     loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=retention)
-    with running(loop, until_idle=True):
+    with consuming(loop, until_idle=True):
         pass
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
@@ -124,7 +146,7 @@ def test_the_log_check_takes_the_topics_own_delete_retention(
     registry = CollectorRegistry()
     caplog.set_level(logging.ERROR)
     loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=configured)
-    with running(loop, until_idle=True):
+    with consuming(loop, until_idle=True):
         pass
     count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

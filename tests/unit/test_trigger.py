@@ -4,16 +4,22 @@ the listener reads of a notification and of the bus URL."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from connector.errors import ConfigError
-from connector.site.listener import OsloEndpoint, Tally, fields_of, kind_of, parse_rabbit_url
+from connector.site.listener import (
+    OsloEndpoint,
+    Report,
+    Tally,
+    fields_of,
+    kind_of,
+    parse_rabbit_url,
+)
 from connector.site.notifications import redacted
 from connector.site.trigger import PollTrigger
 
@@ -141,9 +147,8 @@ def test_notifications_about_changes_a_finished_poll_listed_trigger_no_poll() ->
 
 
 def test_the_listener_reports_per_kind_how_many_arrived_and_the_newest_stamp() -> None:
-    sent: list[tuple[str, Any]] = []
-    report = SimpleNamespace(seen=lambda tally: sent.append(("seen", tally.take())))
-    OsloEndpoint(report).info(  # type: ignore[arg-type]
+    received, sending = multiprocessing.Pipe(duplex=False)
+    OsloEndpoint(Report(sending)).info(
         [
             {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:01"}},
             {"event_type": "instance.update", "metadata": {"timestamp": "2026-12-02 01:00:02.5"}},
@@ -152,7 +157,11 @@ def test_the_listener_reports_per_kind_how_many_arrived_and_the_newest_stamp() -
         ]
     )
     newest = datetime(2026, 12, 2, 1, 0, 2, 500_000, tzinfo=UTC).timestamp()
-    assert sent == [("seen", {"server": (2, newest), "port": (1, None), "other": (1, None)})]
+    assert received.recv() == (
+        "seen",
+        {"server": (2, newest), "port": (1, None), "other": (1, None)},
+    )
+    assert not received.poll(), "one report per batch"
 
 
 def test_the_pika_listener_reads_event_type_and_stamp_from_the_envelope_or_none() -> None:

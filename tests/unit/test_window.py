@@ -4,6 +4,7 @@ top layer already holds is skipped, kind priority, revoked partitions dropped.""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from connector.records.fingerprint import change_fingerprint
 from connector.records.model import Change, Deletion, StatusRecord
@@ -14,7 +15,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 P0, P1 = ("t", 0), ("t", 1)
 
 
-def rec(obj: str, status: str, seq: int, kind: str = "server", **kw: object) -> StatusRecord:
+def rec(obj: str, status: str, seq: int, kind: str = "server", **kw: Any) -> StatusRecord:
     return StatusRecord(
         site="a",
         kind=kind,
@@ -22,7 +23,7 @@ def rec(obj: str, status: str, seq: int, kind: str = "server", **kw: object) -> 
         status=status,
         sequence=seq,
         observed_at=NOW + timedelta(seconds=seq),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

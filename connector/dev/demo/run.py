@@ -160,8 +160,8 @@ class Demo:
                 metrics_port=0,
             ),
         )
-        # Every process imports openstacksdk and librdkafka at once (about 2 s of CPU each): on
-        # two busy cores twenty pollers take minutes to all serve their metrics.
+        # Every process imports openstacksdk and librdkafka at once, seconds of CPU each: on two
+        # busy cores twenty pollers take minutes to all serve their metrics.
         ready = 60.0 + 10.0 * len(names)
         for name in [*(f"poller-{site}" for site in names), "consumer"]:
             log_file = self.workdir / f"{name}.log"

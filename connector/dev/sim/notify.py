@@ -5,7 +5,7 @@ The envelope is oslo.messaging's (driver `messagingv2`): a JSON body `{"oslo.ver
 "oslo.message": "<JSON>"}` published to the service's control exchange (`nova`, `cinder`,
 `neutron`, topic exchanges) with routing key `<topic>.info`, exactly as `oslo_messaging.Notifier`
 sends it; it is published with py-amqp directly because the notifier's per-message overhead
-(about 1.5 ms here) cannot keep up with a storm, and from a process of its own (see
+cannot keep up with a storm (docs/performance.md), and from a process of its own (see
 `SiteNotifier`). Nova sends versioned notifications
 (`instance.update`, `instance.create.end`, `instance.delete.end`, payloads in the
 `nova_object.*` wrapping) on `versioned_notifications`; Cinder (`volume.*`) and Neutron
@@ -268,10 +268,9 @@ class SiteNotifier:
     """Observes a site's changes and has them published to `url`
     (`rabbit://USER:PASS@HOST:PORT/V`) by a process of its own.
 
-    Not by a thread of the sim: building and publishing a notification costs about half a
-    millisecond of Python, and the sim's process also renders listings; sharing one GIL, the
-    notifications fell seconds behind the changes at 1,000 changes a second (measured: lag p50
-    9.5 s with one busy thread beside, 0.03 s without). In a real cloud each service notifies
+    Not by a thread of the sim: building and publishing a notification is Python work, and the
+    sim's process also renders listings; sharing one GIL, the notifications fell seconds behind
+    the changes during a storm (docs/performance.md). In a real cloud each service notifies
     from its own processes."""
 
     def __init__(self, site: Site, url: str, loss: float = 0.0, seed: int = 0) -> None:
