@@ -15,7 +15,7 @@ holds what a complete write leaves, rewritten otherwise); without it they are de
 as are the run's dead-letter topic and consumer groups. The last line:
 `rebuild: K keys into postgresql at N rows/s with 1 member`.
 
-    .venv/bin/python bench/rebuild.py [--quick] [--keys 1000000] [--members 1,2]
+    .venv/bin/python bench/rebuild.py [--quick] [--keys 1000000] [--members 1,2] [--python P]
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from common import (
     peak_rss_kib,
     server_observation,
 )
-from common import start_consumer as start_consume
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from connector.dev.demo.processes import DemoError, Processes, child_env
+from connector.dev.demo.run import flags
 from connector.dev.local_postgres import LocalPostgres
 from connector.kafka.producer import Producer
 from connector.kafka.settings import KafkaSettings
@@ -156,9 +156,11 @@ def rebuild(
     members: int,
     keys: int,
     timeout: float,
+    python: str | None,
 ) -> Phase:
     """`members` consumers of a fresh group into the empty database at `url`, until it holds
-    `keys` rows; they are stopped on the way out."""
+    `keys` rows; they are stopped on the way out. `python`: the interpreter the members run
+    (another checkout's venv, for a before-and-after), else this one."""
     print(f"[{name}, {members} member(s)] a fresh group into an empty database; {load()}")
     SqlSink(url).close()  # the tables exist before the members start: counting can begin at once
     engine = sa.create_engine(sqlalchemy_url(url))
@@ -166,9 +168,8 @@ def rebuild(
     try:
         started = time.monotonic()
         for i in range(members):
-            start_consume(
-                procs, f"{prefix}{i}", sink=url, group=group, dead_letter_topic=dead_letters
-            )
+            options = flags(sink=url, group=group, dead_letter_topic=dead_letters)
+            procs.start(f"{prefix}{i}", "consume", *options, python=python)
         progress: list[tuple[float, int]] = []
         first_row = None
         last_print = started
@@ -245,6 +246,9 @@ def main() -> None:
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--keep-topics", action="store_true", help="keep them for the next run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per rebuild")
+    parser.add_argument(
+        "--python", help="the members' interpreter: another checkout's venv, for a before/after"
+    )
     parser.add_argument("--plot", type=Path, default=IMG / "rebuild.png")
     parser.add_argument("--bootstrap", default=os.environ.get("CASCADE_KAFKA_BOOTSTRAP"))
     parser.add_argument("--kafka-port", type=int, default=9092)
@@ -296,7 +300,17 @@ def main() -> None:
                         groups.append(group)
                         url = make[database](f"rebuild_{n}")
                         phases.append(
-                            rebuild(procs, database, url, group, dead_letters, n, keys, a.timeout)
+                            rebuild(
+                                procs,
+                                database,
+                                url,
+                                group,
+                                dead_letters,
+                                n,
+                                keys,
+                                a.timeout,
+                                a.python,
+                            )
                         )
         finally:
             procs.stop_all()
