@@ -48,7 +48,8 @@ deploy-tools:
 schema-registry:
 	bash scripts/ensure-schema-registry.sh >/dev/null
 
-# Real Keystone and cinder-api (pinned, from PyPI) in a venv of their own outside the repository.
+# Real Keystone and cinder-api, and neutron-server (pinned, from PyPI), in venvs of their own
+# outside the repository.
 openstack:
 	bash scripts/ensure-openstack.sh >/dev/null
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import itertools
 import os
 import platform
 import random
@@ -16,16 +17,21 @@ import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from connector.dev import free_port
+from connector.dev.demo.observe import SinkReader, StatusMap, compare, metric_total
 from connector.dev.demo.processes import (
+    DemoError,
     Processes,
     child_env,
     http_json,
@@ -34,10 +40,12 @@ from connector.dev.demo.processes import (
 )
 from connector.dev.demo.run import flags
 from connector.dev.local_kafka import LocalKafka
+from connector.dev.local_postgres import LocalPostgres
 from connector.errors import KafkaError
 from connector.kafka.admin import delete_topics
 from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import ensure_site_topics
+from connector.sinks.sql import create_engine, resource_status
 from connector.site.kinds import Observation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,10 +395,188 @@ def plot_timeline(
 
 
 def pct(values: list[float], q: float) -> float:
-    """The q-quantile of `values` (statistics.quantiles over 100 cuts; one value: itself)."""
+    """The q-quantile of `values` (statistics.quantiles over 100 cuts, inclusive: the
+    default extrapolates past the largest value of a small sample; one value: itself)."""
     if len(values) < 2:
         return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[round(q * 100) - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+# -- what the scale benches (poc_scale.py, many_sites.py) share --------------------------------
+
+
+def service_pids(broker: LocalKafka, pg: LocalPostgres) -> dict[str, list[int]]:
+    """The pids of the private broker and of PostgreSQL (postmaster and backends), by kind;
+    an empty list for one not running."""
+    kafka = broker.pid()
+    try:
+        postmaster = int((Path(str(pg.root)) / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        postmaster = 0
+    return {
+        "broker": with_children(kafka) if kafka else [],
+        "postgres": with_children(postmaster) if postmaster else [],
+    }
+
+
+@dataclass
+class PhaseResult:
+    """One phase: its figures, then CPU seconds and peak RSS (KiB: largest process, all
+    together) per kind of process, then `extra` rows printed after those."""
+
+    name: str
+    seconds: float
+    figures: list[tuple[str, str]]
+    cpu: dict[str, float]
+    peaks: dict[str, tuple[int, int]]
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_phase(
+    name: str,
+    body: Callable[[], list[tuple[str, str]]],
+    usage: Usage,
+    lock: threading.Lock,
+    pids: Callable[[], Mapping[str, list[int]]],
+) -> PhaseResult:
+    """Announce phase `name`, run `body` (its figures), and measure its CPU and peak RSS by
+    sampling `usage` (shared with a sampler thread under `lock`) at its start and end."""
+    print(f"[{name}] {load()}")
+    with lock:
+        usage.sample(pids())
+        before = usage.cpu()
+        usage.take_peaks()
+    began = time.monotonic()
+    figures = body()
+    seconds = time.monotonic() - began
+    with lock:
+        usage.sample(pids())
+        cpu = {k: v - before.get(k, 0.0) for k, v in usage.cpu().items()}
+        peaks = usage.take_peaks()
+    return PhaseResult(name, seconds, figures, cpu, peaks)
+
+
+def print_phase(r: PhaseResult, kinds: Sequence[str]) -> None:
+    print(f"\n  {r.name}: {r.seconds:.1f} s; {load()}")
+    rows = [*r.figures]
+    for kind in kinds:
+        largest, together = r.peaks.get(kind, (0, 0))
+        rows.append(
+            (
+                f"{kind}: CPU s / peak RSS largest, all",
+                f"{r.cpu.get(kind, 0.0):,.1f} / {largest / 1024:,.0f} MB, "
+                f"{together / 1024:,.0f} MB",
+            )
+        )
+    rows += r.extra
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"    {k:<{width}}  {v}")
+    print()
+
+
+def fmt_delays(values: list[float], digits: int = 1) -> str:
+    """p50 / p99 / max of `values` (seconds) and how many."""
+    if not values:
+        return "no rows"
+    p50, p99, most = pct(values, 0.5), pct(values, 0.99), max(values)
+    return f"{p50:.{digits}f} / {p99:.{digits}f} / {most:.{digits}f} s over {len(values):,} rows"
+
+
+def sink_delays(sink_url: str, sites: Collection[str], since: datetime, column: str) -> list[float]:
+    """Seconds from each row's `column` (a time: observed_at, source_updated_at) to its
+    applied_at, for the live rows of `sites` whose `column` is `since` or later."""
+    rs = resource_status
+    changed = rs.c[column]
+    query = sa.select(rs.c.site, changed, rs.c.applied_at).where(
+        changed >= since, rs.c.kind != "site", sa.not_(rs.c.deleted)
+    )
+    chosen = set(sites)
+    engine = create_engine(sink_url)
+    try:
+        with engine.connect() as conn:
+            return [
+                (r.applied_at - r[1]).total_seconds()
+                for r in conn.execute(query)
+                if r.site in chosen
+            ]
+    finally:
+        engine.dispose()
+
+
+def wait_converged(
+    sink_url: str,
+    expected: StatusMap,
+    since: float,
+    timeout: float,
+    check_alive: Callable[[], None],
+    every: float = 10.0,
+) -> float:
+    """Seconds from `since` (monotonic) until the sink holds exactly `expected` for the sites
+    it names, printing how far behind it is at most every `every` s; DemoError after
+    `timeout` s."""
+    chosen = {site for site, _kind, _id in expected}
+    sink = SinkReader(sink_url)
+    progress = Progress(every)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            check_alive()
+            actual = {k: v for k, v in sink.statuses().items() if k[0] in chosen}
+            result = compare(expected, actual)
+            if result.equal:
+                return time.monotonic() - since
+            if time.monotonic() > deadline:
+                raise DemoError(f"no convergence within {timeout:.0f} s: {result}")
+            if progress.due():
+                print(f"  {result.behind}; {load()}")
+            time.sleep(1.0)
+    finally:
+        sink.close()
+
+
+class Members:
+    """The top consumer group's members a bench started (`cascade-connector consume` with
+    `options`), and their counters summed over them; a member retired keeps what it last
+    counted, so a total never goes back."""
+
+    def __init__(self, procs: Processes, timeout: float, **options: object) -> None:
+        self._procs = procs
+        self._timeout = timeout
+        self._options = options
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self.urls: dict[str, str] = {}  #: process name -> metrics URL
+        self._gone: dict[str, float] = {}
+
+    def add(self) -> str:
+        """Start a member and wait until it answers; its process name."""
+        name = f"consumer-{next(self._numbers)}"
+        url = start_consumer(self._procs, name, **self._options)
+        wait_answering(self._procs, [url], timeout=self._timeout)
+        with self._lock:
+            self.urls[name] = url
+        return name
+
+    def retire(self, name: str, metrics: Iterable[str]) -> None:
+        """Keep what member `name` counted of `metrics` and stop reading it (before it is
+        stopped or killed)."""
+        with self._lock:
+            counted = http_text(self.urls.pop(name))
+            for metric in metrics:
+                self._gone[metric] = self._gone.get(metric, 0.0) + metric_total(counted, metric)
+
+    def totals(self, metrics: Iterable[str]) -> dict[str, float]:
+        """Each of `metrics` summed over the members, retired ones included; OSError when a
+        member does not answer."""
+        with self._lock:
+            urls = list(self.urls.values())
+            out = {m: self._gone.get(m, 0.0) for m in metrics}
+        for url in urls:
+            text = http_text(url)
+            for metric in out:
+                out[metric] += metric_total(text, metric)
+        return out
 
 
 #: The `source_updated_at` of `server_observation`: fixed, so runs write the same records.

@@ -3,9 +3,15 @@ publisher and codec into `--sites` site topics; the real consumer group reads th
 PostgreSQL.
 
 A private Kafka on a free port (never the shared broker) and a PostgreSQL with durable defaults.
-Each site is a `Publisher` (connector/site/publisher.py) of its own, all sharing one producer,
-with `--objects` objects (servers, volumes and ports in turn) and a heartbeat every
-`--heartbeat-interval` s, as pollers send them (the sites' heartbeats spread over the interval).
+Each site is a `Publisher` (connector/site/publisher.py) of its own; `--sites-per-producer`
+sites share a producer (in order, so the storming sites, the first ones, share none with a quiet
+site when `--storm-sites` is a multiple of it, as pollers of their own would not). librdkafka
+sends one partition per produce request: one producer for all 1,000 sites' 3,000 partitions held
+a quiet site's record behind the others' for tens of seconds before it was readable
+(docs/performance.md), a delay no deployment has; a producer per site (1,000 in one process,
+3,000 threads) took more CPU than the run had. Sites have `--objects` objects (servers, volumes
+and ports in turn) and a heartbeat every `--heartbeat-interval` s, as pollers send them (the
+sites' heartbeats spread over the interval).
 Top consumers are real `cascade-connector consume` processes. Phases, each printed as a table:
 
 1. one member; every site publishes its objects: time until the top equals every site's truth;
@@ -31,35 +37,38 @@ in S s`.
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import confluent_kafka
 import sqlalchemy as sa
 from common import (
     KINDS,
+    Members,
+    PhaseResult,
     Progress,
     Usage,
     bench_run,
     ensure_topics,
+    fmt_delays,
     load,
     pct,
+    print_phase,
     quiet_port,
-    start_consumer,
-    wait_answering,
-    with_children,
+    run_phase,
+    service_pids,
+    sink_delays,
+    wait_converged,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
-from connector.dev.demo.observe import SinkReader, StatusMap, compare, metric_total
-from connector.dev.demo.processes import DemoError, Processes, http_text
+from connector.dev.demo.observe import StatusMap
+from connector.dev.demo.processes import DemoError, Processes
 from connector.dev.local_kafka import LocalKafka
 from connector.dev.local_postgres import LocalPostgres
 from connector.kafka.producer import Producer
@@ -93,6 +102,7 @@ class Site:
     name: str
     publisher: Publisher
     health: Health
+    producer: Producer
     objects: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, id) -> status
 
     def set(self, kind: str, object_id: str, status: str) -> None:
@@ -116,29 +126,30 @@ class Site:
 
 
 class Sites:
-    """Every site's publisher on one producer, and the thread that publishes their churn,
-    storms and heartbeats at the rates asked."""
+    """Every site's publisher (a producer per `--sites-per-producer` sites), and the thread
+    that publishes their churn, storms and heartbeats at the rates asked."""
 
     def __init__(self, a: argparse.Namespace, kafka: KafkaSettings) -> None:
         self.a = a
-        self.producer = Producer(kafka)
+        self.producers = [Producer(kafka) for _ in range(0, a.sites, max(1, a.sites_per_producer))]
         codec = Codec()
         self.sites: dict[str, Site] = {}
         for i in range(a.sites):
             name = f"site-{i:04d}"
+            producer = self.producers[i // max(1, a.sites_per_producer)]
             metrics = SiteMetrics(CollectorRegistry(), name)
             health = Health(KINDS, metrics, a.interval, a.heartbeat_interval)
             publisher = Publisher(
                 name,
                 site_topic(kafka.topic_prefix, name),
-                self.producer,
+                producer,
                 codec,
                 metrics,
                 health,
                 {},
                 0,
             )
-            self.sites[name] = Site(name, publisher, health)
+            self.sites[name] = Site(name, publisher, health, producer)
         self.churning: list[str] = []
         self.storm: list[tuple[float, Site, str, str, str]] = []  # (due, site, kind, id, status)
         self._lock = threading.Lock()
@@ -153,7 +164,7 @@ class Sites:
             site.set(
                 kind, f"{prefix}{n:08d}-0000-4000-8000-{int(site.name[5:]):012x}", STATUSES[kind][0]
             )
-        self.producer.poll(0)
+        site.producer.poll(0)
 
     def start(self) -> None:
         self._thread.start()
@@ -162,7 +173,9 @@ class Sites:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
-        self.producer.flush(60)
+        deadline = time.monotonic() + 60  # for them all: a broker gone must not hold each 60 s
+        for producer in self.producers:
+            producer.flush(max(0.0, deadline - time.monotonic()))
 
     def churn(self, names: list[str]) -> None:
         with self._lock:
@@ -228,16 +241,56 @@ class Sites:
                         site.publisher.heartbeat(*site.health.heartbeat())
                         self.heartbeats += 1
                         beat_due[name] += period
-            self.producer.poll(0)
+            for producer in self.producers:
+                producer.poll(0)
 
 
-@dataclass
-class PhaseResult:
-    name: str
-    seconds: float
-    figures: list[tuple[str, str]]
-    cpu: dict[str, float]
-    peaks: dict[str, tuple[int, int]]
+class Probe:
+    """Where a quiet site's delay goes: a consumer of its own (no group, assigned) reads the
+    partitions of a sample of sites from their ends and notes when each record became
+    readable; a row's delay then splits into publishing to readable (the bench's producer, the
+    broker) and readable to row (the top consumer's fetch queue, window and sink)."""
+
+    def __init__(self, kafka: KafkaSettings, names: list[str]) -> None:
+        self._consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": f"{kafka.topic_prefix}.probe",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.assign(
+            [
+                confluent_kafka.TopicPartition(
+                    site_topic(kafka.topic_prefix, n), p, confluent_kafka.OFFSET_END
+                )
+                for n in names
+                for p in range(kafka.partitions)
+            ]
+        )
+        self._codec = Codec()
+        #: (site, kind, id, sequence) -> (record's create time, readable at), POSIX seconds
+        self.seen: dict[tuple[str, str, str, int], tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.1):
+                value = msg.value()
+                if msg.error() is not None or not value:
+                    continue
+                now = time.time()
+                r = self._codec.decode(value)
+                self.seen[(r.site, r.kind, r.id, r.sequence)] = (msg.timestamp()[1] / 1000, now)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
 
 
 class Bench:
@@ -252,32 +305,25 @@ class Bench:
         self.group = f"{kafka.topic_prefix}.group"
         self.sites = Sites(a, kafka)
         self.names = list(self.sites.sites)
-        self.consumers: dict[str, str] = {}
-        self.gone: dict[str, float] = {}
+        self.members = Members(
+            procs,
+            a.timeout,
+            sink=self.sink_url,
+            group=self.group,
+            dead_letter_topic=kafka.topic_prefix.removesuffix(".status") + ".deadletter",
+        )
         self.usage = Usage()
         self.results: list[PhaseResult] = []
         self.storm_p99 = self.settled = self.steady_lag = float("nan")
         self.broker = LocalKafka(port=int(kafka.bootstrap.rsplit(":", 1)[1]))
         self.admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
-        self._numbers = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
 
     def pids(self) -> dict[str, list[int]]:
-        broker = self.broker.pid()
-        return {
-            "consumer": [p.pid for p in self.procs.children("consumer-")],
-            "broker": with_children(broker) if broker else [],
-            "postgres": self._postgres(),
-        }
-
-    def _postgres(self) -> list[int]:
-        try:
-            pid = int((Path(str(self.pg.root)) / "data" / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        return with_children(pid)
+        consumers = [p.pid for p in self.procs.children("consumer-")]
+        return {"consumer": consumers, **service_pids(self.broker, self.pg)}
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -285,21 +331,9 @@ class Bench:
                 self.usage.sample(self.pids())
 
     def phase(self, name: str, body: Callable[[], list[tuple[str, str]]]) -> None:
-        print(f"[{name}] {load()}")
-        with self._lock:
-            self.usage.sample(self.pids())
-            before = self.usage.cpu()
-            self.usage.take_peaks()
-        began = time.monotonic()
-        figures = body()
-        seconds = time.monotonic() - began
-        with self._lock:
-            self.usage.sample(self.pids())
-            cpu = {k: v - before.get(k, 0.0) for k, v in self.usage.cpu().items()}
-            peaks = self.usage.take_peaks()
-        result = PhaseResult(name, seconds, figures, cpu, peaks)
+        result = run_phase(name, body, self.usage, self._lock, self.pids)
         self.results.append(result)
-        print_phase(result)
+        print_phase(result, ("consumer", "broker", "postgres"))
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -328,6 +362,7 @@ class Bench:
         since = datetime.now(UTC)
         totals = self.totals()
         began = time.monotonic()
+        probe = Probe(self.kafka, self.names[-a.probe_sites :])
         self.sites.churn(self.names)
         lags = []
         while time.monotonic() - began < a.churn_seconds:
@@ -337,10 +372,15 @@ class Bench:
         seconds = time.monotonic() - began
         self.steady_lag = pct(lags, 0.5)
         rates = {k: (v - totals[k]) / seconds for k, v in self.totals().items()}
+        probe.stop()
         delays = self.delays(self.names, since)
+        split = self.split(probe, since)
         return [
             ("changes/s published", f"{a.churn_rate:g} for {a.churn_seconds:g} s"),
-            ("publish-to-row delay p50 / p99 / max", fmt_delays(delays)),
+            ("publish-to-row delay p50 / p99 / max", fmt_delays(delays, 2)),
+            (f"of {a.probe_sites} sites: publish to produce call", fmt_delays(split[0], 2)),
+            ("  produce call to readable in Kafka", fmt_delays(split[1], 2)),
+            ("  readable to row", fmt_delays(split[2], 2)),
             ("rows/s at the sink", f"{rates[ROWS]:,.0f}"),
             ("heartbeat writes/s at the sink", f"{rates[BEATS]:,.0f}"),
             ("sink calls/s", f"{rates[CALLS]:,.1f}"),
@@ -356,14 +396,17 @@ class Bench:
         since = datetime.now(UTC)
         totals = self.totals()
         began = time.monotonic()
+        probe = Probe(self.kafka, quiet[: a.probe_sites])
         self.sites.start_storm(storming)
         while not self.sites.storm_over():
             self.procs.check_alive()
             time.sleep(0.2)
         ended = time.monotonic()
         after = self.converge(storming, ended)
+        probe.stop()
         delays = self.delays(quiet, since)
         self.storm_p99 = pct(delays, 0.99)
+        split = self.split(probe, since)
         done = self.totals()
         return [
             ("storming sites", f"{len(storming)} x {a.storm_objects:,} objects, {a.flaps} flaps"),
@@ -373,7 +416,10 @@ class Bench:
                 "rows / calls at the top",
                 f"{done[ROWS] - totals[ROWS]:,.0f} / {done[CALLS] - totals[CALLS]:,.0f}",
             ),
-            ("quiet sites' delay p50 / p99 / max", fmt_delays(delays)),
+            ("quiet sites' delay p50 / p99 / max", fmt_delays(delays, 2)),
+            (f"of {a.probe_sites} of them: publish to produce call", fmt_delays(split[0], 2)),
+            ("  produce call to readable in Kafka", fmt_delays(split[1], 2)),
+            ("  readable to row", fmt_delays(split[2], 2)),
             ("bound", "p99 <= 5 s"),
         ]
 
@@ -382,11 +428,8 @@ class Bench:
         began = time.monotonic()
         self.add_consumer()
         joined = self.settle(2, began)
-        name = sorted(self.consumers)[0]
-        with self._lock:
-            counted = http_text(self.consumers.pop(name))
-            for metric in (ROWS, BEATS, CALLS):
-                self.gone[metric] = self.gone.get(metric, 0.0) + metric_total(counted, metric)
+        name = sorted(self.members.urls)[0]
+        self.members.retire(name, (ROWS, BEATS, CALLS))
         began = time.monotonic()
         self.procs.stop(name)  # SIGTERM: it leaves the group
         left = self.settle(1, began)
@@ -404,27 +447,10 @@ class Bench:
     # -- observation -----------------------------------------------------------------------
 
     def add_consumer(self) -> None:
-        name = f"consumer-{next(self._numbers)}"
-        url = start_consumer(
-            self.procs,
-            name,
-            sink=self.sink_url,
-            group=self.group,
-            dead_letter_topic=self.kafka.topic_prefix.removesuffix(".status") + ".deadletter",
-        )
-        wait_answering(self.procs, [url], timeout=self.a.timeout)
-        with self._lock:
-            self.consumers[name] = url
+        self.members.add()
 
     def totals(self) -> dict[str, float]:
-        with self._lock:
-            urls = list(self.consumers.values())
-            out = {m: self.gone.get(m, 0.0) for m in (ROWS, BEATS, CALLS, LAG)}
-        for url in urls:
-            text = http_text(url)
-            for metric in out:
-                out[metric] += metric_total(text, metric)
-        return out
+        return self.members.totals((ROWS, BEATS, CALLS, LAG))
 
     def settled_lag(self) -> float:
         """The lag of a settled group: twice the steady churn's median (records published but
@@ -463,77 +489,43 @@ class Bench:
 
     def converge(self, names: list[str] | None, since: float) -> float:
         """Seconds from `since` until the sink equals the truth of `names` (every site: None)."""
-        expected = self.sites.truth(names)
-        chosen = set(names or self.names)
-        sink = SinkReader(self.sink_url)
-        progress = Progress(10)
-        deadline = time.monotonic() + self.a.timeout
-        try:
-            while True:
-                self.procs.check_alive()
-                actual = {k: v for k, v in sink.statuses().items() if k[0] in chosen}
-                result = compare(expected, actual)
-                if result.equal:
-                    return time.monotonic() - since
-                if time.monotonic() > deadline:
-                    raise DemoError(f"no convergence within {self.a.timeout:.0f} s: {result}")
-                if progress.due():
-                    print(f"  {result.behind}; {load()}")
-                time.sleep(1.0)
-        finally:
-            sink.close()
+        return wait_converged(
+            self.sink_url, self.sites.truth(names), since, self.a.timeout, self.procs.check_alive
+        )
 
     def delays(self, names: list[str], since: datetime) -> list[float]:
         """Publish-to-row delays of the rows of `names` holding a change published since
         `since` (a key changed twice counts its last change)."""
+        return sink_delays(self.sink_url, names, since, "observed_at")
+
+    def split(self, probe: Probe, since: datetime) -> tuple[list[float], list[float], list[float]]:
+        """The delays of the rows the probe saw, split in three: publishing (observed_at) to
+        the produce call (the record's timestamp), to readable, to the row (applied_at)."""
         rs = resource_status
-        query = sa.select(rs.c.site, rs.c.observed_at, rs.c.applied_at).where(
-            rs.c.observed_at >= since, rs.c.kind != "site", sa.not_(rs.c.deleted)
-        )
+        query = sa.select(
+            rs.c.site, rs.c.kind, rs.c.id, rs.c.sequence, rs.c.observed_at, rs.c.applied_at
+        ).where(rs.c.observed_at >= since, rs.c.kind != "site")
         engine = create_engine(self.sink_url)
-        chosen = set(names)
+        parts: tuple[list[float], list[float], list[float]] = ([], [], [])
         try:
             with engine.connect() as conn:
-                return [
-                    (r.applied_at - r.observed_at).total_seconds()
-                    for r in conn.execute(query)
-                    if r.site in chosen
-                ]
+                for r in conn.execute(query):
+                    seen = probe.seen.get((r.site, r.kind, r.id, r.sequence))
+                    if seen is None:
+                        continue
+                    created, readable = seen
+                    parts[0].append(created - r.observed_at.timestamp())
+                    parts[1].append(readable - created)
+                    parts[2].append(r.applied_at.timestamp() - readable)
         finally:
             engine.dispose()
+        return parts
 
     def finish(self) -> None:
         self._stop.set()
         if self._sampler.is_alive():
             self._sampler.join(10)
         self.sites.stop()
-
-
-def fmt_delays(values: list[float]) -> str:
-    if not values:
-        return "no rows"
-    return (
-        f"{pct(values, 0.5):.2f} / {pct(values, 0.99):.2f} / {max(values):.2f} s over "
-        f"{len(values):,} rows"
-    )
-
-
-def print_phase(r: PhaseResult) -> None:
-    print(f"\n  {r.name}: {r.seconds:.1f} s; {load()}")
-    rows = [*r.figures]
-    for kind in ("consumer", "broker", "postgres"):
-        largest, together = r.peaks.get(kind, (0, 0))
-        rows.append(
-            (
-                f"{kind}: CPU s / peak RSS largest, all",
-                f"{r.cpu.get(kind, 0.0):,.1f} / {largest / 1024:,.0f} MB, "
-                f"{together / 1024:,.0f} MB",
-            )
-        )
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"    {k:<{width}}  {v}")
-    print()
 
 
 def main() -> None:
@@ -549,13 +541,16 @@ def main() -> None:
     parser.add_argument("--flaps", type=int, default=3)
     parser.add_argument("--storm-seconds", type=float, default=10.0)
     parser.add_argument("--changed", type=float, default=0.05)
+    parser.add_argument("--sites-per-producer", type=int, default=10)
+    parser.add_argument("--probe-sites", type=int, default=20, help="quiet sites probed")
     parser.add_argument("--timeout", type=float, default=600.0, help="per wait")
     a = parser.parse_args()
     settings = (
         f"{a.sites} sites x {a.objects} objects, heartbeats every {a.heartbeat_interval:g} s, "
         f"churn {a.churn_rate:g}/s for {a.churn_seconds:g} s, storms in {a.storm_sites} sites "
         f"({a.storm_objects:,} objects each, {a.flaps} flaps in {a.storm_seconds:g} s), one "
-        f"bench process publishing, a private broker, PostgreSQL durable"
+        f"bench process publishing ({a.sites_per_producer} sites per producer), a private "
+        f"broker, PostgreSQL durable"
     )
     with (
         LocalPostgres(durable=True) as pg,

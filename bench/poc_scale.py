@@ -48,47 +48,43 @@ import yaml
 from common import (
     IMG,
     KINDS,
-    Progress,
+    Members,
+    PhaseResult,
     Run,
     Usage,
     bench_run,
     disk_bytes,
     ensure_topics,
+    fmt_delays,
     load,
     pct,
     plot_timeline,
+    print_phase,
     quiet_port,
-    start_consumer,
+    run_phase,
+    service_pids,
+    sink_delays,
     start_pollers,
     storm_over,
     wait_answering,
-    with_children,
+    wait_converged,
 )
 
 from connector.dev.chaos.harness import watch_regressions
-from connector.dev.demo.observe import SinkReader, SiteCounters, compare, metric_total, truth
-from connector.dev.demo.processes import DemoError, Processes, http_json, http_text, wait_until
+from connector.dev.demo.observe import SiteCounters, truth
+from connector.dev.demo.processes import Processes, http_json, wait_until
 from connector.dev.demo.run import flags
 from connector.dev.local_kafka import LocalKafka
 from connector.dev.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
-from connector.sinks.sql import create_engine, resource_status
+from connector.sinks.sql import create_engine
 
 SAMPLE_SECONDS = 2.0
 PROCESS_KINDS = ("sim", "poller", "consumer", "broker", "postgres")
 #: Consumer counters a phase reports as differences (a killed member's last count stays in).
-COUNTED = ("cascade_consumer_rows_applied_total", "cascade_consumer_batches_total")
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    seconds: float
-    figures: list[tuple[str, str]]
-    cpu: dict[str, float]
-    peaks: dict[str, tuple[int, int]]
-    site: SiteCounters
-    broker_disk: int
+ROWS = "cascade_consumer_rows_applied_total"
+LAG = "cascade_consumer_lag_records"
+COUNTED = (ROWS, "cascade_consumer_batches_total")
 
 
 @dataclass
@@ -110,10 +106,14 @@ class Bench:
         self.started = time.monotonic()
         self.sites = [f"site-{i:03d}" for i in range(a.sites)]
         self.sims: dict[str, str] = {}
-        self.consumers: dict[str, str] = {}  # process name -> metrics URL
-        #: metric -> what killed members had counted when last read, so totals never go back
-        self.gone: dict[str, float] = {}
         self.sink_url = pg.url
+        self.members = Members(
+            self.procs,
+            a.timeout,
+            sink=self.sink_url,
+            group=f"{run.prefix}.group",
+            dead_letter_topic=f"{run.prefix}.deadletter",
+        )
         self.steady_p99 = self.storm_after = float("nan")
         self.usage = Usage()
         self.timeline = Timeline()
@@ -127,17 +127,7 @@ class Bench:
 
     def pids(self) -> dict[str, list[int]]:
         out = {kind: [p.pid for p in self.procs.children(f"{kind}-")] for kind in PROCESS_KINDS}
-        broker = self.broker.pid()
-        out["broker"] = with_children(broker) if broker else []
-        postmaster = self._postmaster()
-        out["postgres"] = with_children(postmaster) if postmaster else []
-        return out
-
-    def _postmaster(self) -> int | None:
-        try:
-            return int((Path(str(self.pg.root)) / "data" / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return {**out, **service_pids(self.broker, self.pg)}
 
     def _sample_loop(self) -> None:
         last: tuple[float, float, float] | None = None
@@ -145,15 +135,10 @@ class Bench:
             try:
                 with self._lock:
                     self.usage.sample(self.pids())
-                    consumers = list(self.consumers.values())
-                    rows = self.gone.get(COUNTED[0], 0.0)
                 now = time.monotonic() - self.started
                 changes = float(SiteCounters.read(self.sims.values()).status_changes)
-                lag = 0.0
-                for url in consumers:
-                    text = http_text(url)
-                    rows += metric_total(text, "cascade_consumer_rows_applied_total")
-                    lag += metric_total(text, "cascade_consumer_lag_records")
+                totals = self.members.totals((ROWS, LAG))
+                rows, lag = totals[ROWS], totals[LAG]
             except OSError:
                 continue  # a consumer being killed or restarted; the next sample counts
             if last is not None:
@@ -166,31 +151,16 @@ class Bench:
     # -- phases ----------------------------------------------------------------------------
 
     def phase(self, name: str, body: Callable[[], list[tuple[str, str]]]) -> None:
-        print(f"[{name}] {load()}")
         self.timeline.marks.append((time.monotonic() - self.started, name.split(" ")[0]))
-        with self._lock:
-            self.usage.sample(self.pids())
-            cpu_before = self.usage.cpu()
-            self.usage.take_peaks()
         site_before = SiteCounters.read(self.sims.values()) if self.sims else SiteCounters()
-        began = time.monotonic()
-        figures = body()
-        seconds = time.monotonic() - began
-        with self._lock:
-            self.usage.sample(self.pids())
-            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in self.usage.cpu().items()}
-            peaks = self.usage.take_peaks()
-        result = PhaseResult(
-            name,
-            seconds,
-            figures,
-            cpu,
-            peaks,
-            SiteCounters.read(self.sims.values()) - site_before,
-            disk_bytes(self.broker.home),
-        )
+        result = run_phase(name, body, self.usage, self._lock, self.pids)
+        site = SiteCounters.read(self.sims.values()) - site_before
+        result.extra = [
+            ("site API requests, bytes", f"{site.requests:,}, {site.bytes_sent / 1e6:,.1f} MB"),
+            ("broker disk", f"{disk_bytes(self.broker.home) / 1e6:,.1f} MB"),
+        ]
         self.results.append(result)
-        print_phase(result)
+        print_phase(result, PROCESS_KINDS)
 
     def start_everything(self) -> list[tuple[str, str]]:
         a = self.a
@@ -231,17 +201,7 @@ class Bench:
         ]
 
     def add_consumer(self) -> None:
-        name = f"consumer-{len(self.consumers)}"
-        url = start_consumer(
-            self.procs,
-            name,
-            sink=self.sink_url,
-            group=f"{self.run.prefix}.group",
-            dead_letter_topic=f"{self.run.prefix}.deadletter",
-        )
-        wait_answering(self.procs, [url], timeout=self.a.timeout)
-        with self._lock:
-            self.consumers[name] = url
+        self.members.add()
 
     def churn(self, sites: list[str], seconds: float) -> datetime:
         per_site = self.a.churn_rate / len(self.sites)
@@ -266,8 +226,7 @@ class Bench:
     def storm(self, storming: list[str], kill: bool) -> list[tuple[str, str]]:
         a = self.a
         quiet = [s for s in self.sites if s not in storming]
-        rows_before = self.consumer_total("cascade_consumer_rows_applied_total")
-        calls_before = self.consumer_total("cascade_consumer_batches_total")
+        before = self.members.totals(COUNTED)
         since = self.churn(quiet, a.storm_seconds + a.churn_after)
         storm_at = time.monotonic()
         for site in storming:
@@ -283,13 +242,10 @@ class Bench:
         killed = ""
         if kill:
             time.sleep(a.storm_seconds / 2)  # halfway through the storm, by design
-            name = sorted(self.consumers)[0]
+            name = sorted(self.members.urls)[0]
             victim = self.procs.children(name)[0]
-            with self._lock:
-                counted = http_text(self.consumers.pop(name))
-                for metric in COUNTED:
-                    self.gone[metric] = self.gone.get(metric, 0.0) + metric_total(counted, metric)
-                victim.kill()
+            self.members.retire(name, COUNTED)
+            victim.kill()
             victim.wait()
             self.procs.stop(name)
             killed = f"{name} SIGKILLed {time.monotonic() - storm_at:.1f} s into the storm"
@@ -298,8 +254,8 @@ class Bench:
         ended = time.monotonic()
         after = self.converge(storming, ended)
         # Rows after the storm count too: the quiet sites' churn outlasts the convergence.
-        rows = self.consumer_total("cascade_consumer_rows_applied_total") - rows_before
-        calls = self.consumer_total("cascade_consumer_batches_total") - calls_before
+        after_counts = self.members.totals(COUNTED)
+        rows, calls = (after_counts[m] - before[m] for m in COUNTED)
         delays = self.delays(quiet, since)
         if not kill:
             self.storm_after = after
@@ -334,25 +290,10 @@ class Bench:
     def converge(self, sites: list[str], since: float) -> float:
         """Seconds from `since` until the sink equals the truth of `sites` (read once: nothing
         changes there while this waits)."""
-        chosen = {s: self.sims[s] for s in sites}
-        expected = truth(chosen, KINDS)
-        sink = SinkReader(self.sink_url)
-        progress = Progress(15)
-        deadline = time.monotonic() + self.a.timeout
-        try:
-            while True:
-                self.procs.check_alive()
-                actual = {k: v for k, v in sink.statuses().items() if k[0] in chosen}
-                result = compare(expected, actual)
-                if result.equal:
-                    return time.monotonic() - since
-                if time.monotonic() > deadline:
-                    raise DemoError(f"no convergence within {self.a.timeout:.0f} s: {result}")
-                if progress.due():
-                    print(f"  {result.behind}; {load()}")
-                time.sleep(1.0)
-        finally:
-            sink.close()
+        expected = truth({s: self.sims[s] for s in sites}, KINDS)
+        return wait_converged(
+            self.sink_url, expected, since, self.a.timeout, self.procs.check_alive, every=15
+        )
 
     def wait_jobs(self, sites: list[str], timeout: float) -> None:
         chosen = {s: self.sims[s] for s in sites}
@@ -361,21 +302,7 @@ class Bench:
 
     def delays(self, sites: list[str], since: datetime) -> list[float]:
         """Change-to-row delays of the rows of `sites` holding a change made since `since`."""
-        rs = resource_status
-        query = sa.select(rs.c.site, rs.c.source_updated_at, rs.c.applied_at).where(
-            rs.c.source_updated_at >= since, rs.c.kind != "site", sa.not_(rs.c.deleted)
-        )
-        engine = create_engine(self.sink_url)
-        try:
-            with engine.connect() as conn:
-                chosen = set(sites)
-                return [
-                    (r.applied_at - r.source_updated_at).total_seconds()
-                    for r in conn.execute(query)
-                    if r.site in chosen
-                ]
-        finally:
-            engine.dispose()
+        return sink_delays(self.sink_url, sites, since, "source_updated_at")
 
     def regressions(self) -> str:
         engine = create_engine(self.sink_url)
@@ -386,47 +313,10 @@ class Bench:
             engine.dispose()
         return f"{n} (trigger on resource_status)"
 
-    def consumer_total(self, metric: str) -> float:
-        with self._lock:
-            urls = list(self.consumers.values())
-            gone = self.gone.get(metric, 0.0)
-        return gone + sum(metric_total(http_text(url), metric) for url in urls)
-
     def finish(self) -> None:
         self._stop.set()
         if self._sampler.is_alive():
             self._sampler.join(10)
-
-
-def fmt_delays(values: list[float]) -> str:
-    if not values:
-        return "no rows"
-    return (
-        f"{pct(values, 0.5):.1f} / {pct(values, 0.99):.1f} / {max(values):.1f} s "
-        f"over {len(values):,} rows"
-    )
-
-
-def print_phase(r: PhaseResult) -> None:
-    print(f"\n  {r.name}: {r.seconds:.1f} s; {load()}")
-    rows = [*r.figures]
-    for kind in PROCESS_KINDS:
-        largest, together = r.peaks.get(kind, (0, 0))
-        rows.append(
-            (
-                f"{kind}: CPU s / peak RSS largest, all",
-                f"{r.cpu.get(kind, 0.0):,.1f} / {largest / 1024:,.0f} MB, "
-                f"{together / 1024:,.0f} MB",
-            )
-        )
-    rows.append(
-        ("site API requests, bytes", f"{r.site.requests:,}, {r.site.bytes_sent / 1e6:,.1f} MB")
-    )
-    rows.append(("broker disk", f"{r.broker_disk / 1e6:,.1f} MB"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"    {k:<{width}}  {v}")
-    print()
 
 
 def main() -> None:

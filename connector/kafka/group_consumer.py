@@ -3,9 +3,9 @@
 Owns librdkafka's consumer: manual commits only (auto commit and auto offset store off),
 cooperative-sticky assignment, a bounded prefetch so that a backlog waits in Kafka rather than in
 memory, a short metadata refresh so a regex subscription sees a new site's topic within seconds,
-and synchronous commits whose every partition error is raised. The caller may say where each
-partition assigned starts (its `on_assign` returns the offsets); else the group's committed
-offsets do, as librdkafka reads them. It also owns pausing: partitions
+and synchronous commits with a deadline whose every partition error is raised. The caller may
+say where each partition assigned starts (its `on_assign` returns the offsets); else the group's
+committed offsets do, as librdkafka reads them. It also owns pausing: partitions
 held back on request (`hold`), and partitions rewound and paused for a while
 (`trigger_backpressure`, as quix-streams names it), resumed by `consume` when their time is up.
 Callers name partitions as (topic, partition) pairs and never see librdkafka's types.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -42,6 +43,13 @@ AssignCallback = Callable[[list[Partition]], Mapping[Partition, int] | None]
 #: Makes the librdkafka consumer from its configuration (tests make one that never joins).
 ClientFactory = Callable[[dict[str, Any]], confluent_kafka.Consumer]
 
+#: Seconds a commit waits for the group coordinator's answer. librdkafka's synchronous commit
+#: has no deadline of its own and was seen to wait minutes with the member's session lapsed
+#: (confluent-kafka-python issue 1801; docs/performance.md), holding the loop, its reads and a
+#: SIGTERM. Past this the loop goes on and the commit counts as failed: it is retried with the
+#: next one, once the one waiting has returned.
+COMMIT_TIMEOUT = 15.0
+
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
@@ -49,9 +57,14 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
     # A regex subscription only sees topics that exist in its metadata: refresh it often.
     "topic.metadata.refresh.interval.ms": 5000,
-    # Keep librdkafka's prefetch small: the backlog belongs in Kafka, not in this process.
-    "queued.max.messages.kbytes": 4096,
-    "queued.min.messages": 2000,
+    # Keep librdkafka's prefetch small: the backlog belongs in Kafka, not in this process. It is
+    # also one queue for every partition, read in the order fetched: a quiet site's record
+    # waits behind whatever storming sites' records were fetched before it, so each partition
+    # may hold only a little of it: fetched again once fewer than 100 of its records wait, at
+    # most 64 KB of it per fetch (docs/performance.md).
+    "queued.max.messages.kbytes": 1024,
+    "queued.min.messages": 100,
+    "max.partition.fetch.bytes": 65_536,
     # When that small queue is full, look again soon rather than after librdkafka's default 1 s.
     "fetch.queue.backoff.ms": 50,
     # A fetch with nothing new to read waits this long at the broker, and a request for the
@@ -85,6 +98,7 @@ class Consumer:
         group: str,
         *,
         make_client: ClientFactory = confluent_kafka.Consumer,
+        commit_timeout: float = COMMIT_TIMEOUT,
         **overrides: Any,
     ) -> None:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
@@ -104,6 +118,9 @@ class Consumer:
         #: partitions rewound and paused by `trigger_backpressure`, with when to resume them
         self._backoff: dict[Partition, float] = {}
         self._paused: set[Partition] = set()
+        self._commit_timeout = commit_timeout
+        #: a commit that had no answer within its deadline, while it still waits for one
+        self._unanswered: _Commit | None = None
 
     def subscribe(
         self,
@@ -208,12 +225,29 @@ class Consumer:
         return f"read topic {topic}" if topic else f"read with consumer group {self._group}"
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit exactly `offsets` (next offsets to read), synchronously; raise on any error."""
+        """Commit exactly `offsets` (next offsets to read), synchronously, waiting at most the
+        commit timeout for the answer; raise on any error, on no answer in time, and while an
+        earlier commit still waits for its answer (commits stay in order)."""
+        if self._unanswered is not None:
+            if not self._unanswered.done.is_set():
+                raise KafkaError(
+                    "commit failed: an earlier commit still has no answer (group coordinator "
+                    "unreachable or this member's session lapsed)"
+                )
+            self._unanswered = None
         listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            result = self._consumer.commit(offsets=listed, asynchronous=False)
-        except confluent_kafka.KafkaException as exc:
-            raise KafkaError(f"commit failed: {exc.args[0]}") from exc
+        call = _Commit(self._consumer, listed)
+        if not call.done.wait(self._commit_timeout):
+            self._unanswered = call
+            raise KafkaError(
+                f"commit failed: no answer within {self._commit_timeout:g} s (group coordinator "
+                "unreachable or this member's session lapsed)"
+            )
+        if call.error is not None:
+            exc = call.error
+            detail = exc.args[0] if isinstance(exc, confluent_kafka.KafkaException) else exc
+            raise KafkaError(f"commit failed: {detail}") from exc
+        result = call.result
         failed = [tp for tp in result or [] if tp.error is not None]
         if failed:
             detail = ", ".join(
@@ -392,3 +426,24 @@ def _call(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> A
         return method(*args, **kwargs)
     except confluent_kafka.KafkaException as exc:
         raise KafkaError(f"cannot {what}: {exc.args[0]}") from exc
+
+
+class _Commit:
+    """One synchronous commit, made on a thread of its own so that its caller can stop waiting
+    for it (a daemon thread: one that never returns does not hold the process's exit)."""
+
+    def __init__(self, consumer: confluent_kafka.Consumer, offsets: list[TopicPartition]) -> None:
+        self.done = threading.Event()
+        self.result: list[TopicPartition] | None = None
+        self.error: Exception | None = None
+        self._consumer = consumer
+        self._offsets = offsets
+        threading.Thread(target=self._run, name="commit", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._consumer.commit(offsets=self._offsets, asynchronous=False)
+        except Exception as exc:  # raised in the caller's thread, whatever it is
+            self.error = exc
+        finally:
+            self.done.set()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from connector.errors import KafkaError
 from connector.kafka import OFFSET_BEGINNING
+from connector.kafka.client import RepeatedErrors
 from connector.kafka.group_consumer import Partition
 from connector.sinks.base import Progress, Sink, SinkBackpressureError, SinkError
 from connector.top.consumer_metrics import ConsumerMetrics
@@ -37,6 +38,9 @@ from connector.top.group import GroupConsumer
 from connector.top.window import Closed
 
 log = logging.getLogger(__name__)
+
+#: A failing commit fails again at every turn until the coordinator answers: one line, then counts.
+_COMMIT_ERRORS = RepeatedErrors(log)
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
@@ -303,7 +307,7 @@ class Offsets:
             # sequence check makes harmless.
             self._metrics.commit_errors.inc()
             self._uncommitted = pending
-            log.error("%s (will retry)", exc)
+            _COMMIT_ERRORS.report(logging.ERROR, f"{exc} (will retry)")
             return
         self._uncommitted = {}
         self._committed.update(pending)

@@ -3,12 +3,15 @@
 simulated site whose clouds.yaml entry openstacksdk finds; for the registry framing, a real
 Schema Registry (session-scoped); `private_kafka`, a broker of the tests' own that a test may
 stop, start or freeze (session-scoped: one JVM for every such test); `real_cloud`, a real
-Keystone and cinder-api (session-scoped: one pair for every test that needs them).
+Keystone and cinder-api (session-scoped: one pair for every test that needs them), and
+`real_network`, a real neutron-server beside them (session-scoped, started by the first test
+that needs it).
 
 The cluster comes from `connector.dev.local_postgres` (Debian's binaries, installed by
 `make postgres`); the registry is Apicurio Registry from Maven Central
 (scripts/ensure-schema-registry.sh); Keystone and cinder-api come from their own venv
-(scripts/ensure-openstack.sh, `connector.dev.local_openstack`). A service that cannot start
+(scripts/ensure-openstack.sh, `connector.dev.local_openstack`), neutron-server from a venv of its
+own with a PostgreSQL cluster of its own. A service that cannot start
 fails the tests; it never skips them.
 """
 
@@ -33,10 +36,10 @@ from connector.dev.local_kafka import LocalKafka
 from connector.dev.local_openstack import LocalOpenStack, LocalOpenStackError, ensure_installed
 from connector.dev.local_postgres import LocalPostgres
 from connector.dev.sim import RunningSim, start_sim
-from connector.errors import LocalKafkaError
+from connector.errors import ConnectorError, LocalKafkaError
 from connector.sinks.sql import sqlalchemy_url
 from tests.support.kafka import BROKER_START
-from tests.support.openstack import RealCloud
+from tests.support.openstack import RealCloud, RealNetwork
 from tests.support.services import running
 
 #: Seconds the registry (a JVM) may take to answer; about a minute on this loaded 2-core machine.
@@ -128,7 +131,7 @@ def real_cloud() -> Iterator[RealCloud]:
     a warning: `make openstack` (run by `make test`) installs them before any test."""
     started = time.monotonic()
     try:
-        bin_dir, installed = ensure_installed()
+        venvs, installed = ensure_installed()
     except LocalOpenStackError as exc:
         pytest.fail(f"could not install a real Keystone and cinder-api: {exc}")
     if installed:
@@ -138,8 +141,27 @@ def real_cloud() -> Iterator[RealCloud]:
             "`make openstack` installs them before the tests",
             stacklevel=1,
         )
-    with running(LocalOpenStack(bin_dir), "a real Keystone and cinder-api") as services:
+    with running(LocalOpenStack(venvs), "a real Keystone and cinder-api") as services:
         yield RealCloud(services)
+
+
+@pytest.fixture
+def clouds_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The clouds.yaml openstacksdk reads in this test (entries added by the test)."""
+    path = tmp_path / "clouds.yaml"
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_network(real_cloud: RealCloud) -> RealNetwork:
+    """neutron-server beside `real_cloud`'s Keystone (about 10 s to start, with its own
+    PostgreSQL cluster), registered in its catalog as `network`; stopped with `real_cloud`."""
+    try:
+        real_cloud.services.start_neutron()
+    except ConnectorError as exc:  # LocalOpenStackError, or its PostgreSQL's LocalPostgresError
+        pytest.fail(f"could not start a real neutron-server: {exc}")
+    return RealNetwork(real_cloud)
 
 
 @pytest.fixture(scope="session")

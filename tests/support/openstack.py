@@ -13,6 +13,7 @@ import openstack
 import yaml
 
 from connector.dev.local_openstack import PASSWORD, REGION, LocalOpenStack
+from tests.support.churn import Rows
 
 #: The microversion of the requests tests make (the poller negotiates its own).
 MICROVERSION = "3.60"
@@ -45,16 +46,15 @@ class RealCloud:
     def __init__(self, services: LocalOpenStack) -> None:
         self.services = services
         self.auth_url = services.endpoints.auth_url
-        self.admin = self.connect(
-            {
-                "auth_url": self.auth_url,
-                "username": "admin",
-                "password": PASSWORD,
-                "project_name": "admin",
-                "user_domain_name": "Default",
-                "project_domain_name": "Default",
-            }
-        )
+        self.admin_auth = {
+            "auth_url": self.auth_url,
+            "username": "admin",
+            "password": PASSWORD,
+            "project_name": "admin",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+        self.admin = self.connect(self.admin_auth)
         # Cinder's default quota is 10 volumes a project.
         self.cinder(
             "put",
@@ -155,9 +155,9 @@ class RealCloud:
         else:
             self.cinder("delete", f"/volumes/{volume_id}")
 
-    def listed(self) -> dict[tuple[str, str], tuple[str, str, str]]:
+    def listed(self) -> Rows:
         """What Cinder lists (every project): ("volume", id) -> (status, name, project id)."""
-        out: dict[tuple[str, str], tuple[str, str, str]] = {}
+        out: Rows = {}
         path: str | None = "/volumes/detail?all_tenants=True&limit=1000"
         while path is not None:
             doc = self.cinder("get", path)
@@ -166,3 +166,52 @@ class RealCloud:
             links = [link["href"] for link in doc.get("volumes_links", ()) if link["rel"] == "next"]
             path = links[0] if links else None
         return out
+
+
+class RealNetwork:
+    """neutron-server beside a RealCloud's Keystone, seen by its admin: a network of the
+    admin's, and ports on it made, changed and deleted through Neutron's API."""
+
+    def __init__(self, cloud: RealCloud) -> None:
+        self.cloud = cloud
+        self.url = cloud.services.endpoints.neutron_url
+        #: a connection of its own: the cloud's admin read the catalog before `network` was in it
+        self.admin = cloud.connect(cloud.admin_auth)
+        self.network_id: str = self.neutron(
+            "post", "/networks", json={"network": {"name": "cascade-test", "shared": True}}
+        )["network"]["id"]
+
+    def neutron(self, method: str, path: str, conn: Any = None, **kwargs: Any) -> Any:
+        """One request to neutron-server under /v2.0 (as the admin unless `conn`); the parsed
+        answer."""
+        proxy = (conn or self.admin).network
+        response = getattr(proxy, method)(path, **kwargs)
+        assert response.status_code < 300, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        return response.json() if response.content else None
+
+    def create_ports(self, count: int, prefix: str, conn: Any = None) -> list[str]:
+        """`count` ports on the admin's network (made by `conn`'s project if given: the
+        network is shared for that); their ids. They stay `DOWN` (no agent binds them)."""
+        return [
+            self.neutron(
+                "post",
+                "/ports",
+                conn,
+                json={"port": {"network_id": self.network_id, "name": f"{prefix}-{i}"}},
+            )["port"]["id"]
+            for i in range(count)
+        ]
+
+    def update(self, port_id: str, **fields: Any) -> None:
+        self.neutron("put", f"/ports/{port_id}", json={"port": fields})
+
+    def delete(self, port_id: str) -> None:
+        self.neutron("delete", f"/ports/{port_id}")
+
+    def listed(self) -> Rows:
+        """What Neutron lists (every project): ("port", id) -> (status, name, project id)."""
+        fields = "&".join(f"fields={name}" for name in ("id", "status", "name", "project_id"))
+        ports = self.neutron("get", f"/ports?{fields}")["ports"]
+        return {("port", p["id"]): (p["status"], p["name"], p["project_id"]) for p in ports}

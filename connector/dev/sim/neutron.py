@@ -22,7 +22,6 @@ from connector.dev.sim.api import (
     json_response,
     neutron_fault,
     next_link,
-    parse_limit,
 )
 from connector.dev.sim.keystone import Keystone
 from connector.dev.sim.model import (
@@ -93,6 +92,32 @@ _EXTENSIONS = ("standard-attr-revisions", "standard-attr-timestamp", "filter-val
 def subnet_of(network_id: str) -> str:
     """The one subnet of a network, derived from its id."""
     return str(uuid.uuid5(uuid.NAMESPACE_OID, network_id or "none"))
+
+
+#: neutron-lib's "could not be found" messages end with a full stop for ports and networks, not
+#: for routers and floating IPs (its l3 exceptions).
+_FULL_STOP = {"Port", "Network"}
+
+
+def not_found(label: str, object_id: str) -> ApiError:
+    """An unknown object (shown, or given as a marker): a 404 of the collection's own type,
+    `PortNotFound` for a port, as neutron-server 29.0.0 answers."""
+    message = f"{label} {object_id} could not be found" + ("." if label in _FULL_STOP else "")
+    return ApiError(404, neutron_fault(404, message, f"{label.replace(' ', '')}NotFound"))
+
+
+def _limit(request: Request) -> int | None:
+    """`limit` as neutron-server 29.0.0 reads it: an integer 0 or greater, else a 400 of type
+    `BadRequest` with its own message; None without one."""
+    raw = request.arg("limit")
+    try:
+        limit = None if raw is None else int(raw)
+    except ValueError:
+        limit = -1
+    if limit is not None and limit < 0:
+        message = f"Bad limit request: Limit must be an integer 0 or greater and not '{raw}'."
+        raise ApiError(400, neutron_fault(400, message, "BadRequest"))
+    return limit
 
 
 class Neutron:
@@ -167,7 +192,7 @@ class Neutron:
         with self.site.lock:
             obj = self.site.tables[kind].by_id.get(object_id)
             if obj is None:
-                raise ApiError(404, neutron_fault(404, f"{label} {object_id} could not be found."))
+                raise not_found(label, object_id)
             doc = self.site.spoil(kind, obj.id, self.render(obj), "updated_at")
             return {kind: self._project(doc, fields)}
 
@@ -188,7 +213,7 @@ class Neutron:
                     400, neutron_fault(400, f"['{name}'] is invalid attribute for filtering")
                 )
         fields = self._fields(request)
-        limit = parse_limit(request, neutron_fault, None)
+        limit = _limit(request)
 
         def wanted(obj: SimObject) -> bool:
             return all(get(obj) in values for get, values in wanted_values)
@@ -202,10 +227,7 @@ class Neutron:
             if marker is not None:
                 marker_obj = table.by_id.get(marker)
                 if marker_obj is None:
-                    message = f"{label} {marker} could not be found."
-                    raise ApiError(
-                        404, neutron_fault(404, message, f"{label.replace(' ', '')}NotFound")
-                    )
+                    raise not_found(label, marker)
                 after = marker_obj.key
             page = table.scan(after=after, span=span, match=wanted, limit=limit or None)
             items = [
