@@ -6,15 +6,16 @@ per site. Then, for each database (a throwaway durable PostgreSQL, then a SQLite
 group size of `--members`, it starts that many real `cascade-connector consume` processes in a
 fresh consumer group on an empty database and measures, end to end (process start, group join,
 read, decode, window, apply, commit), the time until the database holds a row for every key:
-rows/s over that time, the time until the first row (the start-up part of it), and each
-member's peak RSS (VmHWM).
+rows/s over that time, the time until the first row (the start-up part of it), each
+member's peak RSS (VmHWM) and the CPU the members used per row (steadier than rows/s on a
+shared machine).
 
 The written topics are kept for the next run with `--keep-topics` (reused when every partition
 holds what a complete write leaves, rewritten otherwise); without it they are deleted at the end,
 as are the run's dead-letter topic and consumer groups. The last line:
 `rebuild: K keys into postgresql at N rows/s with 1 member`.
 
-    .venv/bin/python bench/rebuild.py [--quick] [--keys 1000000] [--members 1,2]
+    .venv/bin/python bench/rebuild.py [--quick] [--keys 1000000] [--members 1,2] [--python P]
 """
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import confluent_kafka
 import sqlalchemy as sa
-from common import IMG, broker, drop_topics, ensure_topics, load, machine, peak_rss_kib
-from common import start_consumer as start_consume
+from common import (
+    IMG,
+    broker,
+    cpu_seconds,
+    drop_topics,
+    ensure_topics,
+    load,
+    machine,
+    peak_rss_kib,
+    server_observation,
+)
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from connector.dev.demo.processes import DemoError, Processes, child_env
+from connector.dev.demo.run import flags
 from connector.dev.local_postgres import LocalPostgres
 from connector.kafka.producer import Producer
 from connector.kafka.settings import KafkaSettings
@@ -46,11 +56,8 @@ from connector.ops.signals import interrupt, stop_on_signals
 from connector.records.codec import Codec
 from connector.sinks.sql import SqlSink, sqlalchemy_url
 from connector.site.heartbeat import Health
-from connector.site.kinds import Observation
 from connector.site.publisher import Publisher
 from connector.site.site_metrics import SiteMetrics
-
-T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,9 @@ class Phase:
     seconds: float
     first_row: float
     peak_rss_kib: list[int]
+    #: CPU seconds (user + system) each member used until then: under load the rate moves with
+    #: the machine, this much less
+    cpu: list[float]
     #: (seconds since the members started, rows in the database), sampled
     progress: list[tuple[float, int]]
 
@@ -70,26 +80,12 @@ class Phase:
     def rate(self) -> float:
         return self.keys / self.seconds
 
+    @property
+    def cpu_us_per_row(self) -> float:
+        return sum(self.cpu) / self.keys * 1e6
+
 
 # -- writing the topics ------------------------------------------------------------------------
-
-
-def observation(site: str, i: int) -> Observation:
-    return Observation(
-        id=f"{i:08d}-7c6e-3b7a-4d6e-9a592f0c5d1e",  # a key is site/kind/id: unique per site
-        status="ACTIVE" if i % 7 else "SHUTOFF",
-        name=f"web-frontend-{i}",
-        project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
-        details={
-            "vm_state": "active",
-            "task_state": None,
-            "power_state": 1,
-            "host": f"compute-{i % 50:02d}.{site}",
-        },
-        source_updated_at=T0,
-        revision=None,
-        deleted=False,
-    )
 
 
 def write_topics(kafka: KafkaSettings, sites: list[str], per_site: int) -> float:
@@ -113,7 +109,7 @@ def write_topics(kafka: KafkaSettings, sites: list[str], per_site: int) -> float
                     0,
                 )
                 for i in range(per_site):
-                    publisher.observe("server", observation(site, i))
+                    publisher.observe("server", server_observation(site, i))
                 publisher.heartbeat("ok", {})
             producer.flush(300)
     finally:
@@ -160,9 +156,11 @@ def rebuild(
     members: int,
     keys: int,
     timeout: float,
+    python: str | None,
 ) -> Phase:
     """`members` consumers of a fresh group into the empty database at `url`, until it holds
-    `keys` rows; they are stopped on the way out."""
+    `keys` rows; they are stopped on the way out. `python`: the interpreter the members run
+    (another checkout's venv, for a before-and-after), else this one."""
     print(f"[{name}, {members} member(s)] a fresh group into an empty database; {load()}")
     SqlSink(url).close()  # the tables exist before the members start: counting can begin at once
     engine = sa.create_engine(sqlalchemy_url(url))
@@ -170,9 +168,8 @@ def rebuild(
     try:
         started = time.monotonic()
         for i in range(members):
-            start_consume(
-                procs, f"{prefix}{i}", sink=url, group=group, dead_letter_topic=dead_letters
-            )
+            options = flags(sink=url, group=group, dead_letter_topic=dead_letters)
+            procs.start(f"{prefix}{i}", "consume", *options, python=python)
         progress: list[tuple[float, int]] = []
         first_row = None
         last_print = started
@@ -193,14 +190,16 @@ def rebuild(
             time.sleep(0.5)
         seconds = now - started
         rss = [peak_rss_kib(p.pid) for p in procs.children(prefix)]
+        cpu = [cpu_seconds(p.pid) or 0.0 for p in procs.children(prefix)]
     finally:
         engine.dispose()
         procs.stop(prefix)
-    phase = Phase(name, members, keys, seconds, first_row or seconds, rss, progress)
+    phase = Phase(name, members, keys, seconds, first_row or seconds, rss, cpu, progress)
     print(
         f"  {keys:,} rows in {seconds:.1f} s: {phase.rate:,.0f} rows/s end to end (first row "
         f"after {phase.first_row:.1f} s), peak RSS {', '.join(f'{k / 1024:.0f}' for k in rss)} "
-        f"MiB; {load()}"
+        f"MiB, consumer CPU {'+'.join(f'{c:.1f}' for c in cpu)} s "
+        f"({phase.cpu_us_per_row:.1f} us/row); {load()}"
     )
     return phase
 
@@ -247,6 +246,9 @@ def main() -> None:
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--keep-topics", action="store_true", help="keep them for the next run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per rebuild")
+    parser.add_argument(
+        "--python", help="the members' interpreter: another checkout's venv, for a before/after"
+    )
     parser.add_argument("--plot", type=Path, default=IMG / "rebuild.png")
     parser.add_argument("--bootstrap", default=os.environ.get("CASCADE_KAFKA_BOOTSTRAP"))
     parser.add_argument("--kafka-port", type=int, default=9092)
@@ -298,7 +300,17 @@ def main() -> None:
                         groups.append(group)
                         url = make[database](f"rebuild_{n}")
                         phases.append(
-                            rebuild(procs, database, url, group, dead_letters, n, keys, a.timeout)
+                            rebuild(
+                                procs,
+                                database,
+                                url,
+                                group,
+                                dead_letters,
+                                n,
+                                keys,
+                                a.timeout,
+                                a.python,
+                            )
                         )
         finally:
             procs.stop_all()
@@ -339,13 +351,14 @@ def plot(path: Path, keys: int, phases: list[Phase]) -> None:
 def report(keys: int, phases: list[Phase]) -> None:
     print(f"\nRebuild of {keys:,} keys, end to end; {load()}")
     print(
-        f"  {'database':<11} {'members':>7} {'seconds':>8} {'rows/s':>9} {'1st row s':>9} RSS MiB"
+        f"  {'database':<11} {'members':>7} {'seconds':>8} {'rows/s':>9} {'1st row s':>9} "
+        f"{'CPU us/row':>10} RSS MiB"
     )
     for p in phases:
         rss = "/".join(f"{k / 1024:.0f}" for k in p.peak_rss_kib)
         print(
             f"  {p.database:<11} {p.members:>7} {p.seconds:>8.1f} {p.rate:>9,.0f} "
-            f"{p.first_row:>8.1f} {rss}"
+            f"{p.first_row:>9.1f} {p.cpu_us_per_row:>10.1f} {rss}"
         )
     headline = next((p for p in phases if p.database == "postgresql" and p.members == 1), None)
     if headline is not None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import confluent_kafka
 from confluent_kafka import OFFSET_END, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 
 from connector.errors import KafkaError
 from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
@@ -329,6 +331,23 @@ class Consumer:
         if offset >= 0:
             return offset
         return self.watermarks(topic, partition, timeout=timeout)[1]
+
+    def delete_retention(self, topics: Collection[str], timeout: float = 10.0) -> dict[str, float]:
+        """Each topic's own `delete.retention.ms`, in seconds (how long the cleaner leaves its
+        tombstones), as the broker tells, in one request for all of them; a topic it gave no
+        figure for is left out. KafkaError when Kafka does not answer."""
+
+        def describe(admin: Any) -> dict[str, Any]:
+            resources = [ConfigResource(ResourceType.TOPIC, t) for t in sorted(set(topics))]
+            futures = admin.describe_configs(resources, request_timeout=timeout)
+            return {r.name: f.result(timeout=timeout) for r, f in futures.items()}
+
+        configs = admin_result(self._settings, "describe the topics' configs", describe, timeout)
+        return {
+            topic: int(entries["delete.retention.ms"].value) / 1000.0
+            for topic, entries in configs.items()
+            if "delete.retention.ms" in entries
+        }
 
     def stable_ends(
         self, partitions: Collection[Partition], timeout: float = 10.0

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from functools import lru_cache
 
 from connector.records.model import HEARTBEAT_KIND, KIND_NAMES, SEQUENCE_MAX, StatusRecord
 
@@ -20,6 +21,7 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _LONG_MIN, _LONG_MAX = -(2**63), SEQUENCE_MAX
 
 
+@lru_cache(maxsize=4096)  # checked for every record decoded, and a consumer sees few sites
 def site_name_problem(site: str) -> str | None:
     """Why `site` cannot name a site (it becomes a topic suffix and a key prefix), or None."""
     # fullmatch: `$` would let a trailing newline through.

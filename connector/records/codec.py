@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -143,9 +144,9 @@ class Codec:
         body = io.BytesIO(data)
         body.seek(start)
         # Reading with the writer's own schema skips resolution, the common case by far.
-        reader = None if writer is self._current else self._current.parsed
+        reader = None if writer is self._current else self._current.plain
         try:
-            datum = schemaless_reader(body, writer.parsed, reader)
+            datum = schemaless_reader(body, writer.plain, reader)
         except EOFError as exc:
             raise DecodeError("truncated body: the record ends early") from exc
         except Exception as exc:
@@ -157,7 +158,10 @@ class Codec:
             raise DecodeError(f"corrupt body: {extra} bytes after the end of the record")
         if not isinstance(datum, dict):
             raise DecodeError(f"corrupt body: decoded a {type(datum).__name__}, not a record")
-        record = _from_avro(datum)
+        try:
+            record = _from_avro(datum)
+        except OverflowError as exc:
+            raise DecodeError(f"corrupt body: a time out of range: {exc}") from exc
         problem = record_problem(record, from_avro=True)
         if problem:
             raise DecodeError(f"invalid record: {problem}")
@@ -206,16 +210,27 @@ def _to_avro(record: StatusRecord) -> dict[str, Any]:
 
 
 def _from_avro(datum: dict[str, Any]) -> StatusRecord:
+    """The record of a datum read with the `plain` schemas: its times come as microseconds."""
+    source = datum["source_updated_at"]
     return StatusRecord(
         site=datum["site"],
         kind=datum["kind"],
         id=datum["id"],
         sequence=datum["sequence"],
-        observed_at=datum["observed_at"],
+        observed_at=_utc(datum["observed_at"]),
         status=datum["status"],
         name=datum["name"],
         project_id=datum["project_id"],
         details=datum["details"],
-        source_updated_at=datum["source_updated_at"],
+        source_updated_at=None if source is None else _utc(source),
         revision=datum["revision"],
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(value: Any) -> Any:
+    """A timestamp-micros as fastavro converts it (an aware UTC datetime); anything else (a
+    foreign writer's other logical type) as read, for `record_problem` to judge."""
+    return _EPOCH + timedelta(microseconds=value) if type(value) is int else value

@@ -97,7 +97,7 @@ def _change(message: ReadMessage, codec: Codec, site: str | None) -> Change:
     if value is None:
         return Deletion(key_site, kind, object_id, _sequence(message))
     record = codec.decode(value if isinstance(value, bytes) else value.encode())
-    if record.key != key:
+    if record.id != object_id or record.kind != kind or record.site != key_site:
         raise DecodeError(f"key {key!r} disagrees with the value's site/kind/id {record.key!r}")
     return record
 

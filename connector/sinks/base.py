@@ -65,6 +65,9 @@ class ApplyResult:
     #: the `progress` handed with the batch went into its transaction; False when the sink keeps
     #: no offsets, or did not store them (it rejected changes: their dead letters come first)
     progress_stored: bool = False
+    #: status records not written because the sink holds a higher sequence of their key (a key
+    #: that came from two partitions, two groups writing one database): counted, not silent
+    stale: int = 0
 
 
 @dataclass(frozen=True)

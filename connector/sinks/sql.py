@@ -142,6 +142,12 @@ _CREATE_STAGE = (
     + ") ON COMMIT DELETE ROWS"
 )
 _COPY_STAGE = f"COPY {_STAGE.name} ({', '.join(STATUS_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+#: SQLite's table of a batch's keys and sequences, for counting the stale records (`_SEQUENCES`)
+_SEQUENCES = "resource_status_sequences"
+_CREATE_SEQUENCES = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_SEQUENCES} (site, kind, id, sequence INTEGER)"
+)
+_SEQUENCE = STATUS_COLUMNS.index("sequence")
 _BIGINT = range(-(2**63), 2**63)
 #: PostgreSQL SQLSTATEs worth a retry: connection exceptions (08), transaction rollbacks such as
 #: serialization failures and deadlocks (40), insufficient resources (53), operator intervention
@@ -361,7 +367,7 @@ class SqlSink:
         deadline = time.monotonic() + self.apply_timeout
         store = progress if not plan.rejected else None
         try:
-            written = self._transaction(plan, deadline, store)
+            written, stale = self._transaction(plan, deadline, store)
             refused: list[tuple[Change, str]] = []
         except _RowsRefused as exc:
             log.warning(
@@ -369,10 +375,13 @@ class SqlSink:
                 len(plan.storable),
                 exc,
             )
-            written, refused = self._bisect(plan.storable, applied_at, deadline)
+            written, stale, refused = self._bisect(plan.storable, applied_at, deadline)
             store = None
         return ApplyResult(
-            written=written, rejected=plan.rejected + refused, progress_stored=store is not None
+            written=written,
+            rejected=plan.rejected + refused,
+            progress_stored=store is not None,
+            stale=stale,
         )
 
     def stored_offsets(
@@ -407,31 +416,36 @@ class SqlSink:
 
     def _bisect(
         self, changes: Sequence[Change], applied_at: datetime, deadline: float
-    ) -> tuple[int, list[tuple[Change, str]]]:
-        """Apply `changes` in halves until each refused change stands alone."""
+    ) -> tuple[int, int, list[tuple[Change, str]]]:
+        """Apply `changes` in halves until each refused change stands alone: (rows written,
+        stale records, refused changes)."""
         if len(changes) == 1:
             try:
                 plan = _plan(changes, applied_at, self._statements.time)
-                return self._transaction(plan, deadline, None), []
+                return *self._transaction(plan, deadline, None), []
             except _RowsRefused as exc:
-                return 0, [(changes[0], f"refused by the database: {exc}")]
-        written, refused = 0, []
+                return 0, 0, [(changes[0], f"refused by the database: {exc}")]
+        written, stale, refused = 0, 0, []
         middle = len(changes) // 2
         for half in (changes[:middle], changes[middle:]):
             try:
                 plan = _plan(half, applied_at, self._statements.time)
-                written += self._transaction(plan, deadline, None)
+                more, older = self._transaction(plan, deadline, None)
+                why: list[tuple[Change, str]] = []
             except _RowsRefused:
-                more, why = self._bisect(half, applied_at, deadline)
-                written += more
-                refused += why
-        return written, refused
+                more, older, why = self._bisect(half, applied_at, deadline)
+            written += more
+            stale += older
+            refused += why
+        return written, stale, refused
 
-    def _transaction(self, plan: _Plan, deadline: float, progress: Progress | None) -> int:
-        """Apply `plan` and store `progress` in one transaction; return the rows changed. Raises
-        _RowsRefused when the database refuses what a row holds, SinkBackpressureError when over
-        budget or transient."""
-        written = 0
+    def _transaction(
+        self, plan: _Plan, deadline: float, progress: Progress | None
+    ) -> tuple[int, int]:
+        """Apply `plan` and store `progress` in one transaction; return the rows changed and the
+        stale status records (see `_upsert_statuses`). Raises _RowsRefused when the database
+        refuses what a row holds, SinkBackpressureError when over budget or transient."""
+        written = stale = 0
         st = self._statements
         steps = [
             (st.upsert_heartbeat, plan.heartbeats),
@@ -446,7 +460,7 @@ class SqlSink:
                 # SQLAlchemy keeps an INSERT's rowcount only when asked; it is our `written`.
                 conn.execution_options(preserve_rowcount=True)
                 if plan.statuses:
-                    written += self._upsert_statuses(conn, plan.statuses, deadline)
+                    written, stale = self._upsert_statuses(conn, plan.statuses, deadline)
                 for statement, rows in steps:
                     if rows:
                         self._limit_time(conn, deadline)
@@ -460,20 +474,36 @@ class SqlSink:
             if _refuses_rows(exc.__cause__):
                 raise _RowsRefused(str(exc).removeprefix("SQL sink apply failed: ")) from exc
             raise
-        return written
+        return written, stale
 
     def _upsert_statuses(
         self, conn: sa.Connection, rows: list[tuple[Any, ...]], deadline: float
-    ) -> int:
-        """Upsert the status rows set-based; return the rows changed (see docs/sinks.md for why
-        COPY and not unnest on PostgreSQL)."""
+    ) -> tuple[int, int]:
+        """Upsert the status rows set-based (see docs/sinks.md for why COPY and not unnest on
+        PostgreSQL); return the rows changed and the rows refused because the sink holds a
+        higher sequence of their key. Those are counted only when not every row was written
+        (the others were unchanged content), so a batch written whole pays nothing for it."""
         st = self._statements
         self._limit_time(conn, deadline)
         if self.engine.dialect.name == "sqlite":
-            return _rowcount(conn.exec_driver_sql(st.upsert_status_sql, rows))
+            written = _rowcount(conn.exec_driver_sql(st.upsert_status_sql, rows))
+            if written == len(rows):
+                return written, 0
+            # No staging table on SQLite: the keys and sequences go into one of their own.
+            conn.exec_driver_sql(_CREATE_SEQUENCES)
+            conn.exec_driver_sql(f"DELETE FROM {_SEQUENCES}")
+            conn.exec_driver_sql(
+                f"INSERT INTO {_SEQUENCES} VALUES (?, ?, ?, ?)",
+                [(r[0], r[1], r[2], r[_SEQUENCE]) for r in rows],
+            )
+            return written, int(conn.execute(_count_stale(_SEQUENCES)).scalar_one())
         _copy_to_stage(conn, rows)
         self._limit_time(conn, deadline)
-        return _rowcount(conn.execute(st.merge_stage))
+        written = _rowcount(conn.execute(st.merge_stage))
+        if written == len(rows):
+            return written, 0
+        self._limit_time(conn, deadline)
+        return written, int(conn.execute(_count_stale(_STAGE.name)).scalar_one())
 
     def _limit_time(self, conn: sa.Connection, deadline: float) -> None:
         """Stop here when interrupted or over budget; else bound the next statement by what is
@@ -665,6 +695,16 @@ class _Statements:
             index_elements=[co.c.consumer_group, co.c.topic, co.c.partition],
             set_={"next_offset": store.excluded.next_offset, "stored_at": store.excluded.stored_at},
         )
+
+
+def _count_stale(table: str) -> sa.TextClause:
+    """After an upsert: the rows of `table` (site, kind, id, sequence) whose key the sink holds
+    at a higher sequence (a row written holds its own; unchanged content keeps a lower one)."""
+    return sa.text(
+        f"SELECT count(*) FROM {table} s JOIN resource_status r "
+        "ON r.site = s.site AND r.kind = s.kind AND r.id = s.id "
+        "WHERE r.sequence > s.sequence"
+    )
 
 
 def _offset_rows(progress: Progress) -> list[dict[str, Any]]:

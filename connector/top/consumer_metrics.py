@@ -133,6 +133,12 @@ class ConsumerMetrics:
             "Seconds changes were ready but the sink had asked to slow down.",
             registry=registry,
         )
+        self.stale = Counter(
+            "cascade_consumer_stale_records",
+            "Status records the sink did not write because it holds a higher sequence of their"
+            " key (a key read from two partitions, or two groups writing one database).",
+            registry=registry,
+        )
         self.commit_errors = Counter(
             "cascade_consumer_commit_errors", "Offset commits that failed.", registry=registry
         )
@@ -209,11 +215,12 @@ class ConsumerMetrics:
         self.pending = _Pending()
         registry.register(self.pending)
 
-    def call_applied(self, written: int, changes: Iterable[Change]) -> None:
-        """A sink call applied `changes`, writing `written` rows: count it, and the heartbeats
-        among them (heard now)."""
+    def call_applied(self, written: int, stale: int, changes: Iterable[Change]) -> None:
+        """A sink call applied `changes`, writing `written` rows and refusing `stale` records as
+        older than what it holds: count it, and the heartbeats among them (heard now)."""
         self.batches.labels("applied").inc()
         self.rows_applied.inc(written)
+        self.stale.inc(stale)
         for change in changes:
             if isinstance(change, StatusRecord) and change.is_heartbeat:
                 self.heartbeats.heard(change.site, change.observed_at.timestamp())

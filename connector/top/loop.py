@@ -181,7 +181,7 @@ class TopConsumer:
                 continue
             q.filling.read(tp, offset, now)
             entry = Pending(change, tp, offset, msg.value(), fingerprint(change), now)
-            self._sites.put(q, entry, self._applied.get(tp, change.key))
+            self._sites.put(q, entry, self._applied.get(tp, entry.key))
 
     def _call(self) -> None:
         """One sink call: each site with changes ready gets its fair share of the room."""
@@ -207,10 +207,16 @@ class TopConsumer:
             for closed in finished:
                 closed.offsets_stored = True
         self._pacer.applied(len(entries), started)
-        self._metrics.call_applied(result.written, (e.change for e in entries))
+        self._metrics.call_applied(result.written, result.stale, (e.change for e in entries))
+        if result.stale:
+            log.warning(
+                "the sink holds a higher sequence of %d key(s) of this call: their records "
+                "were not written (cascade_consumer_stale_records_total)",
+                result.stale,
+            )
         refused = {change.key: reason for change, reason in result.rejected}
         self._sites.settle(taken, refused)
-        self._applied.remember(e for e in entries if e.change.key not in refused)
+        self._applied.remember(e for e in entries if e.key not in refused)
 
     def _finish_windows(self) -> None:
         """Deliver the dead letters of every closed window applied in full, then checkpoint

@@ -151,14 +151,19 @@ class Offsets:
 
     def _check_log_kept(self, stored: Mapping[Partition, int]) -> None:
         """Say loudly when a stored offset is older than what the log still proves: records
-        after it removed from the log's start, or written longer than `delete.retention.ms` ago
-        (the cleaner may have removed their tombstones). Reading from there cannot see those
-        deletions: the top layer may keep objects that are gone."""
-        since_ms = int((time.time() - self._resume.delete_retention) * 1000)
+        after it removed from the log's start, or written longer than the topic's own
+        `delete.retention.ms` ago (the cleaner may have removed their tombstones; a topic
+        altered by hand keeps them for less, or more, than the settings say). Reading from
+        there cannot see those deletions: the top layer may keep objects that are gone."""
+        retention = self._delete_retention({topic for topic, _p in stored})
+        now = time.time()
         for (topic, partition), offset in sorted(stored.items()):
+            kept_for = retention.get(topic, self._resume.delete_retention)
             try:
                 low, _high = self._consumer.watermarks(topic, partition)
-                kept = self._consumer.first_offset_since(topic, partition, since_ms)
+                kept = self._consumer.first_offset_since(
+                    topic, partition, int((now - kept_for) * 1000)
+                )
             except KafkaError as exc:
                 log.warning(
                     "cannot check that %s[%d] still holds every tombstone after offset %d: %s",
@@ -185,8 +190,28 @@ class Offsets:
                 partition,
                 proven,
                 low,
+                kept_for,
+            )
+
+    def _delete_retention(self, topics: Collection[str]) -> dict[str, float]:
+        """The topics' own delete.retention.ms in seconds, as the broker tells; the configured
+        figure (ResumePolicy) stands in for a topic the broker did not say, with a warning."""
+        if not topics:
+            return {}
+        try:
+            found = self._consumer.delete_retention(topics)
+        except KafkaError as exc:
+            found = {}
+            log.warning("cannot read the site topics' delete.retention.ms: %s", exc)
+        missing = sorted(set(topics) - found.keys())
+        if missing:
+            log.warning(
+                "checking %s against the configured delete.retention.ms (%.0f s): the broker "
+                "did not tell their own",
+                ", ".join(missing),
                 self._resume.delete_retention,
             )
+        return found
 
     def progress(self, windows: Iterable[Closed]) -> Progress | None:
         """The offsets of `windows` for the sink to store with the call that applies their last

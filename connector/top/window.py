@@ -38,11 +38,16 @@ class Pending:
     value: bytes | None  #: the record's bytes, for a dead letter if the sink refuses it
     fingerprint: int
     since: float  #: monotonic time its first record in this window was read
+    #: the change's key, built once: the window, the index and the loop look it up several times
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.change.key
 
     def rejected(self, reason: str) -> DeadLetter:
         """The dead letter for this change refused by the sink: its original record, and why."""
         topic, partition = self.partition
-        key = self.change.key.encode()
+        key = self.key.encode()
         return DeadLetter(topic, partition, self.offset, key, self.value, "rejected", reason)
 
 
@@ -65,10 +70,10 @@ class Applied:
             if isinstance(entry.change, Deletion):
                 known = self._by_partition.get(entry.partition)
                 if known is not None:
-                    known.pop(entry.change.key, None)
+                    known.pop(entry.key, None)
             else:
                 keys = self._by_partition.setdefault(entry.partition, {})
-                keys[entry.change.key] = entry.fingerprint
+                keys[entry.key] = entry.fingerprint
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:
@@ -113,7 +118,7 @@ class Window:
         """Keep `entry` as its key's latest unless the entry held carries a higher sequence (a
         key's records are ordered within one partition only; after a repartition a key can come
         from two). `applied` is the fingerprint the top layer holds for the key, if known."""
-        key = entry.change.key
+        key = entry.key
         if isinstance(entry.change, StatusRecord):
             at = entry.change.observed_at.timestamp()
             first, last = self.observed or (at, at)
@@ -241,7 +246,7 @@ class SiteQueue:
         changes = [
             e
             for e in window.entries.values()
-            if _is_heartbeat(e.change) or e.fingerprint != applied.get(e.partition, e.change.key)
+            if _is_heartbeat(e.change) or e.fingerprint != applied.get(e.partition, e.key)
         ]
         skipped = len(window.entries) - len(changes)
         last = len(priority)
@@ -264,7 +269,7 @@ class SiteQueue:
         part = self.closed.take(n)
         taken = Taken(len(part))
         for entry in part:
-            key = entry.change.key
+            key = entry.key
             later = self.filling.entries.get(key)
             if later is not None and not _newer(entry.change, later.change):
                 later.since = min(later.since, entry.since)
@@ -287,7 +292,7 @@ class SiteQueue:
         for key in taken.replaced:
             self.filling.entries.pop(key, None)
         for entry in taken.entries:
-            reason = refused.get(entry.change.key)
+            reason = refused.get(entry.key)
             if reason is not None:
                 self.closed.window.dead(entry.rejected(reason))
 

@@ -123,6 +123,25 @@ def test_all_columns_are_stored(sink: SqlSink) -> None:
     assert stored.replace(tzinfo=stored.tzinfo or UTC) == source
 
 
+def test_records_older_than_what_the_sink_holds_are_counted_not_written(sink: SqlSink) -> None:
+    sink.apply([rec("1", 10, status="ACTIVE"), rec("2", 10, status="ACTIVE")])
+    result = sink.apply(
+        [
+            rec("1", 5, status="ERROR"),  # older than the row: refused, and counted
+            rec("2", 11, status="ACTIVE"),  # newer but unchanged: not written, not stale
+            rec("3", 1, status="BUILD"),  # new
+        ]
+    )
+    assert (result.written, result.stale) == (1, 1)
+    assert rows(sink) == {
+        "1": ("ACTIVE", 10, False),
+        "2": ("ACTIVE", 10, False),
+        "3": ("BUILD", 1, False),
+    }
+    # A batch written whole does not look.
+    assert sink.apply([rec("4", 1)]).stale == 0
+
+
 def test_replays_never_regress(sink: SqlSink) -> None:
     """A random history of updates and deletions, applied in coalesced batches, with crashes that
     seek back and replay: the final state always shows the latest change per key, and (marking

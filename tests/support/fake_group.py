@@ -119,6 +119,7 @@ class FakeGroupConsumer:
         commit_failures: int = 0,
         read_failures: int = 0,
         deaf: int = 0,
+        topic_retention: Mapping[str, float] | None = None,
     ) -> None:
         self.journal = journal or Journal()
         self.deaf = deaf
@@ -129,6 +130,9 @@ class FakeGroupConsumer:
         #: every read of committed offsets: (monotonic time, partitions, timeout)
         self.reads: list[tuple[float, frozenset[Partition], float]] = []
         self.closed = False
+        #: topic -> its own delete.retention.ms in seconds (`delete_retention`); a topic not
+        #: here is one the broker tells nothing of
+        self.topic_retention: dict[str, float] = dict(topic_retention or {})
         self._logs: dict[Partition, list[Message]] = {tp: [] for tp in partitions}
         self._stamps: dict[Partition, list[float]] = {tp: [] for tp in self._logs}
         self._wake = threading.Condition(threading.RLock())
@@ -284,6 +288,9 @@ class FakeGroupConsumer:
                 (i for i, at in enumerate(stamps) if at * 1000 >= timestamp_ms), len(stamps)
             )
 
+    def delete_retention(self, topics: Collection[str], timeout: float = 10.0) -> dict[str, float]:
+        return {t: self.topic_retention[t] for t in topics if t in self.topic_retention}
+
     def stable_ends(
         self, partitions: Collection[Partition], timeout: float = 10.0
     ) -> dict[Partition, int]:
@@ -371,7 +378,8 @@ class FakeGroupConsumer:
 
 class FakeSink:
     """A top layer in memory. The first `busy` calls ask to slow down for `retry_after` s; the
-    changes of the keys in `reject` (key -> why) are refused for good. With `offsets` (per
+    changes of the keys in `reject` (key -> why) are refused for good, those of the keys in
+    `stale` are not written (it holds a higher sequence of them). With `offsets` (per
     group and partition, the next offset: a database's table, shared by sinks), it keeps
     offsets as the SQL sink does: stored with a batch unless a change of it is rejected."""
 
@@ -382,8 +390,10 @@ class FakeSink:
         retry_after: float = 0.1,
         reject: Mapping[str, str] | None = None,
         offsets: dict[tuple[str, Partition], int] | None = None,
+        stale: Collection[str] = (),
     ) -> None:
         self.journal = journal
+        self.stale = set(stale)
         self.busy = busy
         self.retry_after = retry_after
         self.reject = dict(reject or {})
@@ -408,7 +418,10 @@ class FakeSink:
                 self.offsets[(progress.group, tp)] = offset
         offsets = dict(progress.offsets) if stored and progress is not None else {}
         self.journal.add(Event("apply" if changes else "offsets", offsets, changes=kept))
-        return ApplyResult(written=len(kept), rejected=rejected, progress_stored=stored)
+        stale = sum(1 for c in kept if c.key in self.stale)
+        return ApplyResult(
+            written=len(kept) - stale, rejected=rejected, progress_stored=stored, stale=stale
+        )
 
     def stored_offsets(
         self, group: str, partitions: Collection[Partition]

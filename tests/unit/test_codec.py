@@ -144,6 +144,34 @@ def test_trailing_bytes_are_a_decode_error(codec: Codec) -> None:
         codec.decode(codec.encode(EXAMPLES[0]) + b"\x00")
 
 
+def test_a_time_beyond_what_a_datetime_holds_is_a_decode_error(codec: Codec) -> None:
+    # The codec turns the microseconds into a datetime itself (not fastavro): a long past year
+    # 9999 is as corrupt as bad bytes, and says so.
+    current = current_schema()
+    datum = {**_avro_datum(EXAMPLES[0]), "observed_at": 2**62}
+    out = io.BytesIO()
+    out.write(SINGLE_OBJECT_MARKER + current.fingerprint)
+    schemaless_writer(out, current.plain, datum)
+    with pytest.raises(DecodeError, match="corrupt body: a time out of range"):
+        codec.decode(out.getvalue())
+
+
+def _avro_datum(record: StatusRecord) -> dict[str, object]:
+    return {
+        "site": record.site,
+        "kind": record.kind,
+        "id": record.id,
+        "sequence": record.sequence,
+        "observed_at": 0,
+        "status": record.status,
+        "name": record.name,
+        "project_id": record.project_id,
+        "details": dict(record.details),
+        "source_updated_at": None,
+        "revision": record.revision,
+    }
+
+
 def test_invalid_utf8_is_a_decode_error(codec: Codec) -> None:
     data = codec.encode(replace(EXAMPLES[0], name="\xe9"))
     corrupt = data.replace("\xe9".encode(), b"\xff\xfe")

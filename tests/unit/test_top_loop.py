@@ -52,6 +52,19 @@ def test_a_window_is_applied_then_exactly_the_offsets_past_it_are_committed() ->
     assert group.journal.commits() == [{P0: 3, P1: 1}]
 
 
+def test_records_the_sink_holds_newer_are_counted() -> None:
+    group = FakeGroupConsumer([P0])
+    older, fresh = server("1", "BUILD", 1), server("2", "ACTIVE", 2)
+    group.produce(P0, older, CODEC)
+    group.produce(P0, fresh, CODEC)
+    registry = CollectorRegistry()
+    sink = FakeSink(group.journal, stale={older.key})
+    with consuming(top_consumer(group, sink, metrics=ConsumerMetrics(registry)), until_idle=True):
+        pass
+    assert registry.get_sample_value("cascade_consumer_stale_records_total") == 1
+    assert registry.get_sample_value("cascade_consumer_rows_applied_total") == 1
+
+
 def test_a_sink_asking_to_slow_down_gets_the_same_call_again_later_and_nothing_is_committed() -> (
     None
 ):

@@ -130,3 +130,29 @@ def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
     assert "empty database" in message and "audit --repair" in message
     # Reported, and read on from where the sink stands all the same.
     assert len(sink.applied()) == 2
+
+
+@pytest.mark.parametrize(("configured", "topics_own"), [(3_600.0, 60.0), (60.0, 3_600.0)])
+def test_the_log_check_takes_the_topics_own_delete_retention(
+    configured: float, topics_own: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As above, records written ten minutes ago; the settings say one retention, the topic
+    # (altered by hand) holds another: the topic's own decides whether tombstones may be gone.
+    group = FakeGroupConsumer([P0], topic_retention={P0[0]: topics_own})
+    written = time.time() - 600
+    for i in range(3):
+        group.produce(P0, server(str(i), "ACTIVE", i), CODEC, at=written)
+    sink = FakeSink(group.journal, offsets={("top", P0): 1})
+    registry = CollectorRegistry()
+    caplog.set_level(logging.ERROR)
+    loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=configured)
+    with consuming(loop, until_idle=True):
+        pass
+    count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    if topics_own > 600:
+        assert errors == [] and count is None
+    else:
+        assert count == 1
+        (message,) = errors
+        assert "written more than 60 s ago may be gone" in message
