@@ -197,6 +197,10 @@ class ConsumerSettings(_Section):
     offline_after_heartbeats: int = Field(default=3, ge=2, le=1000)
     #: A degraded or offline site is `online` again after this many good heartbeats in a row.
     online_after_heartbeats: int = Field(default=2, ge=1, le=1000)
+    #: Seconds this member may hold no partition while the site topics have partitions no
+    #: other member reads (a group client stuck without its assignment) before it rejoins the
+    #: group with a new client; /readyz says so meanwhile.
+    stall_after_seconds: float = Field(default=60.0, ge=1, le=3600)
     #: Seconds between periodic audits of the sites this member judges, exported as drift
     #: metrics (an SQL sink only; each audit reads the site's topic whole); unset: none.
     audit_interval_seconds: float | None = Field(default=None, ge=1, le=7 * 86400)

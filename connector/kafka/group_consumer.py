@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import confluent_kafka
-from confluent_kafka import OFFSET_END, TopicPartition
+from confluent_kafka import OFFSET_END, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
@@ -89,6 +89,14 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+#: Seconds `unserved` may take in all: the loop waits for it, and so does a stop.
+UNSERVED_TIMEOUT = 5.0
+#: Group states in which the coordinator is assigning the partitions (members hold none yet).
+REBALANCING = frozenset(
+    {ConsumerGroupState.PREPARING_REBALANCING, ConsumerGroupState.COMPLETING_REBALANCING}
+)
+
+
 class Consumer:
     """A subscribed group member; rebalance events reach the callbacks given to `subscribe`."""
 
@@ -97,7 +105,7 @@ class Consumer:
         settings: KafkaSettings,
         group: str,
         *,
-        make_client: ClientFactory = confluent_kafka.Consumer,
+        make_client: ClientFactory | None = None,
         commit_timeout: float = COMMIT_TIMEOUT,
         **overrides: Any,
     ) -> None:
@@ -107,10 +115,10 @@ class Consumer:
         self._settings = settings
         self._group = group
         self._config = config
-        self._make_client = make_client
+        self._make_client = make_client or confluent_kafka.Consumer
         #: an incremental (cooperative) rebalance adds partitions; an eager one replaces them all
         self._cooperative = "cooperative" in str(config["partition.assignment.strategy"])
-        self._consumer = new_client(make_client, dict(config))
+        self._consumer = new_client(self._make_client, dict(config))
         #: what `subscribe` was given, for `rejoin`
         self._subscription: tuple[Any, ...] | None = None
         #: partitions held back by the caller (`hold`), until it releases them
@@ -172,20 +180,29 @@ class Consumer:
         self._consumer = new_client(self._make_client, dict(self._config))
         self._subscribe()
 
-    def unserved(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
+    def unserved(self, pattern: str, timeout: float = UNSERVED_TIMEOUT) -> list[Partition]:
         """The partitions of the topics matching `pattern` that no other member of the group
         is assigned, as the broker tells: unread ones, or ones the broker gives this member
-        when it holds them not. KafkaError when Kafka does not answer."""
-        partitions = self.partitions_matching(pattern)
+        when it holds them not; none while the group rebalances (it is assigning them).
+        KafkaError when Kafka does not answer within `timeout` seconds in all (the loop waits:
+        a broker outage must not hold a stop longer)."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        partitions = self.partitions_matching(pattern, timeout=left())
         member = self._consumer.memberid()
 
         def describe(admin: Any) -> Any:
-            future = admin.describe_consumer_groups([self._group], request_timeout=timeout)
-            return future[self._group].result(timeout=timeout)
+            future = admin.describe_consumer_groups([self._group], request_timeout=left())
+            return future[self._group].result(timeout=left())
 
         group = admin_result(
-            self._settings, f"describe consumer group {self._group}", describe, timeout
+            self._settings, f"describe consumer group {self._group}", describe, left()
         )
+        if group.state in REBALANCING:
+            return []
         others = {
             (tp.topic, tp.partition)
             for m in group.members
@@ -353,9 +370,9 @@ class Consumer:
             if tp.error is None and tp.offset >= 0
         }
 
-    def partitions_matching(self, pattern: str) -> list[Partition]:
+    def partitions_matching(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""
-        metadata = _call("list topics", self._consumer.list_topics, timeout=10.0)
+        metadata = _call("list topics", self._consumer.list_topics, timeout=timeout)
         regex = re.compile(pattern)
         return [
             (name, p)

@@ -87,6 +87,8 @@ class Producer:
         #: whether the transactional calls may be made (a `transactional.id` was given)
         self.transactional = "transactional.id" in config
         self._settings = settings
+        #: what a message may take, said when one is refused for its size
+        self._max_bytes = config.get("message.max.bytes", "librdkafka's default")
         self._producer = new_client(confluent_kafka.Producer, config)
         self._interrupted = threading.Event()
         #: the first authorization refusal, raised by every later call
@@ -124,7 +126,10 @@ class Producer:
                 err = exc.args[0]
                 if err.code() not in _ABOUT_THE_MESSAGE:
                     raise
-                raise MessageRefused(f"{topic}: {name}: {err.str()}") from exc
+                size = ""
+                if err.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
+                    size = f" (key, value and headers over message.max.bytes: {self._max_bytes})"
+                raise MessageRefused(f"{topic}: {name}: {err.str()}{size}") from exc
             except BufferError:
                 # A full queue means the broker is out of reach; a stop must not wait for it.
                 if self._interrupted.is_set():

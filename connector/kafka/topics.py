@@ -293,6 +293,27 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
     return False
 
 
+#: librdkafka's default message.max.bytes: the largest message a producer queues, unless the
+#: topic it writes takes less (`producer_limits`).
+PRODUCER_MAX_MESSAGE = 1_000_000
+
+
+def producer_limits(kafka: KafkaSettings, topic: str) -> dict[str, int]:
+    """librdkafka settings that keep a producer's messages and batches within what `topic`
+    accepts: its max.message.bytes (the broker's default unless set), at most
+    PRODUCER_MAX_MESSAGE. A larger message is then refused when it is queued (MessageRefused:
+    the caller skips that one), not by the broker, which refuses the whole batch it is in, the
+    good records with it, and makes a transaction holding them abort."""
+    admin = _admin(kafka)  # held until the answer came: a client dropped answers nothing
+    future = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, topic)], request_timeout=kafka.admin_timeout
+    )
+    entries = _wait(kafka, next(iter(future.values())), f"describe the config of {topic}")
+    entry = entries.get("max.message.bytes")
+    limit = PRODUCER_MAX_MESSAGE if entry is None else min(int(entry.value), PRODUCER_MAX_MESSAGE)
+    return {"message.max.bytes": limit, "batch.size": limit}
+
+
 def describe_site_topic(kafka: KafkaSettings, site: str) -> TopicDescription:
     """The site topic's partitions and config; KafkaError when it does not exist."""
     return _describe(kafka, _admin(kafka), site_topic(kafka.topic_prefix, site))

@@ -33,7 +33,13 @@ from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaAccessError, KafkaError
 from connector.kafka.lease import Lease
-from connector.kafka.topics import ensure_lease_topic, ensure_site_topic, lease_topic, site_topic
+from connector.kafka.topics import (
+    ensure_lease_topic,
+    ensure_site_topic,
+    lease_topic,
+    producer_limits,
+    site_topic,
+)
 from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.records.model import INSTANCE_HEADER, DetailValue
 from connector.site.backoff import backoff_delay
@@ -256,18 +262,21 @@ class Election:
         self, on_failure: Callable[[TransactionFailed], None], halt: threading.Event
     ) -> TransactionalProducer:
         """The site's transactional producer (id: the site topic's name), every message headed
-        with this instance's id. Opening it fences the site's previous producer, which waits
-        for the transaction coordinator (loading after a broker restart, say): retried while
-        Kafka fails it, given up on `halt`; an abandoned producer has nothing queued and is
-        dropped when its call returns."""
+        with this instance's id, and its messages and batches within the topic's
+        max.message.bytes as read now (`producer_limits`). Opening it fences the site's previous
+        producer, which waits for the transaction coordinator (loading after a broker restart,
+        say): retried while Kafka fails it, given up on `halt`; an abandoned producer has
+        nothing queued and is dropped when its call returns."""
+        kafka = self.settings.kafka
         return self._until_kafka_answers(
             "open the producer",
             lambda: TransactionalProducer(
-                self.settings.kafka,
+                kafka,
                 self.site_topic,
                 {INSTANCE_HEADER: self.instance.encode()},
                 on_failure,
                 on_error=self._producer_error,
+                **producer_limits(kafka, self.site_topic),
             ),
             halt,
         )

@@ -14,7 +14,6 @@ SDK-typed or raw gets past it. Query keys are wire names, sent as written.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import openstack.exceptions
 from connector.errors import ConfigError
 from connector.records.checks import fits_in_long, resolve_kind_names
 from connector.records.model import DetailValue
-from connector.site.listing import QueryValue, pages, prefetched
+from connector.site.listing import HugeInteger, QueryValue, pages, parse_json, prefetched
 
 #: Reads one detail value off a listed object (the service's JSON, as parsed).
 Extractor = Callable[[Mapping[str, Any]], DetailValue]
@@ -236,6 +235,8 @@ class Kind:
         if object_id is None or isinstance(object_id, dict | list | bool) or object_id == "":
             name = raw.get(self.wire.name) if isinstance(raw, Mapping) else None
             raise Unreadable(self.name, None, f"no {self.wire.id} (name {name!r})")
+        if isinstance(object_id, HugeInteger):
+            raise Unreadable(self.name, object_id.head, f"{self.wire.id} is {object_id!r}")
         text = str(object_id)
         # The id goes into keys and into `?id=` queries: one that cannot be encoded, or is too
         # long for a query or a row at the top, would fail the whole request, not this object.
@@ -338,7 +339,7 @@ class Kind:
         )
         openstack.exceptions.raise_from_response(response)
         try:
-            doc: Any = json.loads(response.content)
+            doc: Any = parse_json(response.content)
             for key in count.keys:
                 doc = doc[key]
             return int(doc)

@@ -13,12 +13,17 @@ openstacksdk raises them (`openstack.exceptions.raise_from_response`), so caller
 
 `prefetched` overlaps the wait for the next page with the work on the current one: the site
 renders page N+1 while the poller fingerprints and encodes page N.
+
+A page is foreign input: an integer longer than Python converts (`sys.get_int_max_str_digits`,
+4,300 digits) made the whole page fail to parse, every poll; it parses as a `HugeInteger`, which
+makes only the object holding it unreadable.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, TypeVar, cast
@@ -29,6 +34,34 @@ T = TypeVar("T")
 
 #: One query value: a string, or a list for a key repeated (`fields=id&fields=status`).
 QueryValue = str | list[str]
+
+
+class HugeInteger:
+    """A JSON integer longer than Python converts: its first digits and its length. Turning it
+    into a string raises ValueError (as `int` of its digits does), so a field holding it is
+    unreadable wherever the kinds table reads it."""
+
+    __slots__ = ("digits", "head")
+
+    def __init__(self, text: str) -> None:
+        self.head = text[:40]
+        self.digits = len(text.lstrip("-"))
+
+    def __str__(self) -> str:
+        raise ValueError(repr(self))
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits ({self.head}...)"
+
+
+def _integer(text: str) -> int | HugeInteger:
+    limit = sys.get_int_max_str_digits()
+    return HugeInteger(text) if limit and len(text.lstrip("-")) > limit else int(text)
+
+
+def parse_json(content: bytes) -> Any:
+    """A service's JSON answer; an integer too long for Python becomes a `HugeInteger`."""
+    return json.loads(content, parse_int=_integer)
 
 
 def pages(
@@ -53,7 +86,7 @@ def pages(
         )
         openstack.exceptions.raise_from_response(response)
         try:
-            doc = json.loads(response.content)
+            doc = parse_json(response.content)
             items = doc[collection]
         except (ValueError, KeyError, TypeError) as exc:
             raise openstack.exceptions.SDKException(

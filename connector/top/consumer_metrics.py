@@ -167,6 +167,13 @@ class ConsumerMetrics:
             "Deliveries of dead letters that failed (retried later; their window waits).",
             registry=registry,
         )
+        self.rejoins = Counter(
+            "cascade_consumer_rejoins",
+            "Times this member, holding no partition for consumer.stall_after_seconds while "
+            "partitions of the site topics went unread by every other member, rejoined the "
+            "group with a new client.",
+            registry=registry,
+        )
         self.lag = Gauge(
             "cascade_consumer_lag_records",
             "Records between the committed offset and the log end, per partition.",

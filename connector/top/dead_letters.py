@@ -5,8 +5,9 @@ A dead letter always fits what Kafka accepts: the error text and the copied key 
 bound, and so is the copied value past its own bound, each cut saying the original size in a
 header (`original.key.bytes`, `original.value.bytes`, the error's last words). Delivery is all
 or nothing per call: on any failure what is still queued is purged and the caller retries later
-(the window waits, its offsets uncommitted); each failed attempt is counted and logged, and none
-ends the process: dead letters that cannot be delivered hold their site's commits, never the
+(the window waits, its offsets uncommitted); each failed attempt is counted, each distinct error
+logged once and then counted every half minute while it lasts (`RepeatedErrors`), and none ends
+the process: dead letters that cannot be delivered hold their site's commits, never the
 consumer.
 """
 
@@ -19,20 +20,28 @@ from typing import Protocol
 
 from connector.errors import KafkaError
 from connector.kafka import KafkaException, Message
+from connector.kafka.client import RepeatedErrors
 from connector.kafka.producer import Producer
 from connector.records.errors import WrongSiteError
 from connector.top.consumer_metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
+#: A dead-letter topic refusing every attempt alike (retried each loop turn it is due): a line
+#: per distinct error, then counts, not a line per attempt.
+_DELIVERY_ERRORS = RepeatedErrors(log)
 
 #: The most bytes of the error text a dead letter carries (a header).
 MAX_ERROR_BYTES = 1024
 #: The most bytes of the original key a dead letter carries.
 MAX_KEY_BYTES = 1024
-#: The most bytes of the original value a dead letter carries: with the key and headers above,
-#: it stays under librdkafka's default message.max.bytes (1,000,000), which a record near the
-#: broker's own limit (1 MiB) would pass otherwise, failing every delivery.
-MAX_VALUE_BYTES = 990_000
+#: Bytes of a dead letter left for all but the value: the key and headers above, and Kafka's
+#: framing. The copied value is cut to the message size the dead-letter producer may send (the
+#: topic's max.message.bytes, at most librdkafka's default message.max.bytes, 1,000,000) less
+#: this, which a record near the site topic's own limit would pass otherwise, failing every
+#: delivery and holding its site's commits for good.
+OVERHEAD_BYTES = 10_000
+#: The most bytes of the original value a dead letter carries to a topic of the default limit.
+MAX_VALUE_BYTES = 1_000_000 - OVERHEAD_BYTES
 #: Seconds one delivery may wait for the broker; the loop waits with it.
 FLUSH_SECONDS = 10.0
 
@@ -77,9 +86,9 @@ class Bounded:
     headers: dict[str, bytes]
 
 
-def bounded(letter: DeadLetter) -> Bounded:
-    """`letter` as produced: the original key and value (cut past their bounds, the original
-    size in a header) and the headers saying why."""
+def bounded(letter: DeadLetter, max_value: int = MAX_VALUE_BYTES) -> Bounded:
+    """`letter` as produced: the original key and value (cut past their bounds, the value's
+    `max_value`, the original size in a header) and the headers saying why."""
     headers = {
         "reason": letter.reason.encode(),
         "error": _cut_text(letter.detail, MAX_ERROR_BYTES),
@@ -91,9 +100,9 @@ def bounded(letter: DeadLetter) -> Bounded:
     if key is not None and len(key) > MAX_KEY_BYTES:
         headers["original.key.bytes"] = str(len(key)).encode()
         key = key[:MAX_KEY_BYTES]
-    if value is not None and len(value) > MAX_VALUE_BYTES:
+    if value is not None and len(value) > max_value:
         headers["original.value.bytes"] = str(len(value)).encode()
-        value = value[:MAX_VALUE_BYTES]
+        value = value[:max_value]
     return Bounded(key, value, headers)
 
 
@@ -107,26 +116,37 @@ def _cut_text(text: str, limit: int) -> bytes:
 
 
 class DeadLetterQueue:
-    """Delivers dead letters to one topic and counts failed attempts."""
+    """Delivers dead letters to one topic, each within `max_message` bytes (what `producer`
+    may send), and counts failed attempts; `errors` logs them."""
 
-    def __init__(self, producer: Producer, topic: str, metrics: ConsumerMetrics) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        metrics: ConsumerMetrics,
+        errors: RepeatedErrors = _DELIVERY_ERRORS,
+        max_message: int = MAX_VALUE_BYTES + OVERHEAD_BYTES,
+    ) -> None:
         self._producer = producer
         self.topic = topic
+        #: the most bytes of a value copied, for a message of at most `max_message` bytes
+        self._max_value = max(0, max_message - OVERHEAD_BYTES)
         self._metrics = metrics
+        self._errors = errors
         self._failures = 0  #: failed deliveries in a row
 
     def deliver(self, letters: Sequence[DeadLetter]) -> bool:
         """Deliver `letters` and wait for it; False if any failed (counted, logged: retry
         later)."""
-        failures: list[str] = []
+        failures: dict[str, str] = {}  #: each error -> the key of the first letter it failed
 
         def on_delivery(key: str, err: object, _partition: int, _offset: int) -> None:
             if err is not None:
-                failures.append(f"{key[:100]}: {err}")
+                failures.setdefault(str(err), key[:100])
 
         try:
             for letter in letters:
-                out = bounded(letter)
+                out = bounded(letter, self._max_value)
                 self._producer.produce(
                     self.topic,
                     key=out.key,
@@ -136,18 +156,18 @@ class DeadLetterQueue:
                 )
             self._producer.flush(FLUSH_SECONDS)
         except (KafkaError, KafkaException) as exc:
-            failures.append(str(exc))
+            failures.setdefault(str(exc), "")
         if failures:
             self._producer.purge()
             self._failures += 1
             self._metrics.dead_letter_failures.inc()
-            log.error(
-                "%d dead letters not delivered to %s (attempt %d in a row; will retry): %s",
-                len(letters),
-                self.topic,
-                self._failures,
-                "; ".join(failures[:5]),
-            )
+            for error, key in failures.items():
+                first = f" ({key} first)" if key else ""
+                self._errors.report(
+                    logging.ERROR,
+                    error,
+                    f"dead letters not delivered to {self.topic}, will retry{first}: ",
+                )
             return False
         if self._failures:
             log.info(

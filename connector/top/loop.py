@@ -11,7 +11,8 @@ checkpoints it (stores and commits exactly its offsets), and decides where readi
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
 down holds the calls, never the reading; a schema registry that does not answer rewinds and
-pauses the partition it was needed for.
+pauses the partition it was needed for. A member that holds no partition while others go unread
+rejoins the group with a new client (`watchdog.AssignmentWatchdog`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from connector.top.offsets import Offsets, ResumePolicy
 from connector.top.pacing import CallPacer
 from connector.top.rate import RateLimiter
 from connector.top.sites import Sites
+from connector.top.watchdog import AssignmentWatchdog
 from connector.top.window import Applied, Pending, fingerprint, finishing
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ Decoder = Callable[[Message, str], Change]
 MAX_POLL_SECONDS = 0.5
 #: Records decoded between two looks at whether a sink call is due.
 CALL_CHECK_EVERY = 64
+#: Seconds without a partition, while others go unread, before this member rejoins the group
+#: (`consumer.stall_after_seconds`).
+STALL_AFTER = 60.0
 
 
 class TopConsumer:
@@ -67,6 +72,7 @@ class TopConsumer:
         metrics: ConsumerMetrics,
         availability: Availability,
         resume: ResumePolicy,
+        stall_after: float = STALL_AFTER,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -82,6 +88,7 @@ class TopConsumer:
         self._pacer = CallPacer(limiter, metrics)
         self._sites = Sites(topic_prefix, availability, metrics)
         self._applied = Applied()
+        self._watchdog = AssignmentWatchdog(stall_after, lambda: consumer.unserved(pattern))
         self.max_pending = 0  #: the most keys pending at once (over all sites)
         self.assign_events = 0  #: rebalances that gave this member partitions
         self._stop = threading.Event()
@@ -91,6 +98,11 @@ class TopConsumer:
     def max_per_second(self) -> int:
         """The most changes applied within any one second."""
         return self._pacer.max_per_second
+
+    @property
+    def stalled(self) -> str | None:
+        """Why this member rejoined the group, from then until it holds a partition (/readyz)."""
+        return self._watchdog.stalled
 
     def stop(self) -> None:
         """Ask the loop to finish; safe from a signal handler or another thread."""
@@ -120,6 +132,9 @@ class TopConsumer:
         self.last_poll = time.monotonic()
         if ready and hold > 0:
             self._pacer.waited(self.last_poll - started, since=now)
+        if self._watchdog.check(holding=bool(self._offsets.assigned)):
+            self._metrics.rejoins.inc()
+            self._consumer.rejoin()
         self._take(messages)
         self._sites.judge(self._sink, waited=self.last_poll - started)
         if self._sites.ready and self._pacer.may_call(reading=bool(messages)):

@@ -14,9 +14,13 @@ from prometheus_client import CollectorRegistry
 from connector.codecs import codec_from_settings
 from connector.config import Settings
 from connector.errors import ConfigError
-from connector.kafka.group_consumer import Consumer
+from connector.kafka.group_consumer import ClientFactory, Consumer
 from connector.kafka.producer import Producer
-from connector.kafka.topics import ensure_dead_letter_topic, site_topic_pattern
+from connector.kafka.topics import (
+    ensure_dead_letter_topic,
+    producer_limits,
+    site_topic_pattern,
+)
 from connector.ops.heap import collect_less
 from connector.ops.ops_server import HealthCheck, OpsServer
 from connector.ops.signals import stop_on_signals
@@ -46,10 +50,12 @@ def build_consumer(
     registry: CollectorRegistry,
     decode: Decoder | None = None,
     availability: Availability | None = None,
+    make_client: ClientFactory | None = None,
 ) -> TopConsumer:
     """A TopConsumer for `settings` applying to `sink`; ensures the dead-letter topic. `decode`
     replaces the codec's (tests put a registry outage in front of it); `availability` is
-    the judge of the sites (`site_availability`), when something else asks it too."""
+    the judge of the sites (`site_availability`), when something else asks it too;
+    `make_client` makes the librdkafka clients (tests make one that never gets partitions)."""
     kafka, options = settings.kafka, settings.consumer
     pattern = site_topic_pattern(kafka.topic_prefix)
     if re.match(pattern, options.dead_letter_topic):
@@ -58,15 +64,21 @@ def build_consumer(
             f"pattern {pattern!r}; the consumer would read its own dead letters"
         )
     ensure_dead_letter_topic(kafka, options.dead_letter_topic)
+    limits = producer_limits(kafka, options.dead_letter_topic)
     codec = codec_from_settings(kafka)
     metrics = ConsumerMetrics(registry)
     return TopConsumer(
-        consumer=Consumer(kafka, options.group),
+        consumer=Consumer(kafka, options.group, make_client=make_client),
         pattern=pattern,
         topic_prefix=kafka.topic_prefix,
         decode=decode or (lambda msg, site: change_from_message(msg, codec, site)),
         sink=sink,
-        dead_letters=DeadLetterQueue(Producer(kafka), options.dead_letter_topic, metrics),
+        dead_letters=DeadLetterQueue(
+            Producer(kafka, None, **limits),
+            options.dead_letter_topic,
+            metrics,
+            max_message=limits["message.max.bytes"],
+        ),
         limiter=RateLimiter(options.max_rate, options.max_batches_per_second),
         policy=WindowPolicy(
             call_size=options.batch_size,
@@ -79,6 +91,7 @@ def build_consumer(
         metrics=metrics,
         availability=availability or site_availability(settings, registry),
         resume=ResumePolicy(options.group, kafka.topic_prefix, kafka.delete_retention_ms / 1000.0),
+        stall_after=options.stall_after_seconds,
     )
 
 
@@ -89,6 +102,29 @@ def site_availability(settings: Settings, registry: CollectorRegistry) -> Availa
         AvailabilityPolicy(options.offline_after_heartbeats, options.online_after_heartbeats),
         AvailabilityMetrics(registry),
     )
+
+
+def health_checks(loop: TopConsumer) -> tuple[HealthCheck, HealthCheck]:
+    """/readyz and /livez of `loop`: ready while it polls and holds partitions (or is not
+    stalled without them, see `watchdog.py`); live while it polls."""
+
+    def polled_within(seconds: float) -> HealthCheck:
+        def check() -> tuple[bool, dict[str, Any]]:
+            since = time.monotonic() - loop.last_poll
+            return since < seconds, {"seconds_since_poll": round(since, 3)}
+
+        return check
+
+    polled = polled_within(STALL_SECONDS)
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        healthy, details = polled()
+        stalled = loop.stalled
+        if stalled is None:
+            return healthy, details
+        return False, {**details, "assignment.stalled": stalled}
+
+    return ready, polled_within(STUCK_SECONDS)
 
 
 def run_consumer(settings: Settings, until_idle: bool = False) -> None:
@@ -111,20 +147,13 @@ def run_consumer(settings: Settings, until_idle: bool = False) -> None:
             audits.start()
             log.info("auditing the sites this member judges every %g s", interval)
         if settings.consumer.metrics_port is not None:
-
-            def polled_within(seconds: float) -> HealthCheck:
-                def check() -> tuple[bool, dict[str, Any]]:
-                    since = time.monotonic() - loop.last_poll
-                    return since < seconds, {"seconds_since_poll": round(since, 3)}
-
-                return check
-
+            ready, live = health_checks(loop)
             server = OpsServer(
                 registry,
-                polled_within(STALL_SECONDS),
+                ready,
                 host=settings.consumer.metrics_host,
                 port=settings.consumer.metrics_port,
-                live=polled_within(STUCK_SECONDS),
+                live=live,
             ).start()
             cleanup.callback(server.stop)
             log.info(

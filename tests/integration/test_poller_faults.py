@@ -3,17 +3,24 @@ going, says degraded in its heartbeat and metrics, and catches up after."""
 
 from __future__ import annotations
 
+import base64
+import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 from prometheus_client import CollectorRegistry
 
 from connector.dev.sim import RunningSim
 from connector.errors import KafkaError
+from connector.kafka.topics import ensure_site_topic
 from connector.records.model import StatusRecord
+from connector.site.kinds import Observation, Unreadable
 from connector.site.runner import open_site_poller, run_site
 from tests.support import wait_for
 from tests.support.sim import Topic, control, differences, site_settings, truth
@@ -135,3 +142,40 @@ def test_a_failing_flush_does_not_hide_why_the_run_failed(
     monkeypatch.setattr(site.producer, "flush", failing_flush)
     with pytest.raises(RuntimeError, match="the heartbeat broke"):
         site.run(threading.Event(), once=True)
+
+
+def test_an_object_larger_than_the_topic_takes_is_skipped_and_the_rest_published(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
+) -> None:
+    """The site topic takes records of 20,000 bytes at most (max.message.bytes): one object
+    larger is refused as it is queued, and skipped; the records around it, in the same
+    transaction, are committed. Before, the broker refused the whole batch and the transaction
+    aborted: the good records went with it and the poller's term ended."""
+    sim = open_sim(servers=30, volumes=0, ports=0)
+    settings = site_settings(kafka_bootstrap, sim, kinds="server")
+    site, topic = sim.cloud, f"{settings.kafka.topic_prefix}.{sim.cloud}"
+    ensure_site_topic(settings.kafka, site)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    small = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    admin.incremental_alter_configs([small])[small].result(timeout=30)
+
+    poller = open_site_poller(settings)
+    poller.cycle(resync=True)
+    # Incompressible, so that the broker sees it over its limit after compression too.
+    blob = base64.b64encode(random.Random(26).randbytes(30_000)).decode()
+    big = Observation(id="big", status="ACTIVE", name="big", project_id="p", details={"b": blob})
+    with pytest.raises(Unreadable, match=r"message.max.bytes: 20000"):
+        poller.publisher.observe("server", big)
+    after = Observation(id="after", status="ACTIVE", name="after", project_id="p")
+    assert poller.publisher.observe("server", after)
+    poller.flush()  # raised TransactionFailed before: the batch with the big record was refused
+    assert poller.producer.failure is None
+
+    ids = {c.id for c in Topic(kafka_bootstrap, topic).all() if c.kind == "server"}
+    assert ids == {i for _kind, i in truth(sim, "server")} | {"after"}

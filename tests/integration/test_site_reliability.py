@@ -412,3 +412,26 @@ def test_sigterm_ends_a_poller_within_10s_while_the_broker_is_down(
     finally:
         err = stop_within_10s(running, log)
     assert "undelivered" in err and "republishes them from the site" in err
+
+
+def test_hostile_servers_an_id_of_5000_digits_among_them_are_skipped_alone(
+    kafka_bootstrap: str, open_sim: Callable[..., RunningSim]
+) -> None:
+    """One of each hostile corruption (an id that is an integer of 5,000 digits, past Python's
+    4,300, among them: it made the whole page unparseable, every poll): each object is skipped
+    as unreadable, every other object is published."""
+    sim = open_sim(servers=30, volumes=0, ports=0)
+    corrupt = control(sim, "/_sim/corrupt", {"kind": "server", "count": 14, "hostile": True})
+    assert "huge-int-id" in corrupt["corrupt"].values(), corrupt
+    site = open_site_poller(site_settings(kafka_bootstrap, sim, kinds="server"))
+    site.cycle(resync=True)  # raised before: "Exceeds the limit (4300 digits) ..."
+    site.heartbeat()
+    site.flush()
+    changes = Topic(kafka_bootstrap, site.topic).all()
+    expected = {
+        key: v for key, v in truth(sim, "server").items() if key[1] not in corrupt["corrupt"]
+    }
+    assert len(expected) == 16
+    assert differences(changes, expected) == []
+    heartbeat = [c for c in changes if isinstance(c, StatusRecord) and c.is_heartbeat][-1]
+    assert heartbeat.details["server.unparseable"] == 14

@@ -3,24 +3,32 @@ commits, the rate limit, dead letters, backpressure, a new site, two members in 
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer as RawConsumer
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 from confluent_kafka import Producer as RawProducer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from prometheus_client import CollectorRegistry
 
 from connector.config import Settings, load_settings
 from connector.kafka.group_consumer import Consumer
 from connector.kafka.transactions import TransactionalProducer
+from connector.ops.ops_server import OpsServer
 from connector.records.codec import Codec
 from connector.records.errors import RegistryError
 from connector.records.messages import change_from_message, to_message
@@ -29,8 +37,9 @@ from connector.sinks import ApplyResult, Sink, SinkBackpressureError, open_sink
 from connector.sinks.base import Progress, SiteAvailability, SitePartition
 from connector.sinks.sql import create_engine
 from connector.top import offsets as top
+from connector.top.dead_letters import OVERHEAD_BYTES
 from connector.top.loop import TopConsumer
-from connector.top.service import build_consumer
+from connector.top.service import build_consumer, health_checks
 from tests.support import wait_for
 from tests.support.kafka import (
     committed_offsets,
@@ -674,3 +683,126 @@ def test_a_transaction_left_open_behind_a_window_does_not_hold_it(
             assert ("east", "server", "vm-2") not in sink_state(tmp_path / "top.sqlite")
     finally:
         still_open.abort_transaction(30)
+
+
+Rebalanced = Callable[[RawConsumer, list[TopicPartition]], None]
+
+
+class DeafClient(RawConsumer):
+    """A librdkafka consumer that joins its group and is given partitions, and never takes them
+    (it assigns itself none): a member stuck as librdkafka's have been (its bugs 844, 3450 and
+    4783), holding nothing while the broker counts the partitions as its own."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: Rebalanced | None = None,
+        on_revoke: Rebalanced | None = None,
+        on_lost: Rebalanced | None = None,
+    ) -> None:
+        def take_none(consumer: RawConsumer, _partitions: list[TopicPartition]) -> None:
+            consumer.incremental_assign([])
+
+        def give_back_none(consumer: RawConsumer, _partitions: list[TopicPartition]) -> None:
+            consumer.incremental_unassign([])
+
+        super().subscribe(
+            topics, on_assign=take_none, on_revoke=give_back_none, on_lost=give_back_none
+        )
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_member_whose_client_never_takes_its_partitions_says_so_rejoins_and_converges(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The first two clients are given the partitions by the group and hold none: /readyz says
+    so, each is replaced by a new client after consumer.stall_after_seconds (counted), and the
+    third reads everything."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db, stall_after_seconds=3)
+    topic = f"{settings.kafka.topic_prefix}.east"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    publish(kafka_bootstrap, topic, (record("east", i, i + 1) for i in range(50)))
+    clients: list[RawConsumer] = []
+
+    def make_client(config: dict[str, Any]) -> RawConsumer:
+        clients.append((DeafClient if len(clients) < 2 else RawConsumer)(config))
+        return clients[-1]
+
+    registry = CollectorRegistry()
+    loop = build_consumer(settings, open_sink(settings.sink), registry, make_client=make_client)
+    ready, live = health_checks(loop)
+    server = OpsServer(registry, ready, live=live).start()
+    said: list[dict[str, object]] = []
+
+    def stalled_said() -> bool:
+        status, health = readyz(server.port)
+        said.append(health)
+        return status == 503 and "assignment.stalled" in health
+
+    runner = threading.Thread(target=loop.run, kwargs={"until_idle": True})
+    runner.start()
+    try:
+        wait_for(stalled_said, timeout=60, what="/readyz saying the member is stalled")
+        runner.join(timeout=120)
+        assert not runner.is_alive(), f"consumer did not become idle: {loop!r}"
+        assert readyz(server.port)[0] == 200
+    finally:
+        loop.stop()
+        runner.join(30)
+        server.stop()
+    stalled = str(said[-1]["assignment.stalled"])
+    assert "while Kafka answers and no other member of the group reads" in stalled, stalled
+    assert f"{topic}[0], {topic}[1]" in stalled, stalled
+    assert len(clients) == 3
+    assert registry.get_sample_value("cascade_consumer_rejoins_total") == 2
+    assert len(sink_state(db)) == 50
+
+
+def test_a_dead_letter_topic_that_takes_less_than_the_site_topic_still_takes_every_letter(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The dead-letter topic takes 20,000 bytes a message; an unreadable record of 200,000
+    bytes in a site topic is delivered cut to fit (the original size said), and the consumer
+    goes on. Before, its delivery failed on every attempt and held its site's commits for good
+    (the consumer never became idle)."""
+    db = tmp_path / "top.sqlite"
+    settings = settings_for(kafka_bootstrap, unique_name, db)
+    topic, dlq_topic = f"{settings.kafka.topic_prefix}.north", settings.consumer.dead_letter_topic
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    small = {"cleanup.policy": "delete", "max.message.bytes": "20000"}
+    admin.create_topics([NewTopic(dlq_topic, 1, 1, config=small)])[dlq_topic].result(timeout=30)
+    garbage = random.Random(26).randbytes(200_000)  # incompressible: over the limit compressed
+    publish(kafka_bootstrap, topic, [record("north", 1, 1)], raw=[(b"north/server/vm-2", garbage)])
+
+    run_until_idle(build_consumer(settings, open_sink(settings.sink), CollectorRegistry()), 120)
+
+    assert set(sink_state(db)) == {("north", "server", "vm-1")}
+    reader = RawConsumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": unique_name("reader"),
+            "auto.offset.reset": "earliest",
+        }
+    )
+    reader.subscribe([dlq_topic])
+    letters: list[Message] = []
+
+    def read() -> bool:
+        msg = reader.poll(1)
+        if msg is not None and msg.error() is None:
+            letters.append(msg)
+        return bool(letters)
+
+    wait_for(read, timeout=30, what="the dead letter")
+    reader.close()
+    assert header_map(letters[0])["original.value.bytes"] == b"200000"
+    assert letters[0].value() == garbage[: 20_000 - OVERHEAD_BYTES]

@@ -104,9 +104,11 @@ class FakeGroupConsumer:
     produced before the rebalance was asked for. A partition assigned is read from the group's
     committed offset (or its start). `hold` and `trigger_backpressure` pause partitions as the
     real consumer does. The first `commit_failures` commits fail, and the first `read_failures`
-    reads of committed offsets time out (`reads` lists them all). `close` revokes what is
-    assigned. A partition assigned starts where `on_assign` says, if it says. Each record is
-    stamped with when it was produced (`at`, POSIX seconds), for `first_offset_since`.
+    reads of committed offsets time out (`reads` lists them all). The first `deaf` clients (the
+    subscription's, then each `rejoin`'s) are given no partition, as a client stuck as
+    librdkafka's have been; `rejoins` counts them. `close` revokes what is assigned. A
+    partition assigned starts where `on_assign` says, if it says. Each record is stamped with
+    when it was produced (`at`, POSIX seconds), for `first_offset_since`.
     """
 
     def __init__(
@@ -116,9 +118,12 @@ class FakeGroupConsumer:
         committed: Mapping[Partition, int] | None = None,
         commit_failures: int = 0,
         read_failures: int = 0,
+        deaf: int = 0,
         topic_retention: Mapping[str, float] | None = None,
     ) -> None:
         self.journal = journal or Journal()
+        self.deaf = deaf
+        self.rejoins = 0
         self.group_committed: dict[Partition, int] = dict(committed or {})
         self.commit_failures = commit_failures
         self.read_failures = read_failures
@@ -140,6 +145,7 @@ class FakeGroupConsumer:
         self._backoff: dict[Partition, float] = {}
         #: rebalances asked for: (what, partitions, the log ends to read first)
         self._rebalances: deque[tuple[str, list[Partition], dict[Partition, int]]] = deque()
+        self._pattern = ""
         self._on_assign: AssignCallback | None = None
         self._callbacks: dict[str, PartitionsCallback] = {}
         self._during: str | None = None
@@ -209,9 +215,27 @@ class FakeGroupConsumer:
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
     ) -> None:
+        self._pattern = pattern
         self._on_assign = on_assign
         self._callbacks = {"revoke": on_revoke, "lost": on_lost}
-        self.assign([tp for tp in self._logs if re.match(pattern, tp[0])])
+        self._join()
+
+    def rejoin(self) -> None:
+        with self._wake:
+            self.rejoins += 1
+            if self._assigned:
+                self._serve("revoke", sorted(self._assigned))
+            self._join()
+
+    def _join(self) -> None:
+        if self.deaf:
+            self.deaf -= 1
+            return
+        self.assign(self.partitions_matching(self._pattern))
+
+    def unserved(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
+        with self._wake:  # the only member: what it does not hold, nobody reads
+            return [tp for tp in self.partitions_matching(pattern) if tp not in self._assigned]
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
         with self._wake:
@@ -449,6 +473,7 @@ def top_consumer(
     codec: Codec | None = None,
     decode: Callable[[Message, str], Change] | None = None,
     delete_retention: float = 86_400.0,
+    stall_after: float = 60.0,
 ) -> TopConsumer:
     """A top consumer of the site topics `site.*` over `group`, as the service builds one (its
     consumer group is "top")."""
@@ -465,4 +490,5 @@ def top_consumer(
         metrics=metrics or ConsumerMetrics(CollectorRegistry()),
         availability=Availability(AvailabilityPolicy(), AvailabilityMetrics(CollectorRegistry())),
         resume=ResumePolicy("top", "site", delete_retention),
+        stall_after=stall_after,
     )

@@ -11,11 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connector.errors import KafkaError
+from connector.kafka.client import RepeatedErrors
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import (
     MAX_ERROR_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    OVERHEAD_BYTES,
     DeadLetter,
     DeadLetterQueue,
     bounded,
@@ -59,12 +61,13 @@ class FailingProducer:
 
     def __init__(self) -> None:
         self.failing = True
+        self.error = "Broker: Message size too large"
         self.produced: list[dict[str, Any]] = []
         self.purges = 0
 
     def produce(self, topic: str, **message: Any) -> None:
         if self.failing:
-            raise KafkaError("Broker: Message size too large")
+            raise KafkaError(self.error)
         self.produced.append(message)
 
     def flush(self, _timeout: float) -> None:
@@ -74,20 +77,41 @@ class FailingProducer:
         self.purges += 1
 
 
-def test_a_delivery_that_keeps_failing_is_counted_and_retried_never_raised(
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_delivery_that_keeps_failing_is_counted_retried_and_logged_once_per_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    producer = FailingProducer()
+    producer, clock = FailingProducer(), Clock()
     registry = CollectorRegistry()
-    queue = DeadLetterQueue(producer, "dlq", ConsumerMetrics(registry))  # type: ignore[arg-type]
+    errors = RepeatedErrors(logging.getLogger("dlq-test"), clock=clock, background=False)
+    queue = DeadLetterQueue(producer, "dlq", ConsumerMetrics(registry), errors)  # type: ignore[arg-type]
     caplog.set_level(logging.INFO)
-    for _ in range(20):
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    for _ in range(20):  # an attempt a second, as the loop retries a window's dead letters
         assert queue.deliver([letter()]) is False
+        clock.now += 1
     assert producer.purges == 20
     assert registry.get_sample_value("cascade_consumer_dead_letter_delivery_failures_total") == 20
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 20 and "attempt 20 in a row" in errors[-1]
-    assert "Message size too large" in errors[-1]
+    assert lines() == [
+        "dead letters not delivered to dlq, will retry: Broker: Message size too large"
+    ]
+    clock.now += 10
+    assert queue.deliver([letter()]) is False
+    assert len(lines()) == 2 and "repeated 20 times in the last 30 s" in lines()[-1], lines()
+
+    producer.error = "Local: Queue full"
+    assert queue.deliver([letter()]) is False
+    assert len(lines()) == 3 and lines()[-1].endswith(": Local: Queue full"), "a new error"
 
     producer.failing = False
     assert queue.deliver([letter()]) is True
@@ -95,4 +119,22 @@ def test_a_delivery_that_keeps_failing_is_counted_and_retried_never_raised(
     assert (
         registry.get_sample_value("cascade_consumer_dead_letters_total", {"reason": "decode"}) == 1
     )
-    assert any("delivered to dlq again after 20 failures" in r.getMessage() for r in caplog.records)
+    assert any("delivered to dlq again after 22 failures" in r.getMessage() for r in caplog.records)
+    clock.now += 60
+    errors.sweep()
+    assert "no longer seen (21 times over 30 s)" in lines()[-2], lines()
+
+
+def test_a_dead_letter_topic_taking_less_gets_values_cut_to_fit_it() -> None:
+    producer = FailingProducer()
+    producer.failing = False
+    queue = DeadLetterQueue(
+        producer,  # type: ignore[arg-type]
+        "dlq",
+        ConsumerMetrics(CollectorRegistry()),
+        max_message=50_000,
+    )
+    assert queue.deliver([letter(value=b"v" * 300_000)])
+    sent = producer.produced[0]
+    assert sent["value"] == b"v" * (50_000 - OVERHEAD_BYTES)
+    assert sent["headers"]["original.value.bytes"] == b"300000"

@@ -15,6 +15,7 @@ from connector.errors import ConfigError
 from connector.records.checks import record_problem, resolve_kind_names
 from connector.records.model import KIND_NAMES, StatusRecord
 from connector.site.kinds import KINDS, Since, Unreadable, kinds_for
+from connector.site.listing import parse_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "openstack-samples"
 
@@ -167,3 +168,18 @@ def test_site_settings_validation_names_the_field() -> None:
         load_settings(env={"CASCADE_SITE_KINDS": "vm"})
     with pytest.raises(ConfigError, match=r"site\.interval"):
         load_settings(flags={"site": {"interval": 0}})
+
+
+@pytest.mark.parametrize(
+    "field", ["id", "OS-EXT-STS:power_state", "name"], ids=["the-id", "a-detail", "the-name"]
+)
+def test_an_integer_past_pythons_4300_digits_makes_only_its_object_unreadable(field: str) -> None:
+    huge = "9" * 5000
+    page = parse_json(
+        f'{{"servers": [{{"id": "a", "status": "ACTIVE", "{field}": {huge}}},'
+        ' {"id": "b", "status": "ACTIVE"}]}'.encode()
+    )
+    bad, good = page["servers"]
+    with pytest.raises(Unreadable, match="an integer of 5000 digits"):
+        observe("server", bad)
+    assert observe("server", good).id == "b"

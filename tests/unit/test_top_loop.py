@@ -204,3 +204,21 @@ def test_the_lag_gauge_counts_what_is_read_but_not_committed_while_nothing_commi
             what="no lag once applied and committed",
         )
     assert group.journal.commits() == [{P0: 3}]
+
+
+def test_a_member_given_no_partition_while_they_go_unread_says_so_rejoins_and_reads() -> None:
+    group = FakeGroupConsumer([P0, P1], deaf=2)
+    change = server("1", "ACTIVE", 1)
+    group.produce(P0, change, CODEC)
+    sink, registry = FakeSink(group.journal), CollectorRegistry()
+    loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), stall_after=0.3)
+    said: list[str] = []
+    with consuming(loop):
+        wait_for(lambda: loop.stalled is not None, LOOP_TIMEOUT, "the stall said")
+        said.append(loop.stalled or "")
+        wait_for(lambda: sink.applied() == [change], LOOP_TIMEOUT, "the change applied")
+    assert said[0].startswith("no partition for ") and "while Kafka answers" in said[0], said
+    assert "site.a[0], site.a[1]" in said[0]
+    assert group.rejoins == 2, "the first new client is stuck too: replaced again"
+    assert registry.get_sample_value("cascade_consumer_rejoins_total") == 2
+    assert loop.stalled is None, "said until a partition comes"

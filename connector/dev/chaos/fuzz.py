@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connector.config import ENV_PREFIX, KafkaSettings, Settings
+from connector.config import ENV_PREFIX, Settings
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.harness import Children, SinkRows
+from connector.dev.chaos.harness import ChaosRun, Children, SinkRows
 from connector.kafka.producer import Producer
 from connector.kafka.reader import TopicReader
 from connector.kafka.topics import ensure_site_topic
@@ -196,10 +195,9 @@ def _records(
     a key may be compacted away before they are read, as they should be."""
     outcome = Outcome("hostile records" if hostile else "fuzzed record values")
     rng, codec = random.Random(seed), Codec()
-    run = uuid.uuid4().hex[:8]
-    prefix, dlq = f"chaos.{run}.status", f"chaos.{run}.deadletter"
-    kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
-    topic, other_topic = f"{prefix}.{SITE}", f"{prefix}.{OTHER}"
+    names = ChaosRun()
+    kafka, dlq = names.kafka(bootstrap), names.dead_letters
+    topic, other_topic = f"{names.prefix}.{SITE}", f"{names.prefix}.{OTHER}"
     for site in (SITE, OTHER) if hostile else (SITE,):
         ensure_site_topic(kafka, site)
 
@@ -246,16 +244,7 @@ def _records(
         + (f", {len(others):,} good ones in the other site's topic" if hostile else "")
     )
 
-    children = Children(
-        workdir,
-        {
-            "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
-            "CASCADE_KAFKA_TOPIC_PREFIX": prefix,
-            "CASCADE_CONSUMER_GROUP": f"chaos-{run}",
-            "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": dlq,
-            "CASCADE_SINK_URL": sink_url,
-        },
-    )
+    children = names.children(workdir, bootstrap, sink_url)
     started = time.monotonic()
     try:
         children.start("consumer", "consume", "--until-idle")

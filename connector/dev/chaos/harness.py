@@ -1,6 +1,6 @@
-"""What every chaos scenario needs: the connector's commands as child processes (and their log
-lines counted per distinct error), a regression watch on the sink, the sink's rows, and waiting
-on a condition with a deadline.
+"""What every chaos scenario needs: its names (`ChaosRun`), the connector's commands as child
+processes (and their log lines counted per distinct error), a regression watch on the sink, the
+sink's rows, and waiting on a condition with a deadline.
 
 The regression watch is a database trigger: any update of a row to a lower site sequence is
 recorded in a `regressions` table (the update itself still happens, so nothing hides it).
@@ -15,13 +15,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
 
+from connector.kafka.settings import KafkaSettings
 from connector.sinks import open_sink
 from connector.sinks.sql import create_engine
 
@@ -125,6 +128,46 @@ class SinkRows:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class ChaosRun:
+    """One scenario run's names, new per run so that runs on one broker never share a topic or
+    a group: the site topics' prefix, the consumer group, the dead-letter topic."""
+
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def prefix(self) -> str:
+        return f"chaos.{self.run}.status"
+
+    @property
+    def group(self) -> str:
+        return f"chaos-{self.run}"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"chaos.{self.run}.deadletter"
+
+    def kafka(self, bootstrap: str) -> KafkaSettings:
+        return KafkaSettings(bootstrap=bootstrap, topic_prefix=self.prefix)
+
+    def children(
+        self, workdir: Path, bootstrap: str, sink_url: str, more: Mapping[str, str] | None = None
+    ) -> Children:
+        """Children whose `consume` reads this run's site topics into `sink_url` (and whose
+        `produce` writes them), with the `more` environment."""
+        return Children(
+            workdir,
+            {
+                "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
+                "CASCADE_KAFKA_TOPIC_PREFIX": self.prefix,
+                "CASCADE_CONSUMER_GROUP": self.group,
+                "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": self.dead_letters,
+                "CASCADE_SINK_URL": sink_url,
+                **(more or {}),
+            },
+        )
 
 
 class Children:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 
 from connector.config import KafkaSettings
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.harness import Children, SinkRows, wait_for, watch_regressions
+from connector.dev.chaos.harness import ChaosRun, SinkRows, wait_for, watch_regressions
 from connector.kafka.producer import Producer
 from connector.kafka.topics import ensure_site_topic
 from connector.records.codec import Codec
@@ -78,26 +77,16 @@ def consumer_kills(
     """Run the scenario; see the module docstring."""
     outcome = Outcome("consumer SIGKILLed")
     rng = random.Random(seed)
-    run = uuid.uuid4().hex[:8]
-    prefix = f"chaos.{run}.status"
-    kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix)
-    topic = f"{prefix}.{SITE}"
+    names = ChaosRun()
+    kafka = names.kafka(bootstrap)
+    topic = f"{names.prefix}.{SITE}"
     ensure_site_topic(kafka, SITE)
     watch_regressions(sink_url)
     rows = SinkRows(sink_url)
-    children = Children(
-        workdir,
-        {
-            "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
-            "CASCADE_KAFKA_TOPIC_PREFIX": prefix,
-            "CASCADE_CONSUMER_GROUP": f"chaos-{run}",
-            "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": f"chaos.{run}.deadletter",
-            "CASCADE_SINK_URL": sink_url,
-        },
-    )
+    children = names.children(workdir, bootstrap, sink_url)
     # Static membership: a restarted consumer takes its killed predecessor's place at once,
     # instead of waiting out the session timeout.
-    consume = ["consume", "-X", f"group.instance.id=chaos-{run}", "-X", "session.timeout.ms=6000"]
+    consume = ["consume", "-X", f"group.instance.id={names.group}", "-X", "session.timeout.ms=6000"]
     # Paced so that publishing lasts about as long as the kills (start-up, then up to 2 s).
     rate = max(1000.0, updates / (kills * 4.0 + 5))
     stop, failures = threading.Event(), list[str]()

@@ -7,11 +7,12 @@
   outages, each process logs a distinct error once per outage, then a count at most every
   10 s while it lasts and a line when it ends, never a line per occurrence.
 - `hostile_objects`: the sim serves `hostile` objects with fields out of range (times off the
-  calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, details
-  over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among good ones, from the
-  start, while the site churns and a standby takes over from the active poller. Must hold: no
-  process exits, every good object arrives (and no hostile one), and every hostile one is
-  accounted for as a skip (`<kind>.unparseable` in the heartbeat), by both pollers.
+  calendar, integers past 64 bits, NaN and infinities, lone surrogates, ids too long, an id of
+  5,000 digits, details over 1 MB, no id, wrong types: `/_sim/corrupt` with `hostile`) among
+  good ones, from the start, while the site churns and a standby takes over from the active
+  poller. Must hold: no process exits, every good object arrives (and no hostile one), and
+  every hostile one is accounted for as a skip (`<kind>.unparseable` in the heartbeat), by
+  both pollers.
 - `site_faults`: for `duration` seconds the site answers a share of requests with 500, hangs
   every request for `spike` seconds now and then, and revokes every token each `token_every`
   seconds, while it churns. Must hold: no process exits, the heartbeat reports degraded, and
@@ -24,17 +25,22 @@ import math
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import Request, urlopen
 
-from connector.config import KafkaSettings
 from connector.dev import free_port, free_port_run
 from connector.dev.chaos import Outcome
-from connector.dev.chaos.harness import ChaosError, Children, SinkRows, lines_per_error, wait_for
+from connector.dev.chaos.harness import (
+    ChaosError,
+    ChaosRun,
+    Children,
+    SinkRows,
+    lines_per_error,
+    wait_for,
+)
 from connector.dev.demo.observe import StatusMap, compare, metric_total, truth
 from connector.dev.demo.processes import http_json, http_text
 from connector.dev.local_kafka import LocalKafka
@@ -123,23 +129,16 @@ def live_site(
     """Start a sim, its poller and the consumer (into `sink_url`, default a SQLite file); stop
     them all on the way out. `hostile`: kind -> how many of its objects the sim serves with
     hostile fields from the start (`/_sim/corrupt`), never to arrive."""
-    run = uuid.uuid4().hex[:8]
+    names = ChaosRun()
+    run = names.run
     sink_url = sink_url or f"sqlite:///{workdir / f'top-{run}.sqlite'}"
     clouds = workdir / f"clouds-{run}.yaml"
     with start_sim(
         SITE, servers=size.servers, volumes=size.volumes, ports=size.ports, seed=5
     ) as sim:
         sim.write_clouds_yaml(clouds)
-        children = Children(
-            workdir,
-            {
-                "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
-                "CASCADE_KAFKA_TOPIC_PREFIX": f"chaos.{run}.status",
-                "CASCADE_CONSUMER_GROUP": f"chaos-{run}",
-                "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": f"chaos.{run}.deadletter",
-                "CASCADE_SINK_URL": sink_url,
-                "OS_CLIENT_CONFIG_FILE": str(clouds),
-            },
+        children = names.children(
+            workdir, bootstrap, sink_url, {"OS_CLIENT_CONFIG_FILE": str(clouds)}
         )
         live = Live(sim, children, sink_url)
         for kind, count in (hostile or {}).items():
@@ -149,9 +148,9 @@ def live_site(
         # The topic is made (and its leaders waited for) before the poller starts, as a
         # deployment would with `topics ensure`: a poller reading a topic created a moment ago
         # could exit (issue 13, the site side's), and this suite is about what comes after.
-        kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=f"chaos.{run}.status")
+        kafka = names.kafka(bootstrap)
         ensure_site_topic(kafka, SITE)
-        TopicReader(kafka, f"chaos.{run}.status.{SITE}", from_beginning=True).close()
+        TopicReader(kafka, f"{names.prefix}.{SITE}", from_beginning=True).close()
         try:
             metrics_port = free_port()
             live.poller_metrics = f"http://127.0.0.1:{metrics_port}/metrics"

@@ -8,6 +8,7 @@ HTTP layer turns into a response; `ApiError` never leaves the sim package.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,10 +69,22 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+#: A string `json_response` writes as an integer of more digits than Python converts (4,300),
+#: which `json.dumps` cannot write: `huge_integer(object_id)` puts one in a document.
+_HUGE = "\x00sim-huge-integer:"
+_HUGE_JSON = re.compile(r'"\\u0000sim-huge-integer:(\d+)"')
+
+
+def huge_integer(seed: int) -> str:
+    """What `json_response` writes as an integer of about 5,000 digits, starting with `seed`."""
+    return f"{_HUGE}{seed}"
+
+
 def json_response(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        status, json.dumps(doc).encode(), {"Content-Type": "application/json", **(headers or {})}
-    )
+    text = json.dumps(doc)
+    if "sim-huge-integer:" in text:
+        text = _HUGE_JSON.sub(lambda m: m[1] + "7" * 5000, text)
+    return Response(status, text.encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
 class ApiError(Exception):

@@ -225,7 +225,7 @@ class Cinder:
         if limit and len(volumes) == limit:
             path = f"/volume/v3/{path_project}/volumes" + ("/detail" if detail else "")
             doc["volumes_links"] = [
-                {"rel": "next", "href": next_link(request, path, limit, volumes[-1]["id"])}
+                {"rel": "next", "href": next_link(request, path, limit, page[-1].id)}
             ]
         return doc
 

@@ -189,7 +189,7 @@ class Nova:
         if limit and len(servers) == limit:
             path = "/compute/v2.1/servers/detail" if detail else "/compute/v2.1/servers"
             doc["servers_links"] = [
-                {"rel": "next", "href": next_link(request, path, limit, servers[-1]["id"])}
+                {"rel": "next", "href": next_link(request, path, limit, page[-1].id)}
             ]
         return doc
 

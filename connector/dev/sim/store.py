@@ -21,6 +21,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from connector.dev.sim.api import huge_integer
 from connector.dev.sim.model import (
     FLOATINGIP,
     KINDS,
@@ -161,7 +162,8 @@ def hidden(object_id: str, share: float) -> bool:
 CORRUPTIONS = ("no-id", "bad-time", "bad-status")
 #: The hostile ones (`/_sim/corrupt` with `"hostile": true`), in turn: the three above, and
 #: fields out of range: times off the calendar in UTC, a detail past 64 bits, NaN or infinite,
-#: text with a lone surrogate (a detail, the id), an id too long. One object in HUGE_EVERY (the
+#: text with a lone surrogate (a detail, the id), an id too long, an id that is an integer of more
+#: digits than Python converts (4,300). One object in HUGE_EVERY (the
 #: first after a whole round of these) carries a detail of over 1 MB instead (more than a Kafka
 #: message takes), rarer because each one costs a megabyte in every listing.
 HOSTILE_CORRUPTIONS = (
@@ -174,6 +176,7 @@ HOSTILE_CORRUPTIONS = (
     "surrogate-detail",
     "surrogate-id",
     "long-id",
+    "huge-int-id",
 )
 HUGE = "huge-detail"
 HUGE_EVERY = 500
@@ -257,6 +260,8 @@ class Site:
             doc["id"] = f"{object_id}\udc80"
         elif how == "long-id":
             doc["id"] = object_id * 8
+        elif how == "huge-int-id":
+            doc["id"] = huge_integer(uuid.UUID(object_id).int)
         else:
             doc["status"] = {"value": doc.get("status")}
         return doc
