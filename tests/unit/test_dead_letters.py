@@ -14,6 +14,7 @@ from connector.errors import KafkaError
 from connector.kafka.client import RepeatedErrors
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import (
+    LOGGED_PER_DELIVERY,
     MAX_ERROR_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -138,3 +139,22 @@ def test_a_dead_letter_topic_taking_less_gets_values_cut_to_fit_it() -> None:
     sent = producer.produced[0]
     assert sent["value"] == b"v" * (50_000 - OVERHEAD_BYTES)
     assert sent["headers"]["original.value.bytes"] == b"300000"
+
+
+def test_many_letters_delivered_at_once_are_logged_a_few_then_counted_by_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer, registry = FailingProducer(), CollectorRegistry()
+    producer.failing = False
+    errors = RepeatedErrors(logging.getLogger("dlq-test"), background=False)
+    queue = DeadLetterQueue(producer, "dlq", ConsumerMetrics(registry), errors)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO)
+    wrong = DeadLetter("status.a", 0, 8, b"b/server/y", b"v", "wrong site", "site b")
+    assert queue.deliver([letter()] * 40 + [wrong] * 10) is True
+    assert len(producer.produced) == 50
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == LOGGED_PER_DELIVERY + 1, lines
+    assert lines[-1] == "and 45 more dead letters delivered to dlq (decode 35, wrong site 10)"
+    assert (
+        registry.get_sample_value("cascade_consumer_dead_letters_total", {"reason": "decode"}) == 40
+    )
