@@ -102,13 +102,12 @@ def test_offsets_the_sink_cannot_store_yet_are_stored_after_retry_after_then_com
     assert sink.offsets == {("top", P0): 1}
 
 
-@pytest.mark.parametrize("retention", [60.0, 3_600.0])
-def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
-    retention: float, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The sink stands at 1; the records after it were written ten minutes ago: with a
-    # delete.retention.ms of a minute, tombstones among them may be gone; of an hour, not.
-    group = FakeGroupConsumer([P0])
+def resume_past_old_records(
+    group: FakeGroupConsumer, retention: float, caplog: pytest.LogCaptureFixture
+) -> tuple[FakeSink, list[str], float | None]:
+    """Three records written ten minutes ago into P0 of `group`, read by a consumer (configured
+    with a delete.retention.ms of `retention`) whose sink stands at offset 1: the sink, the
+    errors logged and the behind-the-log count."""
     written = time.time() - 600
     for i in range(3):
         group.produce(P0, server(str(i), "ACTIVE", i), CODEC, at=written)
@@ -120,6 +119,16 @@ def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
         pass
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
+    return sink, errors, count
+
+
+@pytest.mark.parametrize("retention", [60.0, 3_600.0])
+def test_a_stored_offset_older_than_what_the_log_proves_is_reported_loudly(
+    retention: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sink stands at 1; the records after it were written ten minutes ago: with a
+    # delete.retention.ms of a minute, tombstones among them may be gone; of an hour, not.
+    sink, errors, count = resume_past_old_records(FakeGroupConsumer([P0]), retention, caplog)
     if retention > 600:
         assert errors == [] and count is None
         return
@@ -139,17 +148,7 @@ def test_the_log_check_takes_the_topics_own_delete_retention(
     # As above, records written ten minutes ago; the settings say one retention, the topic
     # (altered by hand) holds another: the topic's own decides whether tombstones may be gone.
     group = FakeGroupConsumer([P0], topic_retention={P0[0]: topics_own})
-    written = time.time() - 600
-    for i in range(3):
-        group.produce(P0, server(str(i), "ACTIVE", i), CODEC, at=written)
-    sink = FakeSink(group.journal, offsets={("top", P0): 1})
-    registry = CollectorRegistry()
-    caplog.set_level(logging.ERROR)
-    loop = top_consumer(group, sink, metrics=ConsumerMetrics(registry), delete_retention=configured)
-    with consuming(loop, until_idle=True):
-        pass
-    count = registry.get_sample_value(BEHIND_LOG, {"topic": "site.a", "partition": "0"})
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    _sink, errors, count = resume_past_old_records(group, configured, caplog)
     if topics_own > 600:
         assert errors == [] and count is None
     else:
