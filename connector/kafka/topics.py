@@ -282,6 +282,9 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
             admin.create_topics([new], request_timeout=kafka.admin_timeout)[topic],
             f"create {topic}",
         )
+        # Described next (its max.message.bytes, `producer_limits`): a topic just created is
+        # "unknown" to the broker until its metadata lists it.
+        _wait_until_visible(kafka, admin, {topic})
         return True
     except _AlreadyExistsError:
         pass
