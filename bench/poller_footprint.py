@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import subprocess
 import time
 import tracemalloc
@@ -49,6 +50,7 @@ from connector.config import load_settings
 from connector.dev.demo.observe import metric_total
 from connector.dev.demo.processes import http_text, wait_until
 from connector.dev.demo.run import flags
+from connector.dev.local_kafka import LocalKafka
 from connector.ops.heap import collect_less
 from connector.ops.signals import interrupt, stop_on_signals
 from connector.site.runner import open_site_poller
@@ -67,10 +69,11 @@ def published(url: str) -> float:
 
 
 def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` (all threads, idle ones left out) into collapsed stacks."""
+    """py-spy sampling `pid` into collapsed stacks: the thread holding the GIL only, so the
+    samples are Python's CPU (librdkafka's own threads are in `threads_cpu`)."""
     py_spy = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "py-spy"
     return subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+        [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil",
          "--output", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -94,7 +97,7 @@ def print_profile(path: Path, top: int = 25) -> None:
         own[frames[-1]] += n
         for frame in set(frames[1:]):  # the first frame is the thread
             inclusive[frame] += n
-    print(f"  py-spy: {total} samples (busy threads only)")
+    print(f"  py-spy: {total} samples (the thread holding the GIL)")
     for title, counts in (("own", own), ("inclusive", inclusive)):
         print(f"  by {title} samples:")
         for frame, n in counts.most_common(top):
@@ -135,6 +138,18 @@ def heap(run: Run, clouds: Path, objects: int, top: int = 25) -> None:
     by_type = Counter(type(o).__name__ for o in gc.get_objects())
     print(f"  objects the collector tracks, most numerous: {by_type.most_common(8)}")
     poller.producer.close()
+
+
+def threads_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's threads so far, by thread name (librdkafka's are rdk:*;
+    Python's threads all show the process's name)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = re.sub(r"[0-9]+$", "", (task / "comm").read_text().strip())
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[name] = out.get(name, 0.0) + used
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
 def main() -> None:
@@ -182,6 +197,8 @@ def main() -> None:
         # The poller's size before it holds anything: answering, nothing published yet.
         wait_until("the poller's /metrics", lambda: http_text(url), a.timeout, procs.check_alive)
         idle_kib, idle_cpu = rss_kib(pid), cpu_seconds(pid) or 0.0
+        broker = None if a.bootstrap else LocalKafka(port=int(run.kafka.rsplit(":", 1)[1])).pid()
+        broker_cpu = (cpu_seconds(broker) or 0.0) if broker else 0.0
         print(f"  poller answering after {time.monotonic() - started:.1f} s, RSS "
               f"{idle_kib / 1024:.0f} MB, {idle_cpu:.1f} CPU s; {load()}")  # fmt: skip
         profiler = spy(pid, run.workdir / "poller.spy") if a.profile else None
@@ -201,6 +218,12 @@ def main() -> None:
         sync_peak = peak_rss_kib(pid)
         print(f"  synced {objects:,} objects in {synced:.1f} s: {sync_cpu:.1f} CPU s, peak RSS "
               f"{sync_peak / 1024:.0f} MB; {load()}")  # fmt: skip
+        if broker:
+            used = (cpu_seconds(broker) or 0.0) - broker_cpu
+            print(f"  the broker over the sync: {used:.1f} CPU s "
+                  f"({1e6 * used / objects:.0f} us an object)")  # fmt: skip
+        by_thread = ", ".join(f"{n} {c:.1f}" for n, c in list(threads_cpu(pid).items())[:6])
+        print(f"  CPU s by thread: {by_thread}")
         if profiler is not None:
             print_profile(run.workdir / "poller.spy")
         profiler = spy(pid, run.workdir / "rest.spy") if a.profile else None
