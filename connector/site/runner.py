@@ -37,7 +37,7 @@ from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.topics import site_topic
 from connector.kafka.transactions import TransactionalProducer
 from connector.ops.cleanup import cleanup_after
-from connector.ops.heap import collect_less
+from connector.ops.heap import collect_less, limit_malloc_arenas
 from connector.ops.ops_server import OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.codec import Codec
@@ -223,6 +223,7 @@ def run_site(
     """Run the poller of `settings.site` until SIGTERM/SIGINT or `stop` (or one cycle with
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
+    limit_malloc_arenas()  # before any thread starts
     stop = stop or threading.Event()
     registry = registry or CollectorRegistry()
     # Signals are handled from the start: a stop during the start-up still exits 0.
