@@ -526,7 +526,7 @@ def wait_converged(
             if result.equal:
                 return time.monotonic() - since
             if time.monotonic() > deadline:
-                raise DemoError(f"no convergence within {timeout:.0f} s: {result}")
+                raise DemoError(f"the top layer did not converge within {timeout:.0f} s: {result}")
             if progress.due():
                 print(f"  {result.behind}; {load()}")
             time.sleep(1.0)
