@@ -222,7 +222,8 @@ def main() -> None:
             used = (cpu_seconds(broker) or 0.0) - broker_cpu
             print(f"  the broker over the sync: {used:.1f} CPU s "
                   f"({1e6 * used / objects:.0f} us an object)")  # fmt: skip
-        by_thread = ", ".join(f"{n} {c:.1f}" for n, c in list(threads_cpu(pid).items())[:6])
+        at_sync = threads_cpu(pid)
+        by_thread = ", ".join(f"{n} {c:.1f}" for n, c in list(at_sync.items())[:6])
         print(f"  CPU s by thread: {by_thread}")
         if profiler is not None:
             print_profile(run.workdir / "poller.spy")
@@ -239,6 +240,11 @@ def main() -> None:
                 profiler.send_signal(2)
                 profiler.wait(30)
         rest_cpu = (cpu_seconds(pid) or 0.0) - sync_cpu
+        at_rest = {n: c - at_sync.get(n, 0.0) for n, c in threads_cpu(pid).items()}
+        by_thread = ", ".join(
+            f"{n} {c:.2f}" for n, c in sorted(at_rest.items(), key=lambda i: -i[1])[:6]
+        )
+        print(f"  CPU s by thread at rest: {by_thread}")
         held = max(0, sync_peak - idle_kib) * 1024 / objects
         sim = procs.children("sim")[0].pid
         print(f"  the sim (1 site): peak RSS {peak_rss_kib(sim) / 1024:.0f} MB, "
