@@ -227,6 +227,8 @@ def main() -> None:
         print(f"  CPU s by thread: {by_thread}")
         if profiler is not None:
             print_profile(run.workdir / "poller.spy")
+        sim = procs.children("sim")[0].pid
+        sim_cpu = cpu_seconds(sim) or 0.0
         profiler = spy(pid, run.workdir / "rest.spy") if a.profile else None
         rest_end = time.monotonic() + a.rest
         peak_rest = 0
@@ -246,9 +248,8 @@ def main() -> None:
         )
         print(f"  CPU s by thread at rest: {by_thread}")
         held = max(0, sync_peak - idle_kib) * 1024 / objects
-        sim = procs.children("sim")[0].pid
-        print(f"  the sim (1 site): peak RSS {peak_rss_kib(sim) / 1024:.0f} MB, "
-              f"{cpu_seconds(sim) or 0.0:.1f} CPU s")  # fmt: skip
+        print(f"  the sim (1 site): peak RSS {peak_rss_kib(sim) / 1024:.0f} MB, {sim_cpu:.1f} "
+              f"CPU s until synced, {(cpu_seconds(sim) or 0.0) - sim_cpu:.1f} at rest")  # fmt: skip
         print(f"  at rest {a.rest:g} s: {rest_cpu:.1f} CPU s, RSS up to {peak_rest / 1024:.0f} "
               f"MB, peak so far {peak_rss_kib(pid) / 1024:.0f} MB; {load()}")  # fmt: skip
         if a.profile:
