@@ -33,7 +33,7 @@ from tests.support.openstack import RealCloud
 from tests.support.sim import Topic
 
 #: The poll interval of the churn test, seconds.
-INTERVAL = 2.0
+INTERVAL = 1.0
 
 
 def poller(bootstrap: str, cloud: str, name: Callable[[str], str]) -> SitePoller:
