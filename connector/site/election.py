@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaAccessError, KafkaError
+from connector.kafka.client import close_within
 from connector.kafka.lease import Lease
 from connector.kafka.topics import (
     ensure_lease_topic,
@@ -459,12 +460,3 @@ class Election:
                 )
             elif time.monotonic() - max(doubted, lease.unreachable_at or 0.0) > patience:
                 term.set()
-
-
-def close_within(close: Callable[[], None], seconds: float, what: str) -> None:
-    """`close()`, left to finish on a daemon thread of its own after `seconds`."""
-    thread = threading.Thread(target=close, name=what.replace(" ", "-"), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)
