@@ -2,9 +2,13 @@
 
 One `transactional.id` per site: creating the producer calls `init_transactions()`, which makes
 the broker abort whatever transaction an earlier producer of that id left open and refuse that
-producer from then on (fenced). Messages go out in transactions committed by `poll()` (the
-runner calls it five times a second) and by `flush()`; readers that read committed records
-only never see what a fenced producer sent after the take-over, nor its unfinished transaction.
+producer from then on (fenced). The fenced producer learns it from whichever call meets it
+first: a send, adding a partition to its transaction (librdkafka's ADDPARTS, in the background:
+heard through `error_cb`, served by `poll`), a commit, an abort, a begin; each is the same
+failure (`ProducerFenced`), said in the same line. Messages go out in transactions committed
+by `poll()` (the runner calls it five times a second) and by `flush()`; readers that read
+committed records only never see what a fenced producer sent after the take-over, nor its
+unfinished transaction.
 
 Threads produce concurrently while one commits: a lock keeps `produce` out of a commit, and
 delivery reports are handed to their callbacks only after that lock is released, because those
@@ -26,6 +30,7 @@ from typing import Any
 import confluent_kafka
 
 from connector.errors import KafkaError
+from connector.kafka.client import is_fatal
 from connector.kafka.producer import DeliveryCallback, Producer
 from connector.kafka.settings import KafkaSettings
 
@@ -132,9 +137,10 @@ class TransactionalProducer:
         headers: Mapping[str, bytes],
         on_failure: Callable[[TransactionFailed], None],
         on_error: Callable[[str], None] | None = None,
+        make_client: Callable[..., Producer] = Producer,
         **overrides: Any,
     ) -> None:
-        self._client = Producer(
+        self._client = make_client(
             settings,
             on_error,
             **{
@@ -205,6 +211,7 @@ class TransactionalProducer:
             with self._lock:
                 self._fail(exc.args[0])
         with self._lock:
+            self._heard_fatal()
             self._commit()
         self._dispatch()
 
@@ -266,6 +273,16 @@ class TransactionalProducer:
                     return
                 else:
                     self._commit_retries.failed(err)
+                    # Fenced while it retried (adding partitions, say): heard by `error_cb`.
+                    self._client.poll(0)
+                    self._heard_fatal()
+
+    def _heard_fatal(self) -> None:
+        """Fail with what `error_cb` said made the client unusable, if it did: a fence found
+        in the background (librdkafka's ADDPARTS) fails no call until the next one is made.
+        Holds the lock."""
+        if self._client.fatal is not None:
+            self._fail(self._client.fatal)
 
     def _fail(self, err: confluent_kafka.KafkaError) -> None:
         """Stop for good after `err`. Holds the lock."""
@@ -273,7 +290,7 @@ class TransactionalProducer:
             return
         if err.code() == confluent_kafka.KafkaError._FATAL:
             err = self._fatal_cause(err)
-        if err.code() in _FENCED:
+        if _fenced(err):
             failure: TransactionFailed = ProducerFenced(
                 f"{self.transactional_id}: fenced by a newer producer of the same id: {err.str()}",
                 err,
@@ -311,3 +328,9 @@ class TransactionalProducer:
 
 def _ends_transactions(err: confluent_kafka.KafkaError) -> bool:
     return bool(err.fatal() or err.txn_requires_abort() or err.code() in _UNUSABLE)
+
+
+def _fenced(err: confluent_kafka.KafkaError) -> bool:
+    """Whether `err` says a newer producer of the id fenced this one: its code, or, for
+    librdkafka's bare _FATAL, its text ("This instance has been fenced by a newer instance")."""
+    return err.code() in _FENCED or (is_fatal(err) and "fenced" in err.str().lower())

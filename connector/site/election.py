@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -269,18 +269,19 @@ class Election:
         say): retried while Kafka fails it, given up on `halt`; an abandoned producer has
         nothing queued and is dropped when its call returns."""
         kafka = self.settings.kafka
-        return self._until_kafka_answers(
-            "open the producer",
-            lambda: TransactionalProducer(
+
+        def open_() -> TransactionalProducer:
+            limits: dict[str, Any] = producer_limits(kafka, self.site_topic)
+            return TransactionalProducer(
                 kafka,
                 self.site_topic,
                 {INSTANCE_HEADER: self.instance.encode()},
                 on_failure,
                 on_error=self._producer_error,
-                **producer_limits(kafka, self.site_topic),
-            ),
-            halt,
-        )
+                **limits,
+            )
+
+        return self._until_kafka_answers("open the producer", open_, halt)
 
     def _producer_error(self, error: str) -> None:
         """The producer's client errors (brokers out of reach): the term's poller is degraded
