@@ -175,16 +175,10 @@ def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, An
         raise ConfigError(f"kafka.librdkafka: {exc.args[0].str()}") from exc
 
 
-def is_fatal(err: confluent_kafka.KafkaError) -> bool:
-    """Whether `err` means the client cannot go on: flagged fatal, or librdkafka's _FATAL (what
-    its calls, and its `error_cb` unless translated, say once it is unusable)."""
-    return bool(err.fatal()) or err.code() == confluent_kafka.KafkaError._FATAL
-
-
 def log_client_error(err: confluent_kafka.KafkaError) -> None:
     """librdkafka's `error_cb`: client-level errors (broker down, auth) are mostly transient and
     retried by librdkafka; a fatal one means the client cannot go on."""
-    if is_fatal(err):
+    if err.fatal():
         log.error("fatal Kafka client error: %s", err)
     else:
         CLIENT_ERRORS.report(logging.WARNING, err.str(), "Kafka client error: ")

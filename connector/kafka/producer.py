@@ -17,7 +17,7 @@ from typing import Any
 import confluent_kafka
 
 from connector.errors import KafkaError
-from connector.kafka.client import is_fatal, log_client_error, new_client
+from connector.kafka.client import log_client_error, new_client
 from connector.kafka.errors import not_authorized
 from connector.kafka.settings import KafkaSettings
 
@@ -75,8 +75,15 @@ class Producer:
         #: the error that made the client unusable, as `error_cb` heard it (librdkafka's calls
         #: say only _FATAL from then on; the cause, fenced say, reaches `error_cb`)
         self.fatal: confluent_kafka.KafkaError | None = None
-        self._on_error = on_error
-        config.setdefault("error_cb", self.heard)
+
+        def client_error(err: confluent_kafka.KafkaError) -> None:
+            if err.fatal() and self.fatal is None:
+                self.fatal = err
+            log_client_error(err)
+            if on_error is not None:
+                on_error(str(err.str()))
+
+        config.setdefault("error_cb", client_error)
         #: whether the transactional calls may be made (a `transactional.id` was given)
         self.transactional = "transactional.id" in config
         self._settings = settings
@@ -153,15 +160,6 @@ class Producer:
             -1 if partition is None else partition,
             -1 if offset is None or offset < 0 else offset,
         )
-
-    def heard(self, err: confluent_kafka.KafkaError) -> None:
-        """librdkafka's `error_cb`: logged, told to `on_error`, and kept as `fatal` when it made
-        the client unusable (flagged fatal, or librdkafka's bare _FATAL, whose text says why)."""
-        if is_fatal(err) and self.fatal is None:
-            self.fatal = err
-        log_client_error(err)
-        if self._on_error is not None:
-            self._on_error(str(err.str()))
 
     def interrupt(self) -> None:
         """Make a `produce` waiting on a full queue (now or later) give up: the process stops."""

@@ -3,12 +3,12 @@
 One `transactional.id` per site: creating the producer calls `init_transactions()`, which makes
 the broker abort whatever transaction an earlier producer of that id left open and refuse that
 producer from then on (fenced). The fenced producer learns it from whichever call meets it
-first: a send, adding a partition to its transaction (librdkafka's ADDPARTS, in the background:
-heard through `error_cb`, served by `poll`), a commit, an abort, a begin; each is the same
-failure (`ProducerFenced`), said in the same line. Messages go out in transactions committed
-by `poll()` (the runner calls it five times a second) and by `flush()`; readers that read
-committed records only never see what a fenced producer sent after the take-over, nor its
-unfinished transaction.
+first: a send, adding a partition to its transaction (librdkafka's ADDPARTS, in the
+background: raised once by whichever call serves it, then only a bare _FATAL), a commit, an
+abort, a begin; each is the same failure (`ProducerFenced`), said in the same line.
+Messages go out in transactions committed by `poll()` (the runner calls it five times a
+second) and by `flush()`; readers that read committed records only never see what a fenced
+producer sent after the take-over, nor its unfinished transaction.
 
 Threads produce concurrently while one commits: a lock keeps `produce` out of a commit, and
 delivery reports are handed to their callbacks only after that lock is released, because those
@@ -30,7 +30,6 @@ from typing import Any
 import confluent_kafka
 
 from connector.errors import KafkaError
-from connector.kafka.client import is_fatal
 from connector.kafka.producer import DeliveryCallback, Producer
 from connector.kafka.settings import KafkaSettings
 
@@ -211,7 +210,6 @@ class TransactionalProducer:
             with self._lock:
                 self._fail(exc.args[0])
         with self._lock:
-            self._heard_fatal()
             self._commit()
         self._dispatch()
 
@@ -273,16 +271,6 @@ class TransactionalProducer:
                     return
                 else:
                     self._commit_retries.failed(err)
-                    # Fenced while it retried (adding partitions, say): heard by `error_cb`.
-                    self._client.poll(0)
-                    self._heard_fatal()
-
-    def _heard_fatal(self) -> None:
-        """Fail with what `error_cb` said made the client unusable, if it did: a fence found
-        in the background (librdkafka's ADDPARTS) fails no call until the next one is made.
-        Holds the lock."""
-        if self._client.fatal is not None:
-            self._fail(self._client.fatal)
 
     def _fail(self, err: confluent_kafka.KafkaError) -> None:
         """Stop for good after `err`. Holds the lock."""
@@ -290,7 +278,7 @@ class TransactionalProducer:
             return
         if err.code() == confluent_kafka.KafkaError._FATAL:
             err = self._fatal_cause(err)
-        if _fenced(err):
+        if err.code() in _FENCED:
             failure: TransactionFailed = ProducerFenced(
                 f"{self.transactional_id}: fenced by a newer producer of the same id: {err.str()}",
                 err,
@@ -305,16 +293,25 @@ class TransactionalProducer:
         self._on_failure(failure)
 
     def _fatal_cause(self, err: confluent_kafka.KafkaError) -> confluent_kafka.KafkaError:
-        """Why the producer became unusable: a call that finds it so fails with only _FATAL,
-        which may come before `error_cb` is served the cause (fenced, say); serve it briefly.
-        Delivery reports served meanwhile are queued, not called. Holds the lock."""
+        """Why the producer became unusable. librdkafka raises the cause (fenced, say) once,
+        from whichever call serves it first, and from then on a send fails with only _FATAL
+        (test_ha's paused active, fenced while adding a partition to its transaction, said
+        "transaction failed: ... Local: Fatal error"); its transactional calls say the cause
+        each time, at once: ask one (a begin), and serve the queue, where the cause may still
+        wait, for up to FATAL_CAUSE_WAIT. Delivery reports served meanwhile are queued, not
+        called. Holds the lock."""
         deadline = time.monotonic() + FATAL_CAUSE_WAIT
-        while self._client.fatal is None and time.monotonic() < deadline:
-            try:
-                self._client.poll(0.05)
-            except confluent_kafka.KafkaException as exc:
-                return exc.args[0] if exc.args[0].code() != err.code() else err
-        return self._client.fatal or err
+        while self._client.fatal is None:
+            for ask in (self._client.begin_transaction, lambda: self._client.poll(0.05)):
+                try:
+                    ask()
+                except confluent_kafka.KafkaException as exc:
+                    cause: confluent_kafka.KafkaError = exc.args[0]
+                    if cause.fatal() and cause.code() != err.code():
+                        return cause
+            if time.monotonic() >= deadline:
+                return err
+        return self._client.fatal
 
     def _dispatch(self) -> None:
         """Hand queued delivery reports to their callbacks, outside the lock."""
@@ -328,9 +325,3 @@ class TransactionalProducer:
 
 def _ends_transactions(err: confluent_kafka.KafkaError) -> bool:
     return bool(err.fatal() or err.txn_requires_abort() or err.code() in _UNUSABLE)
-
-
-def _fenced(err: confluent_kafka.KafkaError) -> bool:
-    """Whether `err` says a newer producer of the id fenced this one: its code, or, for
-    librdkafka's bare _FATAL, its text ("This instance has been fenced by a newer instance")."""
-    return err.code() in _FENCED or (is_fatal(err) and "fenced" in err.str().lower())
