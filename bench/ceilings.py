@@ -30,7 +30,6 @@ as a table (raw, ours, ours as a percentage of raw), then one line per path of i
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sqlite3
@@ -41,8 +40,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
-import fastavro
 import psycopg
 import requests
 import sqlalchemy as sa
@@ -52,28 +49,19 @@ from common import (
     ensure_topics,
     load,
     machine,
-    server_observation,
     start_sims,
 )
-from prometheus_client import CollectorRegistry
+from publish_path import MOCK, MOCK_BOOTSTRAP, avro_dict, observations, producer_ours, producer_raw
 from sink_apply import make_batches
 
 from connector.config import load_settings
 from connector.dev.demo.processes import Processes, child_env
 from connector.dev.local_postgres import LocalPostgres
-from connector.kafka.producer import PRODUCER_DEFAULTS, Producer
-from connector.kafka.settings import KafkaSettings
 from connector.ops.heap import collect_less
 from connector.ops.signals import interrupt, stop_on_signals
-from connector.records.codec import SINGLE_OBJECT_MARKER, Codec
 from connector.records.model import HEARTBEAT_KIND, Change, StatusRecord
-from connector.records.schemas import current_schema
 from connector.sinks.sql import SqlSink, sqlalchemy_url
-from connector.site.heartbeat import Health
-from connector.site.kinds import Observation
-from connector.site.publisher import Publisher
 from connector.site.runner import SitePoller, open_site_poller
-from connector.site.site_metrics import SiteMetrics
 
 #: (path, unit, raw figure, our figure)
 Figure = tuple[str, str, float, float]
@@ -91,76 +79,6 @@ def best(
 
 
 # -- 1. the producer path ----------------------------------------------------------------------
-
-
-def observations(n: int) -> list[Observation]:
-    return [server_observation("site-a", i) for i in range(n)]
-
-
-def producer_ours(
-    bootstrap: str, topic: str, site: str, obs: list[Observation], extra: dict[str, str]
-) -> float:
-    registry = CollectorRegistry()
-    metrics = SiteMetrics(registry, site)
-    producer = Producer(KafkaSettings(bootstrap=bootstrap, librdkafka=extra))
-    publisher = Publisher(
-        site, topic, producer, Codec(), metrics, Health(["server"], metrics), {}, 0
-    )
-    started = time.perf_counter()
-    for o in obs:
-        publisher.observe("server", o)
-    producer.flush()
-    return time.perf_counter() - started
-
-
-def producer_raw(
-    bootstrap: str, topic: str, records: list[dict[str, Any]], extra: dict[str, str]
-) -> float:
-    schema = current_schema()
-    prefix = SINGLE_OBJECT_MARKER + schema.fingerprint
-    producer = confluent_kafka.Producer(
-        {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **extra}
-    )
-    failed = []
-
-    def report(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(err)
-
-    started = time.perf_counter()
-    for record in records:
-        out = io.BytesIO()
-        out.write(prefix)
-        fastavro.schemaless_writer(out, schema.parsed, record)
-        key = f"{record['site']}/{record['kind']}/{record['id']}".encode()
-        while True:
-            try:
-                producer.produce(topic, out.getvalue(), key, on_delivery=report)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    producer.flush(60)
-    seconds = time.perf_counter() - started
-    if failed:
-        raise SystemExit(f"raw produce: {len(failed)} deliveries failed, e.g. {failed[0]}")
-    return seconds
-
-
-def avro_dict(site: str, sequence: int, o: Observation) -> dict[str, Any]:
-    return {
-        "site": site,
-        "kind": "server",
-        "id": o.id,
-        "sequence": sequence,
-        "observed_at": datetime.now(UTC),
-        "status": o.status,
-        "name": o.name,
-        "project_id": o.project_id,
-        "details": dict(o.details),
-        "source_updated_at": o.source_updated_at,
-        "revision": o.revision,
-    }
 
 
 # -- 2. the SQL apply --------------------------------------------------------------------------
@@ -416,12 +334,6 @@ def main() -> None:
     ):
         unit, raw, ours = figures[path]
         print(f"{path}: ours {ours:,.0f} {unit}, {raw_name} {raw:,.0f} {unit} ({ours / raw:.0%})")
-
-
-#: librdkafka's in-process mock cluster (a test feature of librdkafka: no broker, no network
-#: round trips), for the producer pair measuring CPU; the bootstrap is ignored with it.
-MOCK = {"test.mock.num.brokers": "1"}
-MOCK_BOOTSTRAP = "127.0.0.1:9"
 
 
 def producer_pair(

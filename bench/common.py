@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -46,7 +46,6 @@ from connector.kafka.admin import delete_topics
 from connector.kafka.settings import KafkaSettings
 from connector.kafka.topics import ensure_site_topics
 from connector.sinks.sql import create_engine, resource_status
-from connector.site.kinds import Observation
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
@@ -527,7 +526,7 @@ def wait_converged(
             if result.equal:
                 return time.monotonic() - since
             if time.monotonic() > deadline:
-                raise DemoError(f"no convergence within {timeout:.0f} s: {result}")
+                raise DemoError(f"the top layer did not converge within {timeout:.0f} s: {result}")
             if progress.due():
                 print(f"  {result.behind}; {load()}")
             time.sleep(1.0)
@@ -577,27 +576,3 @@ class Members:
             for metric in out:
                 out[metric] += metric_total(text, metric)
         return out
-
-
-#: The `source_updated_at` of `server_observation`: fixed, so runs write the same records.
-T0 = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-def server_observation(site: str, i: int) -> Observation:
-    """Server number `i` of `site` as a poller would observe it (a key is site/kind/id), for the
-    benches that publish records of the resource_status shape (ceilings, rebuild)."""
-    return Observation(
-        id=f"{i:08d}-7c6e-3b7a-4d6e-9a592f0c5d1e",
-        status="ACTIVE" if i % 7 else "SHUTOFF",
-        name=f"web-frontend-{i}",
-        project_id="4f1c2b7e9d8a4c6b8e2f1a0d3c5b7e9f",
-        details={
-            "vm_state": "active",
-            "task_state": None,
-            "power_state": 1,
-            "host": f"compute-{i % 50:02d}.{site}",
-        },
-        source_updated_at=T0,
-        revision=None,
-        deleted=False,
-    )

@@ -40,10 +40,10 @@ from common import (
     load,
     machine,
     peak_rss_kib,
-    server_observation,
 )
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
+from publish_path import server_observation
 
 from connector.dev.demo.processes import DemoError, Processes, child_env
 from connector.dev.demo.run import flags

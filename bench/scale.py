@@ -18,24 +18,23 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from common import (
     KINDS,
-    Progress,
     bench_run,
     load,
     peak_rss_kib,
     start_consumer,
     start_sites,
     wait_answering,
+    wait_converged,
     wait_storm_over,
 )
 
-from connector.dev.demo.observe import SinkReader, SiteCounters, compare, scrape_total, truth
-from connector.dev.demo.processes import DemoError, Processes, http_json
+from connector.dev.demo.observe import SiteCounters, scrape_total, truth
+from connector.dev.demo.processes import Processes, http_json
 from connector.dev.local_kafka import LocalKafka
 from connector.dev.local_postgres import LocalPostgres
 from connector.ops.signals import interrupt, stop_on_signals
@@ -130,35 +129,32 @@ def phase(
     ]
     begun = time.monotonic() if since is None else since
     wait_answering(procs, metrics, timeout=300)
-    sink = SinkReader(database)
-    try:
-        site_before = SiteCounters.read(sims.values())
-        first = converge(procs, sims, sink, begun, timeout, print)
-        rows = scrape_total(metrics, "cascade_consumer_rows_applied_total")
-        rows_per_second = rows / first
-        print(
-            f"  first convergence after {first:.1f} s ({rows:,.0f} rows, {rows_per_second:,.0f} "
-            f"rows/s); storm in every site; {load()}"
+    # Nothing changes at the sites while it converges, so the truth is read once per wait.
+    site_before = SiteCounters.read(sims.values())
+    first = wait_converged(database, truth(sims, KINDS), begun, timeout, procs.check_alive)
+    rows = scrape_total(metrics, "cascade_consumer_rows_applied_total")
+    rows_per_second = rows / first
+    print(
+        f"  first convergence after {first:.1f} s ({rows:,.0f} rows, {rows_per_second:,.0f} "
+        f"rows/s); storm in every site; {load()}"
+    )
+    storm_at = time.monotonic()
+    for url in sims.values():
+        http_json(
+            f"{url}/_sim/storm",
+            {
+                "flaps": a.flaps,
+                "seconds": a.storm_seconds,
+                "kinds": list(KINDS),
+                "changed": a.changed,
+            },
         )
-        storm_at = time.monotonic()
-        for url in sims.values():
-            http_json(
-                f"{url}/_sim/storm",
-                {
-                    "flaps": a.flaps,
-                    "seconds": a.storm_seconds,
-                    "kinds": list(KINDS),
-                    "changed": a.changed,
-                },
-            )
-        wait_storm_over(procs, sims, lambda: print(f"  storm under way; {load()}"), every=10)
-        storm_took = time.monotonic() - storm_at
-        print(f"  the storm took {storm_took:.1f} s; converging; {load()}")
-        after = converge(procs, sims, sink, storm_at, timeout, print)
-        site = SiteCounters.read(sims.values()) - site_before
-        print(f"  converged {after:.1f} s after the storm began; {load()}")
-    finally:
-        sink.close()
+    wait_storm_over(procs, sims, lambda: print(f"  storm under way; {load()}"), every=10)
+    storm_took = time.monotonic() - storm_at
+    print(f"  the storm took {storm_took:.1f} s; converging; {load()}")
+    after = wait_converged(database, truth(sims, KINDS), storm_at, timeout, procs.check_alive)
+    site = SiteCounters.read(sims.values()) - site_before
+    print(f"  converged {after:.1f} s after the storm began; {load()}")
     rss["consumer"] += [peak_rss_kib(p.pid) for p in procs.children(f"consumer-{members}-")]
     procs.stop(f"consumer-{members}-")
     return Phase(
@@ -171,31 +167,6 @@ def phase(
         site.bytes_sent,
         site.status_changes,
     )
-
-
-def converge(
-    procs: Processes,
-    sims: dict[str, str],
-    sink: SinkReader,
-    since: float,
-    timeout: float,
-    echo: Callable[[str], None],
-) -> float:
-    """Seconds from `since` until the sink equals every site's truth (nothing changes at the
-    sites while this waits, so the truth is read once)."""
-    expected = truth(sims, KINDS)
-    progress = Progress(10)
-    deadline = time.monotonic() + timeout
-    while True:
-        procs.check_alive()
-        result = compare(expected, sink.statuses())
-        if result.equal:
-            return time.monotonic() - since
-        if time.monotonic() > deadline:
-            raise DemoError(f"the top layer did not converge within {timeout:.0f} s: {result}")
-        if progress.due():
-            echo(f"  {result.behind}; {load()}")
-        time.sleep(1.0)
 
 
 def fresh_database(pg: LocalPostgres, name: str) -> str:
