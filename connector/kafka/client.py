@@ -182,3 +182,27 @@ def log_client_error(err: confluent_kafka.KafkaError) -> None:
         log.error("fatal Kafka client error: %s", err)
     else:
         CLIENT_ERRORS.report(logging.WARNING, err.str(), "Kafka client error: ")
+
+
+def close_within(close: Callable[[], None], seconds: float, what: str) -> bool:
+    """`close()`, left to finish on a daemon thread of its own after `seconds` (librdkafka's
+    closes have no deadline: leaving a group or destroying a client waits for brokers that
+    may be frozen, and a stop may not). True when it finished in time; what it raised then
+    is raised here."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            close()
+        except BaseException as exc:  # raised in the caller's thread, whatever it is
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name=what.replace(" ", "-"), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)
+        return False
+    if raised:
+        raise raised[0]
+    return True

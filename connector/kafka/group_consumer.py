@@ -26,7 +26,7 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
 from connector.errors import KafkaError
-from connector.kafka.client import READ_COMMITTED, log_client_error, new_client
+from connector.kafka.client import READ_COMMITTED, close_within, log_client_error, new_client
 from connector.kafka.errors import admin_result, not_authorized
 from connector.kafka.settings import KafkaSettings
 
@@ -49,6 +49,16 @@ ClientFactory = Callable[[dict[str, Any]], confluent_kafka.Consumer]
 #: SIGTERM. Past this the loop goes on and the commit counts as failed: it is retried with the
 #: next one, once the one waiting has returned.
 COMMIT_TIMEOUT = 15.0
+#: Seconds a question to the broker may wait by default (committed offsets, watermarks, offsets
+#: by time, configs, metadata): the loop waits for each, and a stop with it.
+QUERY_TIMEOUT = 5.0
+#: Seconds `close` waits for librdkafka's close (leaving the group, which waits for the
+#: coordinator and any commit still unanswered, with no deadline of its own) before leaving it
+#: to finish on its own thread: with the broker frozen it waited for the LeaveGroup request's
+#: socket timeout, and a stop must end within 10 s.
+CLOSE_TIMEOUT = 3.0
+#: How often a commit waiting for its answer looks whether a stop interrupted it.
+_INTERRUPT_CHECK = 0.1
 
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": False,
@@ -107,6 +117,7 @@ class Consumer:
         *,
         make_client: ClientFactory | None = None,
         commit_timeout: float = COMMIT_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
         **overrides: Any,
     ) -> None:
         config = {**CONSUMER_DEFAULTS, **settings.client_config(**{**READ_COMMITTED, **overrides})}
@@ -121,14 +132,19 @@ class Consumer:
         self._consumer = new_client(self._make_client, dict(config))
         #: what `subscribe` was given, for `rejoin`
         self._subscription: tuple[Any, ...] | None = None
+        #: the caller's `on_lost`, for what a client replaced by `rejoin` held
+        self._on_lost: PartitionsCallback | None = None
         #: partitions held back by the caller (`hold`), until it releases them
         self._held: set[Partition] = set()
         #: partitions rewound and paused by `trigger_backpressure`, with when to resume them
         self._backoff: dict[Partition, float] = {}
         self._paused: set[Partition] = set()
         self._commit_timeout = commit_timeout
+        self._close_timeout = close_timeout
         #: a commit that had no answer within its deadline, while it still waits for one
         self._unanswered: _Commit | None = None
+        #: set by `interrupt` (a stop): commits stop waiting for their answers
+        self._interrupted = threading.Event()
 
     def subscribe(
         self,
@@ -140,6 +156,8 @@ class Consumer:
         """Subscribe to every topic matching `pattern` (a regex starting with ^)."""
 
         def assigned(consumer: confluent_kafka.Consumer, parts: list[TopicPartition]) -> None:
+            if consumer is not self._consumer:
+                return  # a client `rejoin` replaced, closing on its own thread
             starts = on_assign(_pairs(parts))
             if starts is None:
                 return  # confluent-kafka assigns them, from the committed offsets
@@ -154,7 +172,9 @@ class Consumer:
                 consumer.assign(placed)
 
         def gone(callback: PartitionsCallback) -> Callable[[object, list[TopicPartition]], None]:
-            def forget(_c: object, parts: list[TopicPartition]) -> None:
+            def forget(consumer: object, parts: list[TopicPartition]) -> None:
+                if consumer is not self._consumer:
+                    return  # a client `rejoin` replaced: what it held was reported lost then
                 pairs = _pairs(parts)
                 for tp in pairs:
                     self._held.discard(tp)
@@ -165,6 +185,7 @@ class Consumer:
             return forget
 
         self._subscription = ([pattern], assigned, gone(on_revoke), gone(on_lost))
+        self._on_lost = on_lost
         self._subscribe()
 
     def _subscribe(self) -> None:
@@ -175,9 +196,20 @@ class Consumer:
     def rejoin(self) -> None:
         """Leave the group, close this client and join again, subscribed as before, with a new
         one: for a client that holds no partition while others go unread (librdkafka has had
-        bugs of that kind). Partitions it held are revoked through the callbacks first."""
-        self._consumer.close()
+        bugs of that kind). What belonged to the old client goes with it: its pauses and
+        rewinds, and a commit of its still waiting for an answer (which would refuse the new
+        client's commits); partitions it held, if any, are reported lost at once. Its close
+        is waited for within the close timeout, then left to finish on its own thread; its late
+        callbacks are ignored."""
+        old, held = self._consumer, self.assignment()
         self._consumer = new_client(self._make_client, dict(self._config))
+        self._paused = set()
+        self._backoff = {}
+        self._unanswered = None
+        if held and self._on_lost is not None:
+            self._held.difference_update(held)
+            self._on_lost(held)
+        close_within(old.close, self._close_timeout, "close the consumer replaced by a rejoin")
         self._subscribe()
 
     def unserved(self, pattern: str, timeout: float = UNSERVED_TIMEOUT) -> list[Partition]:
@@ -241,10 +273,16 @@ class Consumer:
         topic = msg.topic()
         return f"read topic {topic}" if topic else f"read with consumer group {self._group}"
 
+    def interrupt(self) -> None:
+        """A stop: a commit waiting for its answer gives up now, and later ones at once (they
+        raise, as commits with no answer do). Safe from a signal handler or another thread."""
+        self._interrupted.set()
+
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit exactly `offsets` (next offsets to read), synchronously, waiting at most the
-        commit timeout for the answer; raise on any error, on no answer in time, and while an
-        earlier commit still waits for its answer (commits stay in order)."""
+        commit timeout for the answer (less once `interrupt` is called); raise on any error, on
+        no answer in time, and while an earlier commit still waits for its answer (commits stay
+        in order)."""
         if self._unanswered is not None:
             if not self._unanswered.done.is_set():
                 raise KafkaError(
@@ -254,12 +292,15 @@ class Consumer:
             self._unanswered = None
         listed = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         call = _Commit(self._consumer, listed)
-        if not call.done.wait(self._commit_timeout):
-            self._unanswered = call
-            raise KafkaError(
-                f"commit failed: no answer within {self._commit_timeout:g} s (group coordinator "
-                "unreachable or this member's session lapsed)"
-            )
+        deadline = time.monotonic() + self._commit_timeout
+        while not call.done.wait(min(_INTERRUPT_CHECK, max(0.0, deadline - time.monotonic()))):
+            if self._interrupted.is_set() or time.monotonic() >= deadline:
+                self._unanswered = call
+                why = "a stop" if self._interrupted.is_set() else f"{self._commit_timeout:g} s"
+                raise KafkaError(
+                    f"commit failed: no answer within {why} (group coordinator unreachable or "
+                    "this member's session lapsed)"
+                )
         if call.error is not None:
             exc = call.error
             detail = exc.args[0] if isinstance(exc, confluent_kafka.KafkaException) else exc
@@ -273,7 +314,7 @@ class Consumer:
             raise KafkaError(f"commit failed for {detail}")
 
     def committed(
-        self, partitions: Collection[Partition], timeout: float = 30.0
+        self, partitions: Collection[Partition], timeout: float = QUERY_TIMEOUT
     ) -> dict[Partition, int]:
         """The group's committed offsets of `partitions` (assigned to this member or not); a
         partition with no committed offset is left out."""
@@ -297,7 +338,7 @@ class Consumer:
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def watermarks(
-        self, topic: str, partition: int, cached: bool = False, timeout: float = 10.0
+        self, topic: str, partition: int, cached: bool = False, timeout: float = QUERY_TIMEOUT
     ) -> tuple[int, int]:
         """(low, high) offsets of a partition: asked of the broker, or (`cached`) as last
         fetched (-1001 when unknown). Reading committed, the broker answers with the last
@@ -313,7 +354,7 @@ class Consumer:
         return int(low), int(high)
 
     def first_offset_since(
-        self, topic: str, partition: int, timestamp_ms: int, timeout: float = 10.0
+        self, topic: str, partition: int, timestamp_ms: int, timeout: float = QUERY_TIMEOUT
     ) -> int:
         """The offset of the first record of a partition written at or after `timestamp_ms`
         (POSIX milliseconds), as the broker tells; the partition's end when there is none."""
@@ -332,7 +373,9 @@ class Consumer:
             return offset
         return self.watermarks(topic, partition, timeout=timeout)[1]
 
-    def delete_retention(self, topics: Collection[str], timeout: float = 10.0) -> dict[str, float]:
+    def delete_retention(
+        self, topics: Collection[str], timeout: float = QUERY_TIMEOUT
+    ) -> dict[str, float]:
         """Each topic's own `delete.retention.ms`, in seconds (how long the cleaner leaves its
         tombstones), as the broker tells, in one request for all of them; a topic it gave no
         figure for is left out. KafkaError when Kafka does not answer."""
@@ -350,7 +393,7 @@ class Consumer:
         }
 
     def stable_ends(
-        self, partitions: Collection[Partition], timeout: float = 10.0
+        self, partitions: Collection[Partition], timeout: float = QUERY_TIMEOUT
     ) -> dict[Partition, int]:
         """The end of each of `partitions` as a reader of committed records sees it (the last
         stable offset), asked of the brokers in one request each for all of them; a partition
@@ -370,7 +413,7 @@ class Consumer:
             if tp.error is None and tp.offset >= 0
         }
 
-    def partitions_matching(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
+    def partitions_matching(self, pattern: str, timeout: float = QUERY_TIMEOUT) -> list[Partition]:
         """Every partition of every topic whose name matches `pattern` (a regex)."""
         metadata = _call("list topics", self._consumer.list_topics, timeout=timeout)
         regex = re.compile(pattern)
@@ -430,8 +473,10 @@ class Consumer:
         self._paused = wanted
 
     def close(self) -> None:
-        """Leave the group (revoking our partitions through the callbacks) and close."""
-        self._consumer.close()
+        """Leave the group (revoking our partitions through the callbacks) and close, within
+        its close timeout (CLOSE_TIMEOUT): past it the close goes on on its own thread, and
+        this returns."""
+        close_within(self._consumer.close, self._close_timeout, "leave the consumer group")
 
 
 def _pairs(partitions: Sequence[TopicPartition]) -> list[Partition]:

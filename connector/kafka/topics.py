@@ -282,12 +282,15 @@ def ensure_dead_letter_topic(kafka: KafkaSettings, topic: str) -> bool:
             admin.create_topics([new], request_timeout=kafka.admin_timeout)[topic],
             f"create {topic}",
         )
-        # Described next (its max.message.bytes, `producer_limits`): a topic just created is
-        # "unknown" to the broker until its metadata lists it.
-        _wait_until_visible(kafka, admin, {topic})
-        return True
+        created = True
     except _AlreadyExistsError:
-        pass
+        created = False
+    # Described next (here, or its max.message.bytes by `producer_limits`): a topic just created
+    # is "unknown" to the broker until its metadata lists it, and one that already exists may
+    # have been created a moment ago by another member of the group, starting at once.
+    _wait_until_visible(kafka, admin, {topic})
+    if created:
+        return True
     policy = _describe(kafka, admin, topic).config.get("cleanup.policy")
     if not _same("cleanup.policy", policy, "delete"):
         difference = ConfigDifference("cleanup.policy", policy, "delete")
@@ -339,7 +342,8 @@ def _broker_count(kafka: KafkaSettings, admin: AdminClient) -> int:
 
 def _create_many(kafka: KafkaSettings, admin: AdminClient, new: list[NewTopic]) -> set[str]:
     """Create the topics of `new` (CREATE_BATCH to a request) and wait until every partition of
-    each one created has a leader; the names of those created (the others already existed)."""
+    each has a leader, those that already existed too (another process may have created one a
+    moment ago: its callers describe them next); the names of those created."""
     futures: dict[str, Future[None]] = {}
     for start in range(0, len(new), CREATE_BATCH):  # sent at once, answered in any order
         chunk = new[start : start + CREATE_BATCH]
@@ -351,14 +355,14 @@ def _create_many(kafka: KafkaSettings, admin: AdminClient, new: list[NewTopic]) 
         except _AlreadyExistsError:
             continue
         created.add(topic)
-    _wait_until_visible(kafka, admin, created)
+    _wait_until_visible(kafka, admin, set(futures))
     return created
 
 
 def _wait_until_visible(kafka: KafkaSettings, admin: AdminClient, topics: set[str]) -> None:
-    """Return once the broker's metadata lists every partition of the topics just created with
-    a leader: until then a reader of one (the poller's restore) gets "unknown topic or
-    partition"."""
+    """Return once the broker's metadata lists every partition of `topics` with a leader: until
+    then a reader of a topic just created (the poller's restore) gets "unknown topic or
+    partition", and describing it, "unknown"."""
     timeout = kafka.admin_timeout
     deadline = time.monotonic() + timeout
     delay = 0.02
@@ -376,7 +380,10 @@ def _wait_until_visible(kafka: KafkaSettings, admin: AdminClient, topics: set[st
             return
         if time.monotonic() + delay > deadline:
             names = ", ".join(sorted(waiting)[:5]) + (" ..." if len(waiting) > 5 else "")
-            raise KafkaError(f"create {names}: not visible in the metadata after {timeout:g} s")
+            raise KafkaError(
+                f"create {names}: not in the metadata with a leader for every partition after "
+                f"{timeout:g} s"
+            )
         time.sleep(delay)
         delay = min(0.5, delay * 2)
 

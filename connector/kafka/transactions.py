@@ -2,9 +2,13 @@
 
 One `transactional.id` per site: creating the producer calls `init_transactions()`, which makes
 the broker abort whatever transaction an earlier producer of that id left open and refuse that
-producer from then on (fenced). Messages go out in transactions committed by `poll()` (the
-runner calls it five times a second) and by `flush()`; readers that read committed records
-only never see what a fenced producer sent after the take-over, nor its unfinished transaction.
+producer from then on (fenced). The fenced producer learns it from whichever call meets it
+first: a send, adding a partition to its transaction (librdkafka's ADDPARTS, in the
+background: raised once by whichever call serves it, then only a bare _FATAL), a commit, an
+abort, a begin; each is the same failure (`ProducerFenced`), said in the same line.
+Messages go out in transactions committed by `poll()` (the runner calls it five times a
+second) and by `flush()`; readers that read committed records only never see what a fenced
+producer sent after the take-over, nor its unfinished transaction.
 
 Threads produce concurrently while one commits: a lock keeps `produce` out of a commit, and
 delivery reports are handed to their callbacks only after that lock is released, because those
@@ -132,9 +136,10 @@ class TransactionalProducer:
         headers: Mapping[str, bytes],
         on_failure: Callable[[TransactionFailed], None],
         on_error: Callable[[str], None] | None = None,
+        make_client: Callable[..., Producer] = Producer,
         **overrides: Any,
     ) -> None:
-        self._client = Producer(
+        self._client = make_client(
             settings,
             on_error,
             **{
@@ -288,16 +293,25 @@ class TransactionalProducer:
         self._on_failure(failure)
 
     def _fatal_cause(self, err: confluent_kafka.KafkaError) -> confluent_kafka.KafkaError:
-        """Why the producer became unusable: a call that finds it so fails with only _FATAL,
-        which may come before `error_cb` is served the cause (fenced, say); serve it briefly.
-        Delivery reports served meanwhile are queued, not called. Holds the lock."""
+        """Why the producer became unusable. librdkafka raises the cause (fenced, say) once,
+        from whichever call serves it first, and from then on a send fails with only _FATAL
+        (test_ha's paused active, fenced while adding a partition to its transaction, said
+        "transaction failed: ... Local: Fatal error"); its transactional calls say the cause
+        each time, at once: ask one (a begin), and serve the queue, where the cause may still
+        wait, for up to FATAL_CAUSE_WAIT. Delivery reports served meanwhile are queued, not
+        called. Holds the lock."""
         deadline = time.monotonic() + FATAL_CAUSE_WAIT
-        while self._client.fatal is None and time.monotonic() < deadline:
-            try:
-                self._client.poll(0.05)
-            except confluent_kafka.KafkaException as exc:
-                return exc.args[0] if exc.args[0].code() != err.code() else err
-        return self._client.fatal or err
+        while self._client.fatal is None:
+            for ask in (self._client.begin_transaction, lambda: self._client.poll(0.05)):
+                try:
+                    ask()
+                except confluent_kafka.KafkaException as exc:
+                    cause: confluent_kafka.KafkaError = exc.args[0]
+                    if cause.fatal() and cause.code() != err.code():
+                        return cause
+            if time.monotonic() >= deadline:
+                return err
+        return self._client.fatal
 
     def _dispatch(self) -> None:
         """Hand queued delivery reports to their callbacks, outside the lock."""

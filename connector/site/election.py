@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from connector.codecs import codec_from_settings
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaAccessError, KafkaError
+from connector.kafka.client import close_within
 from connector.kafka.lease import Lease
 from connector.kafka.topics import (
     ensure_lease_topic,
@@ -268,18 +269,19 @@ class Election:
         say): retried while Kafka fails it, given up on `halt`; an abandoned producer has
         nothing queued and is dropped when its call returns."""
         kafka = self.settings.kafka
-        return self._until_kafka_answers(
-            "open the producer",
-            lambda: TransactionalProducer(
+
+        def open_() -> TransactionalProducer:
+            limits: dict[str, Any] = producer_limits(kafka, self.site_topic)
+            return TransactionalProducer(
                 kafka,
                 self.site_topic,
                 {INSTANCE_HEADER: self.instance.encode()},
                 on_failure,
                 on_error=self._producer_error,
-                **producer_limits(kafka, self.site_topic),
-            ),
-            halt,
-        )
+                **limits,
+            )
+
+        return self._until_kafka_answers("open the producer", open_, halt)
 
     def _producer_error(self, error: str) -> None:
         """The producer's client errors (brokers out of reach): the term's poller is degraded
@@ -459,12 +461,3 @@ class Election:
                 )
             elif time.monotonic() - max(doubted, lease.unreachable_at or 0.0) > patience:
                 term.set()
-
-
-def close_within(close: Callable[[], None], seconds: float, what: str) -> None:
-    """`close()`, left to finish on a daemon thread of its own after `seconds`."""
-    thread = threading.Thread(target=close, name=what.replace(" ", "-"), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        log.warning("could not %s within %.0f s; leaving it to finish", what, seconds)

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.topics import site_topic
-from connector.kafka.transactions import TransactionalProducer
+from connector.kafka.transactions import TransactionalProducer, TransactionFailed
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less, limit_malloc_arenas
 from connector.ops.ops_server import OpsServer
@@ -203,6 +203,9 @@ class SitePoller:
         republishes from the site (its restore does not hold it), and drop it."""
         try:
             self.producer.flush(STOP_FLUSH)
+        except TransactionFailed:
+            # Fenced or failed: said once by the producer; what it held is the successor's.
+            self.producer.purge()
         except KafkaError:
             undelivered = len(self.producer)
             log.error(

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from connector.errors import KafkaError
 from connector.kafka import KafkaException, Message
-from connector.kafka.client import RepeatedErrors
+from connector.kafka.client import RepeatedErrors, close_within
 from connector.kafka.producer import Producer
 from connector.records.errors import WrongSiteError
 from connector.top.consumer_metrics import ConsumerMetrics
@@ -43,8 +43,11 @@ MAX_KEY_BYTES = 1024
 OVERHEAD_BYTES = 10_000
 #: The most bytes of the original value a dead letter carries to a topic of the default limit.
 MAX_VALUE_BYTES = 1_000_000 - OVERHEAD_BYTES
-#: Seconds one delivery may wait for the broker; the loop waits with it.
-FLUSH_SECONDS = 10.0
+#: Seconds one delivery may wait for the broker; the loop waits with it, and so does a stop
+#: (10 s in all): what is not delivered by then is purged and retried later.
+FLUSH_SECONDS = 5.0
+#: Seconds closing the producer may take at a stop (librdkafka's destroy has no deadline).
+CLOSE_SECONDS = 2.0
 #: Dead letters of one delivery logged one line each; the rest in one line of counts by reason
 #: (a hostile topic made a line per letter, 92,209 of them in one run; each letter is in the
 #: dead-letter topic with its reason and detail).
@@ -208,4 +211,4 @@ class DeadLetterQueue:
         try:
             self._producer.flush(FLUSH_SECONDS)
         finally:
-            self._producer.close()
+            close_within(self._producer.close, CLOSE_SECONDS, "close the dead-letter producer")

@@ -105,8 +105,10 @@ class TopConsumer:
         return self._watchdog.stalled
 
     def stop(self) -> None:
-        """Ask the loop to finish; safe from a signal handler or another thread."""
+        """Ask the loop to finish; safe from a signal handler or another thread. A commit
+        waiting for the group coordinator gives up (it is retried by whoever reads next)."""
         self._stop.set()
+        self._consumer.interrupt()
 
     def run(self, until_idle: bool = False) -> None:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from connector.errors import KafkaError
@@ -41,13 +41,20 @@ log = logging.getLogger(__name__)
 
 #: A failing commit fails again at every turn until the coordinator answers: one line, then counts.
 _COMMIT_ERRORS = RepeatedErrors(log)
+#: The lag refresh fails every LAG_SECONDS while the broker is out of reach: the same.
+_LAG_ERRORS = RepeatedErrors(log)
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
-#: Seconds between two refreshes of the lag gauge of every assigned partition (a refresh asks
-#: for every partition's watermarks: with thousands of partitions, a refresh each second is a
-#: large share of the loop's time; docs/performance.md).
+#: Seconds between two refreshes of the lag gauge of every assigned partition (with thousands
+#: of partitions, a refresh each second is a large share of the loop's time;
+#: docs/performance.md), and the most one refresh may wait for the broker (the loop waits).
 LAG_SECONDS = 5.0
+LAG_TIMEOUT = 1.0
+#: Seconds the checks of a new assignment against the log (`_check_log_kept`) and of the
+#: group's progress (`group_caught_up`) may take in all: each asks the broker once per
+#: partition, and the loop, and a stop, wait for them.
+CHECK_TIMEOUT = 5.0
 
 #: Seconds one read of a new assignment's committed offsets may wait for the broker (the loop
 #: waits with it, and so does a stop), and the backoff between reads that failed: doubling from
@@ -155,23 +162,19 @@ class Offsets:
         `delete.retention.ms` ago (the cleaner may have removed their tombstones; a topic
         altered by hand keeps them for less, or more, than the settings say). Reading from
         there cannot see those deletions: the top layer may keep objects that are gone."""
-        retention = self._delete_retention({topic for topic, _p in stored})
+        left = _time_left(CHECK_TIMEOUT)
+        retention = self._delete_retention({topic for topic, _p in stored}, left())
         now = time.time()
+        unchecked: dict[Partition, str] = {}
         for (topic, partition), offset in sorted(stored.items()):
             kept_for = retention.get(topic, self._resume.delete_retention)
             try:
-                low, _high = self._consumer.watermarks(topic, partition)
+                low, _high = self._consumer.watermarks(topic, partition, timeout=left())
                 kept = self._consumer.first_offset_since(
-                    topic, partition, int((now - kept_for) * 1000)
+                    topic, partition, int((now - kept_for) * 1000), timeout=left()
                 )
             except KafkaError as exc:
-                log.warning(
-                    "cannot check that %s[%d] still holds every tombstone after offset %d: %s",
-                    topic,
-                    partition,
-                    offset,
-                    exc,
-                )
+                unchecked[(topic, partition)] = str(exc)
                 continue
             proven = max(low, kept)
             if offset >= proven:
@@ -192,14 +195,20 @@ class Offsets:
                 low,
                 kept_for,
             )
+        if unchecked:
+            log.warning(
+                "cannot check that %s still hold every tombstone after the sink's offsets: %s",
+                names(unchecked),
+                "; ".join(sorted(set(unchecked.values()))),
+            )
 
-    def _delete_retention(self, topics: Collection[str]) -> dict[str, float]:
+    def _delete_retention(self, topics: Collection[str], timeout: float) -> dict[str, float]:
         """The topics' own delete.retention.ms in seconds, as the broker tells; the configured
         figure (ResumePolicy) stands in for a topic the broker did not say, with a warning."""
         if not topics:
             return {}
         try:
-            found = self._consumer.delete_retention(topics)
+            found = self._consumer.delete_retention(topics, timeout=timeout)
         except KafkaError as exc:
             found = {}
             log.warning("cannot read the site topics' delete.retention.ms: %s", exc)
@@ -313,19 +322,25 @@ class Offsets:
         self._committed.update(pending)
 
     def publish_lag(self, now: float) -> None:
-        """Set the lag gauge of every assigned partition, every LAG_SECONDS: its end as last
-        fetched (librdkafka keeps fetching, so it is current) minus what the group committed,
-        or its start when nothing is committed. Set at commits only, it froze when commits
-        stopped (a stuck member's lag never grew) and a partition just assigned had none until
-        its first commit, which made a member that had just joined look caught up."""
-        if now < self._next_lag:
+        """Set the lag gauge of every assigned partition, every LAG_SECONDS: its end (the last
+        stable offset, asked of the broker in one request for all, within LAG_TIMEOUT) minus
+        what the group committed, or minus nothing when nothing is committed. Set at commits
+        only, it froze when commits stopped (a stuck member's lag never grew) and a partition
+        just assigned had none until its first commit, which made a member that had just
+        joined look caught up. Not librdkafka's cached watermarks: that read holds the GIL
+        while it takes librdkafka's locks, and a consumer with the broker frozen was seen
+        stuck in it, deaf to SIGTERM; while the broker does not answer, the gauge waits."""
+        if now < self._next_lag or not self._assigned:
             return
         self._next_lag = now + LAG_SECONDS
-        for topic, partition in self._assigned:
-            low, high = self._consumer.watermarks(topic, partition, cached=True)
-            start = self._committed.get((topic, partition), low)
-            if high >= 0 and start >= 0:
-                self._metrics.lag.labels(topic, str(partition)).set(max(0, high - start))
+        try:
+            ends = self._consumer.stable_ends(self._assigned, timeout=LAG_TIMEOUT)
+        except KafkaError as exc:
+            _LAG_ERRORS.report(logging.WARNING, f"cannot refresh the lag gauge: {exc}")
+            return
+        for (topic, partition), end in ends.items():
+            start = max(0, self._committed.get((topic, partition), 0))
+            self._metrics.lag.labels(topic, str(partition)).set(max(0, end - start))
 
     def commit_past_markers(self) -> None:
         """When idle, commit the positions ahead of what is committed: everything before them
@@ -372,18 +387,36 @@ class Offsets:
         if now < self._next_idle_check or self._uncommitted:
             return False
         self._next_idle_check = now + IDLE_CHECK_SECONDS
+        left = _time_left(CHECK_TIMEOUT)
         try:
-            partitions = self._consumer.partitions_matching(self._pattern)
+            partitions = self._consumer.partitions_matching(self._pattern, timeout=left())
             stored = self._sink.stored_offsets(self._resume.group, partitions)
-            committed = stored if stored is not None else self._consumer.committed(partitions)
+            committed = (
+                stored
+                if stored is not None
+                else self._consumer.committed(partitions, timeout=left())
+            )
             for topic, partition in partitions:
-                low, high = self._consumer.watermarks(topic, partition)
+                low, high = self._consumer.watermarks(topic, partition, timeout=left())
                 if high > low and committed.get((topic, partition), -1) < high:
                     return False
         except (KafkaError, SinkError, SinkBackpressureError) as exc:
             log.warning("cannot tell whether the group is idle yet: %s", exc)
             return False
         return True
+
+
+def _time_left(seconds: float) -> Callable[[], float]:
+    """What is left of `seconds` from now, each time it is asked; KafkaError once none is."""
+    deadline = time.monotonic() + seconds
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KafkaError(f"no answer from Kafka within {seconds:g} s in all")
+        return remaining
+
+    return left
 
 
 def names(partitions: Collection[Partition]) -> str:

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 DRIFTS = ("missing", "extra", "different")
 
 _ERRORS = RepeatedErrors(log)
+#: Seconds a stop waits for an audit under way (reading a site topic from a broker that may not
+#: answer): past them it is left to end with the process (a daemon thread), which must stop
+#: within 10 s.
+STOP_JOIN = 2.0
 
 #: A key's drift, as what drifted and against which record: the kind of drift and the topic
 #: record's sequence (None for a row the topic holds nothing of).
@@ -86,7 +90,8 @@ def persistent(now: Mapping[str, _Mark], before: Mapping[str, _Mark]) -> dict[st
 
 
 class PeriodicAudit:
-    """The background audit; `start()` once, `stop()` at the end (joins the thread)."""
+    """The background audit; `start()` once, `stop()` at the end (joins the thread, within
+    STOP_JOIN)."""
 
     def __init__(
         self,
@@ -114,7 +119,11 @@ class PeriodicAudit:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(30)
+        self._thread.join(STOP_JOIN)
+        if self._thread.is_alive():
+            log.warning(
+                "an audit still under way after %.0f s: left to end with the process", STOP_JOIN
+            )
 
     def audit(self, site: str) -> dict[str, int]:
         """Audit `site` once; its persistent drift per kind, also exported."""

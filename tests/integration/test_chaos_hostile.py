@@ -26,7 +26,11 @@ def test_hostile_records_are_dead_letters_and_every_good_record_arrives(
 def test_hostile_api_objects_are_skipped_by_the_active_poller_and_the_standby(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    outcome = hostile_objects(kafka_bootstrap, tmp_path, hostile=300, good=50, churn=20)
+    # Polls every second, and the broker's shortest session (6 s) as the lease timeout: the
+    # take-over after the SIGKILL waits for it.
+    outcome = hostile_objects(
+        kafka_bootstrap, tmp_path, hostile=300, good=50, churn=20, interval=1.0, lease_timeout=6.0
+    )
     assert outcome.ok, "\n".join(outcome.lines())
     assert outcome.figures["process exits"] == 0
     assert int(outcome.figures["unreadable objects the heartbeat shows"]) > 250

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner, Result
@@ -20,6 +22,7 @@ from connector.kafka.topics import (
     ensure_dead_letter_topic,
     ensure_site_topic,
     ensure_site_topics,
+    producer_limits,
     site_topic,
     site_topic_pattern,
 )
@@ -201,6 +204,29 @@ def test_dead_letter_topic_is_created_uncompacted_and_a_compacted_one_refused(
     _set_config(kafka_bootstrap, topic, {"cleanup.policy": "compact"})
     with pytest.raises(TopicConfigError, match=r"cleanup\.policy is compact, should be delete"):
         ensure_dead_letter_topic(settings, topic)
+
+
+def test_members_starting_together_each_ensure_the_dead_letter_topic_and_may_read_it(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    # Consumer members started at once: one creates the topic, the others meet "already exists"
+    # while it may not be in the broker's metadata yet, and all describe it next (its config,
+    # its max.message.bytes); none may find it "unknown".
+    settings = KafkaSettings(bootstrap=kafka_bootstrap)
+    members = 4
+    for n in range(3):
+        topic = unique_name(f"dlq{n}")
+        start = threading.Barrier(members)
+
+        def member(topic: str = topic, start: threading.Barrier = start) -> bool:
+            start.wait()
+            created = ensure_dead_letter_topic(settings, topic)
+            producer_limits(settings, topic)
+            return created
+
+        with ThreadPoolExecutor(members) as pool:
+            outcomes = [f.result() for f in [pool.submit(member) for _ in range(members)]]
+        assert sorted(outcomes) == [False] * (members - 1) + [True], outcomes
 
 
 def test_a_bad_librdkafka_setting_is_a_usage_error(kafka_bootstrap: str) -> None:

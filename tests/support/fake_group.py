@@ -124,6 +124,7 @@ class FakeGroupConsumer:
         self.journal = journal or Journal()
         self.deaf = deaf
         self.rejoins = 0
+        self.interrupted = False  #: whether the loop's stop interrupted its commits
         self.group_committed: dict[Partition, int] = dict(committed or {})
         self.commit_failures = commit_failures
         self.read_failures = read_failures
@@ -258,6 +259,9 @@ class FakeGroupConsumer:
             self.group_committed.update(offsets)
             self.journal.add(Event("commit", dict(offsets), during=self._during))
 
+    def interrupt(self) -> None:
+        self.interrupted = True
+
     def committed(
         self, partitions: Collection[Partition], timeout: float = 30.0
     ) -> dict[Partition, int]:
@@ -297,7 +301,7 @@ class FakeGroupConsumer:
         with self._wake:
             return {tp: len(self._logs[tp]) for tp in partitions}
 
-    def partitions_matching(self, pattern: str) -> list[Partition]:
+    def partitions_matching(self, pattern: str, timeout: float = 10.0) -> list[Partition]:
         return [tp for tp in self._logs if re.match(pattern, tp[0])]
 
     def hold(self, partitions: Collection[Partition]) -> None:

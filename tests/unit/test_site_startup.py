@@ -10,7 +10,7 @@ import pytest
 
 from connector.config import load_settings
 from connector.errors import KafkaError
-from connector.site.election import close_within
+from connector.kafka.client import close_within
 from connector.site.startup import Stopped, until_kafka_answers
 
 SITE = load_settings(env={"CASCADE_SITE_BACKOFF_INITIAL": "0.01"}).site

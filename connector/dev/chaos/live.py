@@ -81,6 +81,8 @@ class Live:
         self.corrupt: dict[str, dict[str, str]] = {}
         #: the children that must be running
         self.watched: tuple[str, ...] = ("poller", "consumer")
+        #: the arguments of `produce` every poller of the site runs with (but its metrics port)
+        self.poller_args: tuple[str, ...] = ()
 
     def live_corrupt(self, kind: str) -> set[str]:
         """Ids of the kind's corrupt objects that still exist."""
@@ -125,10 +127,12 @@ def live_site(
     resync_interval: float,
     sink_url: str | None = None,
     hostile: Mapping[str, int] | None = None,
+    lease_timeout: float | None = None,
 ) -> Iterator[Live]:
     """Start a sim, its poller and the consumer (into `sink_url`, default a SQLite file); stop
     them all on the way out. `hostile`: kind -> how many of its objects the sim serves with
-    hostile fields from the start (`/_sim/corrupt`), never to arrive."""
+    hostile fields from the start (`/_sim/corrupt`), never to arrive. `lease_timeout`: the
+    pollers' (`produce --lease-timeout`; its default when None)."""
     names = ChaosRun()
     run = names.run
     sink_url = sink_url or f"sqlite:///{workdir / f'top-{run}.sqlite'}"
@@ -154,19 +158,13 @@ def live_site(
         try:
             metrics_port = free_port()
             live.poller_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+            live.poller_args = (
+                *("--site", SITE, "--interval", str(interval)),
+                *("--resync-interval", str(resync_interval), "--kinds", ",".join(KINDS)),
+                *(() if lease_timeout is None else ("--lease-timeout", str(lease_timeout))),
+            )
             children.start(
-                "poller",
-                "produce",
-                "--site",
-                SITE,
-                "--interval",
-                str(interval),
-                "--resync-interval",
-                str(resync_interval),
-                "--kinds",
-                ",".join(KINDS),
-                "--metrics-port",
-                str(metrics_port),
+                "poller", "produce", *live.poller_args, "--metrics-port", str(metrics_port)
             )
             children.start("consumer", "consume", "--batch-wait", "100")
             if wait_for(live.converged, 180, live.check_alive) is None:
@@ -361,17 +359,27 @@ def hostile_objects(
     takeover: bool = True,
     interval: float = 2.0,
     resync_interval: float = 600.0,
+    lease_timeout: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> Outcome:
     """Run the scenario; see the module docstring. `hostile` objects in all and `good` ones of
     each of KINDS; `churn` changes after the first sync and after the take-over; `takeover`: a
-    standby poller starts, and takes over when the active one is SIGKILLed."""
+    standby poller starts, and takes over when the active one is SIGKILLed (after the pollers'
+    `lease_timeout`: `produce`'s default when None)."""
     outcome = Outcome("hostile API objects")
     n_kinds = len(KINDS)
     shares = {kind: hostile // n_kinds + (n < hostile % n_kinds) for n, kind in enumerate(KINDS)}
     size = SiteSize(good + shares["server"], good + shares["volume"], good + shares["port"])
     started = time.monotonic()
-    with live_site(bootstrap, workdir, size, interval, resync_interval, hostile=shares) as live:
+    with live_site(
+        bootstrap,
+        workdir,
+        size,
+        interval,
+        resync_interval,
+        hostile=shares,
+        lease_timeout=lease_timeout,
+    ) as live:
         echo(
             f"  {hostile:,} hostile and {n_kinds * good:,} good objects: every good one arrived "
             f"after {time.monotonic() - started:.1f} s"
@@ -407,7 +415,7 @@ def hostile_objects(
         outcome.figures["seconds to converge after churn"] = churned("after churn")
         skipped = _skips(live.poller_metrics)
         if takeover:
-            skipped = _take_over(live, interval, resync_interval, outcome)
+            skipped = _take_over(live, outcome)
             outcome.figures["seconds to converge after churn, standby active"] = churned(
                 "after the take-over"
             )
@@ -432,18 +440,13 @@ def hostile_objects(
     return outcome
 
 
-def _take_over(
-    live: Live, interval: float, resync_interval: float, outcome: Outcome
-) -> dict[str, float]:
+def _take_over(live: Live, outcome: Outcome) -> dict[str, float]:
     """Start a standby, SIGKILL the active poller, wait for the standby to take over; its skip
     counts per kind once it has listed every kind."""
     metrics_port = free_port()
     standby_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     live.children.start(
-        "standby",
-        "produce",
-        *("--site", SITE, "--interval", str(interval), "--resync-interval", str(resync_interval)),
-        *("--kinds", ",".join(KINDS), "--metrics-port", str(metrics_port)),
+        "standby", "produce", *live.poller_args, "--metrics-port", str(metrics_port)
     )
     live.watched = ("poller", "standby", "consumer")
 
