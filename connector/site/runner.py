@@ -88,7 +88,6 @@ class SitePoller:
         producer: TransactionalProducer,
         restored: Restored,
     ) -> None:
-        _check_cloud(settings.site)
         self.settings = settings
         self.instance = instance_id(settings.site)
         self.metrics = metrics
@@ -226,6 +225,9 @@ def run_site(
     """Run the poller of `settings.site` until SIGTERM/SIGINT or `stop` (or one cycle with
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
+    # Before Kafka is asked anything: a standby with an entry it cannot use would otherwise
+    # find out only when it takes over, and a start with Kafka away would never find out.
+    _check_cloud(settings.site)
     stop = stop or threading.Event()
     registry = registry or CollectorRegistry()
     # Signals are handled from the start: a stop during the start-up still exits 0.
@@ -253,6 +255,7 @@ def open_site_poller(settings: Settings, registry: CollectorRegistry | None = No
     """The poller of `settings.site` without the election: the start-up of an active term (the
     topics ensured, the producer opened, the site topic read) done at once, for tests and
     benchmarks, which poll on their own schedule. Its metrics go to `registry`."""
+    _check_cloud(settings.site)
     stop = threading.Event()  # never set: Kafka trouble at start-up is waited out, retried
     election = Election(settings, registry or CollectorRegistry())
     election.start_up(stop)
