@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.topics import site_topic
-from connector.kafka.transactions import TransactionalProducer, TransactionFailed
+from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less
 from connector.ops.ops_server import OpsServer
@@ -202,16 +202,25 @@ class SitePoller:
         republishes from the site (its restore does not hold it), and drop it."""
         try:
             self.producer.flush(STOP_FLUSH)
-        except TransactionFailed:
-            # Fenced or failed: said once by the producer; what it held is the successor's.
+        except ProducerFenced:
+            # Said once by the producer; what it held is the successor's to publish.
             self.producer.purge()
-        except KafkaError:
-            undelivered = len(self.producer)
+        except TransactionFailed as exc:
+            # Kafka out of reach until the flush's deadline, or a send met the commit the stop
+            # interrupted: nothing of the open transaction is published (its messages may have
+            # left librdkafka's queue already, so no count).
             log.error(
-                "stopping with %d message(s) undelivered (Kafka out of reach for %.0f s); the "
-                "next start republishes them from the site",
-                undelivered,
-                STOP_FLUSH,
+                "stopping with the open transaction's messages undelivered (%s); the next start "
+                "republishes them from the site",
+                exc,
+            )
+            self.producer.purge()
+        except KafkaError as exc:
+            log.error(
+                "stopping with %d message(s) undelivered (%s); the next start republishes "
+                "them from the site",
+                len(self.producer),
+                exc,
             )
             self.producer.purge()
 
