@@ -3,15 +3,16 @@
 Owns confluent-kafka's SchemaRegistryClient and turns its many failure types into two answers:
 a schema id the registry does not know (None), and a registry that did not do its part
 (KafkaError). What the schema text means is the records layer's business.
+
+confluent-kafka's registry client is imported only when a registry is used: it brings httpx,
+authlib and joserfc, about 22 MB resident in every process that imports it, and a site's
+poller (one per site, a hundred on a machine) uses no registry by default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from connector.errors import KafkaError
 
@@ -21,6 +22,8 @@ class SchemaRegistry:
 
     def __init__(self, url: str, client_config: Mapping[str, Any] | None = None) -> None:
         """`client_config`: more SchemaRegistryClient settings (TLS, auth, retries)."""
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
         self.url = url
         self._client = SchemaRegistryClient({**(client_config or {}), "url": url})
 
@@ -29,6 +32,8 @@ class SchemaRegistry:
 
     def register(self, subject: str, avro_schema: str) -> int:
         """The id of `avro_schema` (JSON text) under `subject`, registering it if new."""
+        from confluent_kafka.schema_registry import Schema
+
         try:
             return int(self._client.register_schema(subject, Schema(avro_schema, "AVRO")))
         except Exception as exc:
@@ -38,6 +43,8 @@ class SchemaRegistry:
 
     def schema(self, schema_id: int) -> tuple[str | None, str | None] | None:
         """(schema type, schema text) registered under `schema_id`; None when there is none."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
         try:
             found = self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:

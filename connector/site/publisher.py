@@ -105,6 +105,10 @@ class Publisher:
         # Re-entrant: librdkafka runs delivery callbacks inside produce(), under this lock.
         self._lock = threading.RLock()
         self._fingerprints = {kind: dict(fps) for kind, fps in fingerprints.items()}
+        #: per kind, ids marked DIRTY since `dirty_ids` last looked (a superset of the dirty
+        #: ones: a later message may have replaced the mark), so that it need not scan every
+        #: fingerprint: the pollers ask before every poll
+        self._marked: dict[str, set[str]] = {}
         self._sequence = last_sequence
         # Read when scraped rather than set per record.
         metrics.sequence.labels(site).set_function(lambda: self._sequence)
@@ -124,7 +128,10 @@ class Publisher:
     def dirty_ids(self, kind: str) -> set[str]:
         """Ids whose last message failed and must be sent again."""
         with self._lock:
-            return {i for i, fp in self._fingerprints.get(kind, {}).items() if fp == DIRTY}
+            fps = self._fingerprints.get(kind, {})
+            dirty = {i for i in self._marked.get(kind, ()) if fps.get(i) == DIRTY}
+            self._marked[kind] = dirty
+            return set(dirty)
 
     def count(self, kind: str) -> int:
         with self._lock:
@@ -260,6 +267,7 @@ class Publisher:
             if fps.get(object_id) == sent:
                 if err is not None:
                     fps[object_id] = DIRTY
+                    self._marked.setdefault(kind, set()).add(object_id)
                 elif sent == DELETING:
                     del fps[object_id]
         if err is not None:

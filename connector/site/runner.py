@@ -37,7 +37,7 @@ from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.topics import site_topic
 from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.ops.cleanup import cleanup_after
-from connector.ops.heap import collect_less
+from connector.ops.heap import collect_less, limit_malloc_arenas
 from connector.ops.ops_server import OpsServer
 from connector.ops.signals import stop_on_signals
 from connector.records.codec import Codec
@@ -234,6 +234,7 @@ def run_site(
     """Run the poller of `settings.site` until SIGTERM/SIGINT or `stop` (or one cycle with
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
+    limit_malloc_arenas()  # before any thread starts
     # Before Kafka is asked anything: a standby with an entry it cannot use would otherwise
     # find out only when it takes over, and a start with Kafka away would never find out.
     _check_cloud(settings.site)

@@ -244,7 +244,7 @@ def assert_incremental_filters_sent(
         # changed_since was rejected (400) in the first cycle, and is not asked again.
         assert all("changed_since" not in query for _, query, _ in ports)
         assert ports[0][0].endswith("/ports 200")
-        assert ports[0][1] == {"fields": ["id", "revision_number"], "limit": ["1000"]}
+        assert ports[0][1] == {"fields": ["id", "revision_number"], "limit": ["10000"]}
         # The id and revision listing, page by page (limit, then marker), then the changed ids.
         by_id = [q for _, q, _ in ports if "id" in q]
         pages = [q for _, q, _ in ports if "id" not in q]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from connector.errors import KafkaError
 from connector.kafka import Message
 from connector.ops.cleanup import cleanup_after
-from connector.ops.heap import GC_THRESHOLD, collect_less
+from connector.ops.heap import GC_THRESHOLD, collect_less, limit_malloc_arenas
 from connector.ops.signals import Interrupted, interrupt, stop_on_signals
 from tests.support import wait_for
 from tests.support.fake_group import FakeDeadLetters, FakeGroupConsumer, top_consumer
@@ -112,3 +115,48 @@ def test_collect_less_freezes_what_lives_and_collects_the_young_less_often_then_
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+_ARENAS_AFTER_THREADS = """
+import ctypes, sys, threading
+from connector.ops.heap import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    limit_malloc_arenas()
+barrier = threading.Barrier(8)
+def allocate() -> None:
+    barrier.wait()
+    for _ in range(200):
+        [bytes(2000) for _ in range(200)]
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+def _arenas(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS_AFTER_THREADS, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    return done.stderr.count("Arena ")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's arenas only")
+def test_limit_malloc_arenas_keeps_threads_to_two_arenas() -> None:
+    assert _arenas("default") > 2, "threads allocating at once get arenas of their own"
+    assert _arenas("limit") <= 2
+
+
+def test_limit_malloc_arenas_leaves_malloc_arena_max_to_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not limit_malloc_arenas()

@@ -389,7 +389,7 @@ def test_neutron_objects_are_swept_every_few_polls_where_changed_since_works() -
     assert p.poll(resync=False) == "incremental"
     assert sent_keys(producer) == [], "no sweep on the first incremental poll"
     assert p.poll(resync=False) == "incremental"
-    assert ("/ports", {"limit": "1000", "fields": ["id"]}, None) in proxy.requests
+    assert ("/ports", {"limit": "10000", "fields": ["id"]}, None) in proxy.requests
     assert sent_keys(producer) == [("s1/port/b", True)]
 
 

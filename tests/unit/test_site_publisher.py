@@ -56,8 +56,26 @@ def test_delivery_error_marks_the_key_dirty_so_the_change_is_resent() -> None:
     assert health.degraded()
     assert publisher.dirty_ids("server") == {"a"}
     assert publisher.observe("server", obs()), "the same state is sent again"
+    assert publisher.dirty_ids("server") == set(), "a message in flight replaced the mark"
     producer.deliver()
     assert not publisher.observe("server", obs())
+    assert publisher.dirty_ids("server") == set()
+
+
+def test_a_key_dirty_again_after_a_resend_is_dirty_again() -> None:
+    publisher, producer, _ = make_publisher()
+    publisher.observe("server", obs("a"))
+    publisher.observe("server", obs("b"))
+    producer.deliver(error="broker down")
+    assert publisher.dirty_ids("server") == {"a", "b"}
+    publisher.observe("server", obs("a"))
+    assert publisher.dirty_ids("server") == {"b"}, "a is in flight"
+    producer.deliver(error="broker down again")
+    assert publisher.dirty_ids("server") == {"a", "b"}
+    publisher.observe("server", obs("a"))
+    publisher.observe("server", obs("b"))
+    producer.deliver()
+    assert publisher.dirty_ids("server") == set()
 
 
 def test_failed_tombstone_is_retried_on_the_next_vanish() -> None:
