@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from connector.config import Settings, SiteSettings
 from connector.errors import ConfigError, ConnectorError, KafkaError
 from connector.kafka.topics import site_topic
-from connector.kafka.transactions import TransactionalProducer, TransactionFailed
+from connector.kafka.transactions import ProducerFenced, TransactionalProducer, TransactionFailed
 from connector.ops.cleanup import cleanup_after
 from connector.ops.heap import collect_less, limit_malloc_arenas
 from connector.ops.ops_server import OpsServer
@@ -88,7 +88,6 @@ class SitePoller:
         producer: TransactionalProducer,
         restored: Restored,
     ) -> None:
-        _check_cloud(settings.site)
         self.settings = settings
         self.instance = instance_id(settings.site)
         self.metrics = metrics
@@ -203,16 +202,25 @@ class SitePoller:
         republishes from the site (its restore does not hold it), and drop it."""
         try:
             self.producer.flush(STOP_FLUSH)
-        except TransactionFailed:
-            # Fenced or failed: said once by the producer; what it held is the successor's.
+        except ProducerFenced:
+            # Said once by the producer; what it held is the successor's to publish.
             self.producer.purge()
-        except KafkaError:
-            undelivered = len(self.producer)
+        except TransactionFailed as exc:
+            # Kafka out of reach until the flush's deadline, or a send met the commit the stop
+            # interrupted: nothing of the open transaction is published (its messages may have
+            # left librdkafka's queue already, so no count).
             log.error(
-                "stopping with %d message(s) undelivered (Kafka out of reach for %.0f s); the "
-                "next start republishes them from the site",
-                undelivered,
-                STOP_FLUSH,
+                "stopping with the open transaction's messages undelivered (%s); the next start "
+                "republishes them from the site",
+                exc,
+            )
+            self.producer.purge()
+        except KafkaError as exc:
+            log.error(
+                "stopping with %d message(s) undelivered (%s); the next start republishes "
+                "them from the site",
+                len(self.producer),
+                exc,
             )
             self.producer.purge()
 
@@ -227,6 +235,9 @@ def run_site(
     `once`), flushing before it returns. Raises ConfigError, KafkaError, or SitePollFailed (a
     `once` run that could not poll every kind)."""
     limit_malloc_arenas()  # before any thread starts
+    # Before Kafka is asked anything: a standby with an entry it cannot use would otherwise
+    # find out only when it takes over, and a start with Kafka away would never find out.
+    _check_cloud(settings.site)
     stop = stop or threading.Event()
     registry = registry or CollectorRegistry()
     # Signals are handled from the start: a stop during the start-up still exits 0.
@@ -254,6 +265,7 @@ def open_site_poller(settings: Settings, registry: CollectorRegistry | None = No
     """The poller of `settings.site` without the election: the start-up of an active term (the
     topics ensured, the producer opened, the site topic read) done at once, for tests and
     benchmarks, which poll on their own schedule. Its metrics go to `registry`."""
+    _check_cloud(settings.site)
     stop = threading.Event()  # never set: Kafka trouble at start-up is waited out, retried
     election = Election(settings, registry or CollectorRegistry())
     election.start_up(stop)
