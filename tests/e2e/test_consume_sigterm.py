@@ -5,59 +5,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connector.dev.chaos.harness import Children, SinkRows, wait_for
-from connector.records.model import StatusRecord
-from tests.support.kafka import create_topic, publish
+from connector.dev.chaos.harness import SinkRows, wait_for
+from tests.support.top import consume_process
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIMIT = 10.0
-
-
-def start_consumer(
-    kafka_bootstrap: str,
-    name: Callable[[str], str],
-    tmp_path: Path,
-    sink: str,
-    *args: str,
-    env: dict[str, str] | None = None,
-) -> Children:
-    prefix = name("status")
-    create_topic(kafka_bootstrap, f"{prefix}.east", partitions=2)
-    publish(
-        kafka_bootstrap,
-        f"{prefix}.east",
-        (
-            StatusRecord("east", "server", f"vm-{i}", "ACTIVE", i + 1, T0 + timedelta(seconds=i))
-            for i in range(300)
-        ),
-    )
-    children = Children(
-        tmp_path,
-        {
-            "CASCADE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CASCADE_KAFKA_TOPIC_PREFIX": prefix,
-            "CASCADE_CONSUMER_GROUP": name("group"),
-            "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": name("dlq"),
-            "CASCADE_SINK_URL": sink,
-            **(env or {}),
-        },
-    )
-    children.start("consumer", "consume", *args)
-    return children
 
 
 def test_sigterm_while_held_by_the_rate_limit(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     sink = f"sqlite:///{tmp_path / 'top.sqlite'}"
-    children = start_consumer(
+    children = consume_process(
         kafka_bootstrap, unique_name, tmp_path, sink, "--max-rate", "5", "--batch-size", "100"
     )
     rows = SinkRows(sink)
@@ -106,7 +70,7 @@ def test_sigterm_during_http_sink_retries(
 ) -> None:
     url, calls = failing_service
     # Ten retries with backoff doubling from 0.5 s: minutes of retrying, unless interrupted.
-    children = start_consumer(
+    children = consume_process(
         kafka_bootstrap, unique_name, tmp_path, url, env={"CASCADE_SINK_RETRIES": "10"}
     )
     try:

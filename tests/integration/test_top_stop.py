@@ -9,16 +9,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from connector.dev.chaos.harness import Children, SinkRows
+from connector.dev.chaos.harness import SinkRows
 from connector.dev.local_kafka import LocalKafka
-from connector.records.model import StatusRecord
 from tests.support import wait_for
-from tests.support.kafka import create_topic, publish
+from tests.support.top import consume_process
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: Seconds within which SIGTERM must end the consumer.
 LIMIT = 10.0
 #: Seconds the broker stays frozen before the SIGTERM: past the clients' socket timeout (5 s),
@@ -30,34 +27,16 @@ FROZEN_FOR = 7.0
 def test_sigterm_ends_a_consumer_within_10s_while_its_broker_is_frozen(
     private_kafka: LocalKafka, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    bootstrap = private_kafka.bootstrap
-    prefix = unique_name("status")
-    create_topic(bootstrap, f"{prefix}.east", partitions=4)
-    publish(
-        bootstrap,
-        f"{prefix}.east",
-        (
-            StatusRecord("east", "server", f"vm-{i}", "ACTIVE", i + 1, T0 + timedelta(seconds=i))
-            for i in range(2000)
-        ),
-    )
     sink = f"sqlite:///{tmp_path / 'top.sqlite'}"
-    children = Children(
-        tmp_path,
-        {
-            "CASCADE_KAFKA_BOOTSTRAP": bootstrap,
-            "CASCADE_KAFKA_TOPIC_PREFIX": prefix,
-            "CASCADE_CONSUMER_GROUP": unique_name("group"),
-            "CASCADE_CONSUMER_DEAD_LETTER_TOPIC": unique_name("dlq"),
-            "CASCADE_SINK_URL": sink,
-        },
-    )
-    rows = SinkRows(sink)
     broker = private_kafka.pid()
     assert broker is not None
+    # Small windows at a limited rate: a window is committed every turn or two.
+    children = consume_process(
+        private_kafka.bootstrap, unique_name, tmp_path, sink,
+        "--max-rate", "50", "--batch-size", "10", records=2000, partitions=4,
+    )  # fmt: skip
+    rows = SinkRows(sink)
     try:
-        # Small windows at a limited rate: a window is committed every turn or two.
-        children.start("consumer", "consume", "--max-rate", "50", "--batch-size", "10")
         wait_for(lambda: len(rows.statuses()) >= 50, 90, "the consumer to apply", every=0.1)
         os.kill(broker, signal.SIGSTOP)
         try:
