@@ -290,13 +290,19 @@ class Progress:
         return True
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """User plus system CPU seconds in a /proc `stat` file (a process's, or a thread's under
+    /proc/PID/task); OSError once it is gone."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds of a process so far; None once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

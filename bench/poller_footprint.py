@@ -43,6 +43,7 @@ from common import (
     peak_rss_kib,
     quiet_port,
     rss_kib,
+    stat_cpu_seconds,
 )
 from prometheus_client import CollectorRegistry
 
@@ -146,9 +147,7 @@ def threads_cpu(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         name = re.sub(r"[0-9]+$", "", (task / "comm").read_text().strip())
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        out[name] = out.get(name, 0.0) + used
+        out[name] = out.get(name, 0.0) + stat_cpu_seconds(task / "stat")
     return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
