@@ -6,7 +6,9 @@ availability from its heartbeats; `closing.WindowCloser` says when a window clos
 window drops what the top layer already holds (`window.Applied`), then goes out in sink calls
 the rate limit allows (`pacing.CallPacer`), each call's room shared between sites by
 `FairShare`. Once all of a window is applied and its dead letters delivered, `offsets.Offsets`
-checkpoints it (stores and commits exactly its offsets), and decides where reading starts.
+checkpoints it (stores and commits exactly its offsets), and decides where reading starts. The
+lag gauge's question to the broker is asked on a thread of its own (`lag.LagEnds`), never
+waited for: the loop only reads its latest answer.
 
 Memory follows keys: past `--max-pending-keys` the partitions of the sites holding the most are
 paused (polling goes on, so the group keeps this member) until they drain. A sink asking to slow
@@ -34,6 +36,7 @@ from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.dead_letters import DeadLetter, DeadLetterDelivery
 from connector.top.fair import FairShare
 from connector.top.group import GroupConsumer
+from connector.top.lag import LagEnds
 from connector.top.offsets import Offsets, ResumePolicy
 from connector.top.pacing import CallPacer
 from connector.top.rate import RateLimiter
@@ -84,7 +87,8 @@ class TopConsumer:
         self._metrics = metrics
         self._fair = FairShare(policy.site_weights)
         self._closer = WindowCloser(consumer, policy, limiter.max_rate, metrics)
-        self._offsets = Offsets(consumer, pattern, metrics, sink, resume)
+        self._lag_ends = LagEnds(consumer)
+        self._offsets = Offsets(consumer, pattern, metrics, sink, resume, self._lag_ends)
         self._pacer = CallPacer(limiter, metrics)
         self._sites = Sites(topic_prefix, availability, metrics)
         self._applied = Applied()
@@ -114,12 +118,18 @@ class TopConsumer:
         """Consume until `stop()`, or (with `until_idle`) until every partition of every site
         topic is applied and committed to its end by the group."""
         # A failing close or flush must not hide why the loop ended.
-        with cleanup_after(self._consumer.close, self._dlq.close):
+        with cleanup_after(self._close_consumer, self._dlq.close):
             self._consumer.subscribe(self._pattern, self._on_assign, self._on_revoke, self._on_lost)
             while not self._stop.is_set():
                 if self._step() and until_idle and self._offsets.group_caught_up():
                     log.info("every site partition is applied and committed to its end")
                     return
+
+    def _close_consumer(self) -> None:
+        """Stop the lag gauge's questions (waiting for one under way: the client must outlive
+        it, `lag.LagEnds`), then leave the group and close."""
+        self._lag_ends.stop()
+        self._consumer.close()
 
     def _step(self) -> bool:
         """One turn of the loop; True when it found nothing to do."""
@@ -136,7 +146,8 @@ class TopConsumer:
             self._pacer.waited(self.last_poll - started, since=now)
         if self._watchdog.check(holding=bool(self._offsets.assigned)):
             self._metrics.rejoins.inc()
-            self._consumer.rejoin()
+            with self._lag_ends.quiet():  # the client it asks through is replaced
+                self._consumer.rejoin()
         self._take(messages)
         self._sites.judge(self._sink, waited=self.last_poll - started)
         if self._sites.ready and self._pacer.may_call(reading=bool(messages)):
@@ -144,7 +155,7 @@ class TopConsumer:
         self._finish_windows()
         self._enforce_cap()
         self._sites.publish()
-        self._offsets.publish_lag(time.monotonic())
+        self._offsets.publish_lag()
         idle = not messages and not self._sites.busy
         if idle:
             self._offsets.commit_past_markers()

@@ -15,7 +15,8 @@ call rejected changes, or the window had nothing to write) on their own once its
 are delivered; then every window finished in a turn is committed to Kafka in one commit (for lag
 monitoring, and the HTTP sink's resuming), refusing an offset behind where reading started or
 what is committed, retrying a failed commit with the next one. It commits the idle positions
-past transaction markers, keeps the lag gauge, forgets partitions revoked or lost, and tells
+past transaction markers, keeps the lag gauge (from the ends `lag.LagEnds` asks for on a thread
+of its own), forgets partitions revoked or lost, and tells
 `--until-idle` when the group has committed every site partition to its end. The loop decides
 what is applied; this object only stores and commits it.
 """
@@ -35,22 +36,16 @@ from connector.kafka.group_consumer import Partition
 from connector.sinks.base import Progress, Sink, SinkBackpressureError, SinkError
 from connector.top.consumer_metrics import ConsumerMetrics
 from connector.top.group import GroupConsumer
+from connector.top.lag import LagEnds
 from connector.top.window import Closed
 
 log = logging.getLogger(__name__)
 
 #: A failing commit fails again at every turn until the coordinator answers: one line, then counts.
 _COMMIT_ERRORS = RepeatedErrors(log)
-#: The lag refresh fails every LAG_SECONDS while the broker is out of reach: the same.
-_LAG_ERRORS = RepeatedErrors(log)
 
 #: Seconds between two checks of the group's progress for `--until-idle`.
 IDLE_CHECK_SECONDS = 1.0
-#: Seconds between two refreshes of the lag gauge of every assigned partition (with thousands
-#: of partitions, a refresh each second is a large share of the loop's time;
-#: docs/performance.md), and the most one refresh may wait for the broker (the loop waits).
-LAG_SECONDS = 5.0
-LAG_TIMEOUT = 1.0
 #: Seconds the checks of a new assignment against the log (`_check_log_kept`) and of the
 #: group's progress (`group_caught_up`) may take in all: each asks the broker once per
 #: partition, and the loop, and a stop, wait for them.
@@ -87,6 +82,7 @@ class Offsets:
         metrics: ConsumerMetrics,
         sink: Sink,
         resume: ResumePolicy,
+        lag_ends: LagEnds | None = None,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -105,7 +101,7 @@ class Offsets:
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
         self._next_idle_check = 0.0
-        self._next_lag = 0.0
+        self._lag_ends = lag_ends or LagEnds(consumer)
 
     @property
     def assigned(self) -> frozenset[Partition]:
@@ -118,6 +114,7 @@ class Offsets:
         when the sink cannot say."""
         log.info("assigned %s", names(partitions))
         self._assigned |= set(partitions)
+        self._lag_ends.want(frozenset(self._assigned))
         stored = self._stored_offsets(partitions)
         self._sink_keeps = stored is not None
         if stored is None:
@@ -321,24 +318,22 @@ class Offsets:
         self._uncommitted = {}
         self._committed.update(pending)
 
-    def publish_lag(self, now: float) -> None:
-        """Set the lag gauge of every assigned partition, every LAG_SECONDS: its end (the last
-        stable offset, asked of the broker in one request for all, within LAG_TIMEOUT) minus
-        what the group committed, or minus nothing when nothing is committed. Set at commits
-        only, it froze when commits stopped (a stuck member's lag never grew) and a partition
-        just assigned had none until its first commit, which made a member that had just
-        joined look caught up. Not librdkafka's cached watermarks: that read holds the GIL
-        while it takes librdkafka's locks, and a consumer with the broker frozen was seen
-        stuck in it, deaf to SIGTERM; while the broker does not answer, the gauge waits."""
-        if now < self._next_lag or not self._assigned:
-            return
-        self._next_lag = now + LAG_SECONDS
-        try:
-            ends = self._consumer.stable_ends(self._assigned, timeout=LAG_TIMEOUT)
-        except KafkaError as exc:
-            _LAG_ERRORS.report(logging.WARNING, f"cannot refresh the lag gauge: {exc}")
+    def publish_lag(self) -> None:
+        """Set the lag gauge of every assigned partition the latest answer of `lag.LagEnds`
+        (asked every LAG_SECONDS, on a thread of its own) tells: its end (the last stable
+        offset) minus what the group committed, or minus nothing when nothing is committed.
+        Set at commits only, it froze when commits stopped (a stuck member's lag never grew)
+        and a partition just assigned had none until its first commit, which made a member
+        that had just joined look caught up. Not librdkafka's cached watermarks: that read
+        holds the GIL while it takes librdkafka's locks, and a consumer with the broker frozen
+        was seen stuck in it, deaf to SIGTERM; while the broker does not answer, the gauge
+        waits. A partition revoked since it was asked for gets no gauge again."""
+        ends = self._lag_ends.take()
+        if ends is None:
             return
         for (topic, partition), end in ends.items():
+            if (topic, partition) not in self._assigned:
+                continue
             start = max(0, self._committed.get((topic, partition), 0))
             self._metrics.lag.labels(topic, str(partition)).set(max(0, end - start))
 
@@ -371,6 +366,7 @@ class Offsets:
     def _forget(self, partitions: Collection[Partition]) -> None:
         gone = set(partitions)
         self._assigned -= gone
+        self._lag_ends.want(frozenset(self._assigned))
         self._unread -= gone
         for tp in gone:
             self._committed.pop(tp, None)

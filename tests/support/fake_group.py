@@ -104,7 +104,8 @@ class FakeGroupConsumer:
     produced before the rebalance was asked for. A partition assigned is read from the group's
     committed offset (or its start). `hold` and `trigger_backpressure` pause partitions as the
     real consumer does. The first `commit_failures` commits fail, and the first `read_failures`
-    reads of committed offsets time out (`reads` lists them all). The first `deaf` clients (the
+    reads of committed offsets time out (`reads` lists them all); a test may keep questions for
+    the partitions' ends unanswered (`ends_answer`). The first `deaf` clients (the
     subscription's, then each `rejoin`'s) are given no partition, as a client stuck as
     librdkafka's have been; `rejoins` counts them. `close` revokes what is assigned. A
     partition assigned starts where `on_assign` says, if it says. Each record is stamped with
@@ -134,6 +135,12 @@ class FakeGroupConsumer:
         #: topic -> its own delete.retention.ms in seconds (`delete_retention`); a topic not
         #: here is one the broker tells nothing of
         self.topic_retention: dict[str, float] = dict(topic_retention or {})
+        #: while a test keeps this clear, `stable_ends` gets no answer: it waits until the
+        #: event is set, whatever its timeout (librdkafka's calls have been seen to wait past
+        #: theirs); `ends_asked` lists the partitions of every question, as it is asked
+        self.ends_answer = threading.Event()
+        self.ends_answer.set()
+        self.ends_asked: list[frozenset[Partition]] = []
         self._logs: dict[Partition, list[Message]] = {tp: [] for tp in partitions}
         self._stamps: dict[Partition, list[float]] = {tp: [] for tp in self._logs}
         self._wake = threading.Condition(threading.RLock())
@@ -298,6 +305,9 @@ class FakeGroupConsumer:
     def stable_ends(
         self, partitions: Collection[Partition], timeout: float = 10.0
     ) -> dict[Partition, int]:
+        with self._wake:
+            self.ends_asked.append(frozenset(partitions))
+        self.ends_answer.wait()  # not holding the lock: the member's other calls go on
         with self._wake:
             return {tp: len(self._logs[tp]) for tp in partitions}
 

@@ -3,11 +3,14 @@ and is applied, then exactly the offsets after what it applied are committed; a 
 slow down gets the same call again later and nothing is committed meanwhile; a revoke retries
 the commit of what was applied and drops what is pending, a loss drops it without committing;
 a commit behind what the group committed is refused; dead letters are delivered before the
-commit of their window."""
+commit of their window; the lag gauge's question to the broker, unanswered, holds no window,
+commit or stop."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from dataclasses import replace
 
 import pytest
@@ -204,6 +207,36 @@ def test_the_lag_gauge_counts_what_is_read_but_not_committed_while_nothing_commi
             what="no lag once applied and committed",
         )
     assert group.journal.commits() == [{P0: 3}]
+
+
+def test_a_lag_question_with_no_answer_holds_no_window_commit_or_stop() -> None:
+    group = FakeGroupConsumer([P0, P1])
+    group.ends_answer.clear()  # the broker never answers what the partitions' ends are
+    sink = FakeSink(group.journal)
+    stopped_at = [0.0]
+    try:
+        with consuming(top_consumer(group, sink), timeout=5.0):
+            wait_for(lambda: group.ends_asked, LOOP_TIMEOUT, "the lag gauge's question")
+            for i in range(3):
+                change = server(str(i), "ACTIVE", i)
+                group.produce(P0, change, CODEC)
+                wait_for(
+                    functools.partial(_committed, group, {P0: i + 1}),
+                    LOOP_TIMEOUT,
+                    f"window {i} applied and committed while the question waits",
+                )
+            assert [c.key for c in sink.applied()] == [server(str(i), "", i).key for i in range(3)]
+            stopped_at[0] = time.monotonic()
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        group.ends_answer.set()
+    assert group.ends_asked == [frozenset({P0, P1})], "one question, every assigned partition"
+    # The client must outlive the question under way: the stop waits for it, 1.5 s at most.
+    assert took < 3.0, took
+
+
+def _committed(group: FakeGroupConsumer, offsets: dict[tuple[str, int], int]) -> bool:
+    return offsets in group.journal.commits()
 
 
 def test_a_member_given_no_partition_while_they_go_unread_says_so_rejoins_and_reads() -> None:
