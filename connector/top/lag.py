@@ -104,8 +104,7 @@ class LagEnds:
                 return None
             try:
                 return self._consumer.stable_ends(partitions, timeout=self._timeout)
-            except KafkaError as exc:
-                _LAG_ERRORS.report(logging.WARNING, f"cannot refresh the lag gauge: {exc}")
-            except RuntimeError as exc:  # confluent-kafka's "Consumer closed"
+            # RuntimeError: confluent-kafka's "Consumer closed"
+            except (KafkaError, RuntimeError) as exc:
                 _LAG_ERRORS.report(logging.WARNING, f"cannot refresh the lag gauge: {exc}")
         return None

@@ -82,7 +82,7 @@ class Offsets:
         metrics: ConsumerMetrics,
         sink: Sink,
         resume: ResumePolicy,
-        lag_ends: LagEnds | None = None,
+        lag_ends: LagEnds,
     ) -> None:
         self._consumer = consumer
         self._pattern = pattern
@@ -101,7 +101,7 @@ class Offsets:
         #: offsets applied whose commit failed; retried with the next commit
         self._uncommitted: dict[Partition, int] = {}
         self._next_idle_check = 0.0
-        self._lag_ends = lag_ends or LagEnds(consumer)
+        self._lag_ends = lag_ends
 
     @property
     def assigned(self) -> frozenset[Partition]:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from connector.errors import KafkaError
 from connector.records.codec import Codec
 from connector.top.consumer_metrics import ConsumerMetrics
+from connector.top.lag import LagEnds
 from connector.top.offsets import Offsets, ResumePolicy
 from tests.support import wait_for
 from tests.support.fake_group import (
@@ -136,23 +137,28 @@ def test_a_partition_taken_away_drops_what_is_pending_and_only_a_revoke_commits(
 
 def test_a_commit_behind_what_the_group_committed_is_refused() -> None:
     group = FakeGroupConsumer([P0], committed={P0: 7}, read_failures=1)
+    lag_ends = LagEnds(group)
     offsets = Offsets(
         group,
         r"^site\..+",
         ConsumerMetrics(CollectorRegistry()),
         FakeSink(group.journal),
         ResumePolicy("top", "site", 86_400.0),
+        lag_ends,
     )
-    offsets.assign([P0])  # the read times out; the check waits for the next one
-    offsets.read_committed(now=float("inf"))
-    with pytest.raises(
-        KafkaError, match=r"refusing to commit site\.a\[0\]@3: behind the committed 7"
-    ):
-        offsets.commit({P0: 3})
-    offsets.commit({P0: 7})
-    offsets.commit({P0: 9})
-    with pytest.raises(KafkaError, match=r"site\.a\[0\]@8: behind the committed 9"):
-        offsets.commit({P0: 8})
+    try:
+        offsets.assign([P0])  # the read times out; the check waits for the next one
+        offsets.read_committed(now=float("inf"))
+        with pytest.raises(
+            KafkaError, match=r"refusing to commit site\.a\[0\]@3: behind the committed 7"
+        ):
+            offsets.commit({P0: 3})
+        offsets.commit({P0: 7})
+        offsets.commit({P0: 9})
+        with pytest.raises(KafkaError, match=r"site\.a\[0\]@8: behind the committed 9"):
+            offsets.commit({P0: 8})
+    finally:
+        lag_ends.stop()
     assert group.journal.commits() == [{P0: 7}, {P0: 9}], "nothing of a refused commit"
 
 
